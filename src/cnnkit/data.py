@@ -1,0 +1,238 @@
+"""Datasets as uint8 numpy arrays: the bundled MNIST sample, IDX files, and torchvision downloads.
+
+This module needs only numpy; torchvision is imported only when a download is attempted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cnnkit.errors import DataError
+
+SAMPLE_PATH = Path(__file__).parent / "data" / "mnist_sample.npz"
+SAMPLE_SHA256 = "171b11f2f0f23273df396e83ae2bce6a2d2a754d13fa125a9382077a90a3a899"
+
+DIGITS = tuple(str(i) for i in range(10))
+FASHION = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+# name -> (torchvision class name and raw folder, class names)
+KNOWN = {"mnist": ("MNIST", DIGITS), "fashion-mnist": ("FashionMNIST", FASHION)}
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+DATASET_CHOICES = ("mnist", "fashion-mnist", "sample")
+DOWNLOAD_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train/test split held once in memory as uint8 images [N, H, W] and int64 labels [N]."""
+
+    name: str
+    classes: tuple[str, ...]
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: str
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 over the arrays: identifies exactly which data a model saw."""
+        h = hashlib.sha256()
+        for arr in (self.train_images, self.train_labels, self.test_images, self.test_labels):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()
+
+    def identity(self) -> dict:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "train_size": int(len(self.train_labels)),
+            "test_size": int(len(self.test_labels)),
+            "sha256": self.fingerprint,
+        }
+
+
+def default_data_dir() -> Path:
+    """The download cache: $CNNKIT_DATA_DIR, else $XDG_CACHE_HOME/cnnkit, else ~/.cache/cnnkit."""
+    env = os.environ.get("CNNKIT_DATA_DIR")
+    if env:
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "cnnkit"
+
+
+# ----------------------------------------------------------------------------------------------- IDX
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Parse an IDX file of unsigned bytes (gzipped or not) into a uint8 array, checking its header."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
+    if raw[2] != 0x08:
+        raise DataError(f"{path}: IDX data type 0x{raw[2]:02x} is not supported (expected 0x08, unsigned byte)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes for {ndim} dimensions)")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(dims))
+    got = len(raw) - header
+    if got != expected:
+        kind = "truncated" if got < expected else "has trailing bytes"
+        raise DataError(f"{path}: {kind}: {got} data bytes, expected {expected} for shape {dims}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def find_idx_dir(data_dir: Path, names: tuple[str, ...]) -> Path | None:
+    """The folder holding the IDX files: `data_dir` itself, or torchvision's `data_dir/<Name>/raw`."""
+    for candidate in [data_dir, *(data_dir / n / "raw" for n in names)]:
+        if any(_find_idx(candidate, stem) for stem in IDX_FILES):
+            return candidate
+    return None
+
+
+def load_idx_dir(directory: Path, name: str, classes: tuple[str, ...] | None = None) -> Dataset:
+    """Load the four standard IDX files from `directory`, with consistency checks."""
+    arrays = []
+    for stem in IDX_FILES:
+        path = _find_idx(directory, stem)
+        if path is None:
+            raise DataError(f"{directory / stem}: file not found (also tried {stem}.gz)")
+        arrays.append((path, read_idx(path)))
+    (p_xtr, x_tr), (p_ytr, y_tr), (p_xte, x_te), (p_yte, y_te) = arrays
+    for (p_x, x), (p_y, y) in (((p_xtr, x_tr), (p_ytr, y_tr)), ((p_xte, x_te), (p_yte, y_te))):
+        if x.ndim != 3:
+            raise DataError(f"{p_x}: expected images of shape [N, H, W], got {x.shape}")
+        if y.ndim != 1:
+            raise DataError(f"{p_y}: expected labels of shape [N], got {y.shape}")
+        if len(x) != len(y):
+            raise DataError(f"{p_y}: {len(y)} labels for {len(x)} images in {p_x.name}")
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise DataError(f"{p_xte}: image size {x_te.shape[1:]} differs from training images {x_tr.shape[1:]}")
+    if classes is None:
+        classes = tuple(str(i) for i in range(int(max(y_tr.max(), y_te.max())) + 1))
+    for p_y, y in ((p_ytr, y_tr), (p_yte, y_te)):
+        if int(y.max()) >= len(classes):
+            raise DataError(f"{p_y}: label {int(y.max())} out of range for {len(classes)} classes")
+    return Dataset(name, tuple(classes), x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64), str(directory))
+
+
+# -------------------------------------------------------------------------------------------- sample
+
+
+def load_sample() -> Dataset:
+    """The bundled 5,000-digit MNIST sample (4,000 train / 1,000 test, stratified), checksum-verified."""
+    try:
+        raw = SAMPLE_PATH.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{SAMPLE_PATH}: bundled sample missing ({exc.strerror}); reinstall cnnkit") from None
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != SAMPLE_SHA256:
+        raise DataError(f"{SAMPLE_PATH}: checksum {digest[:12]}... != expected {SAMPLE_SHA256[:12]}...; reinstall cnnkit")
+    with np.load(io.BytesIO(raw)) as z:
+        return Dataset(
+            "mnist-sample",
+            DIGITS,
+            z["train_images"],
+            z["train_labels"].astype(np.int64),
+            z["test_images"],
+            z["test_labels"].astype(np.int64),
+            "bundled",
+        )
+
+
+# ------------------------------------------------------------------------------------------ download
+
+
+def download(name: str, root: Path) -> Path:
+    """Download a torchvision dataset's raw IDX files into `root`; return their folder."""
+    tv_name, _ = KNOWN[name]
+    import torchvision.datasets as tvd  # heavy; only when downloading
+
+    cls = getattr(tvd, tv_name)
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    sink = io.StringIO()
+    try:
+        # torchvision prints every mirror it tries; keep that out of cnnkit's output.
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            cls(str(root), train=True, download=True)
+            cls(str(root), train=False, download=True)
+    except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError variously
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"could not download {tv_name} into {root}: {reason}") from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+    return root / tv_name / "raw"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    dataset: Dataset
+    warning: str | None = None
+
+
+def load_dataset(name: str | None = None, data_dir: str | os.PathLike | None = None, download_ok: bool = True) -> Loaded:
+    """Resolve `--dataset`/`--data-dir` to a Dataset.
+
+    - `name="sample"`: the bundled sample.
+    - `data_dir` holding IDX files (flat or torchvision's `<Name>/raw` layout): those files.
+    - `name` mnist/fashion-mnist: the cache (data_dir or default_data_dir()), downloading if needed.
+    - `name=None`: MNIST, falling back to the bundled sample with a warning when it cannot be had.
+    """
+    if name is not None and name not in DATASET_CHOICES:
+        raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_CHOICES)}")
+    if name == "sample":
+        return Loaded(load_sample())
+    explicit_dir = Path(data_dir) if data_dir is not None else None
+    if explicit_dir is not None and not explicit_dir.is_dir():
+        raise DataError(f"{explicit_dir}: data directory not found")
+    key = name or "mnist"
+    tv_name, classes = KNOWN[key]
+    root = explicit_dir or default_data_dir()
+    if explicit_dir is not None and name is None:
+        # Local IDX files of unknown origin: class names are the label numbers.
+        if find_idx_dir(explicit_dir, ()) is not None:
+            return Loaded(load_idx_dir(explicit_dir, "idx"))
+    found = find_idx_dir(root, (tv_name,))
+    if found is not None:
+        return Loaded(load_idx_dir(found, key, classes))
+    try:
+        if not download_ok:
+            raise DataError(f"{tv_name} not found in {root} and downloads are disabled")
+        return Loaded(load_idx_dir(download(key, root), key, classes))
+    except DataError as exc:
+        if name is not None:
+            raise DataError(f"{exc}; put the four IDX files in --data-dir, or use --dataset sample") from None
+        warning = (
+            f"MNIST unavailable ({exc}); training on the bundled 5,000-image sample instead. "
+            f"For full MNIST, go online or put its IDX files in {root} (or pass --data-dir)."
+        )
+        return Loaded(load_sample(), warning)

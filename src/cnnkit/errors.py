@@ -1,0 +1,33 @@
+"""The small taxonomy of errors cnnkit raises for user-facing problems.
+
+The CLI turns any `CnnkitError` into a one-line `Error: ...` and a non-zero exit. This module imports
+nothing heavy, so `cnnkit.runtime` can use it.
+"""
+
+
+class CnnkitError(Exception):
+    """Base class: a problem the user can fix (bad input, missing file, unavailable device)."""
+
+
+class DataError(CnnkitError):
+    """A dataset file is missing, corrupt or inconsistent."""
+
+
+class CheckpointError(CnnkitError):
+    """A checkpoint is missing, corrupt or incompatible."""
+
+
+class ModelFileError(CnnkitError):
+    """An exported model file (ONNX, TorchScript) is missing, corrupt or not a cnnkit model."""
+
+
+class InputError(CnnkitError, ValueError):
+    """Input images have the wrong rank, size, dtype or values."""
+
+
+class DeviceError(CnnkitError):
+    """The requested device or execution provider is not available."""
+
+
+class ParityError(CnnkitError):
+    """An exported model does not match the eager reference."""

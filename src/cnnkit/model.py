@@ -1,0 +1,85 @@
+"""The seed tutorial's CNN, its config, and the deployable wrapper (uint8 pixels in, logits out)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from cnnkit.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network; saved in every checkpoint and export."""
+
+    in_channels: int = 1
+    conv1_channels: int = 32
+    conv2_channels: int = 64
+    kernel_size: int = 5
+    hidden: int = 1000
+    num_classes: int = 10
+    image_size: int = 28
+    dropout: float = 0.5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise CheckpointError(f"model config has unknown fields {sorted(unknown)}; expected {sorted(known)}")
+        return cls(**data)
+
+    @property
+    def flat_features(self) -> int:
+        side = self.image_size // 4  # two 2x2 max-pools
+        return self.conv2_channels * side * side
+
+
+class Net(nn.Module):
+    """Conv(1->32,5x5)+ReLU+Pool -> Conv(32->64,5x5)+ReLU+Pool -> Dropout -> FC(3136->1000) -> FC(1000->10)."""
+
+    def __init__(self, config: ModelConfig = ModelConfig()):
+        super().__init__()
+        c = config
+        pad = c.kernel_size // 2
+        self.layer1 = nn.Sequential(
+            nn.Conv2d(c.in_channels, c.conv1_channels, c.kernel_size, padding=pad), nn.ReLU(), nn.MaxPool2d(2)
+        )
+        self.layer2 = nn.Sequential(
+            nn.Conv2d(c.conv1_channels, c.conv2_channels, c.kernel_size, padding=pad), nn.ReLU(), nn.MaxPool2d(2)
+        )
+        self.drop_out = nn.Dropout(c.dropout)
+        self.fc1 = nn.Linear(c.flat_features, c.hidden)
+        self.fc2 = nn.Linear(c.hidden, c.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer2(self.layer1(x))
+        x = torch.flatten(x, 1)
+        return self.fc2(self.fc1(self.drop_out(x)))
+
+
+def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 pixels -> float32 normalised the way the network was trained. Shared by training and export."""
+    return (images.to(torch.float32) * (1.0 / 255.0) - mean) * (1.0 / std)
+
+
+class Deployable(nn.Module):
+    """The exported contract: `images` uint8 [N,1,H,W] -> `logits` float32 [N,classes], normalisation inside."""
+
+    def __init__(self, net: Net, mean: float, std: float):
+        super().__init__()
+        self.net = net
+        self.mean = float(mean)
+        self.std = float(std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(normalize(images, self.mean, self.std))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

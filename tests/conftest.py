@@ -1,0 +1,75 @@
+"""Shared fixtures: one small trained checkpoint per session, hermetic data dirs, a CUDA marker."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch missing entirely
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA; none visible to torch")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("CNNKIT_DATA_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    data = header + array.tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def write_idx_dataset(directory: Path, n_train=64, n_test=32, compress=False, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    parts = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test),
+    }
+    for name, arr in parts.items():
+        write_idx(directory / name, arr, compress)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A checkpoint trained briefly on the bundled sample (good enough to be clearly above chance)."""
+    from cnnkit.data import load_sample
+    from cnnkit.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("run")
+    result = train(load_sample(), TrainConfig(epochs=2, shift=0, device="cpu"), out, progress=False)
+    return result
+
+
+@pytest.fixture(scope="session")
+def exported(trained, tmp_path_factory):
+    """ONNX and TorchScript exports of the session checkpoint."""
+    from cnnkit.export import export
+
+    out = tmp_path_factory.mktemp("export")
+    return export(trained.checkpoint, out, formats=("onnx", "torchscript"), verify=False)

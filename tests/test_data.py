@@ -1,0 +1,101 @@
+import gzip
+
+import numpy as np
+import pytest
+
+from cnnkit import data
+from cnnkit.errors import DataError
+from conftest import write_idx, write_idx_dataset
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_round_trip(tmp_path, compress):
+    arr = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    path = write_idx(tmp_path / "x-idx3-ubyte", arr, compress)
+    np.testing.assert_array_equal(data.read_idx(path), arr)
+
+
+def test_idx_bad_magic(tmp_path):
+    p = tmp_path / "bad"
+    p.write_bytes(b"\x12\x34\x08\x01" + b"\x00" * 8)
+    with pytest.raises(DataError, match="bad magic"):
+        data.read_idx(p)
+
+
+def test_idx_truncated(tmp_path):
+    p = write_idx(tmp_path / "x", np.zeros((3, 28, 28), np.uint8))
+    p.write_bytes(p.read_bytes()[:-10])
+    with pytest.raises(DataError, match="truncated"):
+        data.read_idx(p)
+
+
+def test_idx_truncated_gzip(tmp_path):
+    p = write_idx(tmp_path / "x", np.zeros((3, 28, 28), np.uint8), compress=True)
+    p.write_bytes(p.read_bytes()[:20])
+    with pytest.raises(DataError, match="cannot read"):
+        data.read_idx(p)
+
+
+def test_idx_missing(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        data.read_idx(tmp_path / "nope")
+
+
+def test_idx_count_mismatch(tmp_path):
+    d = write_idx_dataset(tmp_path / "d")
+    write_idx(d / "train-labels-idx1-ubyte", np.zeros(10, np.uint8))
+    with pytest.raises(DataError, match="10 labels for 64 images"):
+        data.load_dataset(data_dir=d)
+
+
+def test_idx_label_out_of_range(tmp_path):
+    d = write_idx_dataset(tmp_path / "d")
+    write_idx(d / "t10k-labels-idx1-ubyte", np.full(32, 12, np.uint8))
+    with pytest.raises(DataError, match="label 12 out of range for 10 classes"):
+        data.load_dataset("mnist", data_dir=d)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_local_idx_dir_flat(tmp_path, compress):
+    d = write_idx_dataset(tmp_path / "d", compress=compress)
+    ds = data.load_dataset(data_dir=d).dataset
+    assert ds.name == "idx" and ds.train_images.shape == (64, 28, 28) and ds.classes == data.DIGITS
+
+
+def test_torchvision_layout_fashion(tmp_path):
+    write_idx_dataset(tmp_path / "FashionMNIST" / "raw")
+    ds = data.load_dataset("fashion-mnist", data_dir=tmp_path).dataset
+    assert ds.name == "fashion-mnist" and ds.classes[9] == "Ankle boot" and len(ds.test_labels) == 32
+
+
+def test_sample_checksum_and_shape():
+    ds = data.load_sample()
+    assert ds.train_images.shape == (4000, 28, 28) and ds.test_images.shape == (1000, 28, 28)
+    assert ds.train_images.dtype == np.uint8
+    assert np.bincount(ds.test_labels).tolist() == [100] * 10
+
+
+def test_sample_corrupt(tmp_path, monkeypatch):
+    bad = tmp_path / "s.npz"
+    raw = bytearray(data.SAMPLE_PATH.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    bad.write_bytes(bytes(raw))
+    monkeypatch.setattr(data, "SAMPLE_PATH", bad)
+    with pytest.raises(DataError, match="checksum"):
+        data.load_sample()
+
+
+def test_default_falls_back_to_sample_when_offline(monkeypatch):
+    def offline(name, root):
+        raise DataError("could not download MNIST: no network")
+
+    monkeypatch.setattr(data, "download", offline)
+    loaded = data.load_dataset()
+    assert loaded.dataset.name == "mnist-sample"
+    assert "bundled" in loaded.warning and "no network" in loaded.warning
+
+
+def test_explicit_dataset_offline_fails(monkeypatch):
+    monkeypatch.setattr(data, "download", lambda n, r: (_ for _ in ()).throw(DataError("offline")))
+    with pytest.raises(DataError, match="offline.*--data-dir"):
+        data.load_dataset("fashion-mnist")

@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(BIN)/cnnkit train --out $(RUN)
+	$(BIN)/cnnkit export $(RUN) --format all
+	$(BIN)/cnnkit verify $(RUN)/model.onnx $(RUN)/model.ts
 
 test: install
 	$(BIN)/python -m pytest -q

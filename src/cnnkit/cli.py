@@ -81,3 +81,45 @@ def train(dataset, data_dir, epochs, batch_size, lr, seed, device, precision, sh
         click.echo(render_train(result))
     if result.interrupted:
         sys.exit(130)
+
+
+# ------------------------------------------------------------------------------------ export, verify
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript", "all"]), default="all", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default: the checkpoint's).")
+@click.option("--opset", type=click.IntRange(min=7), default=None, help="ONNX opset (default: the exporter's).")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Check parity before keeping the files.")
+@click.option("--atol", type=float, default=1e-4, show_default=True)
+@click.option("--rtol", type=float, default=1e-3, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def export(checkpoint, fmt, out, opset, verify, atol, rtol, as_json):
+    """Export a checkpoint to ONNX and/or TorchScript (uint8 in, logits out)."""
+    from cnnkit.export import FORMATS
+    from cnnkit.export import export as run_export
+    from cnnkit.render import render_export
+
+    formats = FORMATS if fmt == "all" else (fmt,)
+    result = run_export(checkpoint, out, formats, opset=opset, verify=verify, atol=atol, rtol=rtol)
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else render_export(result))
+    sys.exit(0 if result.ok else 1)
+
+
+@main.command()
+@click.argument("artefacts", nargs=-1, required=True, type=click.Path())
+@click.option("--checkpoint", type=click.Path(), default=None,
+              help="Reference checkpoint (default: the one recorded in the artefact's metadata).")
+@click.option("--atol", type=float, default=1e-4, show_default=True)
+@click.option("--rtol", type=float, default=1e-3, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(artefacts, checkpoint, atol, rtol, device, as_json):
+    """Check eager PyTorch vs TorchScript vs ONNX Runtime parity; exit 1 on any mismatch."""
+    from cnnkit.render import render_parity
+    from cnnkit.verify import verify as run_verify
+
+    report = run_verify(list(artefacts), checkpoint, device=device, atol=atol, rtol=rtol)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else render_parity(report))
+    sys.exit(0 if report else 1)

@@ -32,3 +32,45 @@ def render_train(r) -> str:
     if r.checkpoint:
         lines.append(f"checkpoint {r.checkpoint}")
     return "\n".join(lines)
+
+
+def _num(x: float) -> str:
+    return "-" if x != x else f"{x:.2e}"  # NaN -> "-"
+
+
+def render_parity(r) -> str:
+    rows = []
+    for b in r.backends:
+        if b.error and not b.cases:
+            rows.append([b.backend, b.ran_on, "-", "-", "-", "-", "-", "FAIL"])
+            continue
+        for c in b.cases:
+            rows.append([b.backend, b.ran_on, c.case, c.batch, _num(c.max_abs), _num(c.max_rel),
+                         f"{c.top1_agreement:.1%}", "ok" if c.passed else "FAIL"])
+    lines = [f"reference: eager PyTorch on {r.device} from {r.reference}",
+             f"tolerance: |out - ref| <= {r.atol:g} + {r.rtol:g} * |ref|", "",
+             table(["backend", "ran on", "input", "batch", "max abs", "max rel", "top-1 agree", "result"], rows,
+                   "llllrrrl"), ""]
+    for b in r.backends:
+        status = "PASS" if b.passed else "FAIL"
+        detail = f" ({b.error})" if b.error else ""
+        failed = [c for c in b.cases if not c.passed]
+        if failed and not b.error:
+            detail = " (" + "; ".join(f"{c.case}: {c.error or 'outside tolerance'}" for c in failed[:3]) + ")"
+        lines.append(f"{status} {b.backend} {b.artefact}: max abs error {_num(b.max_abs)}{detail}")
+    lines += [f"note: {n}" for n in r.notes]
+    lines.append("parity: " + ("PASS" if r else "FAIL"))
+    return "\n".join(lines)
+
+
+def render_export(r) -> str:
+    lines = []
+    if r.parity is not None:
+        lines += [render_parity(r.parity), ""]
+    if r.artefacts:
+        for fmt, path in r.artefacts.items():
+            lines.append(f"wrote {fmt}: {path}")
+        lines.append(f"exported in {r.seconds:.1f} s" + (f" (ONNX opset {r.opset})" if r.opset else ""))
+    else:
+        lines.append("export FAILED parity: no artefact written")
+    return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""The metadata every exported cnnkit model carries (ONNX metadata_props, TorchScript _extra_files).
+
+Torch-free: the runtime parses it, export builds it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from cnnkit.errors import ModelFileError
+
+FORMAT = "cnnkit-model/1"
+KEY = "cnnkit"  # ONNX metadata_props key and TorchScript extra-file name ("cnnkit.json")
+TS_EXTRA_FILE = "cnnkit.json"
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What an application needs to use an exported model, read from the model file itself."""
+
+    classes: tuple[str, ...]
+    image_size: int
+    channels: int
+    mean: float
+    std: float
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+    checkpoint_sha256: str | None = None
+    checkpoint_path: str | None = None
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def version(self) -> str:
+        """A short model version: the first 12 hex digits of the source checkpoint's SHA-256."""
+        return (self.checkpoint_sha256 or "unknown")[:12]
+
+    @classmethod
+    def from_json(cls, text: str | bytes, where: str) -> "ModelInfo":
+        try:
+            d = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ModelFileError(f"{where}: cnnkit metadata is not valid JSON ({exc})") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            got = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise ModelFileError(f"{where}: metadata format {got!r}, expected {FORMAT!r}")
+        try:
+            inp, norm = d["input"], d["normalization"]
+            return cls(
+                classes=tuple(d["classes"]),
+                image_size=int(inp["shape"][-1]),
+                channels=int(inp["shape"][1]),
+                mean=float(norm["mean"]),
+                std=float(norm["std"]),
+                input_name=inp["name"],
+                output_name=d["output"]["name"],
+                checkpoint_sha256=(d.get("checkpoint") or {}).get("sha256"),
+                checkpoint_path=(d.get("checkpoint") or {}).get("path"),
+                raw=d,
+            )
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{where}: incomplete cnnkit metadata (missing {exc})") from None
+
+
+def build(ckpt_meta, checkpoint_path: str, checkpoint_sha256: str, versions: dict) -> dict:
+    """The metadata dict for an export of the checkpoint described by `ckpt_meta` (a CheckpointMeta)."""
+    cfg = ckpt_meta.config
+    return {
+        "format": FORMAT,
+        "classes": list(ckpt_meta.classes),
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "uint8",
+            "shape": ["N", cfg.in_channels, cfg.image_size, cfg.image_size],
+            "layout": "NCHW",
+            "range": [0, 255],
+            "note": "raw pixels, light digit on dark background as in MNIST; normalisation is inside the model",
+        },
+        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N", len(ckpt_meta.classes)]},
+        "normalization": {"mean": ckpt_meta.mean, "std": ckpt_meta.std, "scale": "x / 255"},
+        "model_config": cfg.to_dict(),
+        "checkpoint": {"path": checkpoint_path, "sha256": checkpoint_sha256},
+        "dataset": ckpt_meta.dataset,
+        "metrics": ckpt_meta.metrics,
+        "versions": versions,
+    }

@@ -1,0 +1,242 @@
+"""Numerical parity: eager PyTorch (the reference) vs TorchScript vs ONNX Runtime on the same inputs.
+
+Collect, then decide: every backend runs every case (names, then shapes, then values) before the
+report says pass or fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cnnkit import metadata
+from cnnkit.errors import CheckpointError, CnnkitError, ModelFileError
+
+REL_FLOOR = 1e-3  # relative error uses max(|reference|, REL_FLOOR) so logits near zero don't explode it
+REAL_BATCH = 256
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case: str
+    batch: int
+    shape: list[int]
+    max_abs: float
+    max_rel: float
+    allclose: bool
+    top1_agreement: float
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and self.allclose
+
+
+@dataclass(frozen=True)
+class BackendParity:
+    backend: str  # "torchscript" | "onnx"
+    artefact: str
+    ran_on: str  # what really executed: "torch cpu", "CUDAExecutionProvider", ...
+    cases: list[CaseResult] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and bool(self.cases) and all(c.passed for c in self.cases)
+
+    @property
+    def max_abs(self) -> float:
+        return max((c.max_abs for c in self.cases), default=float("nan"))
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    reference: str
+    device: str
+    atol: float
+    rtol: float
+    backends: list[BackendParity]
+    notes: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.backends) and all(b.passed for b in self.backends)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["passed"] = self.passed
+        for b, bd in zip(self.backends, d["backends"]):
+            bd["passed"] = b.passed
+        return d
+
+
+def artefact_kind(path: Path) -> str:
+    """'torchscript' for a zip archive (TorchScript's container), else 'onnx'."""
+    if not path.is_file():
+        raise ModelFileError(f"{path}: file not found")
+    with open(path, "rb") as fh:
+        return "torchscript" if fh.read(4) == b"PK\x03\x04" else "onnx"
+
+
+def read_info(path: Path) -> metadata.ModelInfo:
+    """The cnnkit metadata of an ONNX or TorchScript artefact."""
+    if artefact_kind(path) == "torchscript":
+        from cnnkit.export import load_torchscript
+
+        return load_torchscript(path)[1]
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ModelFileError(f"{path}: not a valid ONNX file ({str(exc).strip().splitlines()[0]})") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    if metadata.KEY not in props:
+        raise ModelFileError(f"{path}: not a cnnkit model (no '{metadata.KEY}' metadata)")
+    return metadata.ModelInfo.from_json(props[metadata.KEY], str(path))
+
+
+def find_checkpoint(artefacts: list[Path]) -> Path:
+    """The source checkpoint named in the artefacts' metadata, checked against its recorded SHA-256."""
+    info = read_info(artefacts[0])
+    if not info.checkpoint_path:
+        raise CheckpointError(f"{artefacts[0]}: metadata names no source checkpoint; pass --checkpoint")
+    path = Path(info.checkpoint_path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: source checkpoint recorded in {artefacts[0].name} not found; pass --checkpoint")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if info.checkpoint_sha256 and digest != info.checkpoint_sha256:
+        raise CheckpointError(f"{path}: checkpoint changed since export (SHA-256 {digest[:12]}... != recorded "
+                              f"{info.checkpoint_sha256[:12]}...); re-export or pass --checkpoint")
+    return path
+
+
+def input_cases(ckpt, rng: np.random.Generator) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+    """Real test images where the dataset is at hand, random batches of several sizes, and edge inputs."""
+    from cnnkit.data import load_dataset, load_idx_dir
+
+    c, s = ckpt.meta.config.in_channels, ckpt.meta.config.image_size
+    cases, notes = [], []
+    ds_meta = ckpt.meta.dataset
+    try:
+        name = ds_meta.get("name")
+        if name == "mnist-sample":
+            ds = load_dataset("sample").dataset
+        elif name == "idx":
+            ds = load_idx_dir(Path(ds_meta["source"]), "idx")
+        else:
+            ds = load_dataset(name, download_ok=False).dataset
+        real = ds.test_images[:REAL_BATCH].reshape(-1, c, s, s)
+        cases.append((f"{ds.name} test images", np.ascontiguousarray(real)))
+    except (CnnkitError, KeyError, ValueError) as exc:
+        notes.append(f"real test images unavailable ({exc}); random and edge inputs only")
+    for n in (1, 37, 256):
+        cases.append((f"random uint8 b={n}", rng.integers(0, 256, (n, c, s, s), dtype=np.uint8)))
+    cases.append(("all 0", np.zeros((8, c, s, s), np.uint8)))
+    cases.append(("all 255", np.full((8, c, s, s), 255, np.uint8)))
+    return cases, notes
+
+
+def compare(case: str, ref: np.ndarray, out, atol: float, rtol: float) -> CaseResult:
+    """Shapes first, then values."""
+    if not isinstance(out, np.ndarray):
+        return CaseResult(case, len(ref), [], float("nan"), float("nan"), False, 0.0,
+                          f"output is {type(out).__name__}, expected one tensor")
+    if out.shape != ref.shape:
+        return CaseResult(case, len(ref), list(out.shape), float("nan"), float("nan"), False, 0.0,
+                          f"output shape {list(out.shape)}, expected {list(ref.shape)}")
+    r, o = ref.astype(np.float64), out.astype(np.float64)
+    diff = np.abs(o - r)
+    if not np.isfinite(o).all():
+        return CaseResult(case, len(ref), list(out.shape), float("inf"), float("inf"), False, 0.0, "non-finite output")
+    rel = diff / np.maximum(np.abs(r), REL_FLOOR)
+    ok = bool(np.all(diff <= atol + rtol * np.abs(r)))
+    agree = float(np.mean(o.argmax(1) == r.argmax(1)))
+    return CaseResult(case, len(ref), list(out.shape), float(diff.max()), float(rel.max()), ok, agree)
+
+
+def _torch_ref(module, device):
+    import torch
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            y = module(torch.from_numpy(x).to(device))
+        return y.float().cpu().numpy() if isinstance(y, torch.Tensor) else y
+
+    return run
+
+
+def verify(
+    artefacts: list[str | os.PathLike],
+    checkpoint_path: str | os.PathLike | None = None,
+    device: str = "cpu",
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    names: dict[str, str] | None = None,
+    seed: int = 0,
+) -> ParityReport:
+    """Compare each artefact with the eager reference built from the checkpoint; never raises on a mismatch."""
+    import torch
+
+    from cnnkit import checkpoint
+    from cnnkit.device import resolve_torch_device
+    from cnnkit.export import deployable, load_torchscript
+    from cnnkit.runtime import CUDA_EP, Classifier, ProviderFallbackWarning
+
+    paths = [Path(a) for a in artefacts]
+    if not paths:
+        raise ModelFileError("no artefacts to verify; pass .onnx and/or .ts files")
+    names = names or {}
+    ckpt = checkpoint.load(checkpoint_path if checkpoint_path is not None else find_checkpoint(paths))
+    dev = resolve_torch_device(device)
+    if dev.type == "cuda":  # fp32 parity means no TF32 on either side
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    reference = _torch_ref(deployable(ckpt).to(dev), dev)
+    cases, notes = input_cases(ckpt, np.random.default_rng(seed))
+    refs = [reference(x) for _, x in cases]
+
+    backends = []
+    for path in paths:
+        shown = names.get(str(path), str(path))
+        try:
+            kind = artefact_kind(path)
+        except ModelFileError as exc:
+            backends.append(BackendParity("?", shown, "-", error=str(exc)))
+            continue
+        error = None
+        try:
+            if kind == "torchscript":
+                module, _ = load_torchscript(path, map_location=dev)
+                run, ran_on = _torch_ref(module, dev), f"torch {dev.type}"
+            else:
+                with warnings.catch_warnings():  # a fall-back is reported below as a failure instead
+                    warnings.simplefilter("ignore", ProviderFallbackWarning)
+                    clf = Classifier(path, device=dev.type, tf32=False)
+                ran_on = clf.providers[0]
+                if dev.type == "cuda" and CUDA_EP not in clf.providers:
+                    error = f"CUDA requested but ONNX Runtime fell back to CPU: {clf.fallback_reason}"
+                if clf.info.num_classes != len(ckpt.meta.classes):
+                    error = f"model has {clf.info.num_classes} classes, checkpoint {len(ckpt.meta.classes)}"
+                run = clf.logits
+        except CnnkitError as exc:
+            backends.append(BackendParity(kind, shown, "-", error=str(exc)))
+            continue
+        results = []
+        for (case, x), ref in zip(cases, refs):
+            try:
+                results.append(compare(case, ref, run(x), atol, rtol))
+            except Exception as exc:  # a backend that crashes on an input is a parity failure, not a crash
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                results.append(CaseResult(case, len(x), [], float("nan"), float("nan"), False, 0.0, msg))
+        backends.append(BackendParity(kind, shown, ran_on, results, error))
+    return ParityReport(str(ckpt.path), dev.type, atol, rtol, backends, notes)
+

@@ -123,3 +123,61 @@ def verify(artefacts, checkpoint, atol, rtol, device, as_json):
     report = run_verify(list(artefacts), checkpoint, device=device, atol=atol, rtol=rtol)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else render_parity(report))
     sys.exit(0 if report else 1)
+
+
+# ----------------------------------------------------------------------------------- predict, doctor
+
+
+def make_classifier(model: str, device: str, **kwargs):
+    """A runtime Classifier whose provider fall-back warning is shown as one line, not a Python warning."""
+    import warnings
+
+    from cnnkit.runtime import Classifier, ProviderFallbackWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ProviderFallbackWarning)
+        clf = Classifier(model, device=device, **kwargs)
+    for w in caught:
+        click.echo(f"Warning: {w.message}", err=True)
+    return clf
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--invert/--no-invert", default=None,
+              help="Force (or forbid) inverting dark-on-light images; default: detect and say so.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def predict(model, images, device, top_k, invert, as_json):
+    """Classify image files (PNG, JPEG, PGM) with an exported ONNX model."""
+    from dataclasses import asdict
+
+    from cnnkit.predict import predict_files
+    from cnnkit.render import render_predict
+
+    report = predict_files(make_classifier(model, device), list(images), top_k=top_k, invert=invert)
+    if as_json:
+        emit_json({**asdict(report), "failed": report.failed})
+    else:
+        click.echo(render_predict(report))
+        for r in report.results:
+            if r.error:
+                click.echo(f"Error: {r.error}", err=True)
+    sys.exit(1 if report.failed else 0)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def doctor(as_json):
+    """Check Python, torch, GPU and ONNX Runtime's CUDA provider; say how to fix what fails."""
+    from cnnkit.doctor import diagnose
+    from cnnkit.render import render_doctor
+
+    report = diagnose()
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        click.echo(render_doctor(report))
+    sys.exit(0 if report.ok else 1)

@@ -74,3 +74,35 @@ def render_export(r) -> str:
     else:
         lines.append("export FAILED parity: no artefact written")
     return "\n".join(lines)
+
+
+def render_predict(r) -> str:
+    rows = []
+    for p in r.results:
+        if p.error:
+            rows.append([p.file, "ERROR", "-", "-", ""])
+            continue
+        others = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in p.top_k[1:])
+        rows.append([p.file, p.label, f"{p.probability:.1%}", "yes" if p.inverted else "no", others])
+    out = table(["file", "label", "prob", "inverted", "next"], rows, "llrll")
+    return out + f"\nmodel {r.model} (version {r.model_version}) on {r.providers[0]}"
+
+
+def render_doctor(r) -> str:
+    t, g, o, s = r.torch, r.gpu, r.onnxruntime, r.cuda_session
+    lines = [
+        f"python        {r.python} on {r.platform}",
+        f"torch         {t.get('version')} (CUDA build {t.get('cuda_build') or 'none'}, "
+        f"cuDNN {t.get('cudnn') or '-'}, cuda available: {t.get('cuda_available')})",
+        f"gpu           " + (f"{g.get('name', 'visible')} (driver {g.get('driver', '?')})" if g["visible"] else "none visible"),
+        f"onnxruntime   {o['version']} {o['packages']} device {o['device']}",
+        f"providers     {', '.join(o['available_providers'])}",
+        "cuda session  " + ("not attempted: " + str(s["error"]) if not s["attempted"] else
+                            ("OK, ran on " + s["providers"][0]) if s["ok"] else
+                            f"FAILED ({s['error']}); ran on {s['providers'][:1] or 'nothing'}"),
+    ]
+    lines += [f"note: {p}" for p in r.problems]
+    if r.fix:
+        lines.append(f"fix: {r.fix}")
+    lines.append("doctor: " + ("OK" if r.ok else "PROBLEM"))
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""`cnnkit doctor`: why ONNX Runtime's CUDA provider does (not) run here, and the one-line fix."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata as md
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    python: str
+    platform: str
+    torch: dict
+    gpu: dict
+    onnxruntime: dict
+    cuda_session: dict
+    problems: list[str] = field(default_factory=list)
+    fix: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """False when a GPU is visible but ONNX Runtime cannot run a CUDA session."""
+        return not (self.gpu.get("visible") and not self.cuda_session.get("ok"))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+
+@contextlib.contextmanager
+def capture_stderr_fd():
+    """Capture C++-level stderr (ONNX Runtime logs its provider errors there)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        box: dict = {}
+        try:
+            yield box
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            box["text"] = tmp.read().decode("utf-8", "replace")
+
+
+def _tiny_model() -> bytes:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "doctor", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+def _installed(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def gpu_info() -> dict:
+    from cnnkit.runtime import gpu_visible
+
+    info = {"visible": gpu_visible(), "nvidia_smi": shutil.which("nvidia-smi")}
+    if info["nvidia_smi"]:
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10).stdout.strip().splitlines()
+            if out:
+                name, _, driver = out[0].rpartition(",")
+                info.update(name=name.strip(), driver=driver.strip(), count=len(out))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return info
+
+
+def cuda_session_check() -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    from cnnkit.runtime import CUDA_EP, _preload_cuda_libraries, cuda_provider_options
+
+    if CUDA_EP not in ort.get_available_providers():
+        return {"attempted": False, "ok": False, "providers": [], "error": "this onnxruntime has no CUDA provider"}
+    _preload_cuda_libraries()
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    with capture_stderr_fd() as log:
+        try:
+            sess = ort.InferenceSession(_tiny_model(), so, providers=[(CUDA_EP, cuda_provider_options()),
+                                                                       "CPUExecutionProvider"])
+            sess.run(None, {"x": np.ones((1, 4), np.float32)})
+            providers, error = sess.get_providers(), None
+        except Exception as exc:  # report, don't crash: this is the diagnostic tool
+            providers, error = [], str(exc).strip().splitlines()[0]
+    ok = CUDA_EP in providers
+    if not ok and error is None:
+        lines = [ln.strip() for ln in log.get("text", "").splitlines() if ln.strip()]
+        error = next((ln for ln in lines if "cuda" in ln.lower() or "error" in ln.lower()), None)
+        # drop ONNX Runtime's "<timestamp> [W:onnxruntime:..., file.cc:123 fn] " log prefix
+        error = error.split("] ", 1)[-1] if error else "ONNX Runtime silently fell back to CPUExecutionProvider"
+
+    return {"attempted": True, "ok": ok, "providers": providers, "error": error}
+
+
+def diagnose() -> DoctorReport:
+    import onnxruntime as ort
+
+    from cnnkit.runtime import CUDA_FIX
+
+    problems = []
+    ort_pkgs = {d: _installed(d) for d in ("onnxruntime", "onnxruntime-gpu")}
+    if ort_pkgs["onnxruntime"] and ort_pkgs["onnxruntime-gpu"]:
+        problems.append("both onnxruntime and onnxruntime-gpu are installed; they overwrite each other")
+    ort_info = {"version": ort.__version__, "packages": {k: v for k, v in ort_pkgs.items() if v},
+                "device": ort.get_device(), "available_providers": ort.get_available_providers()}
+    session = cuda_session_check()
+    gpu = gpu_info()
+    try:
+        import torch
+
+        torch_info = {"version": torch.__version__, "cuda_build": torch.version.cuda,
+                      "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+                      "cuda_available": torch.cuda.is_available()}
+        if torch.cuda.is_available():
+            torch_info["device"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        torch_info = {"version": None}
+    fix = None
+    if gpu["visible"] and not session["ok"]:
+        problems.append(f"a GPU is visible but ONNX Runtime's CUDA provider failed: {session['error']}")
+        fix = (f"pip uninstall -y onnxruntime && pip install --force-reinstall onnxruntime-gpu"
+               if ort_pkgs["onnxruntime"] and ort_pkgs["onnxruntime-gpu"] else CUDA_FIX)
+    elif not gpu["visible"]:
+        problems.append("no NVIDIA GPU visible: cnnkit runs on the CPU (expected on a machine without one)")
+    return DoctorReport(platform.python_version(), platform.platform(), torch_info, gpu, ort_info, session,
+                        problems, fix)

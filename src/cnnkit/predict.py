@@ -1,0 +1,49 @@
+"""`cnnkit predict`: image files through the runtime, per-file errors that don't stop the others."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cnnkit import images
+from cnnkit.errors import CnnkitError
+
+
+@dataclass(frozen=True)
+class FilePrediction:
+    file: str
+    label: str | None = None
+    index: int | None = None
+    probability: float | None = None
+    top_k: list[dict] = field(default_factory=list)
+    inverted: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PredictReport:
+    model: str
+    providers: list[str]
+    model_version: str
+    results: list[FilePrediction]
+
+    @property
+    def failed(self) -> int:
+        return sum(r.error is not None for r in self.results)
+
+
+def predict_files(clf, paths: list[str], top_k: int = 1, invert: bool | None = None) -> PredictReport:
+    """Decode every file (collecting per-file errors), then classify the good ones in one batch."""
+    decoded, results = {}, {}
+    for p in paths:
+        try:
+            decoded[p] = images.load(p, clf.info.image_size, invert)
+        except CnnkitError as exc:
+            results[p] = FilePrediction(p, error=str(exc))
+    if decoded:
+        batch = np.stack([d.pixels for d in decoded.values()])
+        for (p, d), pred in zip(decoded.items(), clf.predict(batch, top_k=top_k)):
+            results[p] = FilePrediction(p, pred.label, pred.index, pred.probability,
+                                        pred.to_dict()["top_k"], d.inverted)
+    return PredictReport(clf.source, clf.providers, clf.info.version, [results[p] for p in paths])

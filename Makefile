@@ -18,6 +18,7 @@ demo: install
 	$(BIN)/cnnkit train --out $(RUN)
 	$(BIN)/cnnkit export $(RUN) --format all
 	$(BIN)/cnnkit verify $(RUN)/model.onnx $(RUN)/model.ts
+	$(BIN)/cnnkit bench $(RUN) --json $(RUN)/bench.json --plot $(RUN)/bench.png
 
 test: install
 	$(BIN)/python -m pytest -q

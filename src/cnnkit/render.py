@@ -106,3 +106,21 @@ def render_doctor(r) -> str:
         lines.append(f"fix: {r.fix}")
     lines.append("doctor: " + ("OK" if r.ok else "PROBLEM"))
     return "\n".join(lines)
+
+
+def render_bench(r) -> str:
+    rows = []
+    for row in r.rows:
+        st = row.latency
+        dev = f"{row.device_latency.p50_ms:.3f}" if row.device_latency else "-"
+        speed = f"{row.speedup_vs_eager:.2f}x" if row.speedup_vs_eager else "-"
+        rows.append([row.backend + (" (FELL BACK)" if row.fell_back else ""), row.batch_size, row.ran_on,
+                     f"{st.p50_ms:.3f}", f"{st.p90_ms:.3f}", f"{st.p99_ms:.3f}", f"{st.mean_ms:.3f}", dev,
+                     f"{row.images_per_s:,.0f}", speed, st.n])
+    env = r.environment
+    head = f"device {r.device}: " + (f"{env['gpu']} (driver {env.get('gpu_driver')}), " if env.get("gpu") else "")
+    head += f"{env['cpu']}, {env['threads']} threads; torch {env['torch']}, onnxruntime {env['onnxruntime']}"
+    out = [head, table(["backend", "batch", "ran on", "p50 ms", "p90 ms", "p99 ms", "mean ms", "dev p50", "img/s",
+                        "vs eager", "n"], rows, "lrlrrrrrrrr")]
+    out += [f"note: {n}" for n in r.notes]
+    return "\n".join(out)

@@ -1,0 +1,66 @@
+"""Bench result files: JSON, CSV and a latency/throughput plot (matplotlib, the optional `plot` extra)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+from cnnkit import _io
+from cnnkit.errors import CnnkitError
+
+CSV_FIELDS = ["backend", "batch_size", "ran_on", "fell_back", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "n",
+              "images_per_s", "speedup_vs_eager", "device_p50_ms"]
+
+
+def write_json(result, path: str | os.PathLike) -> None:
+    _io.write_text(path, json.dumps(result.to_dict(), indent=2) + "\n")
+
+
+def write_csv(result, path: str | os.PathLike) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, CSV_FIELDS)
+    w.writeheader()
+    for r in result.rows:
+        w.writerow({"backend": r.backend, "batch_size": r.batch_size, "ran_on": r.ran_on, "fell_back": r.fell_back,
+                    "p50_ms": r.latency.p50_ms, "p90_ms": r.latency.p90_ms, "p99_ms": r.latency.p99_ms,
+                    "mean_ms": r.latency.mean_ms, "n": r.latency.n, "images_per_s": r.images_per_s,
+                    "speedup_vs_eager": r.speedup_vs_eager,
+                    "device_p50_ms": r.device_latency.p50_ms if r.device_latency else None})
+    _io.write_text(path, buf.getvalue())
+
+
+def plot(result, path: str | os.PathLike) -> None:
+    """Latency (p50, with p90 band) and throughput against batch size, one line per backend."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CnnkitError("--plot needs matplotlib: pip install 'cnnkit[plot]'") from None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for backend in dict.fromkeys(r.backend for r in result.rows):
+        rows = sorted((r for r in result.rows if r.backend == backend), key=lambda r: r.batch_size)
+        bs = [r.batch_size for r in rows]
+        label = f"{backend} ({rows[0].ran_on})"
+        line, = ax1.plot(bs, [r.latency.p50_ms for r in rows], marker="o", label=label)
+        ax1.fill_between(bs, [r.latency.p50_ms for r in rows], [r.latency.p90_ms for r in rows],
+                         color=line.get_color(), alpha=0.15)
+        ax2.plot(bs, [r.images_per_s for r in rows], marker="o", label=label)
+    env = result.environment
+    where = env.get("gpu") or f"{env['cpu']}, {env['threads']} threads"
+    for ax, ylab, title in ((ax1, "latency p50 (ms, band to p90)", "Latency"),
+                            (ax2, "images / s", "Throughput")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(ylab)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.suptitle(f"cnnkit bench on {result.device}: {where}", fontsize=10)
+    fig.tight_layout()
+    _io.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)

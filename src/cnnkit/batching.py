@@ -1,0 +1,106 @@
+"""Dynamic batching: concurrent requests are queued and run together, each caller gets its own rows."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+class BatchFailed(RuntimeError):
+    """The model failed on the batch this request was part of."""
+
+
+@dataclass
+class _Item:
+    images: np.ndarray
+    future: asyncio.Future
+
+
+class Batcher:
+    """Collects queued image batches up to `max_batch` images or `max_delay_ms`, runs them in one call.
+
+    `infer` runs in a single worker thread so the event loop keeps accepting requests meanwhile; one
+    request larger than `max_batch` runs as a batch of its own (it is never split or reordered).
+    """
+
+    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], max_batch: int = 64, max_delay_ms: float = 2.0,
+                 on_batch: Callable[[int, float], None] | None = None):
+        self.infer = infer
+        self.max_batch = max(1, int(max_batch))
+        self.max_delay = max(0.0, max_delay_ms) / 1000.0
+        self.on_batch = on_batch
+        self.queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnkit-infer")
+        self._task: asyncio.Task | None = None
+        self.queued_images = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Finish everything already queued, then stop."""
+        if self._task is not None:
+            await self.queue.put(None)
+            await self._task
+            self._task = None
+        self._pool.shutdown(wait=True)
+
+    async def submit(self, images: np.ndarray) -> np.ndarray:
+        fut = asyncio.get_running_loop().create_future()
+        self.queued_images += len(images)
+        await self.queue.put(_Item(images, fut))
+        return await fut
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        pending: _Item | None = None
+        stopping = False
+        while not stopping:
+            first = pending or await self.queue.get()
+            pending = None
+            if first is None:
+                break
+            items, count = [first], len(first.images)
+            deadline = loop.time() + self.max_delay
+            while count < self.max_batch:
+                try:
+                    nxt = self.queue.get_nowait() if self.max_delay == 0 else await asyncio.wait_for(
+                        self.queue.get(), timeout=max(0.0, deadline - loop.time()))
+                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                if count + len(nxt.images) > self.max_batch:
+                    pending = nxt  # starts the next batch; keeps arrival order
+                    break
+                items.append(nxt)
+                count += len(nxt.images)
+            await self._run(loop, items, count)
+        if pending is not None:
+            await self._run(loop, [pending], len(pending.images))
+
+    async def _run(self, loop, items: list[_Item], count: int) -> None:
+        self.queued_images -= count
+        batch = items[0].images if len(items) == 1 else np.concatenate([i.images for i in items])
+        t0 = time.perf_counter()
+        try:
+            out = await loop.run_in_executor(self._pool, self.infer, batch)
+        except Exception as exc:  # only this batch's callers see the failure
+            for it in items:
+                if not it.future.done():
+                    it.future.set_exception(BatchFailed(f"inference failed: {exc}"))
+            return
+        if self.on_batch:
+            self.on_batch(count, time.perf_counter() - t0)
+        start = 0
+        for it in items:
+            n = len(it.images)
+            if not it.future.done():
+                it.future.set_result(out[start : start + n])
+            start += n

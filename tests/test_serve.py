@@ -1,0 +1,188 @@
+import asyncio
+import base64
+import io
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from cnnkit.batching import Batcher, BatchFailed
+from cnnkit.data import load_sample
+from cnnkit.runtime import Classifier
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, *args: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "serve", model, "--port", str(port), "--device", "cpu",
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stdout.read().decode())
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
+def png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    proc, url = start_server(exported.artefacts["onnx"], "--max-batch", "16", "--max-delay-ms", "5",
+                             "--max-images", "8", "--max-body-mb", "1")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def clf(exported):
+    return Classifier(exported.artefacts["onnx"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_sample().test_images[:64]
+
+
+def test_server_process_never_imports_torch(exported):
+    code = (
+        "import sys; from cnnkit.cli import make_classifier; from cnnkit.serve import create_app; "
+        f"create_app(make_classifier({exported.artefacts['onnx']!r}, 'cpu')); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_predict_forms_match_runtime(server, clf, digits):
+    expect = clf.predict(digits[:3])
+    r = httpx.post(server + "/v1/predict?top_k=2", content=png(digits[0]), headers={"content-type": "image/png"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    p = body["predictions"][0]
+    assert p["label"] == expect[0].label and p["probability"] == pytest.approx(expect[0].probability, abs=1e-5)
+    assert len(p["top_k"]) == 2 and len(p["probabilities"]) == 10 and body["model_version"] == clf.info.version
+
+    files = [("a", ("a.png", png(digits[0]), "image/png")), ("b", ("b.png", png(digits[1]), "image/png"))]
+    r = httpx.post(server + "/v1/predict", files=files)
+    assert [q["label"] for q in r.json()["predictions"]] == [e.label for e in expect[:2]]
+
+    doc = {"images": [base64.b64encode(png(digits[2])).decode(), digits[1].tolist(),
+                      {"pixels": (digits[0] / 255.0).tolist()}], "top_k": 1}
+    r = httpx.post(server + "/v1/predict", json=doc)
+    assert r.status_code == 200, r.text
+    assert [q["label"] for q in r.json()["predictions"]] == [expect[2].label, expect[1].label, expect[0].label]
+
+
+def test_concurrent_clients_get_their_own_results(server, clf, digits):
+    expect = [p.label for p in clf.predict(digits)]
+
+    async def one(client, i):
+        n = 1 + i % 3  # mixed request sizes
+        idx = [(i + j) % len(digits) for j in range(n)]
+        r = await client.post(server + "/v1/predict", json={"images": [digits[k].tolist() for k in idx]})
+        assert r.status_code == 200, r.text
+        return [q["label"] for q in r.json()["predictions"]], [expect[k] for k in idx]
+
+    async def main():
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(48)))
+
+    for got, want in asyncio.run(main()):
+        assert got == want
+    metrics = {f.name: f for f in text_string_to_metric_families(httpx.get(server + "/metrics").text)}
+    batches = {s.labels["le"]: s.value for s in metrics["cnnkit_batch_size"].samples if s.name.endswith("_bucket")}
+    count = next(s.value for s in metrics["cnnkit_batch_size"].samples if s.name.endswith("_count"))
+    assert count - batches["1.0"] >= 1, "no request was batched with another"
+
+
+@pytest.mark.parametrize("kwargs,status,match", [
+    ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported content type"),
+    ({"content": b"not an image", "headers": {"content-type": "image/png"}}, 400, "not a recognised image"),
+    ({"json": {"images": [[[0] * 20] * 20]}}, 400, "expected 1x28x28"),
+    ({"json": {"images": [[[0, 1], [2]]]}}, 400, "ragged"),
+    ({"json": {"images": ["!!notbase64"]}}, 400, "base64"),
+    ({"json": {"nothing": 1}}, 400, '"images"'),
+    ({"content": b"{bad json", "headers": {"content-type": "application/json"}}, 400, "invalid JSON"),
+    ({"json": {"images": [[[0] * 28] * 28] * 9}}, 413, "limit is 8"),
+    ({"content": b"\x00" * (1024 * 1024 + 1), "headers": {"content-type": "image/png"}}, 413, "byte limit"),
+])
+def test_bad_input_is_4xx_and_server_stays_up(server, kwargs, status, match):
+    r = httpx.post(server + "/v1/predict", **kwargs)
+    assert r.status_code == status, r.text
+    assert match in r.json()["error"]
+    assert httpx.get(server + "/healthz").json() == {"status": "ok"}
+
+
+def test_model_and_metrics_endpoints(server, clf):
+    info = httpx.get(server + "/v1/model").json()
+    assert info["metadata"]["classes"] == list(clf.classes) and info["providers"] == ["CPUExecutionProvider"]
+    fams = {f.name: f for f in text_string_to_metric_families(httpx.get(server + "/metrics").text)}
+    assert {"cnnkit_requests", "cnnkit_request_latency_seconds", "cnnkit_batch_size",
+            "cnnkit_queue_depth_images"} <= set(fams)
+    statuses = {s.labels.get("status") for s in fams["cnnkit_requests"].samples}
+    assert "200" in statuses
+
+
+def test_batcher_failure_hits_only_its_batch():
+    def infer(batch):
+        if (batch == 255).any():
+            raise RuntimeError("boom")
+        return batch.reshape(len(batch), -1)[:, :2].astype(np.float32)
+
+    async def main():
+        b = Batcher(infer, max_batch=4, max_delay_ms=20)
+        b.start()
+        good = [np.full((1, 1, 28, 28), i, np.uint8) for i in range(6)]
+        bad = np.full((1, 1, 28, 28), 255, np.uint8)
+        # 0..3 fill the first batch; bad + 4,5 form the second and share its failure.
+        results = await asyncio.gather(*(b.submit(x) for x in good[:4] + [bad] + good[4:]), return_exceptions=True)
+        later = await b.submit(good[5])
+        await b.stop()
+        return results, later
+
+    results, later = asyncio.run(main())
+    assert [r[0, 0] for r in results[:4]] == [0, 1, 2, 3]
+    assert all(isinstance(r, BatchFailed) for r in results[4:])
+    assert later[0, 0] == 5
+
+
+def test_sigterm_finishes_in_flight_and_exits_zero(exported, digits):
+    proc, url = start_server(exported.artefacts["onnx"], "--max-delay-ms", "300", "--max-batch", "64")
+    box = {}
+
+    def request():
+        box["r"] = httpx.post(url + "/v1/predict", json={"images": [digits[0].tolist()]}, timeout=30)
+
+    t = threading.Thread(target=request)
+    t.start()
+    time.sleep(0.1)  # the request is now waiting in the 300 ms batching window
+    proc.send_signal(signal.SIGTERM)
+    t.join(timeout=30)
+    assert proc.wait(timeout=30) == 0
+    assert box["r"].status_code == 200
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url + "/healthz", timeout=1)

@@ -1,0 +1,40 @@
+"""Helpers shared by the benchmark scripts: a trained model to measure, machine description, output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    import os
+
+    from cnnkit.bench import cpu_model
+
+    return {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version()}
+
+
+def ensure_model(run_dir: Path) -> Path:
+    """Train (default recipe, bundled sample) and export into run_dir unless a model is already there."""
+    import subprocess
+
+    onnx = run_dir / "model.onnx"
+    if not onnx.is_file():
+        cnnkit = [sys.executable, "-m", "cnnkit"]
+        subprocess.run([*cnnkit, "train", "--dataset", "sample", "--out", str(run_dir), "--json"], check=True,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run([*cnnkit, "export", str(run_dir), "--json"], check=True, stdout=subprocess.DEVNULL)
+    return run_dir
+
+
+def save(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path

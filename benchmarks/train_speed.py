@@ -1,0 +1,126 @@
+"""Training speed: a faithful seed-tutorial loop vs cnnkit's trainer, same model, same data, one run.
+
+    python benchmarks/train_speed.py [--dataset sample|mnist] [--seed-epochs 6] [--target 0.97]
+
+(a) seed style: torchvision MNIST dataset with per-sample ToTensor + Normalize, DataLoader(batch 200,
+    shuffle), Adam lr 0.01, zero_grad/backward/step per batch; evaluated properly (eval mode, no grad).
+(b) cnnkit: `cnnkit.train.train` with its defaults (uint8 data resident on the device, AdamW one-cycle), fp32,
+    and (c) the same with bf16 autocast.
+Reports training images/s (training loop only), test accuracy per epoch, time to --target accuracy and
+the ratios to (a). Writes benchmarks/results/train_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine, save  # noqa: E402
+
+
+def write_torchvision_layout(ds, root: Path) -> None:
+    """The dataset as torchvision's MNIST raw IDX files, so the seed loop reads it the seed's way."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, arr in (("train-images-idx3-ubyte", ds.train_images), ("train-labels-idx1-ubyte", ds.train_labels),
+                      ("t10k-images-idx3-ubyte", ds.test_images), ("t10k-labels-idx1-ubyte", ds.test_labels)):
+        a = np.ascontiguousarray(arr, dtype=np.uint8)
+        header = bytes([0, 0, 8, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
+        (raw / name).write_bytes(header + a.tobytes())
+        (raw / (name + ".gz")).write_bytes(gzip.compress(header + a.tobytes(), compresslevel=1))
+
+
+def seed_loop(root: Path, epochs: int, target: float, seed: int) -> dict:
+    import torch
+    import torchvision.datasets as tvd
+    import torchvision.transforms as T
+    from torch.utils.data import DataLoader
+
+    from cnnkit.model import Net
+
+    torch.manual_seed(seed)
+    tf = T.Compose([T.ToTensor(), T.Normalize((0.1307,), (0.3081,))])
+    train_ds = tvd.MNIST(str(root), train=True, transform=tf, download=False)
+    test_ds = tvd.MNIST(str(root), train=False, transform=tf, download=False)
+    train_loader = DataLoader(train_ds, batch_size=200, shuffle=True)
+    test_loader = DataLoader(test_ds, batch_size=200, shuffle=False)
+    model = Net()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    crit = torch.nn.CrossEntropyLoss()
+    epochs_out, train_s, seen, t_target = [], 0.0, 0, None
+    for epoch in range(1, epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        for images, labels in train_loader:
+            loss = crit(model(images), labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen += len(labels)
+        train_s += time.perf_counter() - t0
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for images, labels in test_loader:
+                correct += (model(images).argmax(1) == labels).sum().item()
+        acc = correct / len(test_ds)
+        epochs_out.append({"epoch": epoch, "test_accuracy": acc, "train_seconds_cumulative": train_s})
+        if t_target is None and acc >= target:
+            t_target = train_s
+    return {"images_per_s": seen / train_s, "train_seconds": train_s, "final_accuracy": epochs_out[-1]["test_accuracy"],
+            "best_accuracy": max(e["test_accuracy"] for e in epochs_out), "seconds_to_target": t_target,
+            "epochs": epochs_out}
+
+
+def cnnkit_loop(ds, precision: str, target: float, seed: int) -> dict:
+    from cnnkit.train import TrainConfig, train
+
+    with tempfile.TemporaryDirectory() as out:
+        r = train(ds, TrainConfig(precision=precision, seed=seed, device="cpu"), out, progress=False)
+    cum, t_target, eps = 0.0, None, []
+    for e in r.epochs:
+        cum += e.seconds
+        eps.append({"epoch": e.epoch, "test_accuracy": e.test_accuracy, "train_seconds_cumulative": cum})
+        if t_target is None and e.test_accuracy >= target:
+            t_target = cum
+    return {"images_per_s": r.images_per_s, "train_seconds": r.train_seconds, "final_accuracy": r.test_accuracy,
+            "best_accuracy": max(e.test_accuracy for e in r.epochs), "seconds_to_target": t_target, "epochs": eps}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="sample", choices=["sample", "mnist"])
+    ap.add_argument("--seed-epochs", type=int, default=6)
+    ap.add_argument("--target", type=float, default=0.97)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    import torch
+
+    from cnnkit.data import load_dataset
+
+    ds = load_dataset(a.dataset).dataset
+    torch.set_num_threads(torch.get_num_threads())  # same threads for every variant
+    with tempfile.TemporaryDirectory() as tmp:
+        write_torchvision_layout(ds, Path(tmp))
+        results = {"seed_style": seed_loop(Path(tmp), a.seed_epochs, a.target, a.seed)}
+    print("seed_style", {k: v for k, v in results["seed_style"].items() if k != "epochs"})
+    for prec in ("fp32", "bf16"):
+        results[f"cnnkit_{prec}"] = cnnkit_loop(ds, prec, a.target, a.seed)
+        print(f"cnnkit_{prec}", {k: v for k, v in results[f"cnnkit_{prec}"].items() if k != "epochs"})
+    base = results["seed_style"]["images_per_s"]
+    ratios = {k: v["images_per_s"] / base for k, v in results.items()}
+    print("throughput vs seed loop:", {k: round(v, 2) for k, v in ratios.items()})
+    save("train_speed.json", {"machine": {**machine(), "torch_threads": torch.get_num_threads()},
+                              "dataset": ds.identity(), "target_accuracy": a.target, "results": results,
+                              "throughput_ratio_vs_seed": ratios})
+
+
+if __name__ == "__main__":
+    main()

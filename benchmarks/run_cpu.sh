@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Reproduce every committed CPU result in benchmarks/results/ (one after another: they share the cores).
+#   bash benchmarks/run_cpu.sh        (uses .venv/bin/python if present)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+RUN=$(mktemp -d)/run
+trap 'rm -rf "$(dirname "$RUN")"' EXIT
+"$PY" -m cnnkit train --dataset sample --out "$RUN" --json > benchmarks/results/train_sample_cpu.json
+"$PY" -m cnnkit export "$RUN" --format all --json > benchmarks/results/export_cpu.json
+"$PY" -m cnnkit bench "$RUN" --json benchmarks/results/bench_cpu.json --csv benchmarks/results/bench_cpu.csv \
+  --plot benchmarks/results/bench_cpu.png
+"$PY" benchmarks/runtime_overhead.py --model "$RUN/model.onnx"
+"$PY" benchmarks/serve_load.py --model "$RUN/model.onnx" --clients 32 --seconds 10
+"$PY" benchmarks/train_speed.py

@@ -40,3 +40,25 @@ def test_train_bad_data_dir(tmp_path):
 def test_train_cuda_unavailable(tmp_path):
     r = CliRunner().invoke(main, ["train", "--dataset", "sample", "--device", "cuda", "--out", str(tmp_path)])
     assert r.exit_code == 1 and "CUDA is not available" in r.stderr
+
+
+def test_ctrl_c_keeps_last_completed_epoch(tmp_path):
+    import signal
+    import time
+
+    from cnnkit import checkpoint
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "train", "--dataset", "sample", "--epochs", "50",
+                             "--device", "cpu", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr.decode()[-2000:]
+    assert b"Traceback" not in stderr and b"interrupted: kept epoch" in stdout
+    ck = checkpoint.load(out)
+    epochs = [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert ck.meta.metrics["epoch"] == epochs[-1] >= 1
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left

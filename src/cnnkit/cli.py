@@ -74,9 +74,11 @@ def train(dataset, data_dir, epochs, batch_size, lr, seed, device, precision, sh
                    f"{len(loaded.dataset.test_labels):,} test) -> {out_dir}", err=True)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                       precision=precision, max_steps=max_steps, shift=shift)
-    result = run_train(loaded.dataset, cfg, out_dir, progress=not as_json, warning=loaded.warning)
+    result = run_train(loaded.dataset, cfg, out_dir, progress=not as_json)
+    for note in result.warnings:
+        click.echo(f"Warning: {note}", err=True)
     if as_json:
-        emit_json(result.to_dict())
+        emit_json({**result.to_dict(), "warnings": [w for w in [loaded.warning, *result.warnings] if w]})
     else:
         click.echo(render_train(result))
     if result.interrupted:

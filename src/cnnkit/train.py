@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -54,7 +54,7 @@ class TrainResult:
     train_seconds: float = 0.0
     images_per_s: float = 0.0
     interrupted: bool = False
-    warning: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def test_accuracy(self) -> float | None:
@@ -97,6 +97,16 @@ def random_shift(images, max_shift: int, gen):
     return padded[torch.arange(b, device=images.device)[:, None, None], 0, rows, cols].unsqueeze(1)
 
 
+def bf16_supported(device) -> bool:
+    """bf16 autocast pays off only where the hardware has bf16 math (CUDA Ampere+, CPUs with AVX512-BF16/AMX)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check and check())
+
+
 def _autocast(device, precision: str):
     import torch
 
@@ -123,7 +133,7 @@ def evaluate(model, images, labels, mean: float, std: float, batch_size: int, pr
     return loss_sum.item() / n, correct.item() / n
 
 
-def train(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, progress: bool = True, warning: str | None = None) -> TrainResult:
+def train(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> TrainResult:
     """Train the seed CNN on `dataset`; checkpoint after every epoch; Ctrl-C keeps the last completed epoch."""
     import torch
     import torch.nn.functional as F
@@ -136,6 +146,12 @@ def train(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, progress: boo
     t_start = time.perf_counter()
     device = resolve_torch_device(cfg.device)
     out_dir = Path(out_dir)
+    notes: list[str] = []
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+    if cfg.precision == "bf16" and not bf16_supported(device):
+        notes.append(f"bf16 is not supported on this {device.type} device; training in fp32")
+        cfg = replace(cfg, precision="fp32")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     cuda = device.type == "cuda"
@@ -237,6 +253,8 @@ def train(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, progress: boo
                            f"{m.images_per_s:,.0f} img/s")
     except KeyboardInterrupt:
         interrupted = True
+        if "bar" in locals():
+            bar.close()
 
     return TrainResult(
         out_dir=str(out_dir),
@@ -249,5 +267,5 @@ def train(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, progress: boo
         train_seconds=train_seconds,
         images_per_s=images_seen / train_seconds if train_seconds else 0.0,
         interrupted=interrupted,
-        warning=warning,
+        warnings=notes,
     )

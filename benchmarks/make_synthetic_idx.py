@@ -8,13 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnkit.data import IDX_FILES, load_sample
-
-
-def write_idx(path: Path, arr: np.ndarray) -> None:
-    a = np.ascontiguousarray(arr, dtype=np.uint8)
-    header = bytes([0, 0, 8, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
-    path.write_bytes(header + a.tobytes())
+from cnnkit.data import IDX_FILES, load_sample, write_idx
 
 
 def main() -> None:

@@ -13,13 +13,11 @@ the ratios to (a). Writes benchmarks/results/train_speed.json.
 from __future__ import annotations
 
 import argparse
-import gzip
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, save  # noqa: E402
@@ -27,14 +25,12 @@ from _common import machine, save  # noqa: E402
 
 def write_torchvision_layout(ds, root: Path) -> None:
     """The dataset as torchvision's MNIST raw IDX files, so the seed loop reads it the seed's way."""
+    from cnnkit.data import IDX_FILES, write_idx
+
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for name, arr in (("train-images-idx3-ubyte", ds.train_images), ("train-labels-idx1-ubyte", ds.train_labels),
-                      ("t10k-images-idx3-ubyte", ds.test_images), ("t10k-labels-idx1-ubyte", ds.test_labels)):
-        a = np.ascontiguousarray(arr, dtype=np.uint8)
-        header = bytes([0, 0, 8, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
-        (raw / name).write_bytes(header + a.tobytes())
-        (raw / (name + ".gz")).write_bytes(gzip.compress(header + a.tobytes(), compresslevel=1))
+    for name, arr in zip(IDX_FILES, (ds.train_images, ds.train_labels, ds.test_images, ds.test_labels)):
+        write_idx(raw / name, arr)
 
 
 def seed_loop(root: Path, epochs: int, target: float, seed: int) -> dict:

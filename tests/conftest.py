@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from cnnkit.data import write_idx
 
 
 def pytest_collection_modifyitems(config, items):
@@ -28,17 +28,6 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _hermetic_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CNNKIT_DATA_DIR", str(tmp_path_factory.mktemp("cache")))
-
-
-def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    data = header + array.tobytes()
-    if compress:
-        path = path.with_name(path.name + ".gz")
-        data = gzip.compress(data)
-    path.write_bytes(data)
-    return path
 
 
 def write_idx_dataset(directory: Path, n_train=64, n_test=32, compress=False, seed=0) -> Path:

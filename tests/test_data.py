@@ -1,11 +1,10 @@
-import gzip
-
 import numpy as np
 import pytest
 
 from cnnkit import data
 from cnnkit.errors import DataError
-from conftest import write_idx, write_idx_dataset
+from cnnkit.data import write_idx
+from conftest import write_idx_dataset
 
 
 @pytest.mark.parametrize("compress", [False, True])

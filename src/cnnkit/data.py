@@ -103,6 +103,18 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
+def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool = False) -> Path:
+    """Write a uint8 array as an IDX file (gzipped, with a .gz suffix added, when `compress`)."""
+    a = np.ascontiguousarray(array, dtype=np.uint8)
+    data = bytes([0, 0, 0x08, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape) + a.tobytes()
+    path = Path(path)
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
 def _find_idx(directory: Path, stem: str) -> Path | None:
     for name in (stem, stem + ".gz"):
         if (directory / name).is_file():

@@ -8,9 +8,14 @@
 #               see ../shared/device/ort-gpu-parts.sh)
 # Works from an installed cnnkit or from the tree (PYTHONPATH=src). Writes logs, JSON and plots into $OUT.
 # Each step is logged and the script goes on after a failure; it exits non-zero if any step failed.
+# DEVICE=cpu TRAIN_N=2000 EPOCHS=1 MIN_TIME=0.2 checks the script's plumbing on a machine without a GPU.
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 PHASE=${PHASE:-all}
+DEVICE=${DEVICE:-cuda}
+TRAIN_N=${TRAIN_N:-60000}
+EPOCHS=${EPOCHS:-3}
+MIN_TIME=${MIN_TIME:-1.0}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)/src"
@@ -30,25 +35,29 @@ step() {  # step NAME COMMAND...: run, tee the log, remember failures
 
 cnnkit() { "$PY" -m cnnkit "$@"; }
 
-step nvidia-smi nvidia-smi
-step doctor cnnkit doctor --json
-step pytest-cuda "$PY" -m pytest -q -m cuda tests -p no:cacheprovider
+if [ "$DEVICE" = cuda ]; then
+  step nvidia-smi nvidia-smi
+  step doctor cnnkit doctor --json
+  step pytest-cuda "$PY" -m pytest -q -m cuda tests -p no:cacheprovider
+fi
 # accuracy on real digits (bundled sample), then throughput on a 60,000-image MNIST-sized set
-step train-sample cnnkit train --dataset sample --device cuda --out "$OUT/run" --json
-step synthetic "$PY" benchmarks/make_synthetic_idx.py "$OUT/synthetic" --train 60000
-step train-60k cnnkit train --data-dir "$OUT/synthetic" --device cuda --epochs 3 --out "$OUT/run60k" --json
-step train-60k-bf16 cnnkit train --data-dir "$OUT/synthetic" --device cuda --epochs 3 --precision bf16 \
+step train-sample cnnkit train --dataset sample --device "$DEVICE" --out "$OUT/run" --json
+step synthetic "$PY" benchmarks/make_synthetic_idx.py "$OUT/synthetic" --train "$TRAIN_N"
+step train-synthetic cnnkit train --data-dir "$OUT/synthetic" --device "$DEVICE" --epochs "$EPOCHS" --out "$OUT/run60k" --json
+step train-synthetic-bf16 cnnkit train --data-dir "$OUT/synthetic" --device "$DEVICE" --epochs "$EPOCHS" --precision bf16 \
   --out "$OUT/run60k-bf16" --json
 step export cnnkit export "$OUT/run" --format all --json
-BACKENDS=eager,torchscript,compile,eager-cudagraph
+BACKENDS=eager,torchscript,compile
+[ "$DEVICE" = cuda ] && BACKENDS=$BACKENDS,eager-cudagraph
 if [ "$PHASE" = all ]; then
-  step verify-cuda cnnkit verify "$OUT/run/model.onnx" "$OUT/run/model.ts" --device cuda --json
-  BACKENDS=$BACKENDS,onnx,onnx-cudagraph
+  step verify cnnkit verify "$OUT/run/model.onnx" "$OUT/run/model.ts" --device "$DEVICE" --json
+  BACKENDS=$BACKENDS,onnx
+  [ "$DEVICE" = cuda ] && BACKENDS=$BACKENDS,onnx-cudagraph
 else
-  step verify-cuda-torch cnnkit verify "$OUT/run/model.ts" --device cuda --json
+  step verify-torch cnnkit verify "$OUT/run/model.ts" --device "$DEVICE" --json
 fi
-step bench-cuda cnnkit bench "$OUT/run" --device cuda --backends "$BACKENDS" --batch-sizes 1,8,64,256 \
-  --min-time 1.0 --json "$OUT/bench_cuda.json" --csv "$OUT/bench_cuda.csv" --plot "$OUT/bench_cuda.png"
+step bench cnnkit bench "$OUT/run" --device "$DEVICE" --backends "$BACKENDS" --batch-sizes 1,8,64,256 \
+  --min-time "$MIN_TIME" --json "$OUT/bench_$DEVICE.json" --csv "$OUT/bench_$DEVICE.csv" --plot "$OUT/bench_$DEVICE.png"
 
 echo "failed steps: ${failed[*]:-none}" | tee -a "$OUT/steps.log"
 [ ${#failed[@]} -eq 0 ]

@@ -163,3 +163,12 @@ def test_cuda_io_binding_and_graph(exported):
     runner = g.cuda_graph_runner(16)
     for _ in range(3):
         np.testing.assert_allclose(runner.run(x.numpy()), ref, atol=1e-4)
+
+
+def test_cuda_provider_options():
+    opts = runtime.cuda_provider_options(device_id=1, tf32=False, enable_cuda_graph=True, compute_stream=1234)
+    assert opts["device_id"] == "1" and opts["use_tf32"] == "0" and opts["enable_cuda_graph"] == "1"
+    assert opts["cudnn_conv_algo_search"] == "HEURISTIC"
+    assert opts["user_compute_stream"] == "1234" and opts["has_user_compute_stream"] == "1"
+    # torch's default stream is handle 0, which ONNX Runtime treats as "none": leave the option out
+    assert "user_compute_stream" not in runtime.cuda_provider_options(compute_stream=0)

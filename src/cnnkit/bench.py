@@ -8,6 +8,7 @@ hits all of them alike.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import tempfile
@@ -171,7 +172,10 @@ def bench(paths: list[str], device: str = "cpu", backends: tuple[str, ...] = ("e
     ckpt = checkpoint.load(files["checkpoint"])
     notes = []
     generated = set()
-    with tempfile.TemporaryDirectory(prefix="cnnkit-bench-") as tmp, runners.torch_threads(threads):
+    # On CUDA everything runs on one non-default stream that ONNX Runtime shares (user_compute_stream; ORT
+    # ignores handle 0, torch's default stream), so CUDA events time every backend's device work alike.
+    stream = torch.cuda.stream(torch.cuda.Stream(dev)) if cuda else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory(prefix="cnnkit-bench-") as tmp, runners.torch_threads(threads), stream:
         module = deployable(ckpt).to(dev)
         if cuda:
             torch.backends.cudnn.benchmark = True

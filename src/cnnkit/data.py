@@ -198,8 +198,10 @@ def download(name: str, root: Path) -> Path:
             cls(str(root), train=True, download=True)
             cls(str(root), train=False, download=True)
     except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError variously
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"could not download {tv_name} into {root}: {reason}") from None
+        # torchvision's message lists every mirror it tried; the last line holds the actual cause
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        reason = lines[-1] if lines else type(exc).__name__
+        raise DataError(f"could not download {tv_name} into {root} ({reason})") from None
     finally:
         socket.setdefaulttimeout(old_timeout)
     return root / tv_name / "raw"

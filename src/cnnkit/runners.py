@@ -57,12 +57,20 @@ def compiled(module, device) -> Runner:
     return Runner("compile", f"torch.compile {device.type}", _torch_step(fn, device))
 
 
+def _torch_stream(device) -> int | None:
+    """torch's current CUDA stream handle: ONNX Runtime runs on it, so CUDA events time its work too."""
+    import torch
+
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
+
+
 def onnx(path, device, threads: int | None) -> Runner:
     from cnnkit.runtime import CUDA_EP, Classifier, ProviderFallbackWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ProviderFallbackWarning)  # recorded as fell_back instead
-        clf = Classifier(path, device=device.type, intra_op_threads=threads, max_batch=1 << 20)
+        clf = Classifier(path, device=device.type, intra_op_threads=threads, max_batch=1 << 20,
+                         compute_stream=_torch_stream(device))
     fell_back = device.type == "cuda" and CUDA_EP not in clf.providers
     if device.type != "cuda" or fell_back:
         def make(x: np.ndarray):
@@ -105,7 +113,7 @@ def onnx_cudagraph(path, device) -> Runner:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ProviderFallbackWarning)
-        clf = Classifier(path, device="cuda", enable_cuda_graph=True)
+        clf = Classifier(path, device="cuda", enable_cuda_graph=True, compute_stream=_torch_stream(device))
     if CUDA_EP not in clf.providers:
         raise RuntimeError("ONNX Runtime's CUDA provider is not available for a CUDA graph")
 
@@ -113,7 +121,7 @@ def onnx_cudagraph(path, device) -> Runner:
         # One session captures one graph (one shape): a fresh session per batch size.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ProviderFallbackWarning)
-            sess = Classifier(path, device="cuda", enable_cuda_graph=True)
+            sess = Classifier(path, device="cuda", enable_cuda_graph=True, compute_stream=_torch_stream(device))
         runner = sess.cuda_graph_runner(len(x))
         runner.run(x)  # copies the input in and captures the graph
         return runner.replay

@@ -84,8 +84,9 @@ def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
     return so
 
 
-def cuda_provider_options(device_id: int = 0, tf32: bool = False, enable_cuda_graph: bool = False) -> dict:
-    return {
+def cuda_provider_options(device_id: int = 0, tf32: bool = False, enable_cuda_graph: bool = False,
+                          compute_stream: int | None = None) -> dict:
+    opts = {
         "device_id": str(device_id),
         # HEURISTIC picks a conv algorithm without timing them all: no first-request stall, steady latency.
         "cudnn_conv_algo_search": "HEURISTIC",
@@ -95,6 +96,11 @@ def cuda_provider_options(device_id: int = 0, tf32: bool = False, enable_cuda_gr
         "use_tf32": "1" if tf32 else "0",
         "enable_cuda_graph": "1" if enable_cuda_graph else "0",
     }
+    if compute_stream:
+        # Run on the caller's CUDA stream (e.g. torch's), so work queued there is ordered with ours.
+        opts["user_compute_stream"] = str(int(compute_stream))
+        opts["has_user_compute_stream"] = "1"
+    return opts
 
 
 def read_model(source: str | os.PathLike | bytes) -> tuple[bytes, str]:
@@ -118,11 +124,13 @@ class Classifier:
         tf32: allow TF32 math on the CUDA provider (faster, less exact; off by default).
         enable_cuda_graph: capture a CUDA graph (fixed shapes; use `cuda_graph_runner`).
         device_id: the CUDA device.
+        compute_stream: a CUDA stream handle (e.g. `torch.cuda.current_stream().cuda_stream`) for ONNX Runtime
+            to run on, so that GPU inputs produced on that stream are ordered before the model reads them.
     """
 
     def __init__(self, model: str | os.PathLike | bytes, device: str = "auto", *, strict: bool = False,
                  intra_op_threads: int | None = None, max_batch: int = 256, tf32: bool = False,
-                 enable_cuda_graph: bool = False, device_id: int = 0):
+                 enable_cuda_graph: bool = False, device_id: int = 0, compute_stream: int | None = None):
         if device not in DEVICES:
             raise DeviceError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
         if max_batch < 1:
@@ -135,7 +143,7 @@ class Classifier:
         providers: list[Any] = [CPU_EP]
         if want_cuda:
             _preload_cuda_libraries()
-            providers = [(CUDA_EP, cuda_provider_options(device_id, tf32, enable_cuda_graph)), CPU_EP]
+            providers = [(CUDA_EP, cuda_provider_options(device_id, tf32, enable_cuda_graph, compute_stream)), CPU_EP]
         try:
             self.session = ort.InferenceSession(data, sess_options=session_options(intra_op_threads),
                                                 providers=providers)
@@ -293,6 +301,7 @@ class Classifier:
                              f"got {value.element_type().__name__} {list(shape)} on {value.device_name()}")
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(self._input, value)
+        binding.synchronize_inputs()  # the producer's pending writes to `images` complete before we read it
         if out is not None:
             binding.bind_output(self.info.output_name, "cuda", self.device_id, np.float32,
                                 [shape[0], self.info.num_classes], out.data_ptr())

@@ -8,7 +8,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from cnnkit import _io, metadata
@@ -26,7 +26,6 @@ class ExportResult:
     seconds: float
     parity: object | None = None  # ParityReport when verified
     opset: int | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -45,9 +44,9 @@ class ExportResult:
 
 
 @contextlib.contextmanager
-def quiet():
+def quiet(sink: io.StringIO | None = None):
     """Keep exporter chatter (prints, deprecation and tracer warnings) out of cnnkit's output."""
-    sink = io.StringIO()
+    sink = sink if sink is not None else io.StringIO()
     with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield sink
@@ -74,8 +73,9 @@ def to_onnx(module, example, meta: dict, path: Path, opset: int | None = None) -
     import torch
 
     kwargs = {"opset_version": opset} if opset else {}
+    log = io.StringIO()
     try:
-        with quiet() as log:
+        with quiet(log):
             program = torch.onnx.export(
                 module, (example,), input_names=[metadata.INPUT_NAME], output_names=[metadata.OUTPUT_NAME],
                 dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=1 << 20)}},
@@ -83,7 +83,7 @@ def to_onnx(module, example, meta: dict, path: Path, opset: int | None = None) -
             )
             proto = program.model_proto
     except Exception as exc:  # exporter errors are many and deep; surface one line plus the log tail
-        tail = log.getvalue().strip().splitlines()[-1:] if "log" in locals() else []
+        tail = log.getvalue().strip().splitlines()[-1:]
         raise CnnkitError(f"ONNX export failed: {str(exc).strip().splitlines()[0]} {' '.join(tail)}".strip()) from None
     entries = {metadata.KEY: json.dumps(meta, sort_keys=True)}
     del proto.metadata_props[:]

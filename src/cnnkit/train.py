@@ -113,6 +113,34 @@ def _autocast(device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def make_step(model, opt, mean: float, std: float, precision: str = "fp32", shift: int = 0, gen=None,
+              sched=None, memory_format=None):
+    """One optimisation step on a uint8 batch already on the device: augment, normalise, forward, backward, step.
+
+    Returns a function `step(images_uint8 [B,1,H,W], labels [B]) -> (loss, logits)`, both detached.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from cnnkit.model import normalize
+
+    memory_format = memory_format or torch.channels_last
+
+    def step(images, labels):
+        xb = normalize(random_shift(images, shift, gen), mean, std).contiguous(memory_format=memory_format)
+        with _autocast(images.device, precision):
+            out = model(xb)
+            loss = F.cross_entropy(out.float(), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        return loss.detach(), out.detach()
+
+    return step
+
+
 def evaluate(model, images, labels, mean: float, std: float, batch_size: int, precision: str = "fp32") -> tuple[float, float]:
     """Mean cross-entropy and accuracy on device-resident uint8 `images` [N,1,H,W]."""
     import torch
@@ -136,12 +164,11 @@ def evaluate(model, images, labels, mean: float, std: float, batch_size: int, pr
 def train(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> TrainResult:
     """Train the seed CNN on `dataset`; checkpoint after every epoch; Ctrl-C keeps the last completed epoch."""
     import torch
-    import torch.nn.functional as F
     from tqdm.auto import tqdm
 
     from cnnkit import checkpoint
     from cnnkit.device import resolve_torch_device
-    from cnnkit.model import ModelConfig, Net, normalize
+    from cnnkit.model import ModelConfig, Net
 
     t_start = time.perf_counter()
     device = resolve_torch_device(cfg.device)
@@ -189,6 +216,7 @@ def train(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, progress: boo
     else:  # too few steps for a warm-up/anneal cycle (smoke runs)
         sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
+    train_step = make_step(model, opt, mean, std, cfg.precision, cfg.shift, gen, sched, memory_format)
     train_args = {k: v for k, v in asdict(cfg).items() if k != "eval_batch_size"}
     epochs: list[EpochMetrics] = []
     ckpt_path: str | None = None
@@ -212,19 +240,12 @@ def train(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, progress: boo
                 if step >= total_steps:
                     break
                 idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-                xb = normalize(random_shift(x_train[idx], cfg.shift, gen), mean, std).contiguous(memory_format=memory_format)
                 yb = y_train[idx]
-                with _autocast(device, cfg.precision):
-                    out = model(xb)
-                    loss = F.cross_entropy(out.float(), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                loss, out = train_step(x_train[idx], yb)
                 step += 1
                 seen += len(idx)
-                loss_sum += loss.detach() * len(idx)
-                correct += (out.detach().argmax(1) == yb).sum()
+                loss_sum += loss * len(idx)
+                correct += (out.argmax(1) == yb).sum()
                 bar.update(1)
                 if progress and (i % 10 == 0 or i == steps_per_epoch - 1):
                     el = time.perf_counter() - t0

@@ -62,3 +62,26 @@ def test_ctrl_c_keeps_last_completed_epoch(tmp_path):
     epochs = [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert ck.meta.metrics["epoch"] == epochs[-1] >= 1
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_unwritable_out_is_a_clean_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = CliRunner().invoke(main, ["train", "--dataset", "sample", "--max-steps", "1", "--device", "cpu",
+                                  "--out", str(blocker / "run")])
+    assert r.exit_code == 1 and "Error: [Errno 20] Not a directory" in r.stderr and "Traceback" not in r.output
+    assert "epoch" not in r.stderr  # failed before training
+
+
+def test_non_square_idx_rejected(tmp_path):
+    import numpy as np
+
+    from cnnkit.data import write_idx
+
+    rng = np.random.default_rng(0)
+    for name, shape in (("train-images-idx3-ubyte", (8, 28, 20)), ("train-labels-idx1-ubyte", (8,)),
+                        ("t10k-images-idx3-ubyte", (4, 28, 20)), ("t10k-labels-idx1-ubyte", (4,))):
+        write_idx(tmp_path / name, rng.integers(0, 10, shape))
+    r = CliRunner().invoke(main, ["train", "--data-dir", str(tmp_path), "--max-steps", "1", "--device", "cpu",
+                                  "--out", str(tmp_path / "run")])
+    assert r.exit_code == 1 and "28x20" in r.stderr

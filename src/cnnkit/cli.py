@@ -17,7 +17,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 class Group(click.Group):
-    """Turns cnnkit errors (user mistakes) into `Error: ...` and exit 1, without a traceback."""
+    """Turns cnnkit and OS errors (user mistakes) into `Error: ...` and exit 1, without a traceback."""
 
     def invoke(self, ctx):
         try:
@@ -25,6 +25,12 @@ class Group(click.Group):
         except CnnkitError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(1)
+        except OSError as exc:  # unwritable --out, full disk, ...: the OS message names the file
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

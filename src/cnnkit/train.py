@@ -13,6 +13,7 @@ import numpy as np
 
 from cnnkit import _io
 from cnnkit.data import Dataset
+from cnnkit.errors import DataError
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -173,6 +174,7 @@ def train(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, progress: boo
     t_start = time.perf_counter()
     device = resolve_torch_device(cfg.device)
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after the first epoch
     notes: list[str] = []
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
@@ -189,9 +191,9 @@ def train(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, progress: boo
 
     mean, std = normalisation(dataset.train_images)
     h, w = dataset.train_images.shape[1:]
+    if h != w or h % 4:
+        raise DataError(f"{dataset.source}: images are {h}x{w}; the model needs square images with a side divisible by 4")
     config = ModelConfig(num_classes=len(dataset.classes), image_size=h)
-    if h != w:
-        raise ValueError(f"square images expected, got {h}x{w}")
     # channels_last suits cuDNN and oneDNN alike (measured ~1.25x training throughput on this CPU)
     memory_format = torch.channels_last
     model = Net(config).to(device, memory_format=memory_format)

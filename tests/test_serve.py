@@ -171,7 +171,7 @@ def test_batcher_failure_hits_only_its_batch():
 
 
 def test_sigterm_finishes_in_flight_and_exits_zero(exported, digits):
-    proc, url = start_server(exported.artefacts["onnx"], "--max-delay-ms", "300", "--max-batch", "64")
+    proc, url = start_server(exported.artefacts["onnx"], "--max-delay-ms", "1000", "--max-batch", "64")
     box = {}
 
     def request():
@@ -179,7 +179,13 @@ def test_sigterm_finishes_in_flight_and_exits_zero(exported, digits):
 
     t = threading.Thread(target=request)
     t.start()
-    time.sleep(0.1)  # the request is now waiting in the 300 ms batching window
+    deadline = time.time() + 10
+    while time.time() < deadline:  # until the request waits in the 1 s batching window
+        text = httpx.get(url + "/metrics").text
+        depth = next(f for f in text_string_to_metric_families(text) if f.name == "cnnkit_queue_depth_images")
+        if depth.samples[0].value >= 1:
+            break
+        time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     t.join(timeout=30)
     assert proc.wait(timeout=30) == 0

@@ -18,7 +18,14 @@ EPOCHS=${EPOCHS:-3}
 MIN_TIME=${MIN_TIME:-1.0}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
+if [ -d .devdeps ] && ls .devdeps/*.whl >/dev/null 2>&1; then  # made by benchmarks/device_deps.sh
+  "$PY" -m pip install -q --no-index --no-deps --target /tmp/cnnkit-devdeps .devdeps/*.whl \
+    || echo "warning: could not install .devdeps (made for CPython 3.12)" >&2
+  export PYTHONPATH="/tmp/cnnkit-devdeps${PYTHONPATH:+:$PYTHONPATH}"
+fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)/src"
+PLOT=()
+"$PY" -c "import matplotlib" 2>/dev/null && PLOT=(--plot "$OUT/bench_$DEVICE.png")  # else: benchmarks/plot_bench.py
 export CNNKIT_DATA_DIR="$OUT/cache"
 failed=()
 
@@ -38,7 +45,8 @@ cnnkit() { "$PY" -m cnnkit "$@"; }
 if [ "$DEVICE" = cuda ]; then
   step nvidia-smi nvidia-smi
   step doctor cnnkit doctor --json
-  step pytest-cuda "$PY" -m pytest -q -m cuda tests -p no:cacheprovider
+  # test_runtime.py needs only torch, numpy and onnxruntime; its CUDA test needs onnxruntime-gpu (PHASE=all)
+  [ "$PHASE" = all ] && step pytest-cuda "$PY" -m pytest -q -m cuda tests/test_runtime.py -p no:cacheprovider
 fi
 # accuracy on real digits (bundled sample), then throughput on a 60,000-image MNIST-sized set
 step train-sample cnnkit train --dataset sample --device "$DEVICE" --out "$OUT/run" --json
@@ -57,7 +65,7 @@ else
   step verify-torch cnnkit verify "$OUT/run/model.ts" --device "$DEVICE" --json
 fi
 step bench cnnkit bench "$OUT/run" --device "$DEVICE" --backends "$BACKENDS" --batch-sizes 1,8,64,256 \
-  --min-time "$MIN_TIME" --json "$OUT/bench_$DEVICE.json" --csv "$OUT/bench_$DEVICE.csv" --plot "$OUT/bench_$DEVICE.png"
+  --min-time "$MIN_TIME" --json "$OUT/bench_$DEVICE.json" --csv "$OUT/bench_$DEVICE.csv" "${PLOT[@]}"
 
 echo "failed steps: ${failed[*]:-none}" | tee -a "$OUT/steps.log"
 [ ${#failed[@]} -eq 0 ]

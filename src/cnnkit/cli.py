@@ -238,7 +238,7 @@ def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads
     if csv_file:
         report.write_csv(result, csv_file)
     if plot_file:
-        report.plot(result, plot_file)
+        report.plot(result.to_dict(), plot_file)
     if any(r.fell_back for r in result.rows):
         click.echo("Warning: some rows fell back to CPU; they are not CUDA results", err=True)
 

@@ -31,8 +31,12 @@ def write_csv(result, path: str | os.PathLike) -> None:
     _io.write_text(path, buf.getvalue())
 
 
-def plot(result, path: str | os.PathLike) -> None:
-    """Latency (p50, with p90 band) and throughput against batch size, one line per backend."""
+def plot(result: dict, path: str | os.PathLike) -> None:
+    """Latency (p50, with p90 band) and throughput against batch size, one line per backend.
+
+    Takes the JSON form of a BenchResult (`result.to_dict()` or a saved bench JSON), so saved results can be
+    plotted again elsewhere (`benchmarks/plot_bench.py`).
+    """
     try:
         import matplotlib
 
@@ -40,16 +44,17 @@ def plot(result, path: str | os.PathLike) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise CnnkitError("--plot needs matplotlib: pip install 'cnnkit[plot]'") from None
+    rows = result["rows"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for backend in dict.fromkeys(r.backend for r in result.rows):
-        rows = sorted((r for r in result.rows if r.backend == backend), key=lambda r: r.batch_size)
-        bs = [r.batch_size for r in rows]
-        label = f"{backend} ({rows[0].ran_on})"
-        line, = ax1.plot(bs, [r.latency.p50_ms for r in rows], marker="o", label=label)
-        ax1.fill_between(bs, [r.latency.p50_ms for r in rows], [r.latency.p90_ms for r in rows],
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        mine = sorted((r for r in rows if r["backend"] == backend), key=lambda r: r["batch_size"])
+        bs = [r["batch_size"] for r in mine]
+        label = f"{backend} ({mine[0]['ran_on']})" + (" FELL BACK" if mine[0].get("fell_back") else "")
+        line, = ax1.plot(bs, [r["latency"]["p50_ms"] for r in mine], marker="o", label=label)
+        ax1.fill_between(bs, [r["latency"]["p50_ms"] for r in mine], [r["latency"]["p90_ms"] for r in mine],
                          color=line.get_color(), alpha=0.15)
-        ax2.plot(bs, [r.images_per_s for r in rows], marker="o", label=label)
-    env = result.environment
+        ax2.plot(bs, [r["images_per_s"] for r in mine], marker="o", label=label)
+    env = result["environment"]
     where = env.get("gpu") or f"{env['cpu']}, {env['threads']} threads"
     for ax, ylab, title in ((ax1, "latency p50 (ms, band to p90)", "Latency"),
                             (ax2, "images / s", "Throughput")):
@@ -60,7 +65,7 @@ def plot(result, path: str | os.PathLike) -> None:
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
     ax2.legend(fontsize=8)
-    fig.suptitle(f"cnnkit bench on {result.device}: {where}", fontsize=10)
+    fig.suptitle(f"cnnkit bench on {result['device']}: {where}", fontsize=10)
     fig.tight_layout()
     _io.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)

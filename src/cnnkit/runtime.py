@@ -188,7 +188,7 @@ class Classifier:
 
     @property
     def device(self) -> str:
-        """"cuda" when the CUDA provider is active, else "cpu"."""
+        """'cuda' when the CUDA provider is active, else 'cpu'."""
         return "cuda" if CUDA_EP in self.providers else "cpu"
 
     @property

@@ -268,15 +268,7 @@ class Classifier:
 
     def predict(self, images: Any, top_k: int = 1) -> list[Prediction]:
         """One Prediction per image, with the `top_k` most probable classes."""
-        probs = self.probabilities(images)
-        k = max(1, min(int(top_k), probs.shape[1]))
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        names = self.info.classes
-        out = []
-        for row, idx in zip(probs, order):
-            top = tuple((names[j], float(row[j])) for j in idx)
-            out.append(Prediction(int(idx[0]), names[idx[0]], float(row[idx[0]]), top))
-        return out
+        return predictions(self.probabilities(images), self.info.classes, top_k)
 
     # ------------------------------------------------------------------------------ CUDA, IO binding
 
@@ -344,6 +336,17 @@ class CudaGraphRunner:
     def replay(self) -> None:
         """Replay on whatever is in the bound input buffer (for device-time benchmarks)."""
         self.clf.session.run_with_iobinding(self.binding)
+
+
+def predictions(probs: np.ndarray, classes: Sequence[str], top_k: int = 1) -> list[Prediction]:
+    """Probabilities [N, classes] -> one Prediction per row, with the `top_k` most probable classes."""
+    k = max(1, min(int(top_k), probs.shape[1]))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    out = []
+    for row, idx in zip(probs, order):
+        top = tuple((classes[j], float(row[j])) for j in idx)
+        out.append(Prediction(int(idx[0]), classes[idx[0]], float(row[idx[0]]), top))
+    return out
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

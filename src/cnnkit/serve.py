@@ -21,7 +21,7 @@ from starlette.routing import Route
 from cnnkit import images as imgs
 from cnnkit.batching import Batcher, BatchFailed
 from cnnkit.errors import CnnkitError
-from cnnkit.runtime import Classifier, softmax
+from cnnkit.runtime import Classifier, predictions, softmax
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,6 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
         metrics.images.inc(n)
 
     batcher = Batcher(clf.logits, cfg.max_batch, cfg.max_delay_ms, on_batch)
-    names = clf.info.classes
 
     def done(endpoint: str, status: int, body: dict) -> JSONResponse:
         metrics.requests.labels(endpoint, str(status)).inc()
@@ -171,12 +170,8 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
         finally:
             metrics.queue_depth.set(batcher.queued_images)
         probs = softmax(np.array(logits, dtype=np.float32))
-        preds = []
-        for row in probs:
-            order = np.argsort(-row, kind="stable")[:k]
-            preds.append({"index": int(order[0]), "label": names[order[0]], "probability": float(row[order[0]]),
-                          "top_k": [{"label": names[j], "probability": float(row[j])} for j in order],
-                          "probabilities": [float(v) for v in row]})
+        preds = [{**p.to_dict(), "probabilities": row.tolist()}
+                 for p, row in zip(predictions(probs, clf.info.classes, k), probs)]
         metrics.latency.observe(time.perf_counter() - t0)
         return done("predict", 200, {"model_version": clf.info.version, "predictions": preds})
 

@@ -65,3 +65,27 @@ def test_bench_bad_inputs(tmp_path, trained):
     assert r.exit_code == 2 and "comma-separated" in r.output
     r = CliRunner().invoke(main, ["bench", trained.checkpoint, "--backends", "onnx-cudagraph"])
     assert r.exit_code == 1 and "need --device cuda" in r.stderr
+
+
+def test_a_failing_backend_is_a_row_and_the_others_still_land(trained, exported, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(exported.artefacts["onnx"], run / "model.onnx")
+    (run / "model.ts").write_bytes(b"PK\x03\x04 this is not a TorchScript archive")
+    for f in Path(trained.checkpoint).parent.iterdir():
+        if f.name in ("model.safetensors", "checkpoint.json"):
+            shutil.copy(f, run / f.name)
+    out_json, out_csv = tmp_path / "b.json", tmp_path / "b.csv"
+    r = CliRunner().invoke(main, ["bench", str(run), "--batch-sizes", "1,2", "--warmup", "1", "--iters", "2",
+                                  "--json", str(out_json), "--csv", str(out_csv)])
+    assert r.exit_code == 1 and "torchscript" in r.stderr and "Traceback" not in r.output
+    rows = json.loads(out_json.read_text())["rows"]
+    bad = [x for x in rows if x["backend"] == "torchscript"]
+    good = [x for x in rows if x["backend"] != "torchscript"]
+    assert len(bad) == 2 and all(x["error"] and x["latency"] is None for x in bad)
+    assert {x["backend"] for x in good} == {"eager", "onnx"} and all(x["images_per_s"] > 0 for x in good)
+    assert "FAILED torchscript" in r.stdout
+    assert [row["error"] != "" for row in csv.DictReader(out_csv.open()) if row["backend"] == "torchscript"] == [True] * 2

@@ -45,11 +45,12 @@ class BenchRow:
     backend: str
     batch_size: int
     ran_on: str
-    latency: Stats
-    images_per_s: float  # batch / mean latency
+    latency: Stats | None  # None when the backend failed (see `error`)
+    images_per_s: float | None  # batch / mean latency
     device_latency: Stats | None = None  # CUDA events, device time only
     speedup_vs_eager: float | None = None
     fell_back: bool = False
+    error: str | None = None  # why this backend produced no timing at this batch size
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,12 @@ class BenchResult:
     environment: dict
     rows: list[BenchRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # ONNX backends: {backend: {execution provider: op types of the nodes it runs}}
+    node_assignment: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[BenchRow]:
+        return [r for r in self.rows if r.error]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,11 +156,37 @@ def _timed(step, n_or_seconds: tuple[int | None, float], cuda: bool):
     return wall, dev
 
 
+def _why(exc: BaseException) -> str:
+    """A failure as one line: the exception type and the first line of its message."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _tf32(cuda: bool, allow: bool):
+    """TF32 for torch's matmuls and cuDNN convolutions, as ONNX Runtime's CUDA provider is told (`use_tf32`)."""
+    import torch
+
+    if not cuda:
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
 def bench(paths: list[str], device: str = "cpu", backends: tuple[str, ...] = ("eager", "torchscript", "onnx"),
           batch_sizes: tuple[int, ...] = (1, 8, 64, 256), warmup: int = 10, iters: int | None = None,
-          min_time: float = 1.5, threads: int | None = None, rounds: int = 5, seed: int = 0,
+          min_time: float = 1.5, threads: int | None = None, rounds: int = 5, seed: int = 0, tf32: bool = False,
           progress=None) -> BenchResult:
-    """Benchmark `backends` at each batch size; see the module docstring for the method."""
+    """Benchmark `backends` at each batch size; see the module docstring for the method.
+
+    A backend that fails (to load, to capture, at one batch size) becomes rows with `error` set; the others run.
+    On CUDA, TF32 is off for every backend unless `tf32` (torch and ONNX Runtime alike).
+    """
     import torch
 
     from cnnkit import checkpoint, metadata, runners
@@ -175,7 +208,8 @@ def bench(paths: list[str], device: str = "cpu", backends: tuple[str, ...] = ("e
     # On CUDA everything runs on one non-default stream that ONNX Runtime shares (user_compute_stream; ORT
     # ignores handle 0, torch's default stream), so CUDA events time every backend's device work alike.
     stream = torch.cuda.stream(torch.cuda.Stream(dev)) if cuda else contextlib.nullcontext()
-    with tempfile.TemporaryDirectory(prefix="cnnkit-bench-") as tmp, runners.torch_threads(threads), stream:
+    with tempfile.TemporaryDirectory(prefix="cnnkit-bench-") as tmp, runners.torch_threads(threads), stream, \
+            _tf32(cuda, tf32):
         module = deployable(ckpt).to(dev)
         if cuda:
             torch.backends.cudnn.benchmark = True
@@ -194,12 +228,21 @@ def bench(paths: list[str], device: str = "cpu", backends: tuple[str, ...] = ("e
         makers = {
             "eager": lambda: runners.eager(module, dev),
             "torchscript": lambda: runners.torchscript(files["torchscript"], dev),
-            "onnx": lambda: runners.onnx(files["onnx"], dev, threads),
+            "onnx": lambda: runners.onnx(files["onnx"], dev, threads, tf32),
             "compile": lambda: runners.compiled(deployable(ckpt).to(dev), dev),
             "eager-cudagraph": lambda: runners.eager_cudagraph(module, dev),
-            "onnx-cudagraph": lambda: runners.onnx_cudagraph(files["onnx"], dev),
+            "onnx-cudagraph": lambda: runners.onnx_cudagraph(files["onnx"], dev, tf32),
         }
-        active = {b: makers[b]() for b in backends}
+        active: dict[str, runners.Runner] = {}
+        broken: dict[str, str] = {}  # backend -> why it could not be set up
+        for b in backends:
+            try:
+                active[b] = makers[b]()
+            except Exception as exc:  # one backend's failure must not cost the others' results
+                broken[b] = _why(exc)
+                if progress:
+                    progress(f"{b}: FAILED ({broken[b]})")
+        node_assignment = {r.name: r.nodes for r in active.values() if r.nodes is not None}
         for r in active.values():
             if r.fell_back:
                 notes.append(f"{r.name}: CUDA requested but ONNX Runtime ran on {r.ran_on}; rows flagged fell_back")
@@ -209,33 +252,55 @@ def bench(paths: list[str], device: str = "cpu", backends: tuple[str, ...] = ("e
         for bs in batch_sizes:
             x = rng.integers(0, 256, (bs, c, s, s), dtype=np.uint8)
             steps = {}
+            errors = dict(broken)
             for name, r in active.items():
                 if progress:
                     progress(f"batch {bs}: warming up {name}")
-                steps[name] = r.make_step(x)
-                # Warm-up: count, and at least 0.2 s (lets ORT/cuDNN/TorchScript settle).
-                _timed(steps[name], (warmup, 0), cuda)
-                _timed(steps[name], (None, 0.2), cuda)
-            wall: dict[str, list[float]] = {n: [] for n in active}
-            devt: dict[str, list[float]] = {n: [] for n in active}
-            order = list(active)
+                try:
+                    steps[name] = r.make_step(x)
+                    # Warm-up: count, and at least 0.2 s (lets ORT/cuDNN/TorchScript settle).
+                    _timed(steps[name], (warmup, 0), cuda)
+                    _timed(steps[name], (None, 0.2), cuda)
+                except Exception as exc:
+                    steps.pop(name, None)
+                    errors[name] = _why(exc)
+            wall: dict[str, list[float]] = {n: [] for n in steps}
+            devt: dict[str, list[float]] = {n: [] for n in steps}
+            order = list(steps)
             for k in range(rounds):
                 for name in order[k % len(order):] + order[: k % len(order)]:  # rotate who goes first
+                    if name in errors:
+                        continue
                     per_round = (max(1, -(-iters // rounds)) if iters else None, min_time / rounds)
-                    w, d = _timed(steps[name], per_round, cuda)
+                    try:
+                        w, d = _timed(steps[name], per_round, cuda)
+                    except Exception as exc:
+                        errors[name] = _why(exc)
+                        continue
                     wall[name] += w
                     devt[name] += d
-            for name, r in active.items():
+            for name in backends:
+                r = active.get(name)
+                ran_on = r.ran_on if r else "-"
+                if name in errors:
+                    rows.append(BenchRow(name, bs, ran_on, None, None, fell_back=bool(r and r.fell_back),
+                                         error=errors[name]))
+                    continue
                 st = summarize(wall[name])
-                rows.append(BenchRow(name, bs, r.ran_on, st, bs / (st.mean_ms / 1e3),
+                rows.append(BenchRow(name, bs, ran_on, st, bs / (st.mean_ms / 1e3),
                                      summarize(devt[name]) if devt[name] else None, None, r.fell_back))
             if progress:
-                progress(f"batch {bs}: " + ", ".join(f"{rw.backend} {rw.images_per_s:,.0f} img/s"
-                                                     for rw in rows if rw.batch_size == bs))
-    base = {r.batch_size: r.images_per_s for r in rows if r.backend == "eager"}
-    rows = [replace(r, speedup_vs_eager=r.images_per_s / base[r.batch_size]) if r.batch_size in base else r
-            for r in rows]
+                progress(f"batch {bs}: " + ", ".join(
+                    f"{rw.backend} " + (f"{rw.images_per_s:,.0f} img/s" if rw.images_per_s else "FAILED")
+                    for rw in rows if rw.batch_size == bs))
+    base = {r.batch_size: r.images_per_s for r in rows if r.backend == "eager" and r.images_per_s}
+    rows = [replace(r, speedup_vs_eager=r.images_per_s / base[r.batch_size])
+            if r.batch_size in base and r.images_per_s else r for r in rows]
+    for name, ops in node_assignment.items():
+        off = {ep: n for ep, n in ops.items() if ep != "CUDAExecutionProvider"}
+        if cuda and off:
+            notes.append(f"{name}: not every node runs on CUDA ({', '.join(f'{ep}: {sorted(set(n))}' for ep, n in off.items())})")
     settings = {"backends": list(backends), "batch_sizes": list(batch_sizes), "warmup": warmup, "iters": iters,
-                "min_time_s": min_time, "rounds": rounds, "threads": threads,
+                "min_time_s": min_time, "rounds": rounds, "threads": threads, "tf32": tf32 if cuda else None,
                 "inputs": {k: str(v) for k, v in files.items() if k not in generated}}
-    return BenchResult(dev.type, settings, environment(dev, threads), rows, notes)
+    return BenchResult(dev.type, settings, environment(dev, threads), rows, notes, node_assignment)

@@ -215,10 +215,13 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--min-time", type=click.FloatRange(min=0.01), default=1.5, show_default=True,
               help="Timed seconds per backend and batch (when --iters is not given).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for every backend (default: all cores).")
+@click.option("--tf32/--no-tf32", default=False, show_default=True,
+              help="CUDA: allow TF32 math in every backend (torch and ONNX Runtime alike).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), default=None, help="Write results as JSON ('-': stdout).")
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False), default=None, help="Write results as CSV.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None, help="Write a PNG plot.")
-def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads, json_file, csv_file, plot_file):
+def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads, tf32, json_file, csv_file,
+          plot_file):
     """Benchmark eager vs TorchScript vs ONNX Runtime (latency percentiles, images/s)."""
     from cnnkit import report
     from cnnkit.bench import bench as run_bench
@@ -228,7 +231,7 @@ def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads
     to_stdout = json_file == "-"
     log = None if to_stdout else (lambda msg: click.echo(msg, err=True))
     result = run_bench(list(paths), device=device, backends=names, batch_sizes=batch_sizes, warmup=warmup,
-                       iters=iters, min_time=min_time, threads=threads, progress=log)
+                       iters=iters, min_time=min_time, threads=threads, tf32=tf32, progress=log)
     if to_stdout:
         emit_json(result.to_dict())
     else:
@@ -241,6 +244,10 @@ def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads
         report.plot(result.to_dict(), plot_file)
     if any(r.fell_back for r in result.rows):
         click.echo("Warning: some rows fell back to CPU; they are not CUDA results", err=True)
+    failed = sorted({r.backend for r in result.failed})
+    if failed:  # the other backends' results are written above; the exit code still says something broke
+        click.echo(f"Error: backend(s) {', '.join(failed)} failed (see the FAILED rows)", err=True)
+        sys.exit(1)
 
 
 # --------------------------------------------------------------------------------------------- serve

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata as md
 import os
 import platform
 import shutil
 import subprocess
-import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 
 
@@ -31,23 +28,6 @@ class DoctorReport:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok}
-
-
-@contextlib.contextmanager
-def capture_stderr_fd():
-    """Capture C++-level stderr (ONNX Runtime logs its provider errors there)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
-        box: dict = {}
-        try:
-            yield box
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            box["text"] = tmp.read().decode("utf-8", "replace")
 
 
 def _tiny_model() -> bytes:
@@ -86,14 +66,15 @@ def cuda_session_check() -> dict:
     import numpy as np
     import onnxruntime as ort
 
-    from cnnkit.runtime import CUDA_EP, _preload_cuda_libraries, cuda_provider_options
+    from cnnkit import ort_cuda
+    from cnnkit.runtime import CUDA_EP, cuda_provider_options
 
     if CUDA_EP not in ort.get_available_providers():
         return {"attempted": False, "ok": False, "providers": [], "error": "this onnxruntime has no CUDA provider"}
-    _preload_cuda_libraries()
+    libs = ort_cuda.preload_cuda_libraries()
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    with capture_stderr_fd() as log:
+    with ort_cuda.capture_stderr_fd() as log:
         try:
             sess = ort.InferenceSession(_tiny_model(), so, providers=[(CUDA_EP, cuda_provider_options()),
                                                                        "CPUExecutionProvider"])
@@ -103,12 +84,10 @@ def cuda_session_check() -> dict:
             providers, error = [], str(exc).strip().splitlines()[0]
     ok = CUDA_EP in providers
     if not ok and error is None:
-        lines = [ln.strip() for ln in log.get("text", "").splitlines() if ln.strip()]
-        error = next((ln for ln in lines if "cuda" in ln.lower() or "error" in ln.lower()), None)
-        # drop ONNX Runtime's "<timestamp> [W:onnxruntime:..., file.cc:123 fn] " log prefix
-        error = error.split("] ", 1)[-1] if error else "ONNX Runtime silently fell back to CPUExecutionProvider"
-
-    return {"attempted": True, "ok": ok, "providers": providers, "error": error}
+        # the [E:] line names the missing library; the warnings around it (plugin EP, "Require cuDNN 9.*") don't
+        error = ort_cuda.ort_error(log["text"]) or "ONNX Runtime silently fell back to CPUExecutionProvider"
+    return {"attempted": True, "ok": ok, "providers": providers, "error": error,
+            "libraries": {"cuda": libs["cuda_dir"], "cudnn": libs["cudnn_dir"], "preload_messages": libs["messages"]}}
 
 
 def diagnose() -> DoctorReport:
@@ -118,10 +97,18 @@ def diagnose() -> DoctorReport:
 
     problems = []
     ort_pkgs = {d: _installed(d) for d in ("onnxruntime", "onnxruntime-gpu")}
-    if ort_pkgs["onnxruntime"] and ort_pkgs["onnxruntime-gpu"]:
-        problems.append("both onnxruntime and onnxruntime-gpu are installed; they overwrite each other")
+    has_cuda_ep = "CUDAExecutionProvider" in ort.get_available_providers()
+    both = bool(ort_pkgs["onnxruntime"] and ort_pkgs["onnxruntime-gpu"])
+    # Both distributions installed: harmless when the GPU build is the one imported (e.g. installed into a
+    # folder ahead of the CPU one on the path); a conflict only when the CPU build won.
+    conflict = both and not has_cuda_ep
+    if conflict:
+        problems.append("both onnxruntime and onnxruntime-gpu are installed and the CPU build is the one imported")
     ort_info = {"version": ort.__version__, "packages": {k: v for k, v in ort_pkgs.items() if v},
+                "location": os.path.dirname(ort.__file__),
                 "device": ort.get_device(), "available_providers": ort.get_available_providers()}
+    if both and not conflict:
+        ort_info["note"] = "a CPU onnxruntime is also installed; the GPU build imported here shadows it"
     session = cuda_session_check()
     gpu = gpu_info()
     try:
@@ -137,8 +124,8 @@ def diagnose() -> DoctorReport:
     fix = None
     if gpu["visible"] and not session["ok"]:
         problems.append(f"a GPU is visible but ONNX Runtime's CUDA provider failed: {session['error']}")
-        fix = (f"pip uninstall -y onnxruntime && pip install --force-reinstall onnxruntime-gpu"
-               if ort_pkgs["onnxruntime"] and ort_pkgs["onnxruntime-gpu"] else CUDA_FIX)
+        fix = ("pip uninstall -y onnxruntime && pip install --force-reinstall onnxruntime-gpu"
+               if conflict else CUDA_FIX)
     elif not gpu["visible"]:
         problems.append("no NVIDIA GPU visible: cnnkit runs on the CPU (expected on a machine without one)")
     return DoctorReport(platform.python_version(), platform.platform(), torch_info, gpu, ort_info, session,

@@ -58,6 +58,9 @@ def render_parity(r) -> str:
         if failed and not b.error:
             detail = " (" + "; ".join(f"{c.case}: {c.error or 'outside tolerance'}" for c in failed[:3]) + ")"
         lines.append(f"{status} {b.backend} {b.artefact}: max abs error {_num(b.max_abs)}{detail}")
+        if b.nodes:
+            lines.append("  nodes: " + "; ".join(f"{ep} {len(n)} ({', '.join(sorted(set(n)))})"
+                                                 for ep, n in b.nodes.items()))
     lines += [f"note: {n}" for n in r.notes]
     lines.append("parity: " + ("PASS" if r else "FAIL"))
     return "\n".join(lines)
@@ -97,6 +100,7 @@ def render_doctor(r) -> str:
         f"gpu           " + (f"{g.get('name', 'visible')} (driver {g.get('driver', '?')})" if g["visible"] else "none visible"),
         f"onnxruntime   {o['version']} {o['packages']} device {o['device']}",
         f"providers     {', '.join(o['available_providers'])}",
+        *([f"              ({o['note']})"] if o.get("note") else []),
         "cuda session  " + ("not attempted: " + str(s["error"]) if not s["attempted"] else
                             ("OK, ran on " + s["providers"][0]) if s["ok"] else
                             f"FAILED ({s['error']}); ran on {s['providers'][:1] or 'nothing'}"),
@@ -111,6 +115,9 @@ def render_doctor(r) -> str:
 def render_bench(r) -> str:
     rows = []
     for row in r.rows:
+        if row.error:
+            rows.append([row.backend, row.batch_size, row.ran_on, "FAILED", "", "", "", "", "", "", 0])
+            continue
         st = row.latency
         dev = f"{row.device_latency.p50_ms:.3f}" if row.device_latency else "-"
         speed = f"{row.speedup_vs_eager:.2f}x" if row.speedup_vs_eager else "-"
@@ -122,5 +129,10 @@ def render_bench(r) -> str:
     head += f"{env['cpu']}, {env['threads']} threads; torch {env['torch']}, onnxruntime {env['onnxruntime']}"
     out = [head, table(["backend", "batch", "ran on", "p50 ms", "p90 ms", "p99 ms", "mean ms", "dev p50", "img/s",
                         "vs eager", "n"], rows, "lrlrrrrrrrr")]
+    for backend, ops in r.node_assignment.items():
+        out.append(f"{backend} nodes: " + "; ".join(f"{ep} {len(n)} ({', '.join(sorted(set(n)))})"
+                                                   for ep, n in ops.items()))
     out += [f"note: {n}" for n in r.notes]
+    failed = {row.backend: row.error for row in r.rows if row.error}
+    out += [f"FAILED {b}: {why}" for b, why in failed.items()]
     return "\n".join(out)

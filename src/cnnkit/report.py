@@ -11,7 +11,7 @@ from cnnkit import _io
 from cnnkit.errors import CnnkitError
 
 CSV_FIELDS = ["backend", "batch_size", "ran_on", "fell_back", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "n",
-              "images_per_s", "speedup_vs_eager", "device_p50_ms"]
+              "images_per_s", "speedup_vs_eager", "device_p50_ms", "error"]
 
 
 def write_json(result, path: str | os.PathLike) -> None:
@@ -23,11 +23,12 @@ def write_csv(result, path: str | os.PathLike) -> None:
     w = csv.DictWriter(buf, CSV_FIELDS)
     w.writeheader()
     for r in result.rows:
+        lat = r.latency
         w.writerow({"backend": r.backend, "batch_size": r.batch_size, "ran_on": r.ran_on, "fell_back": r.fell_back,
-                    "p50_ms": r.latency.p50_ms, "p90_ms": r.latency.p90_ms, "p99_ms": r.latency.p99_ms,
-                    "mean_ms": r.latency.mean_ms, "n": r.latency.n, "images_per_s": r.images_per_s,
+                    "p50_ms": lat and lat.p50_ms, "p90_ms": lat and lat.p90_ms, "p99_ms": lat and lat.p99_ms,
+                    "mean_ms": lat and lat.mean_ms, "n": lat.n if lat else 0, "images_per_s": r.images_per_s,
                     "speedup_vs_eager": r.speedup_vs_eager,
-                    "device_p50_ms": r.device_latency.p50_ms if r.device_latency else None})
+                    "device_p50_ms": r.device_latency.p50_ms if r.device_latency else None, "error": r.error})
     _io.write_text(path, buf.getvalue())
 
 
@@ -44,7 +45,7 @@ def plot(result: dict, path: str | os.PathLike) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise CnnkitError("--plot needs matplotlib: pip install 'cnnkit[plot]'") from None
-    rows = result["rows"]
+    rows = [r for r in result["rows"] if r.get("latency")]  # failed rows have no timings
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for backend in dict.fromkeys(r["backend"] for r in rows):
         mine = sorted((r for r in rows if r["backend"] == backend), key=lambda r: r["batch_size"])

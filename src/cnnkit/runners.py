@@ -20,6 +20,7 @@ class Runner:
     ran_on: str  # what really executes, e.g. "torch cpu", "CUDAExecutionProvider"
     make_step: Callable[[np.ndarray], Callable[[], object]]
     fell_back: bool = False
+    nodes: dict[str, list[str]] | None = None  # ONNX Runtime: execution provider -> op types it runs
 
 
 def _torch_step(module, device):
@@ -64,19 +65,19 @@ def _torch_stream(device) -> int | None:
     return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
 
 
-def onnx(path, device, threads: int | None) -> Runner:
+def onnx(path, device, threads: int | None, tf32: bool = False) -> Runner:
     from cnnkit.runtime import CUDA_EP, Classifier, ProviderFallbackWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ProviderFallbackWarning)  # recorded as fell_back instead
-        clf = Classifier(path, device=device.type, intra_op_threads=threads, max_batch=1 << 20,
+        clf = Classifier(path, device=device.type, intra_op_threads=threads, max_batch=1 << 20, tf32=tf32,
                          compute_stream=_torch_stream(device))
     fell_back = device.type == "cuda" and CUDA_EP not in clf.providers
     if device.type != "cuda" or fell_back:
         def make(x: np.ndarray):
             return lambda: clf.logits(x)
 
-        return Runner("onnx", clf.providers[0], make, fell_back)
+        return Runner("onnx", clf.providers[0], make, fell_back, clf.node_assignment)
 
     import torch
 
@@ -86,7 +87,7 @@ def onnx(path, device, threads: int | None) -> Runner:
         out = torch.empty(len(x), clf.info.num_classes, device=device)
         return lambda: clf.logits_on_device(xt, out=out)
 
-    return Runner("onnx", clf.providers[0], make_cuda)
+    return Runner("onnx", clf.providers[0], make_cuda, nodes=clf.node_assignment)
 
 
 def eager_cudagraph(module, device) -> Runner:
@@ -108,25 +109,27 @@ def eager_cudagraph(module, device) -> Runner:
     return Runner("eager-cudagraph", "torch cuda graph", make)
 
 
-def onnx_cudagraph(path, device) -> Runner:
+def onnx_cudagraph(path, device, tf32: bool = False) -> Runner:
+    from cnnkit.errors import DeviceError
     from cnnkit.runtime import CUDA_EP, Classifier, ProviderFallbackWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ProviderFallbackWarning)
-        clf = Classifier(path, device="cuda", enable_cuda_graph=True, compute_stream=_torch_stream(device))
+    def session():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ProviderFallbackWarning)
+            return Classifier(path, device="cuda", enable_cuda_graph=True, tf32=tf32,
+                              compute_stream=_torch_stream(device))
+
+    clf = session()
     if CUDA_EP not in clf.providers:
-        raise RuntimeError("ONNX Runtime's CUDA provider is not available for a CUDA graph")
+        raise DeviceError(f"a CUDA graph needs ONNX Runtime's CUDA provider, which did not load: {clf.fallback_reason}")
 
     def make(x: np.ndarray):
         # One session captures one graph (one shape): a fresh session per batch size.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ProviderFallbackWarning)
-            sess = Classifier(path, device="cuda", enable_cuda_graph=True, compute_stream=_torch_stream(device))
-        runner = sess.cuda_graph_runner(len(x))
+        runner = session().cuda_graph_runner(len(x))
         runner.run(x)  # copies the input in and captures the graph
         return runner.replay
 
-    return Runner("onnx-cudagraph", "CUDAExecutionProvider (cuda graph)", make)
+    return Runner("onnx-cudagraph", "CUDAExecutionProvider (cuda graph)", make, nodes=clf.node_assignment)
 
 
 @contextlib.contextmanager

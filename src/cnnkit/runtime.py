@@ -10,8 +10,10 @@ Everything the model needs (class names, input size) is read from the .onnx file
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import sys
 import threading
 import warnings
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from cnnkit import metadata
+from cnnkit import metadata, ort_cuda
 from cnnkit.errors import DeviceError, InputError, ModelFileError
 
 CUDA_EP = "CUDAExecutionProvider"
@@ -56,27 +58,23 @@ def gpu_visible() -> bool:
     return bool(glob.glob("/dev/nvidia[0-9]*")) or bool(glob.glob("/proc/driver/nvidia/gpus/*"))
 
 
-def cuda_fallback_reason() -> str:
-    """The likeliest reason ONNX Runtime's CUDA provider could not be used here."""
+def cuda_fallback_reason(ort_log: str = "") -> str:
+    """Why ONNX Runtime's CUDA provider could not be used here: its own error line when `ort_log` (what it
+    logged while the session was made) has one, else the likeliest cause."""
     if CUDA_EP not in ort.get_available_providers():
         return f"this onnxruntime build ({ort.get_device()}) has no CUDA provider; install onnxruntime-gpu"
     if not gpu_visible():
         return "no NVIDIA GPU is visible (no /dev/nvidia* device)"
+    error = ort_cuda.ort_error(ort_log)
+    if error:
+        return f"the CUDA provider failed to load: {error}"
     return "the CUDA provider failed to load (usually missing or mismatched CUDA/cuDNN libraries)"
-
-
-def _preload_cuda_libraries() -> None:
-    preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
-    if preload is None:
-        return
-    try:
-        preload(cuda=True, cudnn=True, msvc=False)
-    except Exception:  # best effort: the session creation below reports what really happened
-        pass
 
 
 def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
     so = ort.SessionOptions()
+    # which provider runs each node (`Classifier.node_assignment`); a key older releases ignore
+    so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if intra_op_threads:
         so.intra_op_num_threads = int(intra_op_threads)
@@ -142,18 +140,25 @@ class Classifier:
         want_cuda = device == "cuda" or (device == "auto" and gpu_visible() and CUDA_EP in ort.get_available_providers())
         providers: list[Any] = [CPU_EP]
         if want_cuda:
-            _preload_cuda_libraries()
+            ort_cuda.preload_cuda_libraries()
             providers = [(CUDA_EP, cuda_provider_options(device_id, tf32, enable_cuda_graph, compute_stream)), CPU_EP]
+        # ONNX Runtime logs provider problems to the process's stderr: read them (the real error line becomes
+        # the fall-back reason) and pass on only what cnnkit does not report itself.
+        log = ort_cuda.capture_stderr_fd() if want_cuda else contextlib.nullcontext({"text": ""})
         try:
-            self.session = ort.InferenceSession(data, sess_options=session_options(intra_op_threads),
-                                                providers=providers)
+            with log as captured:
+                self.session = ort.InferenceSession(data, sess_options=session_options(intra_op_threads),
+                                                    providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf types
+            sys.stderr.write(ort_cuda.passthrough(captured["text"], fell_back=False))
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"{self.source}: ONNX Runtime cannot load this model ({first})") from None
+        fell_back = want_cuda and CUDA_EP not in self.session.get_providers()
+        sys.stderr.write(ort_cuda.passthrough(captured["text"], fell_back=fell_back))
         self.info = self._read_info()
         self.fallback_reason: str | None = None
-        if want_cuda and CUDA_EP not in self.session.get_providers():
-            self.fallback_reason = cuda_fallback_reason()
+        if fell_back:
+            self.fallback_reason = cuda_fallback_reason(captured["text"])
             if device == "cuda":
                 msg = f"CUDA was requested but ONNX Runtime runs on CPU: {self.fallback_reason}. Fix: {CUDA_FIX}"
                 if strict:
@@ -194,6 +199,14 @@ class Classifier:
     @property
     def classes(self) -> tuple[str, ...]:
         return self.info.classes
+
+    @property
+    def node_assignment(self) -> dict[str, list[str]] | None:
+        """Which execution provider runs each node of the optimised graph: {provider: ["Conv", ...]}.
+
+        None where this onnxruntime cannot say (before 1.31). A CUDA graph needs every node on CUDA.
+        """
+        return node_assignment(self.session)
 
     # ---------------------------------------------------------------------------------------- inputs
 
@@ -287,10 +300,10 @@ class Classifier:
         """
         self._require_cuda("logits_on_device")
         value = images if isinstance(images, ort.OrtValue) else ort.OrtValue.from_dlpack(images)
-        shape = tuple(value.shape())
-        if value.device_name().lower() != "cuda" or value.element_type() != np.uint8 or tuple(shape[1:]) != self._expected:
-            raise InputError(f"device input must be a CUDA uint8 tensor [N, {', '.join(map(str, self._expected))}], "
-                             f"got {value.element_type().__name__} {list(shape)} on {value.device_name()}")
+        problem = device_input_problem(value, self._expected)
+        if problem:
+            raise InputError(problem)
+        shape = value.shape()
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(self._input, value)
         binding.synchronize_inputs()  # the producer's pending writes to `images` complete before we read it
@@ -336,6 +349,35 @@ class CudaGraphRunner:
     def replay(self) -> None:
         """Replay on whatever is in the bound input buffer (for device-time benchmarks)."""
         self.clf.session.run_with_iobinding(self.binding)
+
+
+def device_input_problem(value: ort.OrtValue, expected: tuple[int, int, int]) -> str | None:
+    """Why `value` cannot be a device batch [N, *expected] of uint8 on CUDA, or None when it can."""
+    # OrtValue.data_type() is "tensor(uint8)"; element_type() is the ONNX type number, not a numpy type.
+    dtype = value.data_type()
+    shape = list(value.shape())
+    device = value.device_name().lower()
+    if device != "cuda" or dtype != "tensor(uint8)" or len(shape) != 4 or tuple(shape[1:]) != tuple(expected) \
+            or shape[0] < 1:
+        want = ", ".join(map(str, expected))
+        got = dtype.removeprefix("tensor(").removesuffix(")")
+        return f"device input must be a CUDA uint8 tensor [N, {want}], got {got} {shape} on {device}"
+    return None
+
+
+def node_assignment(session: ort.InferenceSession) -> dict[str, list[str]] | None:
+    """{execution provider: op types of the nodes it runs}, from a session made by `session_options`."""
+    get = getattr(session, "get_provider_graph_assignment_info", None)
+    if get is None:
+        return None
+    try:
+        subgraphs = get()
+    except Exception:  # recording was not enabled for this session
+        return None
+    out: dict[str, list[str]] = {}
+    for sg in subgraphs:
+        out.setdefault(sg.ep_name, []).extend(n.op_type for n in sg.get_nodes())
+    return out
 
 
 def predictions(probs: np.ndarray, classes: Sequence[str], top_k: int = 1) -> list[Prediction]:

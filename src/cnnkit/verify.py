@@ -44,6 +44,7 @@ class BackendParity:
     ran_on: str  # what really executed: "torch cpu", "CUDAExecutionProvider", ...
     cases: list[CaseResult] = field(default_factory=list)
     error: str | None = None
+    nodes: dict[str, list[str]] | None = None  # ONNX Runtime: execution provider -> op types of its nodes
 
     @property
     def passed(self) -> bool:
@@ -212,7 +213,7 @@ def verify(
         except ModelFileError as exc:
             backends.append(BackendParity("?", shown, "-", error=str(exc)))
             continue
-        error = None
+        error, nodes = None, None
         try:
             if kind == "torchscript":
                 module, _ = load_torchscript(path, map_location=dev)
@@ -221,7 +222,7 @@ def verify(
                 with warnings.catch_warnings():  # a fall-back is reported below as a failure instead
                     warnings.simplefilter("ignore", ProviderFallbackWarning)
                     clf = Classifier(path, device=dev.type, tf32=False)
-                ran_on = clf.providers[0]
+                ran_on, nodes = clf.providers[0], clf.node_assignment
                 if dev.type == "cuda" and CUDA_EP not in clf.providers:
                     error = f"CUDA requested but ONNX Runtime fell back to CPU: {clf.fallback_reason}"
                 if clf.info.num_classes != len(ckpt.meta.classes):
@@ -237,6 +238,6 @@ def verify(
             except Exception as exc:  # a backend that crashes on an input is a parity failure, not a crash
                 msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 results.append(CaseResult(case, len(x), [], float("nan"), float("nan"), False, 0.0, msg))
-        backends.append(BackendParity(kind, shown, ran_on, results, error))
+        backends.append(BackendParity(kind, shown, ran_on, results, error, nodes))
     return ParityReport(str(ckpt.path), dev.type, atol, rtol, backends, notes)
 

@@ -7,6 +7,7 @@
 # PHASE=all     everything, ONNX Runtime's CUDA provider included
 # ORT_PARTS=DIR the parts made by benchmarks/ort_gpu_pack.sh, gathered in DIR: checked, unpacked into
 #               /tmp/ort-site and put first on PYTHONPATH (for a machine whose image has the CPU onnxruntime only)
+# Each step's stdout (the --json report, where the command has one) goes to $WORK/NAME.log, its stderr to NAME.err.
 # Works from an installed cnnkit or from the tree (PYTHONPATH=src). Everything (models, data, logs) is written
 # to $WORK (default: a fresh folder in /tmp); $OUT receives only what is worth bringing back: steps.log,
 # bench_$DEVICE.{json,csv,png} and gpu_check.tar.gz (every log, JSON and metrics file; no models, no data).
@@ -42,10 +43,10 @@ step() {  # step NAME COMMAND...: run (under a timeout), log to $WORK/NAME.log, 
   local name=$1; shift
   echo "== $name: $(printf '%s ' "$@" | tr '\n' ' ' | cut -c1-240)" | tee -a "$OUT/steps.log"
   local t0=$SECONDS
-  timeout -k 10 "$STEP_TIMEOUT" "$@" > "$WORK/$name.log" 2>&1
+  timeout -k 10 "$STEP_TIMEOUT" "$@" > "$WORK/$name.log" 2> "$WORK/$name.err"
   local rc=$?
   echo "   rc=$rc in $((SECONDS - t0)) s" | tee -a "$OUT/steps.log"
-  tail -n 25 "$WORK/$name.log"
+  tail -n 12 "$WORK/$name.log" "$WORK/$name.err"
   [ $rc -eq 0 ] || failed+=("$name")
 }
 
@@ -115,7 +116,7 @@ step bench "${CNNKIT[@]}" bench "$WORK/run" --device "$DEVICE" --backends "$BACK
 echo "failed steps: ${failed[*]:-none}" | tee -a "$OUT/steps.log"
 for f in "$WORK/bench_$DEVICE".{json,csv,png}; do [ -f "$f" ] && cp "$f" "$OUT/"; done
 # logs, JSON reports, checkpoint metadata and per-epoch metrics; no weights, models or data
-(cd "$WORK" && find . \( -name '*.log' -o -name '*.json' -o -name '*.jsonl' -o -name '*.csv' \) \
+(cd "$WORK" && find . \( -name '*.log' -o -name '*.err' -o -name '*.json' -o -name '*.jsonl' -o -name '*.csv' \) \
   -not -path './cache/*' -not -path './synthetic/*' -print0 | tar --null -czf "$OUT/gpu_check.tar.gz" -T -)
 cp "$OUT/steps.log" "$WORK/steps.log"
 [ ${#failed[@]} -eq 0 ]

@@ -84,7 +84,11 @@ def normalisation(images: np.ndarray) -> tuple[float, float]:
 
 
 def random_shift(images, max_shift: int, gen):
-    """Translate each uint8 image [B,1,H,W] by its own random offset in [-max_shift, max_shift], zero-filled."""
+    """Translate each uint8 image [B,1,H,W] by its own random offset in [-max_shift, max_shift], zero-filled.
+
+    The offsets are drawn on `gen`'s device: give a generator on the images' device, or each CUDA step waits for
+    a pageable host-to-device copy (which synchronises the stream and stalls the launch queue).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -92,7 +96,7 @@ def random_shift(images, max_shift: int, gen):
         return images
     b, _, h, w = images.shape
     padded = F.pad(images, (max_shift,) * 4)
-    off = torch.randint(0, 2 * max_shift + 1, (2, b), generator=gen).to(images.device, non_blocking=True)
+    off = torch.randint(0, 2 * max_shift + 1, (2, b), generator=gen, device=gen.device).to(images.device)
     rows = (off[0][:, None] + torch.arange(h, device=images.device))[:, :, None]
     cols = (off[1][:, None] + torch.arange(w, device=images.device))[:, None, :]
     return padded[torch.arange(b, device=images.device)[:, None, None], 0, rows, cols].unsqueeze(1)
@@ -114,11 +118,28 @@ def _autocast(device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def prepare_epoch(images, labels, perm, mean: float, std: float, shift: int = 0, gen=None, memory_format=None):
+    """One epoch's inputs in visiting order, augmented and normalised in a few whole-epoch operations.
+
+    Returns (float32 images [N,1,H,W] in `memory_format`, labels [N]), so that each training step only slices
+    views: on a GPU the step is bound by kernel launches, and per-batch shifting and normalising cost a dozen of
+    them (measured on an H200: 2.3 ms of host time per step against 0.5 ms of GPU work).
+    """
+    import torch
+
+    from cnnkit.model import normalize
+
+    memory_format = memory_format or torch.channels_last
+    x = normalize(random_shift(images[perm], shift, gen), mean, std).contiguous(memory_format=memory_format)
+    return x, labels[perm]
+
+
 def make_step(model, opt, mean: float, std: float, precision: str = "fp32", shift: int = 0, gen=None,
               sched=None, memory_format=None):
-    """One optimisation step on a uint8 batch already on the device: augment, normalise, forward, backward, step.
+    """One optimisation step on a batch already on the device: augment and normalise a uint8 batch (a float batch
+    is taken as made by `prepare_epoch`), forward, backward, step.
 
-    Returns a function `step(images_uint8 [B,1,H,W], labels [B]) -> (loss, logits)`, both detached.
+    Returns a function `step(images [B,1,H,W], labels [B]) -> (loss, logits)`, both detached.
     """
     import torch
     import torch.nn.functional as F
@@ -128,7 +149,9 @@ def make_step(model, opt, mean: float, std: float, precision: str = "fp32", shif
     memory_format = memory_format or torch.channels_last
 
     def step(images, labels):
-        xb = normalize(random_shift(images, shift, gen), mean, std).contiguous(memory_format=memory_format)
+        xb = images
+        if images.dtype == torch.uint8:
+            xb = normalize(random_shift(images, shift, gen), mean, std).contiguous(memory_format=memory_format)
         with _autocast(images.device, precision):
             out = model(xb)
             loss = F.cross_entropy(out.float(), labels)
@@ -184,6 +207,8 @@ def train(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, progress: boo
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     cuda = device.type == "cuda"
+    # augmentation offsets drawn where the images are (on the CPU the same generator as the permutation)
+    shift_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1) if cuda else gen
     if cuda:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -199,8 +224,9 @@ def train(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, progress: boo
     model = Net(config).to(device, memory_format=memory_format)
 
     def to_device(images: np.ndarray, labels: np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)
-        y = torch.from_numpy(labels)
+        # torch refuses to share read-only buffers (IDX files are read into them); copy those once
+        x = torch.from_numpy(np.array(images, copy=not images.flags.writeable, order="C")).unsqueeze(1)
+        y = torch.from_numpy(np.array(labels, copy=not labels.flags.writeable))
         if cuda:
             x, y = x.pin_memory(), y.pin_memory()
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -219,7 +245,8 @@ def train(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, progress: boo
     else:  # too few steps for a warm-up/anneal cycle (smoke runs)
         sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
-    train_step = make_step(model, opt, mean, std, cfg.precision, cfg.shift, gen, sched, memory_format)
+    # batches come from prepare_epoch (already shifted and normalised)
+    train_step = make_step(model, opt, mean, std, cfg.precision, 0, None, sched, memory_format)
     train_args = {k: v for k, v in asdict(cfg).items() if k != "eval_batch_size"}
     epochs: list[EpochMetrics] = []
     ckpt_path: str | None = None
@@ -232,8 +259,9 @@ def train(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, progress: boo
             if step >= total_steps:
                 break
             model.train()
-            t0 = time.perf_counter()
+            t0 = shown = time.perf_counter()
             perm = torch.randperm(n, generator=gen).to(device)
+            x_epoch, y_epoch = prepare_epoch(x_train, y_train, perm, mean, std, cfg.shift, shift_gen, memory_format)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.int64)
             seen = 0
@@ -242,18 +270,20 @@ def train(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, progress: boo
             for i in range(steps_per_epoch):
                 if step >= total_steps:
                     break
-                idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-                yb = y_train[idx]
-                loss, out = train_step(x_train[idx], yb)
+                batch = slice(i * cfg.batch_size, (i + 1) * cfg.batch_size)
+                yb = y_epoch[batch]
+                loss, out = train_step(x_epoch[batch], yb)
                 step += 1
-                seen += len(idx)
-                loss_sum += loss * len(idx)
-                correct += (out.argmax(1) == yb).sum()
+                seen += len(yb)
+                loss_sum.add_(loss, alpha=len(yb))
+                correct.add_((out.argmax(1) == yb).sum())
                 bar.update(1)
-                if progress and (i % 10 == 0 or i == steps_per_epoch - 1):
-                    el = time.perf_counter() - t0
+                # .item() waits for the GPU: read the running figures twice a second, not every few steps
+                now = time.perf_counter()
+                if progress and (now - shown >= 0.5 or i == steps_per_epoch - 1):
+                    shown = now
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}",
-                                    img_s=f"{seen / max(el, 1e-9):,.0f}")
+                                    img_s=f"{seen / max(now - t0, 1e-9):,.0f}")
             if cuda:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0

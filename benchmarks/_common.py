@@ -15,8 +15,12 @@ def machine() -> dict:
 
     from cnnkit.bench import cpu_model
 
-    return {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version()}
+    return {
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def ensure_model(run_dir: Path) -> Path:
@@ -26,8 +30,11 @@ def ensure_model(run_dir: Path) -> Path:
     onnx = run_dir / "model.onnx"
     if not onnx.is_file():
         cnnkit = [sys.executable, "-m", "cnnkit"]
-        subprocess.run([*cnnkit, "train", "--dataset", "sample", "--out", str(run_dir), "--json"], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*cnnkit, "train", "--dataset", "sample", "--out", str(run_dir), "--json"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         subprocess.run([*cnnkit, "export", str(run_dir), "--json"], check=True, stdout=subprocess.DEVNULL)
     return run_dir
 

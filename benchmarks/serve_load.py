@@ -24,10 +24,12 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import ensure_model, machine, save  # noqa: E402
+from _common import ensure_model, machine, save
 
-MODES = {"batching_on": ["--max-batch", "64", "--max-delay-ms", "2"],
-         "batching_off": ["--max-batch", "1", "--max-delay-ms", "0"]}
+MODES = {
+    "batching_on": ["--max-batch", "64", "--max-delay-ms", "2"],
+    "batching_off": ["--max-batch", "1", "--max-delay-ms", "0"],
+}
 
 
 def free_port() -> int:
@@ -38,8 +40,11 @@ def free_port() -> int:
 
 def start(model: Path, args: list[str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "serve", str(model), "--port", str(port),
-                             "--device", "cpu", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnkit", "serve", str(model), "--port", str(port), "--device", "cpu", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -54,12 +59,15 @@ def start(model: Path, args: list[str]) -> tuple[subprocess.Popen, str]:
 async def _post(reader, writer, host: str, body: bytes) -> int:
     """One keep-alive HTTP/1.1 POST on raw asyncio streams (far lighter than a full client library, which
     matters when the load generator shares two cores with the server)."""
-    writer.write(b"POST /v1/predict HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Type: image/png\r\n"
-                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    writer.write(
+        b"POST /v1/predict HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Type: image/png\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
-    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
+    length = next(
+        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
     await reader.readexactly(length)
     return status
 
@@ -97,10 +105,15 @@ async def load(url: str, bodies: list[bytes], clients: int, seconds: float) -> d
     await asyncio.gather(*(client(i) for i in range(clients)))
     elapsed = time.perf_counter() - t0
     lat = np.array(latencies) * 1e3
-    return {"requests": len(latencies), "errors": errors, "statuses": statuses, "seconds": elapsed,
-            "requests_per_s": len(latencies) / elapsed,
-            "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
-            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None}
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "statuses": statuses,
+        "seconds": elapsed,
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+        "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
+    }
 
 
 def main() -> None:
@@ -131,9 +144,17 @@ def main() -> None:
                 proc.wait(timeout=30)
     ratio = results["batching_on"]["requests_per_s"] / results["batching_off"]["requests_per_s"]
     print(f"batching on / off: {ratio:.2f}x requests/s")
-    save(a.out, {"machine": machine(), "clients": a.clients, "seconds": a.seconds, "results": results,
-                 "ratio_on_over_off": ratio,
-                 "note": "client and server share this machine's cores; the client's CPU use is part of the picture"})
+    save(
+        a.out,
+        {
+            "machine": machine(),
+            "clients": a.clients,
+            "seconds": a.seconds,
+            "results": results,
+            "ratio_on_over_off": ratio,
+            "note": "client and server share this machine's cores; the client's CPU use is part of the picture",
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -21,9 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, save  # noqa: E402
+from _common import machine, save
 
 
 def write_torchvision_layout(ds, root: Path) -> None:
@@ -73,9 +72,14 @@ def seed_loop(root: Path, epochs: int, target: float, seed: int, lr: float = 0.0
         epochs_out.append({"epoch": epoch, "test_accuracy": acc, "train_seconds_cumulative": train_s})
         if t_target is None and acc >= target:
             t_target = train_s
-    return {"images_per_s": seen / train_s, "train_seconds": train_s, "final_accuracy": epochs_out[-1]["test_accuracy"],
-            "best_accuracy": max(e["test_accuracy"] for e in epochs_out), "seconds_to_target": t_target,
-            "epochs": epochs_out}
+    return {
+        "images_per_s": seen / train_s,
+        "train_seconds": train_s,
+        "final_accuracy": epochs_out[-1]["test_accuracy"],
+        "best_accuracy": max(e["test_accuracy"] for e in epochs_out),
+        "seconds_to_target": t_target,
+        "epochs": epochs_out,
+    }
 
 
 def seed_stepper(root: Path, seed: int):
@@ -141,7 +145,7 @@ def throughput(steppers: dict, rounds: int, steps: int) -> dict:
     seconds = {k: 0.0 for k in steppers}
     names = list(steppers)
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             n = sum(steppers[name]() for _ in range(steps))
             seconds[name] += time.perf_counter() - t0
@@ -160,8 +164,14 @@ def cnnkit_loop(ds, precision: str, target: float, seed: int) -> dict:
         eps.append({"epoch": e.epoch, "test_accuracy": e.test_accuracy, "train_seconds_cumulative": cum})
         if t_target is None and e.test_accuracy >= target:
             t_target = cum
-    return {"images_per_s": r.images_per_s, "train_seconds": r.train_seconds, "final_accuracy": r.test_accuracy,
-            "best_accuracy": max(e.test_accuracy for e in r.epochs), "seconds_to_target": t_target, "epochs": eps}
+    return {
+        "images_per_s": r.images_per_s,
+        "train_seconds": r.train_seconds,
+        "final_accuracy": r.test_accuracy,
+        "best_accuracy": max(e.test_accuracy for e in r.epochs),
+        "seconds_to_target": t_target,
+        "epochs": eps,
+    }
 
 
 def main() -> None:
@@ -180,13 +190,18 @@ def main() -> None:
     ds = load_dataset(a.dataset).dataset
     with tempfile.TemporaryDirectory() as tmp:
         write_torchvision_layout(ds, Path(tmp))
-        steppers = {"seed_style": seed_stepper(Path(tmp), a.seed),
-                    "cnnkit_fp32": cnnkit_stepper(ds, "fp32", a.seed), "cnnkit_bf16": cnnkit_stepper(ds, "bf16", a.seed)}
+        steppers = {
+            "seed_style": seed_stepper(Path(tmp), a.seed),
+            "cnnkit_fp32": cnnkit_stepper(ds, "fp32", a.seed),
+            "cnnkit_bf16": cnnkit_stepper(ds, "bf16", a.seed),
+        }
         rates = throughput(steppers, a.rounds, a.steps)
         print("steady-state images/s (alternating rounds):", {k: round(v) for k, v in rates.items()})
-        results = {"seed_style": seed_loop(Path(tmp), a.seed_epochs, a.target, a.seed),
-                   # the seed's lr 0.01 can diverge on small data; the same loop at lr 1e-3 for an accuracy reference
-                   "seed_style_lr1e-3": seed_loop(Path(tmp), a.seed_epochs, a.target, a.seed, lr=1e-3)}
+        results = {
+            "seed_style": seed_loop(Path(tmp), a.seed_epochs, a.target, a.seed),
+            # the seed's lr 0.01 can diverge on small data; the same loop at lr 1e-3 for an accuracy reference
+            "seed_style_lr1e-3": seed_loop(Path(tmp), a.seed_epochs, a.target, a.seed, lr=1e-3),
+        }
     for name in ("seed_style", "seed_style_lr1e-3"):
         print(name, {k: v for k, v in results[name].items() if k != "epochs"})
     for prec in ("fp32", "bf16"):
@@ -194,11 +209,18 @@ def main() -> None:
         print(f"cnnkit_{prec}", {k: v for k, v in results[f"cnnkit_{prec}"].items() if k != "epochs"})
     ratios = {k: v / rates["seed_style"] for k, v in rates.items()}
     print("throughput vs seed loop:", {k: round(v, 2) for k, v in ratios.items()})
-    save("train_speed.json", {"machine": {**machine(), "torch_threads": torch.get_num_threads()},
-                              "dataset": ds.identity(), "target_accuracy": a.target,
-                              "throughput_images_per_s": rates, "throughput_ratio_vs_seed": ratios,
-                              "throughput_method": f"{a.rounds} alternating rounds x {a.steps} steps, after warm-up",
-                              "accuracy_runs": results})
+    save(
+        "train_speed.json",
+        {
+            "machine": {**machine(), "torch_threads": torch.get_num_threads()},
+            "dataset": ds.identity(),
+            "target_accuracy": a.target,
+            "throughput_images_per_s": rates,
+            "throughput_ratio_vs_seed": ratios,
+            "throughput_method": f"{a.rounds} alternating rounds x {a.steps} steps, after warm-up",
+            "accuracy_runs": results,
+        },
+    )
 
 
 if __name__ == "__main__":

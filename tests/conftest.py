@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnkit.data import write_idx
+from cnnkit.build.data import write_idx
 
 
 def pytest_collection_modifyitems(config, items):
@@ -47,8 +47,8 @@ def write_idx_dataset(directory: Path, n_train=64, n_test=32, compress=False, se
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """A checkpoint trained briefly on the bundled sample (good enough to be clearly above chance)."""
-    from cnnkit.data import load_sample
-    from cnnkit.train import TrainConfig, train
+    from cnnkit.build.data import load_sample
+    from cnnkit.build.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("run")
     result = train(load_sample(), TrainConfig(epochs=2, shift=0, device="cpu"), out, progress=False)
@@ -58,7 +58,7 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="session")
 def exported(trained, tmp_path_factory):
     """ONNX and TorchScript exports of the session checkpoint."""
-    from cnnkit.export import export
+    from cnnkit.build.export import export
 
     out = tmp_path_factory.mktemp("export")
     return export(trained.checkpoint, out, formats=("onnx", "torchscript"), verify=False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cnnkit.bench import summarize
+from cnnkit.bench.results import summarize
 from cnnkit.cli import main
 
 
@@ -21,19 +21,37 @@ def test_summarize_known_data():
 
 def test_bench_end_to_end_tiny(trained, exported, tmp_path):
     out_json, out_csv, out_png = tmp_path / "b.json", tmp_path / "b.csv", tmp_path / "b.png"
-    r = CliRunner().invoke(main, [
-        "bench", exported.artefacts["onnx"], exported.artefacts["torchscript"], "--batch-sizes", "1,4",
-        "--warmup", "2", "--iters", "5", "--threads", "1",
-        "--json", str(out_json), "--csv", str(out_csv), "--plot", str(out_png),
-    ])
+    r = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            exported.artefacts["onnx"],
+            exported.artefacts["torchscript"],
+            "--batch-sizes",
+            "1,4",
+            "--warmup",
+            "2",
+            "--iters",
+            "5",
+            "--threads",
+            "1",
+            "--json",
+            str(out_json),
+            "--csv",
+            str(out_csv),
+            "--plot",
+            str(out_png),
+        ],
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(out_json.read_text())
     assert data["device"] == "cpu" and data["settings"]["threads"] == 1
     for key in ("cpu", "cpu_cores", "torch", "onnxruntime", "cnnkit", "python"):
         assert data["environment"][key]
     rows = data["rows"]
-    assert {(x["backend"], x["batch_size"]) for x in rows} == {(b, n) for b in ("eager", "torchscript", "onnx")
-                                                               for n in (1, 4)}
+    assert {(x["backend"], x["batch_size"]) for x in rows} == {
+        (b, n) for b in ("eager", "torchscript", "onnx") for n in (1, 4)
+    }
     for x in rows:
         assert x["latency"]["n"] == 5 and 0 < x["latency"]["p50_ms"] <= x["latency"]["p99_ms"]
         assert x["images_per_s"] > 0 and x["speedup_vs_eager"] > 0 and not x["fell_back"]
@@ -45,8 +63,23 @@ def test_bench_end_to_end_tiny(trained, exported, tmp_path):
 
 
 def test_bench_from_checkpoint_only_exports_on_the_fly(trained):
-    r = CliRunner().invoke(main, ["bench", trained.checkpoint, "--backends", "onnx", "--batch-sizes", "2",
-                                  "--warmup", "1", "--iters", "2", "--json", "-"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            trained.checkpoint,
+            "--backends",
+            "onnx",
+            "--batch-sizes",
+            "2",
+            "--warmup",
+            "1",
+            "--iters",
+            "2",
+            "--json",
+            "-",
+        ],
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["rows"][0]["backend"] == "onnx" and "exported from the checkpoint" in data["notes"][0]
@@ -79,8 +112,23 @@ def test_a_failing_backend_is_a_row_and_the_others_still_land(trained, exported,
         if f.name in ("model.safetensors", "checkpoint.json"):
             shutil.copy(f, run / f.name)
     out_json, out_csv = tmp_path / "b.json", tmp_path / "b.csv"
-    r = CliRunner().invoke(main, ["bench", str(run), "--batch-sizes", "1,2", "--warmup", "1", "--iters", "2",
-                                  "--json", str(out_json), "--csv", str(out_csv)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            str(run),
+            "--batch-sizes",
+            "1,2",
+            "--warmup",
+            "1",
+            "--iters",
+            "2",
+            "--json",
+            str(out_json),
+            "--csv",
+            str(out_csv),
+        ],
+    )
     assert r.exit_code == 1 and "torchscript" in r.stderr and "Traceback" not in r.output
     rows = json.loads(out_json.read_text())["rows"]
     bad = [x for x in rows if x["backend"] == "torchscript"]
@@ -88,4 +136,6 @@ def test_a_failing_backend_is_a_row_and_the_others_still_land(trained, exported,
     assert len(bad) == 2 and all(x["error"] and x["latency"] is None for x in bad)
     assert {x["backend"] for x in good} == {"eager", "onnx"} and all(x["images_per_s"] > 0 for x in good)
     assert "FAILED torchscript" in r.stdout
-    assert [row["error"] != "" for row in csv.DictReader(out_csv.open()) if row["backend"] == "torchscript"] == [True] * 2
+    assert [row["error"] != "" for row in csv.DictReader(out_csv.open()) if row["backend"] == "torchscript"] == [
+        True
+    ] * 2

@@ -21,8 +21,21 @@ def test_help_and_version_do_not_import_torch():
 
 
 def test_train_json(tmp_path):
-    r = CliRunner().invoke(main, ["train", "--dataset", "sample", "--max-steps", "3", "--device", "cpu",
-                                  "--out", str(tmp_path / "run"), "--json"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--dataset",
+            "sample",
+            "--max-steps",
+            "3",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "run"),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["checkpoint"].endswith("model.safetensors") and out["dataset"]["name"] == "mnist-sample"
@@ -46,11 +59,27 @@ def test_ctrl_c_keeps_last_completed_epoch(tmp_path):
     import signal
     import time
 
-    from cnnkit import checkpoint
+    from cnnkit.build import checkpoint
 
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "train", "--dataset", "sample", "--epochs", "50",
-                             "--device", "cpu", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cnnkit",
+            "train",
+            "--dataset",
+            "sample",
+            "--epochs",
+            "50",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 120
     while not (out / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -67,8 +96,9 @@ def test_ctrl_c_keeps_last_completed_epoch(tmp_path):
 def test_unwritable_out_is_a_clean_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    r = CliRunner().invoke(main, ["train", "--dataset", "sample", "--max-steps", "1", "--device", "cpu",
-                                  "--out", str(blocker / "run")])
+    r = CliRunner().invoke(
+        main, ["train", "--dataset", "sample", "--max-steps", "1", "--device", "cpu", "--out", str(blocker / "run")]
+    )
     assert r.exit_code == 1 and "Error: [Errno 20] Not a directory" in r.stderr and "Traceback" not in r.output
     assert "epoch" not in r.stderr  # failed before training
 
@@ -76,12 +106,18 @@ def test_unwritable_out_is_a_clean_error(tmp_path):
 def test_non_square_idx_rejected(tmp_path):
     import numpy as np
 
-    from cnnkit.data import write_idx
+    from cnnkit.build.data import write_idx
 
     rng = np.random.default_rng(0)
-    for name, shape in (("train-images-idx3-ubyte", (8, 28, 20)), ("train-labels-idx1-ubyte", (8,)),
-                        ("t10k-images-idx3-ubyte", (4, 28, 20)), ("t10k-labels-idx1-ubyte", (4,))):
+    for name, shape in (
+        ("train-images-idx3-ubyte", (8, 28, 20)),
+        ("train-labels-idx1-ubyte", (8,)),
+        ("t10k-images-idx3-ubyte", (4, 28, 20)),
+        ("t10k-labels-idx1-ubyte", (4,)),
+    ):
         write_idx(tmp_path / name, rng.integers(0, 10, shape))
-    r = CliRunner().invoke(main, ["train", "--data-dir", str(tmp_path), "--max-steps", "1", "--device", "cpu",
-                                  "--out", str(tmp_path / "run")])
+    r = CliRunner().invoke(
+        main,
+        ["train", "--data-dir", str(tmp_path), "--max-steps", "1", "--device", "cpu", "--out", str(tmp_path / "run")],
+    )
     assert r.exit_code == 1 and "28x20" in r.stderr

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from cnnkit import data
+from cnnkit.build import data
+from cnnkit.build.data import write_idx
 from cnnkit.errors import DataError
-from cnnkit.data import write_idx
 from conftest import write_idx_dataset
 
 
@@ -76,12 +76,15 @@ def test_sample_checksum_and_shape():
 
 def test_sample_corrupt(tmp_path, monkeypatch):
     bad = tmp_path / "s.npz"
-    raw = bytearray(data.SAMPLE_PATH.read_bytes())
+    import importlib.resources
+
+    raw = bytearray((importlib.resources.files("cnnkit.resources") / "mnist_sample.npz").read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     bad.write_bytes(bytes(raw))
-    monkeypatch.setattr(data, "SAMPLE_PATH", bad)
     with pytest.raises(DataError, match="checksum"):
-        data.load_sample()
+        data.load_sample(bad)
+    with pytest.raises(DataError, match="missing"):
+        data.load_sample(tmp_path / "absent.npz")
 
 
 def test_default_falls_back_to_sample_when_offline(monkeypatch):

@@ -10,11 +10,12 @@ import torch
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from cnnkit import checkpoint, metadata
+from cnnkit.build import checkpoint
+from cnnkit.build.artifacts import deployable, load_torchscript, read_info
+from cnnkit.build.export import export
+from cnnkit.build.verify import verify
 from cnnkit.cli import main
 from cnnkit.errors import ModelFileError
-from cnnkit.export import deployable, export, load_torchscript
-from cnnkit.verify import read_info, verify
 
 
 def test_round_trip_parity(exported, trained):

@@ -1,6 +1,6 @@
 import torch
 
-from cnnkit.model import Deployable, ModelConfig, Net, count_parameters
+from cnnkit.build.model import Deployable, ModelConfig, Net, count_parameters
 
 
 def test_seed_architecture():

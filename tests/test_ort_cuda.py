@@ -9,8 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from cnnkit import ort_cuda
-from cnnkit.runtime import CUDA_EP, device_input_problem
+from cnnkit.runtime import CUDA_EP, cuda_libs
+from cnnkit.runtime.cuda import device_input_problem
 
 # Verbatim shape of what onnxruntime-gpu 1.31.1 logs when its CUDA provider cannot load (ANSI colours included).
 FAILED_LOG = (
@@ -29,31 +29,33 @@ FAILED_LOG = (
 
 
 def test_ort_error_names_the_missing_library_without_colour_or_prefix():
-    err = ort_cuda.ort_error(FAILED_LOG)
-    assert err == ("Failed to load library /x/libonnxruntime_providers_cuda.so with error: libcublasLt.so.13: "
-                   "cannot open shared object file: No such file or directory")
-    assert ort_cuda.ort_error("[W:onnxruntime:Default, a.cc:1 f] only a warning") is None
+    err = cuda_libs.ort_error(FAILED_LOG)
+    assert err == (
+        "Failed to load library /x/libonnxruntime_providers_cuda.so with error: libcublasLt.so.13: "
+        "cannot open shared object file: No such file or directory"
+    )
+    assert cuda_libs.ort_error("[W:onnxruntime:Default, a.cc:1 f] only a warning") is None
 
 
 def test_passthrough_drops_plugin_ep_notice_and_reported_failure():
-    shown = ort_cuda.passthrough(FAILED_LOG, fell_back=True)
+    shown = cuda_libs.passthrough(FAILED_LOG, fell_back=True)
     assert shown == "some other line\n"
-    shown = ort_cuda.passthrough(FAILED_LOG, fell_back=False)
+    shown = cuda_libs.passthrough(FAILED_LOG, fell_back=False)
     assert "plugin EP" not in shown and "libcublasLt" in shown and "some other line" in shown
 
 
 @pytest.mark.skipif(CUDA_EP not in ort.get_available_providers(), reason="needs onnxruntime-gpu")
 def test_real_cuda_session_log_is_read(tmp_path):
     """A real CUDA session request: on a machine without a GPU its [E:] line is what doctor reports."""
-    from cnnkit.doctor import _tiny_model
-    from cnnkit.runtime import cuda_provider_options
+    from cnnkit.doctor import probe_model
+    from cnnkit.runtime.session import cuda_provider_options
 
-    with ort_cuda.capture_stderr_fd() as log:
-        s = ort.InferenceSession(_tiny_model(), providers=[(CUDA_EP, cuda_provider_options()), "CPUExecutionProvider"])
+    with cuda_libs.capture_stderr_fd() as log:
+        s = ort.InferenceSession(probe_model(), providers=[(CUDA_EP, cuda_provider_options()), "CPUExecutionProvider"])
     if CUDA_EP in s.get_providers():
         pytest.skip("the CUDA provider loaded here")
-    assert "Failed to load library" in (ort_cuda.ort_error(log["text"]) or "")
-    assert "No registered plugin EP" not in ort_cuda.passthrough(log["text"], fell_back=True)
+    assert "Failed to load library" in (cuda_libs.ort_error(log["text"]) or "")
+    assert "No registered plugin EP" not in cuda_libs.passthrough(log["text"], fell_back=True)
 
 
 def test_nvidia_lib_dirs_searches_every_path_entry(tmp_path, monkeypatch):
@@ -63,7 +65,7 @@ def test_nvidia_lib_dirs_searches_every_path_entry(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     for mod in [m for m in sys.modules if m == "nvidia" or m.startswith("nvidia.")]:
         monkeypatch.delitem(sys.modules, mod)
-    assert lib in ort_cuda.nvidia_lib_dirs()
+    assert lib in cuda_libs.nvidia_lib_dirs()
 
 
 def test_doctor_json_stdout_is_pure_json_in_a_fresh_process():
@@ -76,11 +78,14 @@ def test_doctor_json_stdout_is_pure_json_in_a_fresh_process():
         assert "\x1b" not in err and "[W:" not in err and "plugin EP" not in err
 
 
-@pytest.mark.parametrize("array,expect", [
-    (np.zeros((2, 1, 28, 28), np.uint8), "got uint8 [2, 1, 28, 28] on cpu"),
-    (np.zeros((2, 1, 28, 28), np.float32), "got float [2, 1, 28, 28] on cpu"),
-    (np.zeros((2, 28, 28), np.uint8), "got uint8 [2, 28, 28] on cpu"),
-])
+@pytest.mark.parametrize(
+    "array,expect",
+    [
+        (np.zeros((2, 1, 28, 28), np.uint8), "got uint8 [2, 1, 28, 28] on cpu"),
+        (np.zeros((2, 1, 28, 28), np.float32), "got float [2, 1, 28, 28] on cpu"),
+        (np.zeros((2, 28, 28), np.uint8), "got uint8 [2, 28, 28] on cpu"),
+    ],
+)
 def test_device_input_check_names_dtype_shape_and_device(array, expect):
     value = ort.OrtValue.ortvalue_from_numpy(array)
     problem = device_input_problem(value, (1, 28, 28))

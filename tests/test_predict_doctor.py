@@ -4,8 +4,8 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
+from cnnkit.build.data import load_sample
 from cnnkit.cli import main
-from cnnkit.data import load_sample
 
 
 def test_predict_png_jpeg_pgm_and_bad_file(exported, tmp_path):
@@ -26,8 +26,20 @@ def test_predict_png_jpeg_pgm_and_bad_file(exported, tmp_path):
         files.append(p)
     junk = tmp_path / "notes.png"
     junk.write_text("not an image")
-    r = CliRunner().invoke(main, ["predict", exported.artefacts["onnx"], *map(str, files), str(junk),
-                                  "--device", "cpu", "--top-k", "2", "--json"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            exported.artefacts["onnx"],
+            *map(str, files),
+            str(junk),
+            "--device",
+            "cpu",
+            "--top-k",
+            "2",
+            "--json",
+        ],
+    )
     assert r.exit_code == 1  # one file failed
     out = json.loads(r.stdout)
     res = out["results"]

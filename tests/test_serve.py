@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from cnnkit.batching import Batcher, BatchFailed
-from cnnkit.data import load_sample
+from cnnkit.build.data import load_sample
 from cnnkit.runtime import Classifier
+from cnnkit.serve.batching import Batcher, BatchFailed
 
 
 def free_port() -> int:
@@ -27,8 +27,11 @@ def free_port() -> int:
 
 def start_server(model: str, *args: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", "serve", model, "--port", str(port), "--device", "cpu",
-                             *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnkit", "serve", model, "--port", str(port), "--device", "cpu", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -51,8 +54,17 @@ def png(img: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def server(exported):
-    proc, url = start_server(exported.artefacts["onnx"], "--max-batch", "16", "--max-delay-ms", "5",
-                             "--max-images", "8", "--max-body-mb", "1")
+    proc, url = start_server(
+        exported.artefacts["onnx"],
+        "--max-batch",
+        "16",
+        "--max-delay-ms",
+        "5",
+        "--max-images",
+        "8",
+        "--max-body-mb",
+        "1",
+    )
     yield url
     proc.terminate()
     proc.wait(timeout=30)
@@ -70,7 +82,7 @@ def digits():
 
 def test_server_process_never_imports_torch(exported):
     code = (
-        "import sys; from cnnkit.cli import make_classifier; from cnnkit.serve import create_app; "
+        "import sys; from cnnkit.cli.common import make_classifier; from cnnkit.serve import create_app; "
         f"create_app(make_classifier({exported.artefacts['onnx']!r}, 'cpu')); "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
@@ -90,8 +102,14 @@ def test_predict_forms_match_runtime(server, clf, digits):
     r = httpx.post(server + "/v1/predict", files=files)
     assert [q["label"] for q in r.json()["predictions"]] == [e.label for e in expect[:2]]
 
-    doc = {"images": [base64.b64encode(png(digits[2])).decode(), digits[1].tolist(),
-                      {"pixels": (digits[0] / 255.0).tolist()}], "top_k": 1}
+    doc = {
+        "images": [
+            base64.b64encode(png(digits[2])).decode(),
+            digits[1].tolist(),
+            {"pixels": (digits[0] / 255.0).tolist()},
+        ],
+        "top_k": 1,
+    }
     r = httpx.post(server + "/v1/predict", json=doc)
     assert r.status_code == 200, r.text
     assert [q["label"] for q in r.json()["predictions"]] == [expect[2].label, expect[1].label, expect[0].label]
@@ -119,17 +137,20 @@ def test_concurrent_clients_get_their_own_results(server, clf, digits):
     assert count - batches["1.0"] >= 1, "no request was batched with another"
 
 
-@pytest.mark.parametrize("kwargs,status,match", [
-    ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported content type"),
-    ({"content": b"not an image", "headers": {"content-type": "image/png"}}, 400, "not a recognised image"),
-    ({"json": {"images": [[[0] * 20] * 20]}}, 400, "expected 1x28x28"),
-    ({"json": {"images": [[[0, 1], [2]]]}}, 400, "ragged"),
-    ({"json": {"images": ["!!notbase64"]}}, 400, "base64"),
-    ({"json": {"nothing": 1}}, 400, '"images"'),
-    ({"content": b"{bad json", "headers": {"content-type": "application/json"}}, 400, "invalid JSON"),
-    ({"json": {"images": [[[0] * 28] * 28] * 9}}, 413, "limit is 8"),
-    ({"content": b"\x00" * (1024 * 1024 + 1), "headers": {"content-type": "image/png"}}, 413, "byte limit"),
-])
+@pytest.mark.parametrize(
+    "kwargs,status,match",
+    [
+        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported content type"),
+        ({"content": b"not an image", "headers": {"content-type": "image/png"}}, 400, "not a recognised image"),
+        ({"json": {"images": [[[0] * 20] * 20]}}, 400, "expected 1x28x28"),
+        ({"json": {"images": [[[0, 1], [2]]]}}, 400, "ragged"),
+        ({"json": {"images": ["!!notbase64"]}}, 400, "base64"),
+        ({"json": {"nothing": 1}}, 400, '"images"'),
+        ({"content": b"{bad json", "headers": {"content-type": "application/json"}}, 400, "invalid JSON"),
+        ({"json": {"images": [[[0] * 28] * 28] * 9}}, 413, "limit is 8"),
+        ({"content": b"\x00" * (1024 * 1024 + 1), "headers": {"content-type": "image/png"}}, 413, "byte limit"),
+    ],
+)
 def test_bad_input_is_4xx_and_server_stays_up(server, kwargs, status, match):
     r = httpx.post(server + "/v1/predict", **kwargs)
     assert r.status_code == status, r.text
@@ -141,8 +162,12 @@ def test_model_and_metrics_endpoints(server, clf):
     info = httpx.get(server + "/v1/model").json()
     assert info["metadata"]["classes"] == list(clf.classes) and info["providers"] == ["CPUExecutionProvider"]
     fams = {f.name: f for f in text_string_to_metric_families(httpx.get(server + "/metrics").text)}
-    assert {"cnnkit_requests", "cnnkit_request_latency_seconds", "cnnkit_batch_size",
-            "cnnkit_queue_depth_images"} <= set(fams)
+    assert {
+        "cnnkit_requests",
+        "cnnkit_request_latency_seconds",
+        "cnnkit_batch_size",
+        "cnnkit_queue_depth_images",
+    } <= set(fams)
     statuses = {s.labels.get("status") for s in fams["cnnkit_requests"].samples}
     assert "200" in statuses
 

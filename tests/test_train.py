@@ -4,10 +4,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cnnkit import _io, checkpoint
-from cnnkit.data import load_sample
+from cnnkit import _io
+from cnnkit.build import checkpoint
+from cnnkit.build.data import load_sample
+from cnnkit.build.train import TrainConfig, train
 from cnnkit.errors import CheckpointError
-from cnnkit.train import TrainConfig, train
 
 
 def test_short_run_learns(trained):

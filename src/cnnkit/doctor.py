@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import importlib.resources
 import os
 import platform
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cnnkit.errors import first_line
 
 
 @dataclass(frozen=True)
@@ -30,13 +34,9 @@ class DoctorReport:
         return {**asdict(self), "ok": self.ok}
 
 
-def _tiny_model() -> bytes:
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "doctor", [x], [y])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+def probe_model() -> bytes:
+    """A one-node ONNX model (Relu on float [1, 4]), shipped as a package resource: no onnx package needed."""
+    return importlib.resources.files("cnnkit.resources").joinpath("probe.onnx").read_bytes()
 
 
 def _installed(dist: str) -> str | None:
@@ -47,13 +47,21 @@ def _installed(dist: str) -> str | None:
 
 
 def gpu_info() -> dict:
-    from cnnkit.runtime import gpu_visible
+    from cnnkit.runtime.session import gpu_visible
 
-    info = {"visible": gpu_visible(), "nvidia_smi": shutil.which("nvidia-smi")}
+    info: dict[str, Any] = {"visible": gpu_visible(), "nvidia_smi": shutil.which("nvidia-smi")}
     if info["nvidia_smi"]:
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=10).stdout.strip().splitlines()
+            out = (
+                subprocess.run(
+                    ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                )
+                .stdout.strip()
+                .splitlines()
+            )
             if out:
                 name, _, driver = out[0].rpartition(",")
                 info.update(name=name.strip(), driver=driver.strip(), count=len(out))
@@ -66,34 +74,40 @@ def cuda_session_check() -> dict:
     import numpy as np
     import onnxruntime as ort
 
-    from cnnkit import ort_cuda
-    from cnnkit.runtime import CUDA_EP, cuda_provider_options
+    from cnnkit.runtime import cuda_libs
+    from cnnkit.runtime.session import CUDA_EP, cuda_provider_options
 
     if CUDA_EP not in ort.get_available_providers():
         return {"attempted": False, "ok": False, "providers": [], "error": "this onnxruntime has no CUDA provider"}
-    libs = ort_cuda.preload_cuda_libraries()
+    libs = cuda_libs.preload_cuda_libraries()
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    with ort_cuda.capture_stderr_fd() as log:
+    with cuda_libs.capture_stderr_fd() as log:
         try:
-            sess = ort.InferenceSession(_tiny_model(), so, providers=[(CUDA_EP, cuda_provider_options()),
-                                                                       "CPUExecutionProvider"])
+            sess = ort.InferenceSession(
+                probe_model(), so, providers=[(CUDA_EP, cuda_provider_options()), "CPUExecutionProvider"]
+            )
             sess.run(None, {"x": np.ones((1, 4), np.float32)})
             providers, error = sess.get_providers(), None
         except Exception as exc:  # report, don't crash: this is the diagnostic tool
-            providers, error = [], str(exc).strip().splitlines()[0]
+            providers, error = [], first_line(exc)
     ok = CUDA_EP in providers
     if not ok and error is None:
         # the [E:] line names the missing library; the warnings around it (plugin EP, "Require cuDNN 9.*") don't
-        error = ort_cuda.ort_error(log["text"]) or "ONNX Runtime silently fell back to CPUExecutionProvider"
-    return {"attempted": True, "ok": ok, "providers": providers, "error": error,
-            "libraries": {"cuda": libs["cuda_dir"], "cudnn": libs["cudnn_dir"], "preload_messages": libs["messages"]}}
+        error = cuda_libs.ort_error(log["text"]) or "ONNX Runtime silently fell back to CPUExecutionProvider"
+    return {
+        "attempted": True,
+        "ok": ok,
+        "providers": providers,
+        "error": error,
+        "libraries": {"cuda": libs["cuda_dir"], "cudnn": libs["cudnn_dir"], "preload_messages": libs["messages"]},
+    }
 
 
 def diagnose() -> DoctorReport:
     import onnxruntime as ort
 
-    from cnnkit.runtime import CUDA_FIX
+    from cnnkit.runtime.session import CUDA_FIX
 
     problems = []
     ort_pkgs = {d: _installed(d) for d in ("onnxruntime", "onnxruntime-gpu")}
@@ -104,9 +118,13 @@ def diagnose() -> DoctorReport:
     conflict = both and not has_cuda_ep
     if conflict:
         problems.append("both onnxruntime and onnxruntime-gpu are installed and the CPU build is the one imported")
-    ort_info = {"version": ort.__version__, "packages": {k: v for k, v in ort_pkgs.items() if v},
-                "location": os.path.dirname(ort.__file__),
-                "device": ort.get_device(), "available_providers": ort.get_available_providers()}
+    ort_info = {
+        "version": ort.__version__,
+        "packages": {k: v for k, v in ort_pkgs.items() if v},
+        "location": os.path.dirname(ort.__file__),
+        "device": ort.get_device(),
+        "available_providers": ort.get_available_providers(),
+    }
     if both and not conflict:
         ort_info["note"] = "a CPU onnxruntime is also installed; the GPU build imported here shadows it"
     session = cuda_session_check()
@@ -114,9 +132,12 @@ def diagnose() -> DoctorReport:
     try:
         import torch
 
-        torch_info = {"version": torch.__version__, "cuda_build": torch.version.cuda,
-                      "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-                      "cuda_available": torch.cuda.is_available()}
+        torch_info = {
+            "version": torch.__version__,
+            "cuda_build": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            "cuda_available": torch.cuda.is_available(),
+        }
         if torch.cuda.is_available():
             torch_info["device"] = torch.cuda.get_device_name(0)
     except ImportError:
@@ -124,9 +145,9 @@ def diagnose() -> DoctorReport:
     fix = None
     if gpu["visible"] and not session["ok"]:
         problems.append(f"a GPU is visible but ONNX Runtime's CUDA provider failed: {session['error']}")
-        fix = ("pip uninstall -y onnxruntime && pip install --force-reinstall onnxruntime-gpu"
-               if conflict else CUDA_FIX)
+        fix = "pip uninstall -y onnxruntime && pip install --force-reinstall onnxruntime-gpu" if conflict else CUDA_FIX
     elif not gpu["visible"]:
         problems.append("no NVIDIA GPU visible: cnnkit runs on the CPU (expected on a machine without one)")
-    return DoctorReport(platform.python_version(), platform.platform(), torch_info, gpu, ort_info, session,
-                        problems, fix)
+    return DoctorReport(
+        platform.python_version(), platform.platform(), torch_info, gpu, ort_info, session, problems, fix
+    )

@@ -31,3 +31,18 @@ class DeviceError(CnnkitError):
 
 class ParityError(CnnkitError):
     """An exported model does not match the eager reference."""
+
+
+class MissingExtraError(CnnkitError):
+    """A command needs an optional part of cnnkit (an install extra) that is not installed."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line: the first non-empty line of its message, else its type's name.
+
+    Library errors (torch, onnxruntime, protobuf) often carry multi-line C++ messages, or none at all.
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

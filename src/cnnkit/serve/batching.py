@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -18,7 +18,7 @@ class BatchFailed(RuntimeError):
 @dataclass
 class _Item:
     images: np.ndarray
-    future: asyncio.Future
+    future: asyncio.Future[np.ndarray]
 
 
 class Batcher:
@@ -28,15 +28,20 @@ class Batcher:
     request larger than `max_batch` runs as a batch of its own (it is never split or reordered).
     """
 
-    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], max_batch: int = 64, max_delay_ms: float = 2.0,
-                 on_batch: Callable[[int, float], None] | None = None):
+    def __init__(
+        self,
+        infer: Callable[[np.ndarray], np.ndarray],
+        max_batch: int = 64,
+        max_delay_ms: float = 2.0,
+        on_batch: Callable[[int, float], None] | None = None,
+    ):
         self.infer = infer
         self.max_batch = max(1, int(max_batch))
         self.max_delay = max(0.0, max_delay_ms) / 1000.0
         self.on_batch = on_batch
         self.queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnkit-infer")
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self.queued_images = 0
 
     def start(self) -> None:
@@ -54,7 +59,8 @@ class Batcher:
         fut = asyncio.get_running_loop().create_future()
         self.queued_images += len(images)
         await self.queue.put(_Item(images, fut))
-        return await fut
+        result: np.ndarray = await fut
+        return result
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -69,8 +75,11 @@ class Batcher:
             deadline = loop.time() + self.max_delay
             while count < self.max_batch:
                 try:
-                    nxt = self.queue.get_nowait() if self.max_delay == 0 else await asyncio.wait_for(
-                        self.queue.get(), timeout=max(0.0, deadline - loop.time()))
+                    nxt = (
+                        self.queue.get_nowait()
+                        if self.max_delay == 0
+                        else await asyncio.wait_for(self.queue.get(), timeout=max(0.0, deadline - loop.time()))
+                    )
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
                     break
                 if nxt is None:
@@ -85,7 +94,7 @@ class Batcher:
         if pending is not None:
             await self._run(loop, [pending], len(pending.images))
 
-    async def _run(self, loop, items: list[_Item], count: int) -> None:
+    async def _run(self, loop: asyncio.AbstractEventLoop, items: list[_Item], count: int) -> None:
         self.queued_images -= count
         batch = items[0].images if len(items) == 1 else np.concatenate([i.images for i in items])
         t0 = time.perf_counter()

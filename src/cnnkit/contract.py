@@ -1,12 +1,14 @@
-"""The metadata every exported cnnkit model carries (ONNX metadata_props, TorchScript _extra_files).
+"""The exported model's contract: uint8 `images` [N,C,H,W] in, float32 `logits` [N,classes] out, and the metadata
+every export carries (ONNX metadata_props, TorchScript _extra_files).
 
-Torch-free: the runtime parses it, export builds it.
+At the bottom of the house (imports nothing but `cnnkit.errors`): the runtime parses it, export builds it.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from cnnkit.errors import ModelFileError
 
@@ -30,7 +32,7 @@ class ModelInfo:
     output_name: str = OUTPUT_NAME
     checkpoint_sha256: str | None = None
     checkpoint_path: str | None = None
-    raw: dict = field(default_factory=dict, compare=False, repr=False)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -42,7 +44,7 @@ class ModelInfo:
         return (self.checkpoint_sha256 or "unknown")[:12]
 
     @classmethod
-    def from_json(cls, text: str | bytes, where: str) -> "ModelInfo":
+    def from_json(cls, text: str | bytes, where: str) -> ModelInfo:
         try:
             d = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -68,7 +70,9 @@ class ModelInfo:
             raise ModelFileError(f"{where}: incomplete cnnkit metadata (missing {exc})") from None
 
 
-def build(ckpt_meta, checkpoint_path: str, checkpoint_sha256: str, versions: dict) -> dict:
+def build_metadata(
+    ckpt_meta: Any, checkpoint_path: str, checkpoint_sha256: str, versions: dict[str, Any]
+) -> dict[str, Any]:
     """The metadata dict for an export of the checkpoint described by `ckpt_meta` (a CheckpointMeta)."""
     cfg = ckpt_meta.config
     return {

@@ -8,20 +8,23 @@ import contextlib
 import json
 import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cnnkit import images as imgs
-from cnnkit.batching import Batcher, BatchFailed
 from cnnkit.errors import CnnkitError
 from cnnkit.runtime import Classifier, predictions, softmax
+from cnnkit.runtime import images as imgs
+from cnnkit.serve.batching import Batcher, BatchFailed
 
 
 @dataclass(frozen=True)
@@ -40,17 +43,27 @@ class ClientError(Exception):
 
 
 class Metrics:
-    def __init__(self):
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("cnnkit_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"],
-                                registry=r)
-        self.latency = Histogram("cnnkit_request_latency_seconds", "Predict request latency", registry=r,
-                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
-        self.batch_size = Histogram("cnnkit_batch_size", "Images per model call", registry=r,
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-        self.inference = Histogram("cnnkit_inference_seconds", "Model call duration", registry=r,
-                                   buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25))
+        self.requests = Counter(
+            "cnnkit_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "cnnkit_request_latency_seconds",
+            "Predict request latency",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.batch_size = Histogram(
+            "cnnkit_batch_size", "Images per model call", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+        )
+        self.inference = Histogram(
+            "cnnkit_inference_seconds",
+            "Model call duration",
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+        )
         self.queue_depth = Gauge("cnnkit_queue_depth_images", "Images waiting for the model", registry=r)
         self.images = Counter("cnnkit_images_total", "Images classified", registry=r)
 
@@ -68,7 +81,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _json_image(item, clf: Classifier, invert, index: int) -> np.ndarray:
+def _json_image(item: Any, clf: Classifier, invert: bool | None, index: int) -> np.ndarray:
     """A JSON image: base64 of an image file (a string, or {"b64": ...}), or nested pixel lists."""
     if isinstance(item, dict):
         item = item.get("b64", item.get("pixels"))
@@ -83,11 +96,12 @@ def _json_image(item, clf: Classifier, invert, index: int) -> np.ndarray:
             arr = np.asarray(item, dtype=np.float64) if _has_float(item) else np.asarray(item)
         except (ValueError, TypeError):
             raise ClientError(400, f"images[{index}]: pixel rows are ragged or not numbers") from None
-        return clf.as_batch(arr)[0]
+        pixels: np.ndarray = clf.as_batch(arr)[0]
+        return pixels
     raise ClientError(400, f"images[{index}]: expected a base64 string or a list of pixel rows")
 
 
-def _has_float(rows) -> bool:
+def _has_float(rows: Any) -> bool:
     flat = rows
     while isinstance(flat, list) and flat and isinstance(flat[0], list):
         flat = flat[0]
@@ -105,13 +119,14 @@ async def parse_request(request: Request, clf: Classifier, cfg: ServeConfig) -> 
         if declared and declared.isdigit() and int(declared) > cfg.max_body_bytes:
             raise ClientError(413, f"body of {declared} bytes exceeds the {cfg.max_body_bytes}-byte limit")
         async with request.form(max_files=cfg.max_images + 1, max_part_size=cfg.max_body_bytes) as form:
-            files = [(k, v) for k, v in form.multi_items() if hasattr(v, "read")]
+            files = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
             if not files:
                 raise ClientError(400, "multipart body has no file parts")
             if len(files) > cfg.max_images:
                 raise ClientError(413, f"{len(files)} images in one request; the limit is {cfg.max_images}")
-            pixels = [imgs.decode(await f.read(), clf.info.image_size, invert, name=f.filename or k).pixels
-                      for k, f in files]
+            pixels = [
+                imgs.decode(await f.read(), clf.info.image_size, invert, name=f.filename or k).pixels for k, f in files
+            ]
     else:
         body = await read_body(request, cfg.max_body_bytes)
         if ctype == "application/json":
@@ -131,13 +146,18 @@ async def parse_request(request: Request, clf: Classifier, cfg: ServeConfig) -> 
         elif ctype.startswith("image/") or ctype == "application/octet-stream":
             pixels = [imgs.decode(body, clf.info.image_size, invert, name="body").pixels]
         else:
-            raise ClientError(415, f"unsupported content type {ctype or '(none)'!r}; send an image (image/png, "
-                                   "image/jpeg), multipart/form-data, or application/json")
+            raise ClientError(
+                415,
+                f"unsupported content type {ctype or '(none)'!r}; send an image (image/png, "
+                "image/jpeg), multipart/form-data, or application/json",
+            )
     try:
         k = int(top_k)
     except (TypeError, ValueError):
         raise ClientError(400, f"top_k must be an integer, got {top_k!r}") from None
-    return clf.as_batch(np.stack([p.reshape(clf._expected) for p in pixels])), max(1, min(k, clf.info.num_classes))
+    return clf.as_batch(np.stack([p.reshape(clf.input_spec.image_shape) for p in pixels])), max(
+        1, min(k, clf.info.num_classes)
+    )
 
 
 def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
@@ -151,11 +171,11 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
 
     batcher = Batcher(clf.logits, cfg.max_batch, cfg.max_delay_ms, on_batch)
 
-    def done(endpoint: str, status: int, body: dict) -> JSONResponse:
+    def done(endpoint: str, status: int, body: dict[str, Any]) -> JSONResponse:
         metrics.requests.labels(endpoint, str(status)).inc()
         return JSONResponse(body, status_code=status)
 
-    async def predict(request: Request):
+    async def predict(request: Request) -> Response:
         t0 = time.perf_counter()
         try:
             batch, k = await parse_request(request, clf, cfg)
@@ -170,34 +190,44 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
         finally:
             metrics.queue_depth.set(batcher.queued_images)
         probs = softmax(np.array(logits, dtype=np.float32))
-        preds = [{**p.to_dict(), "probabilities": row.tolist()}
-                 for p, row in zip(predictions(probs, clf.info.classes, k), probs)]
+        preds = [
+            {**p.to_dict(), "probabilities": row.tolist()}
+            for p, row in zip(predictions(probs, clf.info.classes, k), probs)
+        ]
         metrics.latency.observe(time.perf_counter() - t0)
         return done("predict", 200, {"model_version": clf.info.version, "predictions": preds})
 
-    async def healthz(request):
+    async def healthz(request: Request) -> Response:
         return done("healthz", 200, {"status": "ok"})
 
-    async def readyz(request):
+    async def readyz(request: Request) -> Response:
         if state["ready"]:
             return done("readyz", 200, {"status": "ready", "providers": clf.providers})
         return done("readyz", 503, {"status": "starting"})
 
-    async def model_info(request):
-        return done("model", 200, {"version": clf.info.version, "source": clf.source, "providers": clf.providers,
-                                   "max_batch": cfg.max_batch, "max_delay_ms": cfg.max_delay_ms,
-                                   "metadata": clf.info.raw})
+    async def model_info(request: Request) -> Response:
+        return done(
+            "model",
+            200,
+            {
+                "version": clf.info.version,
+                "source": clf.source,
+                "providers": clf.providers,
+                "max_batch": cfg.max_batch,
+                "max_delay_ms": cfg.max_delay_ms,
+                "metadata": clf.info.raw,
+            },
+        )
 
-    async def metrics_endpoint(request):
+    async def metrics_endpoint(request: Request) -> Response:
         metrics.requests.labels("metrics", "200").inc()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         batcher.start()
-        c, s, _ = clf._expected
         for n in {1, cfg.max_batch}:  # warm up ORT's allocations for the shapes we will see most
-            await batcher.submit(np.zeros((n, c, s, s), np.uint8))
+            await batcher.submit(np.zeros((n, *clf.input_spec.image_shape), np.uint8))
         state["ready"] = True
         try:
             yield
@@ -207,22 +237,30 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
 
     routes = [
         Route("/v1/predict", predict, methods=["POST"]),
-        Route("/healthz", healthz), Route("/readyz", readyz),
-        Route("/v1/model", model_info), Route("/metrics", metrics_endpoint),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/v1/model", model_info),
+        Route("/metrics", metrics_endpoint),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.metrics = metrics
     return app
 
 
-def run(clf: Classifier, host: str = "127.0.0.1", port: int = 8000, cfg: ServeConfig = ServeConfig(),
-        log_level: str = "info") -> None:
+def run(
+    clf: Classifier,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    cfg: ServeConfig = ServeConfig(),
+    log_level: str = "info",
+) -> None:
     """Serve `clf` until SIGINT/SIGTERM (uvicorn stops accepting and drains in-flight requests), then return."""
     import uvicorn
 
     app = create_app(clf, cfg)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=30)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=30
+    )
     # uvicorn handles SIGINT/SIGTERM (stop accepting, drain, shut down), then re-raises the signal with the
     # handlers it found. Finding no-op handlers makes a graceful stop end as a normal exit 0.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}

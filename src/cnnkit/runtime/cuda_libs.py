@@ -15,7 +15,9 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # "<date> <time> [E:onnxruntime:Default, file.cc:123 fn] <message>"
@@ -25,7 +27,7 @@ NOISE = ("No registered plugin EP device found",)
 # What a failed CUDA provider logs besides its [E:] line (summarised by `ort_error` instead).
 _PROVIDER_FAILURE = ("Failed to create CUDAExecutionProvider",)
 
-_preloaded: dict | None = None
+_preloaded: dict[str, Any] | None = None
 
 
 def nvidia_lib_dirs() -> list[Path]:
@@ -46,7 +48,7 @@ def _first_with(dirs: list[Path], pattern: str) -> Path | None:
     return next((d for d in dirs if any(d.glob(pattern))), None)
 
 
-def preload_cuda_libraries() -> dict:
+def preload_cuda_libraries() -> dict[str, Any]:
     """Load cuBLAS, cuFFT, cuRAND, the CUDA runtime and cuDNN before ONNX Runtime's CUDA provider needs them.
 
     Once per process. Returns {"cuda_dir", "cudnn_dir", "messages"}: where the libraries were taken from (None:
@@ -57,7 +59,7 @@ def preload_cuda_libraries() -> dict:
         return _preloaded
     import onnxruntime as ort
 
-    result: dict = {"cuda_dir": None, "cudnn_dir": None, "messages": []}
+    result: dict[str, Any] = {"cuda_dir": None, "cudnn_dir": None, "messages": []}
     preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
     if preload is None:
         _preloaded = result
@@ -69,8 +71,10 @@ def preload_cuda_libraries() -> dict:
     with contextlib.redirect_stdout(out):
         # cuda first: cuDNN's libraries link against cuBLAS. directory="" means "nvidia site packages beside
         # onnxruntime, then the default search path", which is right when nothing was found elsewhere.
-        for kw in ({"cuda": True, "cudnn": False, "directory": str(cuda_dir) if cuda_dir else ""},
-                   {"cuda": False, "cudnn": True, "directory": str(cudnn_dir) if cudnn_dir else ""}):
+        for kw in (
+            {"cuda": True, "cudnn": False, "directory": str(cuda_dir) if cuda_dir else ""},
+            {"cuda": False, "cudnn": True, "directory": str(cudnn_dir) if cudnn_dir else ""},
+        ):
             try:
                 preload(msvc=False, **kw)
             except Exception as exc:  # best effort: the session creation reports what really happened
@@ -81,14 +85,14 @@ def preload_cuda_libraries() -> dict:
 
 
 @contextlib.contextmanager
-def capture_stderr_fd():
+def capture_stderr_fd() -> Iterator[dict[str, str]]:
     """Capture process-level stderr (file descriptor 2, where ONNX Runtime's C++ logger writes).
 
     Yields a dict whose "text" holds what was written, once the block has ended.
     """
     sys.stderr.flush()
     saved = os.dup(2)
-    box: dict = {"text": ""}
+    box: dict[str, str] = {"text": ""}
     with tempfile.TemporaryFile(mode="w+b") as tmp:
         os.dup2(tmp.fileno(), 2)
         try:

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cnnkit import _io
-from cnnkit.errors import CheckpointError
-from cnnkit.model import ModelConfig
+from cnnkit.errors import CheckpointError, first_line
+from cnnkit.build.model import ModelConfig
 
 WEIGHTS_NAME = "model.safetensors"
 META_NAME = "checkpoint.json"
@@ -115,14 +115,13 @@ def load(path: str | os.PathLike) -> Checkpoint:
 
 def build_model(ckpt: Checkpoint):
     """Rebuild the eval-mode Net from a checkpoint, checking that the weights fit the config."""
-    from cnnkit.model import Net
+    from cnnkit.build.model import Net
 
     net = Net(ckpt.meta.config)
     try:
         net.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{ckpt.path}: weights do not match the model config ({first})") from None
+        raise CheckpointError(f"{ckpt.path}: weights do not match the model config ({first_line(exc)})") from None
     return net.eval()
 
 

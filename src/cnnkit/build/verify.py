@@ -6,7 +6,6 @@ report says pass or fail.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -14,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnkit import metadata
-from cnnkit.errors import CheckpointError, CnnkitError, ModelFileError
+from cnnkit.build.artifacts import artefact_kind, deployable, find_checkpoint, load_torchscript
+from cnnkit.errors import CnnkitError, ModelFileError, first_line
 
 REL_FLOOR = 1e-3  # relative error uses max(|reference|, REL_FLOOR) so logits near zero don't explode it
 REAL_BATCH = 256
@@ -79,50 +78,9 @@ class ParityReport:
         return d
 
 
-def artefact_kind(path: Path) -> str:
-    """'torchscript' for a zip archive (TorchScript's container), else 'onnx'."""
-    if not path.is_file():
-        raise ModelFileError(f"{path}: file not found")
-    with open(path, "rb") as fh:
-        return "torchscript" if fh.read(4) == b"PK\x03\x04" else "onnx"
-
-
-def read_info(path: Path) -> metadata.ModelInfo:
-    """The cnnkit metadata of an ONNX or TorchScript artefact."""
-    if artefact_kind(path) == "torchscript":
-        from cnnkit.export import load_torchscript
-
-        return load_torchscript(path)[1]
-    import onnx
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise ModelFileError(f"{path}: not a valid ONNX file ({str(exc).strip().splitlines()[0]})") from None
-    props = {p.key: p.value for p in proto.metadata_props}
-    if metadata.KEY not in props:
-        raise ModelFileError(f"{path}: not a cnnkit model (no '{metadata.KEY}' metadata)")
-    return metadata.ModelInfo.from_json(props[metadata.KEY], str(path))
-
-
-def find_checkpoint(artefacts: list[Path]) -> Path:
-    """The source checkpoint named in the artefacts' metadata, checked against its recorded SHA-256."""
-    info = read_info(artefacts[0])
-    if not info.checkpoint_path:
-        raise CheckpointError(f"{artefacts[0]}: metadata names no source checkpoint; pass --checkpoint")
-    path = Path(info.checkpoint_path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: source checkpoint recorded in {artefacts[0].name} not found; pass --checkpoint")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if info.checkpoint_sha256 and digest != info.checkpoint_sha256:
-        raise CheckpointError(f"{path}: checkpoint changed since export (SHA-256 {digest[:12]}... != recorded "
-                              f"{info.checkpoint_sha256[:12]}...); re-export or pass --checkpoint")
-    return path
-
-
 def input_cases(ckpt, rng: np.random.Generator) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
     """Real test images where the dataset is at hand, random batches of several sizes, and edge inputs."""
-    from cnnkit.data import load_dataset, load_idx_dir
+    from cnnkit.build.data import load_dataset, load_idx_dir
 
     c, s = ckpt.meta.config.in_channels, ckpt.meta.config.image_size
     cases, notes = [], []
@@ -176,8 +134,8 @@ def _torch_ref(module, device):
 
 
 def verify(
-    artefacts: list[str | os.PathLike],
-    checkpoint_path: str | os.PathLike | None = None,
+    artefacts: list[str | os.PathLike[str]],
+    checkpoint_path: str | os.PathLike[str] | None = None,
     device: str = "cpu",
     atol: float = 1e-4,
     rtol: float = 1e-3,
@@ -187,10 +145,9 @@ def verify(
     """Compare each artefact with the eager reference built from the checkpoint; never raises on a mismatch."""
     import torch
 
-    from cnnkit import checkpoint
-    from cnnkit.device import resolve_torch_device
-    from cnnkit.export import deployable, load_torchscript
-    from cnnkit.runtime import CUDA_EP, Classifier, ProviderFallbackWarning
+    from cnnkit.build import checkpoint
+    from cnnkit.build.device import resolve_torch_device
+    from cnnkit.runtime import CUDA_EP, Classifier
 
     paths = [Path(a) for a in artefacts]
     if not paths:
@@ -219,9 +176,8 @@ def verify(
                 module, _ = load_torchscript(path, map_location=dev)
                 run, ran_on = _torch_ref(module, dev), f"torch {dev.type}"
             else:
-                with warnings.catch_warnings():  # a fall-back is reported below as a failure instead
-                    warnings.simplefilter("ignore", ProviderFallbackWarning)
-                    clf = Classifier(path, device=dev.type, tf32=False)
+                # a fall-back is reported below as a failure instead of a warning
+                clf = Classifier(path, device=dev.type, tf32=False, fallback="ignore")
                 ran_on, nodes = clf.providers[0], clf.node_assignment
                 if dev.type == "cuda" and CUDA_EP not in clf.providers:
                     error = f"CUDA requested but ONNX Runtime fell back to CPU: {clf.fallback_reason}"
@@ -236,8 +192,8 @@ def verify(
             try:
                 results.append(compare(case, ref, run(x), atol, rtol))
             except Exception as exc:  # a backend that crashes on an input is a parity failure, not a crash
-                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                results.append(CaseResult(case, len(x), [], float("nan"), float("nan"), False, 0.0, msg))
+                results.append(CaseResult(case, len(x), [], float("nan"), float("nan"), False, 0.0,
+                                          first_line(exc)))
         backends.append(BackendParity(kind, shown, ran_on, results, error, nodes))
     return ParityReport(str(ckpt.path), dev.type, atol, rtol, backends, notes)
 

@@ -10,12 +10,16 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from cnnkit import _io, metadata
-from cnnkit.errors import CnnkitError, ModelFileError
+from cnnkit import _io, contract
+from cnnkit.build.artifacts import FILENAMES, FORMATS, deployable
+from cnnkit.errors import CnnkitError, first_line
 
-FORMATS = ("onnx", "torchscript")
-FILENAMES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+if TYPE_CHECKING:
+    from cnnkit.build.verify import ParityReport
+
+__all__ = ["FILENAMES", "FORMATS", "ExportResult", "export", "example_input", "to_onnx", "to_torchscript"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,7 @@ class ExportResult:
     checkpoint_sha256: str
     artefacts: dict[str, str]  # format -> path; empty when parity failed
     seconds: float
-    parity: object | None = None  # ParityReport when verified
+    parity: ParityReport | None = None  # when verified
     opset: int | None = None
 
     @property
@@ -52,15 +56,8 @@ def quiet(sink: io.StringIO | None = None):
         yield sink
 
 
-def deployable(ckpt):
-    """The eager reference: the same uint8-in/logits-out wrapper that is exported."""
-    from cnnkit.checkpoint import build_model
-    from cnnkit.model import Deployable
-
-    return Deployable(build_model(ckpt), ckpt.meta.mean, ckpt.meta.std).eval()
-
-
-def _example(ckpt):
+def example_input(ckpt: Any) -> Any:
+    """A uint8 batch of two images of the checkpoint's input shape (the exporter's example)."""
     import torch
 
     c = ckpt.meta.config
@@ -72,20 +69,22 @@ def to_onnx(module, example, meta: dict, path: Path, opset: int | None = None) -
     import onnx
     import torch
 
-    kwargs = {"opset_version": opset} if opset else {}
+    kwargs: dict[str, Any] = {"opset_version": opset} if opset else {}
     log = io.StringIO()
     try:
         with quiet(log):
             program = torch.onnx.export(
-                module, (example,), input_names=[metadata.INPUT_NAME], output_names=[metadata.OUTPUT_NAME],
+                module, (example,), input_names=[contract.INPUT_NAME], output_names=[contract.OUTPUT_NAME],
                 dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=1 << 20)}},
                 dynamo=True, verbose=False, **kwargs,
             )
+            if program is None:
+                raise CnnkitError("the ONNX exporter returned no program")
             proto = program.model_proto
     except Exception as exc:  # exporter errors are many and deep; surface one line plus the log tail
         tail = log.getvalue().strip().splitlines()[-1:]
-        raise CnnkitError(f"ONNX export failed: {str(exc).strip().splitlines()[0]} {' '.join(tail)}".strip()) from None
-    entries = {metadata.KEY: json.dumps(meta, sort_keys=True)}
+        raise CnnkitError(f"ONNX export failed: {first_line(exc)} {' '.join(tail)}".strip()) from None
+    entries = {contract.KEY: json.dumps(meta, sort_keys=True)}
     del proto.metadata_props[:]
     for k, v in entries.items():
         proto.metadata_props.add(key=k, value=v)
@@ -100,15 +99,15 @@ def to_torchscript(module, meta: dict, path: Path) -> None:
     """Script `module` (faithful for any batch size) and save it with the metadata as an extra file."""
     import torch
 
-    extra = {metadata.TS_EXTRA_FILE: json.dumps(meta, sort_keys=True)}
+    extra = {contract.TS_EXTRA_FILE: json.dumps(meta, sort_keys=True)}
     with quiet():  # torch.jit is deprecated upstream (torch.export is the successor); it still works
         scripted = torch.jit.script(module)
         _io.write_with(path, lambda tmp: torch.jit.save(scripted, str(tmp), _extra_files=extra))
 
 
 def export(
-    checkpoint_path: str | os.PathLike,
-    out_dir: str | os.PathLike | None = None,
+    checkpoint_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
     formats: tuple[str, ...] = FORMATS,
     opset: int | None = None,
     verify: bool = True,
@@ -119,14 +118,14 @@ def export(
     import onnx
     import torch
 
-    from cnnkit import checkpoint
+    from cnnkit.build import checkpoint
 
     t0 = time.perf_counter()
     ckpt = checkpoint.load(checkpoint_path)
     out = Path(out_dir) if out_dir is not None else ckpt.path.parent
     out.mkdir(parents=True, exist_ok=True)
     versions = {**checkpoint.versions(), "onnx": onnx.__version__}
-    meta = metadata.build(ckpt.meta, str(ckpt.path.resolve()), ckpt.sha256, versions)
+    meta = contract.build_metadata(ckpt.meta, str(ckpt.path.resolve()), ckpt.sha256, versions)
     module = deployable(ckpt)
     staged: dict[str, Path] = {}
     final = {fmt: out / FILENAMES[fmt] for fmt in formats}
@@ -137,12 +136,12 @@ def export(
                 # Stage under a hidden name: a failed parity check must not leave a good-looking artefact.
                 staged[fmt] = out / f".staging-{os.getpid()}-{FILENAMES[fmt]}"
                 if fmt == "onnx":
-                    opset_used = to_onnx(module, _example(ckpt), meta, staged[fmt], opset)
+                    opset_used = to_onnx(module, example_input(ckpt), meta, staged[fmt], opset)
                 else:
                     to_torchscript(module, meta, staged[fmt])
         report = None
         if verify:
-            from cnnkit.verify import verify as run_verify
+            from cnnkit.build.verify import verify as run_verify
 
             report = run_verify(list(staged.values()), checkpoint_path=ckpt.path, atol=atol, rtol=rtol,
                                 names={str(p): str(final[f]) for f, p in staged.items()})
@@ -158,20 +157,3 @@ def export(
                 tmp.unlink()
 
 
-def load_torchscript(path: str | os.PathLike, map_location=None):
-    """Load a cnnkit TorchScript file; return (module, ModelInfo)."""
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise ModelFileError(f"{p}: TorchScript file not found")
-    extra = {metadata.TS_EXTRA_FILE: ""}
-    try:
-        with warnings.catch_warnings():  # torch.jit.load's deprecation warning
-            warnings.simplefilter("ignore", FutureWarning)
-            module = torch.jit.load(str(p), map_location=map_location, _extra_files=extra)
-    except Exception as exc:  # torch raises RuntimeError or ValueError with multi-line C++ messages
-        raise ModelFileError(f"{p}: not a loadable TorchScript file ({str(exc).strip().splitlines()[0]})") from None
-    if not extra[metadata.TS_EXTRA_FILE]:
-        raise ModelFileError(f"{p}: TorchScript file carries no cnnkit metadata ({metadata.TS_EXTRA_FILE})")
-    return module.eval(), metadata.ModelInfo.from_json(extra[metadata.TS_EXTRA_FILE], str(p))

@@ -8,10 +8,23 @@ import json
 import os
 
 from cnnkit import _io
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import MissingExtraError
 
-CSV_FIELDS = ["backend", "batch_size", "ran_on", "fell_back", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "n",
-              "images_per_s", "speedup_vs_eager", "device_p50_ms", "error"]
+CSV_FIELDS = [
+    "backend",
+    "batch_size",
+    "ran_on",
+    "fell_back",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "n",
+    "images_per_s",
+    "speedup_vs_eager",
+    "device_p50_ms",
+    "error",
+]
 
 
 def write_json(result, path: str | os.PathLike) -> None:
@@ -24,11 +37,23 @@ def write_csv(result, path: str | os.PathLike) -> None:
     w.writeheader()
     for r in result.rows:
         lat = r.latency
-        w.writerow({"backend": r.backend, "batch_size": r.batch_size, "ran_on": r.ran_on, "fell_back": r.fell_back,
-                    "p50_ms": lat and lat.p50_ms, "p90_ms": lat and lat.p90_ms, "p99_ms": lat and lat.p99_ms,
-                    "mean_ms": lat and lat.mean_ms, "n": lat.n if lat else 0, "images_per_s": r.images_per_s,
-                    "speedup_vs_eager": r.speedup_vs_eager,
-                    "device_p50_ms": r.device_latency.p50_ms if r.device_latency else None, "error": r.error})
+        w.writerow(
+            {
+                "backend": r.backend,
+                "batch_size": r.batch_size,
+                "ran_on": r.ran_on,
+                "fell_back": r.fell_back,
+                "p50_ms": lat and lat.p50_ms,
+                "p90_ms": lat and lat.p90_ms,
+                "p99_ms": lat and lat.p99_ms,
+                "mean_ms": lat and lat.mean_ms,
+                "n": lat.n if lat else 0,
+                "images_per_s": r.images_per_s,
+                "speedup_vs_eager": r.speedup_vs_eager,
+                "device_p50_ms": r.device_latency.p50_ms if r.device_latency else None,
+                "error": r.error,
+            }
+        )
     _io.write_text(path, buf.getvalue())
 
 
@@ -44,21 +69,25 @@ def plot(result: dict, path: str | os.PathLike) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise CnnkitError("--plot needs matplotlib: pip install 'cnnkit[plot]'") from None
+        raise MissingExtraError("--plot needs matplotlib: pip install 'cnnkit[plot]'") from None
     rows = [r for r in result["rows"] if r.get("latency")]  # failed rows have no timings
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for backend in dict.fromkeys(r["backend"] for r in rows):
         mine = sorted((r for r in rows if r["backend"] == backend), key=lambda r: r["batch_size"])
         bs = [r["batch_size"] for r in mine]
         label = f"{backend} ({mine[0]['ran_on']})" + (" FELL BACK" if mine[0].get("fell_back") else "")
-        line, = ax1.plot(bs, [r["latency"]["p50_ms"] for r in mine], marker="o", label=label)
-        ax1.fill_between(bs, [r["latency"]["p50_ms"] for r in mine], [r["latency"]["p90_ms"] for r in mine],
-                         color=line.get_color(), alpha=0.15)
+        (line,) = ax1.plot(bs, [r["latency"]["p50_ms"] for r in mine], marker="o", label=label)
+        ax1.fill_between(
+            bs,
+            [r["latency"]["p50_ms"] for r in mine],
+            [r["latency"]["p90_ms"] for r in mine],
+            color=line.get_color(),
+            alpha=0.15,
+        )
         ax2.plot(bs, [r["images_per_s"] for r in mine], marker="o", label=label)
     env = result["environment"]
     where = env.get("gpu") or f"{env['cpu']}, {env['threads']} threads"
-    for ax, ylab, title in ((ax1, "latency p50 (ms, band to p90)", "Latency"),
-                            (ax2, "images / s", "Throughput")):
+    for ax, ylab, title in ((ax1, "latency p50 (ms, band to p90)", "Latency"), (ax2, "images / s", "Throughput")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("batch size")

@@ -61,7 +61,7 @@ def decode(data: bytes, size: int = 28, invert: bool | None = None, name: str = 
     return Decoded(pixels, do_invert, original)
 
 
-def load(path: str | os.PathLike, size: int = 28, invert: bool | None = None) -> Decoded:
+def load(path: str | os.PathLike[str], size: int = 28, invert: bool | None = None) -> Decoded:
     p = Path(path)
     try:
         data = p.read_bytes()

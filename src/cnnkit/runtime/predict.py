@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cnnkit import images
 from cnnkit.errors import CnnkitError
+
+if TYPE_CHECKING:
+    from cnnkit.runtime.classifier import Classifier
+from cnnkit.runtime import images
 
 
 @dataclass(frozen=True)
@@ -16,7 +20,7 @@ class FilePrediction:
     label: str | None = None
     index: int | None = None
     probability: float | None = None
-    top_k: list[dict] = field(default_factory=list)
+    top_k: list[dict[str, Any]] = field(default_factory=list)
     inverted: bool = False
     error: str | None = None
 
@@ -33,7 +37,7 @@ class PredictReport:
         return sum(r.error is not None for r in self.results)
 
 
-def predict_files(clf, paths: list[str], top_k: int = 1, invert: bool | None = None) -> PredictReport:
+def predict_files(clf: Classifier, paths: list[str], top_k: int = 1, invert: bool | None = None) -> PredictReport:
     """Decode every file (collecting per-file errors), then classify the good ones in one batch."""
     decoded, results = {}, {}
     for p in paths:
@@ -44,6 +48,7 @@ def predict_files(clf, paths: list[str], top_k: int = 1, invert: bool | None = N
     if decoded:
         batch = np.stack([d.pixels for d in decoded.values()])
         for (p, d), pred in zip(decoded.items(), clf.predict(batch, top_k=top_k)):
-            results[p] = FilePrediction(p, pred.label, pred.index, pred.probability,
-                                        pred.to_dict()["top_k"], d.inverted)
+            results[p] = FilePrediction(
+                p, pred.label, pred.index, pred.probability, pred.to_dict()["top_k"], d.inverted
+            )
     return PredictReport(clf.source, clf.providers, clf.info.version, [results[p] for p in paths])

@@ -20,15 +20,26 @@ def table(headers: list[str], rows: list[list], align: str | None = None) -> str
 def render_train(r) -> str:
     lines = []
     if r.epochs:
-        rows = [[e.epoch, f"{e.train_loss:.4f}", f"{e.train_accuracy:.2%}", f"{e.test_loss:.4f}",
-                 f"{e.test_accuracy:.2%}", f"{e.seconds:.1f}", f"{e.images_per_s:,.0f}"] for e in r.epochs]
+        rows = [
+            [
+                e.epoch,
+                f"{e.train_loss:.4f}",
+                f"{e.train_accuracy:.2%}",
+                f"{e.test_loss:.4f}",
+                f"{e.test_accuracy:.2%}",
+                f"{e.seconds:.1f}",
+                f"{e.images_per_s:,.0f}",
+            ]
+            for e in r.epochs
+        ]
         lines.append(table(["epoch", "train loss", "train acc", "test loss", "test acc", "s", "img/s"], rows))
         lines.append("")
         lines.append(f"test accuracy {r.test_accuracy:.2%} on {r.dataset['name']} ({r.dataset['test_size']:,} images)")
-        lines.append(f"device {r.device}, {r.precision}; {r.elapsed_s:.1f} s total, "
-                     f"{r.images_per_s:,.0f} train img/s")
+        lines.append(f"device {r.device}, {r.precision}; {r.elapsed_s:.1f} s total, {r.images_per_s:,.0f} train img/s")
     if r.interrupted:
-        lines.append("interrupted: " + (f"kept epoch {len(r.epochs)}" if r.epochs else "no epoch completed, nothing saved"))
+        lines.append(
+            "interrupted: " + (f"kept epoch {len(r.epochs)}" if r.epochs else "no epoch completed, nothing saved")
+        )
     if r.checkpoint:
         lines.append(f"checkpoint {r.checkpoint}")
     return "\n".join(lines)
@@ -45,12 +56,25 @@ def render_parity(r) -> str:
             rows.append([b.backend, b.ran_on, "-", "-", "-", "-", "-", "FAIL"])
             continue
         for c in b.cases:
-            rows.append([b.backend, b.ran_on, c.case, c.batch, _num(c.max_abs), _num(c.max_rel),
-                         f"{c.top1_agreement:.1%}", "ok" if c.passed else "FAIL"])
-    lines = [f"reference: eager PyTorch on {r.device} from {r.reference}",
-             f"tolerance: |out - ref| <= {r.atol:g} + {r.rtol:g} * |ref|", "",
-             table(["backend", "ran on", "input", "batch", "max abs", "max rel", "top-1 agree", "result"], rows,
-                   "llllrrrl"), ""]
+            rows.append(
+                [
+                    b.backend,
+                    b.ran_on,
+                    c.case,
+                    c.batch,
+                    _num(c.max_abs),
+                    _num(c.max_rel),
+                    f"{c.top1_agreement:.1%}",
+                    "ok" if c.passed else "FAIL",
+                ]
+            )
+    lines = [
+        f"reference: eager PyTorch on {r.device} from {r.reference}",
+        f"tolerance: |out - ref| <= {r.atol:g} + {r.rtol:g} * |ref|",
+        "",
+        table(["backend", "ran on", "input", "batch", "max abs", "max rel", "top-1 agree", "result"], rows, "llllrrrl"),
+        "",
+    ]
     for b in r.backends:
         status = "PASS" if b.passed else "FAIL"
         detail = f" ({b.error})" if b.error else ""
@@ -59,8 +83,9 @@ def render_parity(r) -> str:
             detail = " (" + "; ".join(f"{c.case}: {c.error or 'outside tolerance'}" for c in failed[:3]) + ")"
         lines.append(f"{status} {b.backend} {b.artefact}: max abs error {_num(b.max_abs)}{detail}")
         if b.nodes:
-            lines.append("  nodes: " + "; ".join(f"{ep} {len(n)} ({', '.join(sorted(set(n)))})"
-                                                 for ep, n in b.nodes.items()))
+            lines.append(
+                "  nodes: " + "; ".join(f"{ep} {len(n)} ({', '.join(sorted(set(n)))})" for ep, n in b.nodes.items())
+            )
     lines += [f"note: {n}" for n in r.notes]
     lines.append("parity: " + ("PASS" if r else "FAIL"))
     return "\n".join(lines)
@@ -97,13 +122,19 @@ def render_doctor(r) -> str:
         f"python        {r.python} on {r.platform}",
         f"torch         {t.get('version')} (CUDA build {t.get('cuda_build') or 'none'}, "
         f"cuDNN {t.get('cudnn') or '-'}, cuda available: {t.get('cuda_available')})",
-        f"gpu           " + (f"{g.get('name', 'visible')} (driver {g.get('driver', '?')})" if g["visible"] else "none visible"),
+        "gpu           "
+        + (f"{g.get('name', 'visible')} (driver {g.get('driver', '?')})" if g["visible"] else "none visible"),
         f"onnxruntime   {o['version']} {o['packages']} device {o['device']}",
         f"providers     {', '.join(o['available_providers'])}",
         *([f"              ({o['note']})"] if o.get("note") else []),
-        "cuda session  " + ("not attempted: " + str(s["error"]) if not s["attempted"] else
-                            ("OK, ran on " + s["providers"][0]) if s["ok"] else
-                            f"FAILED ({s['error']}); ran on {s['providers'][:1] or 'nothing'}"),
+        "cuda session  "
+        + (
+            "not attempted: " + str(s["error"])
+            if not s["attempted"]
+            else ("OK, ran on " + s["providers"][0])
+            if s["ok"]
+            else f"FAILED ({s['error']}); ran on {s['providers'][:1] or 'nothing'}"
+        ),
     ]
     lines += [f"note: {p}" for p in r.problems]
     if r.fix:
@@ -121,17 +152,48 @@ def render_bench(r) -> str:
         st = row.latency
         dev = f"{row.device_latency.p50_ms:.3f}" if row.device_latency else "-"
         speed = f"{row.speedup_vs_eager:.2f}x" if row.speedup_vs_eager else "-"
-        rows.append([row.backend + (" (FELL BACK)" if row.fell_back else ""), row.batch_size, row.ran_on,
-                     f"{st.p50_ms:.3f}", f"{st.p90_ms:.3f}", f"{st.p99_ms:.3f}", f"{st.mean_ms:.3f}", dev,
-                     f"{row.images_per_s:,.0f}", speed, st.n])
+        rows.append(
+            [
+                row.backend + (" (FELL BACK)" if row.fell_back else ""),
+                row.batch_size,
+                row.ran_on,
+                f"{st.p50_ms:.3f}",
+                f"{st.p90_ms:.3f}",
+                f"{st.p99_ms:.3f}",
+                f"{st.mean_ms:.3f}",
+                dev,
+                f"{row.images_per_s:,.0f}",
+                speed,
+                st.n,
+            ]
+        )
     env = r.environment
     head = f"device {r.device}: " + (f"{env['gpu']} (driver {env.get('gpu_driver')}), " if env.get("gpu") else "")
     head += f"{env['cpu']}, {env['threads']} threads; torch {env['torch']}, onnxruntime {env['onnxruntime']}"
-    out = [head, table(["backend", "batch", "ran on", "p50 ms", "p90 ms", "p99 ms", "mean ms", "dev p50", "img/s",
-                        "vs eager", "n"], rows, "lrlrrrrrrrr")]
+    out = [
+        head,
+        table(
+            [
+                "backend",
+                "batch",
+                "ran on",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "mean ms",
+                "dev p50",
+                "img/s",
+                "vs eager",
+                "n",
+            ],
+            rows,
+            "lrlrrrrrrrr",
+        ),
+    ]
     for backend, ops in r.node_assignment.items():
-        out.append(f"{backend} nodes: " + "; ".join(f"{ep} {len(n)} ({', '.join(sorted(set(n)))})"
-                                                   for ep, n in ops.items()))
+        out.append(
+            f"{backend} nodes: " + "; ".join(f"{ep} {len(n)} ({', '.join(sorted(set(n)))})" for ep, n in ops.items())
+        )
     out += [f"note: {n}" for n in r.notes]
     failed = {row.backend: row.error for row in r.rows if row.error}
     out += [f"FAILED {b}: {why}" for b, why in failed.items()]

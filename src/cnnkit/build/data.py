@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import importlib.resources
 import io
 import os
 import socket
@@ -18,7 +19,7 @@ import numpy as np
 
 from cnnkit.errors import DataError
 
-SAMPLE_PATH = Path(__file__).parent / "data" / "mnist_sample.npz"
+SAMPLE_NAME = "mnist_sample.npz"  # a package resource of cnnkit.resources
 SAMPLE_SHA256 = "171b11f2f0f23273df396e83ae2bce6a2d2a754d13fa125a9382077a90a3a899"
 
 DIGITS = tuple(str(i) for i in range(10))
@@ -159,15 +160,19 @@ def load_idx_dir(directory: Path, name: str, classes: tuple[str, ...] | None = N
 # -------------------------------------------------------------------------------------------- sample
 
 
-def load_sample() -> Dataset:
-    """The bundled 5,000-digit MNIST sample (4,000 train / 1,000 test, stratified), checksum-verified."""
+def load_sample(source: str | os.PathLike[str] | None = None) -> Dataset:
+    """The bundled 5,000-digit MNIST sample (4,000 train / 1,000 test, stratified), checksum-verified.
+
+    `source` reads a copy of the sample file from elsewhere (it must still match the bundled checksum).
+    """
+    resource = Path(source) if source is not None else importlib.resources.files("cnnkit.resources") / SAMPLE_NAME
     try:
-        raw = SAMPLE_PATH.read_bytes()
+        raw = resource.read_bytes()
     except OSError as exc:
-        raise DataError(f"{SAMPLE_PATH}: bundled sample missing ({exc.strerror}); reinstall cnnkit") from None
+        raise DataError(f"{resource}: bundled sample missing ({exc.strerror}); reinstall cnnkit") from None
     digest = hashlib.sha256(raw).hexdigest()
     if digest != SAMPLE_SHA256:
-        raise DataError(f"{SAMPLE_PATH}: checksum {digest[:12]}... != expected {SAMPLE_SHA256[:12]}...; reinstall cnnkit")
+        raise DataError(f"{resource}: checksum {digest[:12]}... != expected {SAMPLE_SHA256[:12]}...; reinstall cnnkit")
     with np.load(io.BytesIO(raw)) as z:
         return Dataset(
             "mnist-sample",

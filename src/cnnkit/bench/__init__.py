@@ -1,0 +1,1 @@
+"""The benchmark: its method (run), backends (torch ones imported lazily), results, environment and report."""

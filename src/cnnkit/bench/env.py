@@ -1,0 +1,59 @@
+"""The machine a benchmark ran on, recorded with every result (CPU model, GPU, versions)."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def environment(device: str, threads: int) -> dict[str, Any]:
+    """Versions and hardware; torch's details only where this process already uses torch."""
+    import onnxruntime as ort
+
+    import cnnkit
+
+    env: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "threads": threads,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "torch_cuda": None,
+        "onnxruntime": ort.__version__,
+        "cnnkit": cnnkit.__version__,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        env.update(torch=torch.__version__, torch_cuda=torch.version.cuda)
+    if device == "cuda":
+        from cnnkit.doctor import gpu_info
+
+        g = gpu_info()
+        env.update(gpu=g.get("name"), gpu_driver=g.get("driver"))
+        if torch is not None and torch.cuda.is_available():
+            env["gpu"] = torch.cuda.get_device_name()
+    return env

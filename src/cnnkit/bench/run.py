@@ -1,0 +1,331 @@
+"""`cnnkit bench`: latency and throughput of eager, TorchScript, ONNX Runtime (and compile, CUDA graphs).
+
+Method: warm-up is excluded (cuDNN autotuning, ORT's conv search, TorchScript profiling, compilation);
+GPU work is synchronised per iteration (wall clock end to end, CUDA events for device time where torch runs);
+all backends use the same CPU thread count and, on CUDA, the same TF32 setting; backends are alternated in
+rounds so drift on a noisy machine hits all of them alike. A backend that fails becomes rows that say why.
+
+Torch is imported only for torch backends or to export a checkpoint on the fly: `--backends onnx` on an .onnx
+file runs in a runtime-only install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnkit.bench import backends as bk
+from cnnkit.bench.env import environment
+from cnnkit.bench.results import BenchResult, BenchRow, summarize
+from cnnkit.errors import CnnkitError, DeviceError, ModelFileError, first_line
+
+Step = Callable[[], object]
+
+
+def resolve_inputs(paths: list[str], need_checkpoint: bool) -> dict[str, Path]:
+    """Map run folders / files to {'checkpoint', 'onnx', 'torchscript'} paths."""
+    from cnnkit.build.artifacts import FILENAMES, artefact_kind, find_checkpoint
+
+    found: dict[str, Path] = {}
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            for key, name in (
+                ("checkpoint", "model.safetensors"),
+                ("onnx", FILENAMES["onnx"]),
+                ("torchscript", FILENAMES["torchscript"]),
+            ):
+                if (p / name).is_file():
+                    found.setdefault(key, p / name)
+        elif not p.is_file():
+            raise ModelFileError(f"{p}: not found")
+        elif p.suffix == ".safetensors":
+            found["checkpoint"] = p
+        else:
+            found[artefact_kind(p)] = p
+    if not found:
+        raise ModelFileError(f"no checkpoint or exported model in {', '.join(paths)}; pass a run folder")
+    if need_checkpoint and "checkpoint" not in found:
+        found["checkpoint"] = find_checkpoint([found[k] for k in ("onnx", "torchscript") if k in found])
+    return found
+
+
+def _cuda_events() -> tuple[Callable[[], Any], Callable[[Any], float]]:
+    """(start, stop): CUDA events around a step; stop synchronises and returns the device seconds."""
+    import torch
+
+    def start() -> Any:
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        return e0, e1
+
+    def stop(events: Any) -> float:
+        e0, e1 = events
+        e1.record()
+        torch.cuda.synchronize()
+        return float(e0.elapsed_time(e1)) / 1e3
+
+    return start, stop
+
+
+def _timed(step: Step, count: int | None, budget: float, events: Any = None) -> tuple[list[float], list[float]]:
+    """Run `step` `count` times, or for `budget` seconds; per-iteration wall (and CUDA event) seconds."""
+    wall: list[float] = []
+    dev: list[float] = []
+    start_all = time.perf_counter()
+    while True:
+        ev = events[0]() if events else None
+        t0 = time.perf_counter()
+        step()
+        if events:
+            dev.append(events[1](ev))
+        wall.append(time.perf_counter() - t0)
+        if count is not None:
+            if len(wall) >= count:
+                break
+        elif time.perf_counter() - start_all >= budget:
+            break
+    return wall, dev
+
+
+@contextlib.contextmanager
+def _torch_context(device: Any, threads: int, tf32: bool) -> Iterator[None]:
+    """Same CPU threads for torch; on CUDA one non-default stream that ONNX Runtime shares (ORT ignores handle
+    0, torch's default stream) so CUDA events time every backend alike, and TF32 as ONNX Runtime is told."""
+    import torch
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    cuda = device.type == "cuda"
+    old_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+            torch.backends.cudnn.benchmark = True
+            with torch.cuda.stream(torch.cuda.Stream(device)):
+                yield
+        else:
+            yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old_tf32
+
+
+def bench(
+    paths: list[str],
+    device: str = "cpu",
+    backends: tuple[str, ...] = ("eager", "torchscript", "onnx"),
+    batch_sizes: tuple[int, ...] = (1, 8, 64, 256),
+    warmup: int = 10,
+    iters: int | None = None,
+    min_time: float = 1.5,
+    threads: int | None = None,
+    rounds: int = 5,
+    seed: int = 0,
+    tf32: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Benchmark `backends` at each batch size; see the module docstring for the method."""
+    unknown = [b for b in backends if b not in bk.BACKENDS]
+    if unknown:
+        raise CnnkitError(f"unknown backend(s) {unknown}; expected some of {', '.join(bk.BACKENDS)}")
+    if device not in ("cpu", "cuda"):
+        raise DeviceError(f"unknown device {device!r}; expected cpu or cuda")
+    cuda_only = [b for b in backends if b in bk.CUDA_ONLY]
+    if device != "cuda" and cuda_only:
+        raise DeviceError(f"{', '.join(cuda_only)} need --device cuda")
+    threads = threads or os.cpu_count() or 1
+    torch_backends = [b for b in backends if b not in bk.ONNX_BACKENDS]
+    files = resolve_inputs(paths, need_checkpoint=bool(torch_backends))
+    needs_export = [
+        k
+        for k, users in (("onnx", bk.ONNX_BACKENDS), ("torchscript", ("torchscript",)))
+        if k not in files and any(b in backends for b in users)
+    ]
+    if needs_export and "checkpoint" not in files:
+        raise ModelFileError(
+            f"no {' or '.join(needs_export)} file among {', '.join(paths)} and no checkpoint to export one from"
+        )
+    use_torch = bool(torch_backends or needs_export)
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="cnnkit-bench-") as tmp:
+        if use_torch:
+            from cnnkit.build.device import resolve_torch_device
+
+            dev = resolve_torch_device(device)
+            ctx: contextlib.AbstractContextManager[None] = _torch_context(dev, threads, tf32)
+        else:
+            dev, ctx = None, contextlib.nullcontext()
+        with ctx:
+            result_rows, node_assignment = _run(
+                files,
+                device,
+                dev,
+                backends,
+                batch_sizes,
+                warmup,
+                iters,
+                min_time,
+                threads,
+                rounds,
+                seed,
+                tf32,
+                needs_export,
+                Path(tmp),
+                notes,
+                progress,
+            )
+    base = {r.batch_size: r.images_per_s for r in result_rows if r.backend == "eager" and r.images_per_s}
+    rows = [
+        replace(r, speedup_vs_eager=r.images_per_s / base[r.batch_size])
+        if r.batch_size in base and r.images_per_s
+        else r
+        for r in result_rows
+    ]
+    for name, ops in node_assignment.items():
+        off = {ep: n for ep, n in ops.items() if ep != "CUDAExecutionProvider"}
+        if device == "cuda" and off:
+            where = ", ".join(f"{ep}: {sorted(set(n))}" for ep, n in off.items())
+            notes.append(f"{name}: not every node runs on CUDA ({where})")
+    settings = {
+        "backends": list(backends),
+        "batch_sizes": list(batch_sizes),
+        "warmup": warmup,
+        "iters": iters,
+        "min_time_s": min_time,
+        "rounds": rounds,
+        "threads": threads,
+        "tf32": tf32 if device == "cuda" else None,
+        "inputs": {k: str(v) for k, v in files.items() if k not in needs_export},
+    }
+    return BenchResult(device, settings, environment(device, threads), rows, notes, node_assignment)
+
+
+def _run(
+    files: dict[str, Path],
+    device: str,
+    dev: Any,
+    backends: tuple[str, ...],
+    batch_sizes: tuple[int, ...],
+    warmup: int,
+    iters: int | None,
+    min_time: float,
+    threads: int,
+    rounds: int,
+    seed: int,
+    tf32: bool,
+    needs_export: list[str],
+    tmp: Path,
+    notes: list[str],
+    progress: Callable[[str], None] | None,
+) -> tuple[list[BenchRow], dict[str, dict[str, list[str]]]]:
+    ckpt = None
+    if "checkpoint" in files and dev is not None:
+        from cnnkit.build import checkpoint
+
+        ckpt = checkpoint.load(files["checkpoint"])
+    if needs_export:
+        from cnnkit.build.export import export
+
+        # Export on the fly with the one export function (input spec from the checkpoint); the note says so.
+        made = export(files["checkpoint"], tmp, formats=tuple(needs_export), verify=False)
+        files.update({k: Path(v) for k, v in made.artefacts.items()})
+        notes += [f"{k} exported from the checkpoint for this run (no file given)" for k in needs_export]
+    makers: dict[str, Callable[[], bk.Runner]] = {
+        "eager": lambda: bk.eager(ckpt, dev),
+        "torchscript": lambda: bk.torchscript(files["torchscript"], dev),
+        "onnx": lambda: bk.onnx(files["onnx"], device, threads, tf32, dev),
+        "compile": lambda: bk.compiled(ckpt, dev),
+        "eager-cudagraph": lambda: bk.eager_cudagraph(ckpt, dev),
+        "onnx-cudagraph": lambda: bk.onnx_cudagraph(files["onnx"], tf32, dev),
+    }
+    active: dict[str, bk.Runner] = {}
+    broken: dict[str, str] = {}  # backend -> why it could not be set up
+    for b in backends:
+        try:
+            active[b] = makers[b]()
+        except Exception as exc:  # one backend's failure must not cost the others' results
+            broken[b] = f"{type(exc).__name__}: {first_line(exc)}"
+            if progress:
+                progress(f"{b}: FAILED ({broken[b]})")
+    node_assignment = {r.name: r.nodes for r in active.values() if r.nodes is not None}
+    notes += [
+        f"{r.name}: CUDA requested but ONNX Runtime ran on {r.ran_on}; rows flagged fell_back"
+        for r in active.values()
+        if r.fell_back
+    ]
+    shape = (
+        (ckpt.meta.config.in_channels, ckpt.meta.config.image_size, ckpt.meta.config.image_size)
+        if ckpt
+        else bk.onnx_input_shape(files["onnx"])
+    )
+    events = _cuda_events() if dev is not None and dev.type == "cuda" else None
+    rng = np.random.default_rng(seed)
+    rows: list[BenchRow] = []
+    for bs in batch_sizes:
+        x = rng.integers(0, 256, (bs, *shape), dtype=np.uint8)
+        steps: dict[str, Step] = {}
+        errors = dict(broken)
+        for name, r in active.items():
+            if progress:
+                progress(f"batch {bs}: warming up {name}")
+            try:
+                steps[name] = r.make_step(x)
+                # Warm-up: count, and at least 0.2 s (lets ORT/cuDNN/TorchScript settle).
+                _timed(steps[name], warmup, 0, events)
+                _timed(steps[name], None, 0.2, events)
+            except Exception as exc:
+                steps.pop(name, None)
+                errors[name] = f"{type(exc).__name__}: {first_line(exc)}"
+        wall: dict[str, list[float]] = {n: [] for n in steps}
+        devt: dict[str, list[float]] = {n: [] for n in steps}
+        order = list(steps)
+        per_round = max(1, -(-iters // rounds)) if iters else None
+        for k in range(rounds):
+            for name in order[k % len(order) :] + order[: k % len(order)]:  # rotate who goes first
+                if name in errors:
+                    continue
+                try:
+                    w, d = _timed(steps[name], per_round, min_time / rounds, events)
+                except Exception as exc:
+                    errors[name] = f"{type(exc).__name__}: {first_line(exc)}"
+                    continue
+                wall[name] += w
+                devt[name] += d
+        for name in backends:
+            runner = active.get(name)
+            ran_on, fell_back = (runner.ran_on, runner.fell_back) if runner else ("-", False)
+            if name in errors:
+                rows.append(BenchRow(name, bs, ran_on, None, None, fell_back=fell_back, error=errors[name]))
+                continue
+            st = summarize(wall[name])
+            rows.append(
+                BenchRow(
+                    name,
+                    bs,
+                    ran_on,
+                    st,
+                    bs / (st.mean_ms / 1e3),
+                    summarize(devt[name]) if devt[name] else None,
+                    None,
+                    fell_back,
+                )
+            )
+        if progress:
+            progress(
+                f"batch {bs}: "
+                + ", ".join(
+                    f"{rw.backend} " + (f"{rw.images_per_s:,.0f} img/s" if rw.images_per_s else "FAILED")
+                    for rw in rows
+                    if rw.batch_size == bs
+                )
+            )
+    return rows, node_assignment

@@ -1,0 +1,91 @@
+"""The click layer: parse options, call one library function, render, set the exit code.
+
+Commands live in one module per group and are imported only when used; heavy modules (torch, onnx,
+onnxruntime) are imported inside the commands, so `cnnkit --help` stays fast and never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+from cnnkit import __version__
+from cnnkit.errors import CnnkitError
+
+# command -> the module defining it, in the order `--help` lists them
+COMMANDS = {
+    "train": "cnnkit.cli.build",
+    "export": "cnnkit.cli.build",
+    "verify": "cnnkit.cli.build",
+    "predict": "cnnkit.cli.runtime",
+    "serve": "cnnkit.cli.serve",
+    "bench": "cnnkit.cli.bench",
+    "doctor": "cnnkit.cli.runtime",
+}
+# a missing top-level module -> the install extra that brings it
+EXTRAS = {
+    "torch": "train",
+    "torchvision": "train",
+    "onnx": "train",
+    "onnxscript": "train",
+    "safetensors": "train",
+    "tqdm": "train",
+    "starlette": "serve",
+    "uvicorn": "serve",
+    "prometheus_client": "serve",
+    "multipart": "serve",
+    "python_multipart": "serve",
+    "matplotlib": "plot",
+}
+
+
+def missing_extra(exc: ModuleNotFoundError, command: str | None) -> str | None:
+    """The one-line message for a command whose install extra is missing, or None if `exc` is something else."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    if extra is None:
+        return None
+    what = f"cnnkit {command}" if command else "this command"
+    return f"{what} needs the '{extra}' extra ({top} is not installed): pip install 'cnnkit[{extra}]'"
+
+
+class Group(click.Group):
+    """Loads commands lazily; turns cnnkit errors, OS errors and missing extras (user-fixable) into
+    `Error: ...` and exit 1, without a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        module = COMMANDS.get(name)
+        if module is None:
+            return None
+        command: click.Command = getattr(importlib.import_module(module), name)
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CnnkitError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+        except ModuleNotFoundError as exc:
+            message = missing_extra(exc, ctx.invoked_subcommand)
+            if message is None:
+                raise
+            click.echo(f"Error: {message}", err=True)
+            ctx.exit(1)
+        except OSError as exc:  # unwritable --out, full disk, ...: the OS message names the file
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cnnkit")
+def main() -> None:
+    """Train, export, verify, benchmark and serve a small image CNN."""

@@ -1,0 +1,94 @@
+"""`cnnkit bench`: the torch backends need the `train` extra; `--backends onnx` on an .onnx file does not."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cnnkit.cli.common import emit_json
+
+
+def _int_list(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not out or min(out) < 1:
+        raise click.BadParameter(f"expected positive integers, got {value!r}")
+    return out
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--backends",
+    default="eager,torchscript,onnx",
+    show_default=True,
+    help="Comma-separated: eager, torchscript, onnx, compile, eager-cudagraph, onnx-cudagraph.",
+)
+@click.option("--batch-sizes", default="1,8,64,256", show_default=True, callback=_int_list)
+@click.option("--warmup", type=click.IntRange(min=1), default=10, show_default=True, help="Untimed iterations.")
+@click.option("--iters", type=click.IntRange(min=1), default=None, help="Timed iterations per backend and batch.")
+@click.option(
+    "--min-time",
+    type=click.FloatRange(min=0.01),
+    default=1.5,
+    show_default=True,
+    help="Timed seconds per backend and batch (when --iters is not given).",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="CPU threads for every backend (default: all cores)."
+)
+@click.option(
+    "--tf32/--no-tf32",
+    default=False,
+    show_default=True,
+    help="CUDA: allow TF32 math in every backend (torch and ONNX Runtime alike).",
+)
+@click.option(
+    "--json", "json_file", type=click.Path(dir_okay=False), default=None, help="Write results as JSON ('-': stdout)."
+)
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False), default=None, help="Write results as CSV.")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None, help="Write a PNG plot.")
+def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads, tf32, json_file, csv_file, plot_file):
+    """Benchmark eager vs TorchScript vs ONNX Runtime (latency percentiles, images/s)."""
+    from cnnkit.bench import report
+    from cnnkit.bench.run import bench as run_bench
+    from cnnkit.cli.render import render_bench
+
+    names = tuple(b.strip() for b in backends.split(",") if b.strip())
+    to_stdout = json_file == "-"
+    log = None if to_stdout else (lambda msg: click.echo(msg, err=True))
+    result = run_bench(
+        list(paths),
+        device=device,
+        backends=names,
+        batch_sizes=batch_sizes,
+        warmup=warmup,
+        iters=iters,
+        min_time=min_time,
+        threads=threads,
+        tf32=tf32,
+        progress=log,
+    )
+    if to_stdout:
+        emit_json(result.to_dict())
+    else:
+        click.echo(render_bench(result))
+        if json_file:
+            report.write_json(result, json_file)
+    if csv_file:
+        report.write_csv(result, csv_file)
+    if plot_file:
+        report.plot(result.to_dict(), plot_file)
+    if any(r.fell_back for r in result.rows):
+        click.echo("Warning: some rows fell back to CPU; they are not CUDA results", err=True)
+    failed = sorted({r.backend for r in result.failed})
+    if failed:  # the other backends' results are written above; the exit code still says something broke
+        click.echo(f"Error: backend(s) {', '.join(failed)} failed (see the FAILED rows)", err=True)
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------------------------- serve

@@ -1,0 +1,140 @@
+"""`cnnkit train`, `export`, `verify`: the torch side (the `train` extra)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from cnnkit.cli.common import DEVICES, emit_json
+
+
+@click.command()
+@click.option(
+    "--dataset",
+    type=click.Choice(["mnist", "fashion-mnist", "sample"]),
+    default=None,
+    help="Dataset (default: MNIST, falling back to the bundled sample when offline).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder with IDX files, or the download cache (default $CNNKIT_DATA_DIR or ~/.cache/cnnkit).",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2e-3,
+    show_default=True,
+    help="Peak learning rate of the one-cycle AdamW schedule.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="bf16 autocasts forward/backward where the device supports it.",
+)
+@click.option(
+    "--shift",
+    type=click.IntRange(min=0, max=8),
+    default=2,
+    show_default=True,
+    help="Random translation augmentation in pixels (0: off).",
+)
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps (smoke runs).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default: runs/<timestamp>).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def train(dataset, data_dir, epochs, batch_size, lr, seed, device, precision, shift, max_steps, out, as_json):
+    """Train the CNN and write a checkpoint."""
+    from cnnkit.build.data import load_dataset
+    from cnnkit.build.train import TrainConfig, default_out_dir
+    from cnnkit.build.train import train as run_train
+    from cnnkit.cli.render import render_train
+
+    loaded = load_dataset(dataset, data_dir)
+    if loaded.warning:
+        click.echo(f"Warning: {loaded.warning}", err=True)
+    out_dir = out or default_out_dir()
+    if not as_json:
+        click.echo(
+            f"Training on {loaded.dataset.name} ({len(loaded.dataset.train_labels):,} train / "
+            f"{len(loaded.dataset.test_labels):,} test) -> {out_dir}",
+            err=True,
+        )
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        precision=precision,
+        max_steps=max_steps,
+        shift=shift,
+    )
+    result = run_train(loaded.dataset, cfg, out_dir, progress=not as_json)
+    for note in result.warnings:
+        click.echo(f"Warning: {note}", err=True)
+    if as_json:
+        emit_json({**result.to_dict(), "warnings": [w for w in [loaded.warning, *result.warnings] if w]})
+    else:
+        click.echo(render_train(result))
+    if result.interrupted:
+        sys.exit(130)
+
+
+# ------------------------------------------------------------------------------------ export, verify
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript", "all"]), default="all", show_default=True)
+@click.option(
+    "--out", type=click.Path(file_okay=False), default=None, help="Output folder (default: the checkpoint's)."
+)
+@click.option("--opset", type=click.IntRange(min=7), default=None, help="ONNX opset (default: the exporter's).")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Check parity before keeping the files.")
+@click.option("--atol", type=float, default=1e-4, show_default=True)
+@click.option("--rtol", type=float, default=1e-3, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def export(checkpoint, fmt, out, opset, verify, atol, rtol, as_json):
+    """Export a checkpoint to ONNX and/or TorchScript (uint8 in, logits out)."""
+    from cnnkit.build.export import FORMATS
+    from cnnkit.build.export import export as run_export
+    from cnnkit.cli.render import render_export
+
+    formats = FORMATS if fmt == "all" else (fmt,)
+    result = run_export(checkpoint, out, formats, opset=opset, verify=verify, atol=atol, rtol=rtol)
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else render_export(result))
+    sys.exit(0 if result.ok else 1)
+
+
+@click.command()
+@click.argument("artefacts", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--checkpoint",
+    type=click.Path(),
+    default=None,
+    help="Reference checkpoint (default: the one recorded in the artefact's metadata).",
+)
+@click.option("--atol", type=float, default=1e-4, show_default=True)
+@click.option("--rtol", type=float, default=1e-3, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(artefacts, checkpoint, atol, rtol, device, as_json):
+    """Check eager PyTorch vs TorchScript vs ONNX Runtime parity; exit 1 on any mismatch."""
+    from cnnkit.build.verify import verify as run_verify
+    from cnnkit.cli.render import render_parity
+
+    report = run_verify(list(artefacts), checkpoint, device=device, atol=atol, rtol=rtol)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else render_parity(report))
+    sys.exit(0 if report else 1)
+
+
+# ----------------------------------------------------------------------------------- predict, doctor

@@ -1,0 +1,25 @@
+"""What every command module shares: the device choices, JSON output, and a runtime Classifier whose CUDA
+fall-back is one `Warning:` line."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def make_classifier(model: str, device: str, **kwargs: Any) -> Any:
+    """A runtime Classifier; a CUDA fall-back is said as one `Warning:` line on stderr."""
+    from cnnkit.runtime import Classifier
+
+    clf = Classifier(model, device=device, fallback="ignore", **kwargs)
+    if clf.fallback_message and device == "cuda":
+        click.echo(f"Warning: {clf.fallback_message}", err=True)
+    return clf

@@ -1,0 +1,56 @@
+"""`cnnkit predict` and `doctor`: the runtime side (base install, no torch)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cnnkit.cli.common import DEVICES, emit_json, make_classifier
+
+
+@click.command()
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--invert/--no-invert",
+    default=None,
+    help="Force (or forbid) inverting dark-on-light images; default: detect and say so.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def predict(model, images, device, top_k, invert, as_json):
+    """Classify image files (PNG, JPEG, PGM) with an exported ONNX model."""
+    from dataclasses import asdict
+
+    from cnnkit.cli.render import render_predict
+    from cnnkit.runtime.predict import predict_files
+
+    report = predict_files(make_classifier(model, device), list(images), top_k=top_k, invert=invert)
+    if as_json:
+        emit_json({**asdict(report), "failed": report.failed})
+    else:
+        click.echo(render_predict(report))
+        for r in report.results:
+            if r.error:
+                click.echo(f"Error: {r.error}", err=True)
+    sys.exit(1 if report.failed else 0)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def doctor(as_json):
+    """Check Python, torch, GPU and ONNX Runtime's CUDA provider; say how to fix what fails."""
+    from cnnkit.cli.render import render_doctor
+    from cnnkit.doctor import diagnose
+
+    report = diagnose()
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        click.echo(render_doctor(report))
+    sys.exit(0 if report.ok else 1)
+
+
+# --------------------------------------------------------------------------------------------- bench

@@ -1,0 +1,31 @@
+"""Embed an exported cnnkit model with ONNX Runtime. Imports numpy and onnxruntime only (never torch).
+
+    from cnnkit.runtime import Classifier
+    clf = Classifier("model.onnx", device="auto")
+    clf.predict(image)[0].label        # '7'
+    clf.providers                      # what actually runs, e.g. ['CPUExecutionProvider']
+
+Everything the model needs (class names, input size) is read from the .onnx file's metadata.
+"""
+
+from cnnkit.runtime.classifier import FALLBACKS, Classifier, ProviderFallbackWarning
+from cnnkit.runtime.cuda import CudaGraphRunner, DeviceRunner
+from cnnkit.runtime.inputs import InputSpec
+from cnnkit.runtime.predictions import Prediction, predictions, softmax
+from cnnkit.runtime.session import CPU_EP, CUDA_EP, DEVICES, gpu_visible
+
+__all__ = [
+    "CPU_EP",
+    "CUDA_EP",
+    "DEVICES",
+    "FALLBACKS",
+    "Classifier",
+    "CudaGraphRunner",
+    "DeviceRunner",
+    "InputSpec",
+    "Prediction",
+    "ProviderFallbackWarning",
+    "gpu_visible",
+    "predictions",
+    "softmax",
+]

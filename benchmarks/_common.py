@@ -13,7 +13,7 @@ RESULTS = Path(__file__).parent / "results"
 def machine() -> dict:
     import os
 
-    from cnnkit.bench import cpu_model
+    from cnnkit.bench.env import cpu_model
 
     return {
         "cpu": cpu_model(),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnkit.data import IDX_FILES, load_sample, write_idx
+from cnnkit.build.data import IDX_FILES, load_sample, write_idx
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from cnnkit.report import plot
+from cnnkit.bench.report import plot
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:

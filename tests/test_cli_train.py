@@ -7,6 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from cnnkit.cli import main
+from conftest import write_idx_dataset
 
 
 def test_help_and_version_do_not_import_torch():
@@ -62,16 +63,17 @@ def test_ctrl_c_keeps_last_completed_epoch(tmp_path):
     from cnnkit.build import checkpoint
 
     out = tmp_path / "run"
+    data_dir = write_idx_dataset(tmp_path / "idx", n_train=384, n_test=64)  # short epochs: the signal lands soon
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "cnnkit",
             "train",
-            "--dataset",
-            "sample",
+            "--data-dir",
+            str(data_dir),
             "--epochs",
-            "50",
+            "1000",
             "--device",
             "cpu",
             "--out",

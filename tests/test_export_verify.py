@@ -93,7 +93,6 @@ def test_cli_export_verifies_and_writes(trained, tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["ok"] and out["parity"]["passed"] and Path(out["artefacts"]["onnx"]).is_file()
-    assert out["seconds"] < 60
 
 
 @pytest.mark.parametrize("name,content", [("bad.onnx", b"\x08\x07garbage"), ("bad.ts", b"PK\x03\x04garbage")])

@@ -7,7 +7,7 @@ import io
 import json
 import os
 
-from cnnkit import _io
+from cnnkit import atomic
 from cnnkit.errors import MissingExtraError
 
 CSV_FIELDS = [
@@ -28,7 +28,7 @@ CSV_FIELDS = [
 
 
 def write_json(result, path: str | os.PathLike) -> None:
-    _io.write_text(path, json.dumps(result.to_dict(), indent=2) + "\n")
+    atomic.write_text(path, json.dumps(result.to_dict(), indent=2) + "\n")
 
 
 def write_csv(result, path: str | os.PathLike) -> None:
@@ -54,7 +54,7 @@ def write_csv(result, path: str | os.PathLike) -> None:
                 "error": r.error,
             }
         )
-    _io.write_text(path, buf.getvalue())
+    atomic.write_text(path, buf.getvalue())
 
 
 def plot(result: dict, path: str | os.PathLike) -> None:
@@ -97,5 +97,5 @@ def plot(result: dict, path: str | os.PathLike) -> None:
     ax2.legend(fontsize=8)
     fig.suptitle(f"cnnkit bench on {result['device']}: {where}", fontsize=10)
     fig.tight_layout()
-    _io.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)

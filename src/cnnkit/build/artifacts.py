@@ -7,7 +7,6 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any
 
 from cnnkit import contract
 from cnnkit.errors import CheckpointError, ModelFileError, first_line
@@ -58,8 +57,10 @@ def find_checkpoint(artefacts: list[Path]) -> Path:
         raise CheckpointError(f"{path}: source checkpoint recorded in {artefacts[0].name} not found; pass --checkpoint")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if info.checkpoint_sha256 and digest != info.checkpoint_sha256:
-        raise CheckpointError(f"{path}: checkpoint changed since export (SHA-256 {digest[:12]}... != recorded "
-                              f"{info.checkpoint_sha256[:12]}...); re-export or pass --checkpoint")
+        raise CheckpointError(
+            f"{path}: checkpoint changed since export (SHA-256 {digest[:12]}... != recorded "
+            f"{info.checkpoint_sha256[:12]}...); re-export or pass --checkpoint"
+        )
     return path
 
 

@@ -12,9 +12,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cnnkit import _io
-from cnnkit.errors import CheckpointError, first_line
+from cnnkit import atomic
 from cnnkit.build.model import ModelConfig
+from cnnkit.errors import CheckpointError, first_line
 
 WEIGHTS_NAME = "model.safetensors"
 META_NAME = "checkpoint.json"
@@ -42,7 +42,7 @@ class CheckpointMeta:
         return {"format": FORMAT, **d}
 
     @classmethod
-    def from_dict(cls, d: dict, where: str) -> "CheckpointMeta":
+    def from_dict(cls, d: dict, where: str) -> CheckpointMeta:
         if d.get("format") != FORMAT:
             raise CheckpointError(f"{where}: not a cnnkit checkpoint (format {d.get('format')!r}, expected {FORMAT!r})")
         try:
@@ -88,8 +88,8 @@ def save(directory: str | os.PathLike, state_dict: dict, meta: CheckpointMeta) -
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     blob = st_save(tensors, metadata={"cnnkit": meta_json})
     weights = directory / WEIGHTS_NAME
-    _io.write_bytes(weights, blob)
-    _io.write_text(directory / META_NAME, meta_json + "\n")
+    atomic.write_bytes(weights, blob)
+    atomic.write_text(directory / META_NAME, meta_json + "\n")
     return weights
 
 

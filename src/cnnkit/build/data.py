@@ -218,7 +218,9 @@ class Loaded:
     warning: str | None = None
 
 
-def load_dataset(name: str | None = None, data_dir: str | os.PathLike | None = None, download_ok: bool = True) -> Loaded:
+def load_dataset(
+    name: str | None = None, data_dir: str | os.PathLike | None = None, download_ok: bool = True
+) -> Loaded:
     """Resolve `--dataset`/`--data-dir` to a Dataset.
 
     - `name="sample"`: the bundled sample.

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnkit import _io, contract
+from cnnkit import atomic, contract
 from cnnkit.build.artifacts import FILENAMES, FORMATS, deployable
 from cnnkit.errors import CnnkitError, first_line
 
@@ -74,9 +74,14 @@ def to_onnx(module, example, meta: dict, path: Path, opset: int | None = None) -
     try:
         with quiet(log):
             program = torch.onnx.export(
-                module, (example,), input_names=[contract.INPUT_NAME], output_names=[contract.OUTPUT_NAME],
+                module,
+                (example,),
+                input_names=[contract.INPUT_NAME],
+                output_names=[contract.OUTPUT_NAME],
                 dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=1 << 20)}},
-                dynamo=True, verbose=False, **kwargs,
+                dynamo=True,
+                verbose=False,
+                **kwargs,
             )
             if program is None:
                 raise CnnkitError("the ONNX exporter returned no program")
@@ -91,7 +96,7 @@ def to_onnx(module, example, meta: dict, path: Path, opset: int | None = None) -
     proto.doc_string = "cnnkit export: uint8 images [N,1,H,W] -> float32 logits [N,classes]"
     onnx.checker.check_model(proto, full_check=True)
     onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-    _io.write_bytes(path, proto.SerializeToString())
+    atomic.write_bytes(path, proto.SerializeToString())
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
@@ -102,7 +107,7 @@ def to_torchscript(module, meta: dict, path: Path) -> None:
     extra = {contract.TS_EXTRA_FILE: json.dumps(meta, sort_keys=True)}
     with quiet():  # torch.jit is deprecated upstream (torch.export is the successor); it still works
         scripted = torch.jit.script(module)
-        _io.write_with(path, lambda tmp: torch.jit.save(scripted, str(tmp), _extra_files=extra))
+        atomic.write_with(path, lambda tmp: torch.jit.save(scripted, str(tmp), _extra_files=extra))
 
 
 def export(
@@ -143,8 +148,13 @@ def export(
         if verify:
             from cnnkit.build.verify import verify as run_verify
 
-            report = run_verify(list(staged.values()), checkpoint_path=ckpt.path, atol=atol, rtol=rtol,
-                                names={str(p): str(final[f]) for f, p in staged.items()})
+            report = run_verify(
+                list(staged.values()),
+                checkpoint_path=ckpt.path,
+                atol=atol,
+                rtol=rtol,
+                names={str(p): str(final[f]) for f, p in staged.items()},
+            )
         landed = {}
         if report is None or report:
             for fmt, tmp in staged.items():
@@ -155,5 +165,3 @@ def export(
         for tmp in staged.values():
             if tmp.exists():
                 tmp.unlink()
-
-

@@ -7,7 +7,6 @@ report says pass or fail.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -107,11 +106,27 @@ def input_cases(ckpt, rng: np.random.Generator) -> tuple[list[tuple[str, np.ndar
 def compare(case: str, ref: np.ndarray, out, atol: float, rtol: float) -> CaseResult:
     """Shapes first, then values."""
     if not isinstance(out, np.ndarray):
-        return CaseResult(case, len(ref), [], float("nan"), float("nan"), False, 0.0,
-                          f"output is {type(out).__name__}, expected one tensor")
+        return CaseResult(
+            case,
+            len(ref),
+            [],
+            float("nan"),
+            float("nan"),
+            False,
+            0.0,
+            f"output is {type(out).__name__}, expected one tensor",
+        )
     if out.shape != ref.shape:
-        return CaseResult(case, len(ref), list(out.shape), float("nan"), float("nan"), False, 0.0,
-                          f"output shape {list(out.shape)}, expected {list(ref.shape)}")
+        return CaseResult(
+            case,
+            len(ref),
+            list(out.shape),
+            float("nan"),
+            float("nan"),
+            False,
+            0.0,
+            f"output shape {list(out.shape)}, expected {list(ref.shape)}",
+        )
     r, o = ref.astype(np.float64), out.astype(np.float64)
     diff = np.abs(o - r)
     if not np.isfinite(o).all():
@@ -192,8 +207,6 @@ def verify(
             try:
                 results.append(compare(case, ref, run(x), atol, rtol))
             except Exception as exc:  # a backend that crashes on an input is a parity failure, not a crash
-                results.append(CaseResult(case, len(x), [], float("nan"), float("nan"), False, 0.0,
-                                          first_line(exc)))
+                results.append(CaseResult(case, len(x), [], float("nan"), float("nan"), False, 0.0, first_line(exc)))
         backends.append(BackendParity(kind, shown, ran_on, results, error, nodes))
     return ParityReport(str(ckpt.path), dev.type, atol, rtol, backends, notes)
-

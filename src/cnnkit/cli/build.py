@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from cnnkit.cli.common import DEVICES, emit_json
+from cnnkit.cli.common import DEVICES, emit_json, require
 
 
 @click.command()
@@ -53,6 +53,7 @@ from cnnkit.cli.common import DEVICES, emit_json
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def train(dataset, data_dir, epochs, batch_size, lr, seed, device, precision, shift, max_steps, out, as_json):
     """Train the CNN and write a checkpoint."""
+    require("torch")
     from cnnkit.build.data import load_dataset
     from cnnkit.build.train import TrainConfig, default_out_dir
     from cnnkit.build.train import train as run_train
@@ -105,6 +106,7 @@ def train(dataset, data_dir, epochs, batch_size, lr, seed, device, precision, sh
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def export(checkpoint, fmt, out, opset, verify, atol, rtol, as_json):
     """Export a checkpoint to ONNX and/or TorchScript (uint8 in, logits out)."""
+    require("torch", "onnx")
     from cnnkit.build.export import FORMATS
     from cnnkit.build.export import export as run_export
     from cnnkit.cli.render import render_export
@@ -129,6 +131,7 @@ def export(checkpoint, fmt, out, opset, verify, atol, rtol, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(artefacts, checkpoint, atol, rtol, device, as_json):
     """Check eager PyTorch vs TorchScript vs ONNX Runtime parity; exit 1 on any mismatch."""
+    require("torch", "onnx")
     from cnnkit.build.verify import verify as run_verify
     from cnnkit.cli.render import render_parity
 

@@ -3,12 +3,20 @@ fall-back is one `Warning:` line."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from typing import Any
 
 import click
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def require(*modules: str) -> None:
+    """Import `modules` now, so a command whose install extra is missing stops before it says or writes anything
+    (the CLI turns the ModuleNotFoundError into the one-line `pip install 'cnnkit[extra]'` message)."""
+    for name in modules:
+        importlib.import_module(name)
 
 
 def emit_json(data: Any) -> None:

@@ -1,10 +1,11 @@
 # Two entry points for a fresh clone: `make demo` (train -> export -> verify -> bench, offline) and `make test`.
+# Both install everything (cnnkit with the train, serve, plot and dev extras) into .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 RUN ?= runs/demo
 
-.PHONY: demo test install clean
+.PHONY: demo test lint runtime-check install clean
 
 install: $(VENV)/.installed
 
@@ -23,5 +24,16 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# ruff (lint and format), mypy (strict on the runtime and serve), import-linter (the house's import rules)
+lint: install
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+# a second venv with the base install and [serve] only (no torch) runs predict, serve, the runtime, bench
+runtime-check: install
+	bash scripts/check_runtime_install.sh
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache .venv-runtime

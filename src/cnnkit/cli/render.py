@@ -169,7 +169,8 @@ def render_bench(r) -> str:
         )
     env = r.environment
     head = f"device {r.device}: " + (f"{env['gpu']} (driver {env.get('gpu_driver')}), " if env.get("gpu") else "")
-    head += f"{env['cpu']}, {env['threads']} threads; torch {env['torch']}, onnxruntime {env['onnxruntime']}"
+    torch = env["torch"] or "not installed"
+    head += f"{env['cpu']}, {env['threads']} threads; torch {torch}, onnxruntime {env['onnxruntime']}"
     out = [
         head,
         table(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnkit import runtime
+from cnnkit import contract, runtime
 from cnnkit.build import checkpoint
 from cnnkit.build.artifacts import deployable
 from cnnkit.build.data import load_sample
@@ -35,7 +35,9 @@ def test_torch_free_import_and_use(exported):
 def test_metadata_and_providers(clf, trained):
     assert clf.classes == tuple("0123456789")
     assert clf.providers == ["CPUExecutionProvider"] and clf.device == "cpu"
-    assert clf.info.version == checkpoint.load(trained.checkpoint).sha256[:12]
+    sha = checkpoint.load(trained.checkpoint).sha256
+    assert clf.info.checkpoint_sha256 == sha
+    assert clf.info.version == contract.model_version(sha, {"precision": "fp32", "folded": True})
 
 
 def test_agrees_with_eager_on_real_images(clf, trained):

@@ -6,6 +6,7 @@ At the bottom of the house (imports nothing but `cnnkit.errors`): the runtime pa
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ KEY = "cnnkit"  # ONNX metadata_props key and TorchScript extra-file name ("cnnk
 TS_EXTRA_FILE = "cnnkit.json"
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+PRECISIONS = ("fp32", "int8", "fp16")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class ModelInfo:
     output_name: str = OUTPUT_NAME
     checkpoint_sha256: str | None = None
     checkpoint_path: str | None = None
+    precision: str = "fp32"  # of the weights and arithmetic; the input/output contract is the same for all
+    folded: bool = False  # fc1 and fc2 folded into one exact linear layer
+    model_version: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -40,8 +45,16 @@ class ModelInfo:
 
     @property
     def version(self) -> str:
-        """A short model version: the first 12 hex digits of the source checkpoint's SHA-256."""
-        return (self.checkpoint_sha256 or "unknown")[:12]
+        """A short model version, its own for each variant (precision, fold) of a checkpoint.
+
+        Exports before variants existed carry none: the first 12 hex digits of the checkpoint's SHA-256 then.
+        """
+        return self.model_version or (self.checkpoint_sha256 or "unknown")[:12]
+
+    @property
+    def variant(self) -> str:
+        """'fp32', 'int8-folded', ...: the precision, and whether the linear layers are folded."""
+        return self.precision + ("-folded" if self.folded else "")
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str) -> ModelInfo:
@@ -64,17 +77,34 @@ class ModelInfo:
                 output_name=d["output"]["name"],
                 checkpoint_sha256=(d.get("checkpoint") or {}).get("sha256"),
                 checkpoint_path=(d.get("checkpoint") or {}).get("path"),
+                precision=str((d.get("variant") or {}).get("precision", "fp32")),
+                folded=bool((d.get("variant") or {}).get("folded", False)),
+                model_version=d.get("model_version"),
                 raw=d,
             )
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{where}: incomplete cnnkit metadata (missing {exc})") from None
 
 
+def model_version(checkpoint_sha256: str, variant: dict[str, Any]) -> str:
+    """12 hex digits naming one variant of one checkpoint (an INT8 file never shares its fp32 source's version)."""
+    text = checkpoint_sha256 + json.dumps(variant, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def build_metadata(
-    ckpt_meta: Any, checkpoint_path: str, checkpoint_sha256: str, versions: dict[str, Any]
+    ckpt_meta: Any,
+    checkpoint_path: str,
+    checkpoint_sha256: str,
+    versions: dict[str, Any],
+    variant: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The metadata dict for an export of the checkpoint described by `ckpt_meta` (a CheckpointMeta)."""
+    """The metadata dict for an export of the checkpoint described by `ckpt_meta` (a CheckpointMeta).
+
+    `variant` records how this file differs from a plain fp32 export: {"precision", "folded", ...}.
+    """
     cfg = ckpt_meta.config
+    variant = variant or {"precision": "fp32", "folded": False}
     return {
         "format": FORMAT,
         "classes": list(ckpt_meta.classes),
@@ -93,4 +123,6 @@ def build_metadata(
         "dataset": ckpt_meta.dataset,
         "metrics": ckpt_meta.metrics,
         "versions": versions,
+        "variant": variant,
+        "model_version": model_version(checkpoint_sha256, variant),
     }

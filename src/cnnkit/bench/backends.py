@@ -53,8 +53,12 @@ def eager(ckpt: Any, device: Any) -> Runner:
     return Runner("eager", f"torch {device.type}", _torch_step(_deployable(ckpt, device), device))
 
 
-def torchscript(path: Path, device: Any) -> Runner:
+def torchscript(path: Path | None, device: Any) -> Runner:
     from cnnkit.build.artifacts import load_torchscript
+    from cnnkit.errors import ModelFileError
+
+    if path is None:
+        raise ModelFileError("no TorchScript file to benchmark")
 
     module, _ = load_torchscript(path, map_location=device)
     return Runner("torchscript", f"torch.jit {device.type}", _torch_step(module, device))
@@ -111,7 +115,9 @@ def onnx_input_shape(path: Path) -> tuple[int, int, int]:
     return Classifier(path, device="cpu").input_spec.image_shape
 
 
-def onnx(path: Path, device: str, threads: int | None, tf32: bool = False, torch_device: Any = None) -> Runner:
+def onnx(
+    path: Path, device: str, threads: int | None, tf32: bool = False, torch_device: Any = None, name: str = "onnx"
+) -> Runner:
     """ONNX Runtime; on CUDA with IO binding, so no host copies are timed."""
     from cnnkit.runtime import Classifier
 
@@ -130,7 +136,7 @@ def onnx(path: Path, device: str, threads: int | None, tf32: bool = False, torch
         def make(x: np.ndarray) -> Callable[[], object]:
             return lambda: clf.logits(x)
 
-        return Runner("onnx", clf.providers[0], make, fell_back, clf.node_assignment)
+        return Runner(name, clf.providers[0], make, fell_back, clf.node_assignment)
     if torch_device is None:
 
         def make_bound(x: np.ndarray) -> Callable[[], object]:
@@ -138,7 +144,7 @@ def onnx(path: Path, device: str, threads: int | None, tf32: bool = False, torch
             runner.run(x)
             return runner.replay
 
-        return Runner("onnx", clf.providers[0], make_bound, nodes=clf.node_assignment)
+        return Runner(name, clf.providers[0], make_bound, nodes=clf.node_assignment)
 
     import torch
 
@@ -147,10 +153,10 @@ def onnx(path: Path, device: str, threads: int | None, tf32: bool = False, torch
         out = torch.empty(len(x), clf.info.num_classes, device=torch_device)
         return lambda: clf.logits_on_device(xt, out=out)
 
-    return Runner("onnx", clf.providers[0], make_cuda, nodes=clf.node_assignment)
+    return Runner(name, clf.providers[0], make_cuda, nodes=clf.node_assignment)
 
 
-def onnx_cudagraph(path: Path, tf32: bool = False, torch_device: Any = None) -> Runner:
+def onnx_cudagraph(path: Path, tf32: bool = False, torch_device: Any = None, name: str = "onnx-cudagraph") -> Runner:
     from cnnkit.errors import DeviceError
     from cnnkit.runtime import Classifier
 
@@ -174,4 +180,4 @@ def onnx_cudagraph(path: Path, tf32: bool = False, torch_device: Any = None) -> 
         runner.run(x)  # copies the input in and captures the graph
         return runner.replay
 
-    return Runner("onnx-cudagraph", "CUDAExecutionProvider (cuda graph)", make, nodes=clf.node_assignment)
+    return Runner(name, "CUDAExecutionProvider (cuda graph)", make, nodes=clf.node_assignment)

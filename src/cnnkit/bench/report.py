@@ -57,12 +57,7 @@ def write_csv(result, path: str | os.PathLike) -> None:
     atomic.write_text(path, buf.getvalue())
 
 
-def plot(result: dict, path: str | os.PathLike) -> None:
-    """Latency (p50, with p90 band) and throughput against batch size, one line per backend.
-
-    Takes the JSON form of a BenchResult (`result.to_dict()` or a saved bench JSON), so saved results can be
-    plotted again elsewhere (`benchmarks/plot_bench.py`).
-    """
+def _pyplot():
     try:
         import matplotlib
 
@@ -70,6 +65,38 @@ def plot(result: dict, path: str | os.PathLike) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise MissingExtraError("--plot needs matplotlib: pip install 'cnnkit[plot]'") from None
+    return plt
+
+
+def plot_confusion(result, path: str | os.PathLike) -> None:
+    """The confusion matrix of an `EvalResult`, counts in the cells, rows the true class."""
+    import numpy as np
+
+    plt = _pyplot()
+    m = np.asarray(result.confusion)
+    labels = [c.label for c in result.per_class]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(labels), 0.8 + 0.5 * len(labels)))
+    ax.imshow(np.log1p(m), cmap="Blues")
+    for (i, j), v in np.ndenumerate(m):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > m.max() / 2 else "black")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{result.dataset} {result.split}: accuracy {result.accuracy:.2%} ({result.variant})", fontsize=9)
+    fig.tight_layout()
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def plot(result: dict, path: str | os.PathLike) -> None:
+    """Latency (p50, with p90 band) and throughput against batch size, one line per backend.
+
+    Takes the JSON form of a BenchResult (`result.to_dict()` or a saved bench JSON), so saved results can be
+    plotted again elsewhere (`benchmarks/plot_bench.py`).
+    """
+    plt = _pyplot()
     rows = [r for r in result["rows"] if r.get("latency")]  # failed rows have no timings
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for backend in dict.fromkeys(r["backend"] for r in rows):

@@ -12,11 +12,12 @@ file runs in a runtime-only install.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,32 +31,67 @@ from cnnkit.errors import CnnkitError, DeviceError, ModelFileError, first_line
 Step = Callable[[], object]
 
 
-def resolve_inputs(paths: list[str], need_checkpoint: bool) -> dict[str, Path]:
-    """Map run folders / files to {'checkpoint', 'onnx', 'torchscript'} paths."""
+@dataclass
+class Inputs:
+    """What a bench run measures: a checkpoint (torch backends), ONNX files (one row set each), a TorchScript file."""
+
+    checkpoint: Path | None = None
+    onnx: list[Path] = field(default_factory=list)
+    torchscript: Path | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "onnx": [str(p) for p in self.onnx],
+            "torchscript": str(self.torchscript) if self.torchscript else None,
+        }
+
+
+def resolve_inputs(paths: list[str], need_checkpoint: bool) -> Inputs:
+    """Run folders and files -> the checkpoint, every ONNX file given (a folder adds its model.onnx), TorchScript."""
     from cnnkit.build.artifacts import FILENAMES, artefact_kind, find_checkpoint
 
-    found: dict[str, Path] = {}
+    found = Inputs()
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            for key, name in (
-                ("checkpoint", "model.safetensors"),
-                ("onnx", FILENAMES["onnx"]),
-                ("torchscript", FILENAMES["torchscript"]),
-            ):
-                if (p / name).is_file():
-                    found.setdefault(key, p / name)
+            if (p / "model.safetensors").is_file() and found.checkpoint is None:
+                found.checkpoint = p / "model.safetensors"
+            if (p / FILENAMES["onnx"]).is_file():
+                found.onnx.append(p / FILENAMES["onnx"])
+            if (p / FILENAMES["torchscript"]).is_file() and found.torchscript is None:
+                found.torchscript = p / FILENAMES["torchscript"]
         elif not p.is_file():
             raise ModelFileError(f"{p}: not found")
         elif p.suffix == ".safetensors":
-            found["checkpoint"] = p
+            found.checkpoint = p
+        elif artefact_kind(p) == "torchscript":
+            found.torchscript = p
         else:
-            found[artefact_kind(p)] = p
-    if not found:
+            found.onnx.append(p)
+    if found.checkpoint is None and not found.onnx and found.torchscript is None:
         raise ModelFileError(f"no checkpoint or exported model in {', '.join(paths)}; pass a run folder")
-    if need_checkpoint and "checkpoint" not in found:
-        found["checkpoint"] = find_checkpoint([found[k] for k in ("onnx", "torchscript") if k in found])
+    if need_checkpoint and found.checkpoint is None:
+        artefacts = found.onnx[:1] + ([found.torchscript] if found.torchscript else [])
+        found.checkpoint = find_checkpoint(artefacts)
     return found
+
+
+def onnx_labels(files: list[Path]) -> list[str]:
+    """Row names for ONNX files: 'onnx' for one; 'onnx:<variant>' (int8-folded, ...) or 'onnx:<file>' for several."""
+    if len(files) == 1:
+        return ["onnx"]
+    from cnnkit.runtime import Classifier
+
+    variants = []
+    for f in files:
+        try:
+            variants.append(Classifier(f, device="cpu").info.variant)
+        except CnnkitError:
+            variants.append(f.name)
+    if len(set(variants)) < len(variants):
+        variants = [f"{v}:{f}" for v, f in zip(variants, files)]
+    return [f"onnx:{v}" for v in variants]
 
 
 def _cuda_events() -> tuple[Callable[[], Any], Callable[[Any], float]]:
@@ -145,12 +181,12 @@ def bench(
     threads = threads or os.cpu_count() or 1
     torch_backends = [b for b in backends if b not in bk.ONNX_BACKENDS]
     files = resolve_inputs(paths, need_checkpoint=bool(torch_backends))
-    needs_export = [
-        k
-        for k, users in (("onnx", bk.ONNX_BACKENDS), ("torchscript", ("torchscript",)))
-        if k not in files and any(b in backends for b in users)
-    ]
-    if needs_export and "checkpoint" not in files:
+    needs_export = []
+    if not files.onnx and any(b in backends for b in bk.ONNX_BACKENDS):
+        needs_export.append("onnx")
+    if files.torchscript is None and "torchscript" in backends:
+        needs_export.append("torchscript")
+    if needs_export and files.checkpoint is None:
         raise ModelFileError(
             f"no {' or '.join(needs_export)} file among {', '.join(paths)} and no checkpoint to export one from"
         )
@@ -204,13 +240,13 @@ def bench(
         "rounds": rounds,
         "threads": threads,
         "tf32": tf32 if device == "cuda" else None,
-        "inputs": {k: str(v) for k, v in files.items() if k not in needs_export},
+        "inputs": files.describe(),
     }
     return BenchResult(device, settings, environment(device, threads), rows, notes, node_assignment)
 
 
 def _run(
-    files: dict[str, Path],
+    files: Inputs,
     device: str,
     dev: Any,
     backends: tuple[str, ...],
@@ -228,30 +264,44 @@ def _run(
     progress: Callable[[str], None] | None,
 ) -> tuple[list[BenchRow], dict[str, dict[str, list[str]]]]:
     ckpt = None
-    if "checkpoint" in files and dev is not None:
+    if files.checkpoint is not None and dev is not None:
         from cnnkit.build import checkpoint
 
-        ckpt = checkpoint.load(files["checkpoint"])
+        ckpt = checkpoint.load(files.checkpoint)
     if needs_export:
         from cnnkit.build.export import export
 
         # Export on the fly with the one export function (input spec from the checkpoint); the note says so.
-        made = export(files["checkpoint"], tmp, formats=tuple(needs_export), verify=False)
-        files.update({k: Path(v) for k, v in made.artefacts.items()})
+        assert files.checkpoint is not None  # checked by the caller
+        made = export(files.checkpoint, tmp, formats=tuple(needs_export), verify=False)
+        if "onnx" in made.artefacts:
+            files.onnx = [Path(made.artefacts["onnx"])]
+        if "torchscript" in made.artefacts:
+            files.torchscript = Path(made.artefacts["torchscript"])
         notes += [f"{k} exported from the checkpoint for this run (no file given)" for k in needs_export]
-    makers: dict[str, Callable[[], bk.Runner]] = {
-        "eager": lambda: bk.eager(ckpt, dev),
-        "torchscript": lambda: bk.torchscript(files["torchscript"], dev),
-        "onnx": lambda: bk.onnx(files["onnx"], device, threads, tf32, dev),
-        "compile": lambda: bk.compiled(ckpt, dev),
-        "eager-cudagraph": lambda: bk.eager_cudagraph(ckpt, dev),
-        "onnx-cudagraph": lambda: bk.onnx_cudagraph(files["onnx"], tf32, dev),
-    }
+    makers: dict[str, Callable[[], bk.Runner]] = {}
+    for b in backends:
+        if b == "eager":
+            makers[b] = lambda: bk.eager(ckpt, dev)
+        elif b == "torchscript":
+            makers[b] = lambda: bk.torchscript(files.torchscript, dev)
+        elif b == "compile":
+            makers[b] = lambda: bk.compiled(ckpt, dev)
+        elif b == "eager-cudagraph":
+            makers[b] = lambda: bk.eager_cudagraph(ckpt, dev)
+        else:  # one row set per ONNX file, side by side: onnx, onnx:int8-folded, onnx-cudagraph:int8-folded, ...
+            for label, path in zip(onnx_labels(files.onnx), files.onnx):
+                key = label.replace("onnx", b, 1)
+                if b == "onnx":
+                    makers[key] = functools.partial(bk.onnx, path, device, threads, tf32, dev, key)
+                else:
+                    makers[key] = functools.partial(bk.onnx_cudagraph, path, tf32, dev, key)
+    names = list(makers)
     active: dict[str, bk.Runner] = {}
     broken: dict[str, str] = {}  # backend -> why it could not be set up
-    for b in backends:
+    for b, make in makers.items():
         try:
-            active[b] = makers[b]()
+            active[b] = make()
         except Exception as exc:  # one backend's failure must not cost the others' results
             broken[b] = f"{type(exc).__name__}: {first_line(exc)}"
             if progress:
@@ -265,7 +315,7 @@ def _run(
     shape = (
         (ckpt.meta.config.in_channels, ckpt.meta.config.image_size, ckpt.meta.config.image_size)
         if ckpt
-        else bk.onnx_input_shape(files["onnx"])
+        else bk.onnx_input_shape(files.onnx[0])
     )
     events = _cuda_events() if dev is not None and dev.type == "cuda" else None
     rng = np.random.default_rng(seed)
@@ -300,7 +350,7 @@ def _run(
                     continue
                 wall[name] += w
                 devt[name] += d
-        for name in backends:
+        for name in names:
             runner = active.get(name)
             ran_on, fell_back = (runner.ran_on, runner.fell_back) if runner else ("-", False)
             if name in errors:

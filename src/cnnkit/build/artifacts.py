@@ -15,12 +15,16 @@ FORMATS = ("onnx", "torchscript")
 FILENAMES = {"onnx": "model.onnx", "torchscript": "model.ts"}
 
 
-def deployable(ckpt):
-    """The eager reference: the same uint8-in/logits-out wrapper that is exported."""
-    from cnnkit.build.checkpoint import build_model
-    from cnnkit.build.model import Deployable
+def deployable(ckpt, fold: bool = False):
+    """The uint8-in/logits-out wrapper that is exported; `fold` merges fc1 and fc2 into one exact linear layer.
 
-    return Deployable(build_model(ckpt), ckpt.meta.mean, ckpt.meta.std).eval()
+    Unfolded, it is the eager reference every export is verified against.
+    """
+    from cnnkit.build.checkpoint import build_model
+    from cnnkit.build.model import Deployable, FoldedNet
+
+    net = build_model(ckpt)
+    return Deployable(FoldedNet(net) if fold else net, ckpt.meta.mean, ckpt.meta.std).eval()
 
 
 def artefact_kind(path: Path) -> str:

@@ -257,3 +257,32 @@ def load_dataset(
             f"For full MNIST, go online or put its IDX files in {root} (or pass --data-dir)."
         )
         return Loaded(load_sample(), warning)
+
+
+def load_recorded(identity: dict, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
+    """The dataset a checkpoint was trained on, from the identity it recorded (`Dataset.identity()`).
+
+    `data_dir` points at another copy of it. Raises DataError when it cannot be had, or when what is found is
+    not the same data (SHA-256 fingerprint of the arrays).
+    """
+    name = identity.get("name")
+    if name == "mnist-sample":
+        ds = load_sample()
+    elif data_dir is not None:
+        ds = load_dataset(None if name == "idx" else name, data_dir, download_ok=False).dataset
+    elif name == "idx":
+        source = identity.get("source")
+        if not source or not Path(source).is_dir():
+            raise DataError(f"the IDX folder this model was trained on ({source}) is not here; pass --data-dir")
+        ds = load_idx_dir(Path(source), "idx")
+    elif name in KNOWN:
+        ds = load_dataset(name, download_ok=False).dataset
+    else:
+        raise DataError(f"unknown recorded dataset {name!r}; pass --data-dir")
+    expected = identity.get("sha256")
+    if expected and ds.fingerprint != expected:
+        raise DataError(
+            f"{ds.source}: not the data this model was trained on (fingerprint {ds.fingerprint[:12]}... != "
+            f"recorded {str(expected)[:12]}...)"
+        )
+    return ds

@@ -19,7 +19,7 @@ from cnnkit.errors import CnnkitError, first_line
 if TYPE_CHECKING:
     from cnnkit.build.verify import ParityReport
 
-__all__ = ["FILENAMES", "FORMATS", "ExportResult", "export", "example_input", "to_onnx", "to_torchscript"]
+__all__ = ["FILENAMES", "FORMATS", "ExportResult", "export", "example_input", "filename", "to_onnx", "to_torchscript"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class ExportResult:
     seconds: float
     parity: ParityReport | None = None  # when verified
     opset: int | None = None
+    variant: dict | None = None  # precision, folded, calibration
+    model_version: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -42,6 +44,8 @@ class ExportResult:
             "artefacts": self.artefacts,
             "seconds": self.seconds,
             "opset": self.opset,
+            "variant": self.variant,
+            "model_version": self.model_version,
             "ok": self.ok,
             "parity": self.parity.to_dict() if self.parity is not None else None,
         }
@@ -64,9 +68,8 @@ def example_input(ckpt: Any) -> Any:
     return torch.zeros(2, c.in_channels, c.image_size, c.image_size, dtype=torch.uint8)
 
 
-def to_onnx(module, example, meta: dict, path: Path, opset: int | None = None) -> int:
-    """Export `module` to ONNX at `path` with a dynamic batch axis; check it; return the opset used."""
-    import onnx
+def onnx_proto(module, example, opset: int | None = None) -> Any:
+    """Export `module` with the dynamo exporter and a dynamic batch axis; return the ModelProto."""
     import torch
 
     kwargs: dict[str, Any] = {"opset_version": opset} if opset else {}
@@ -85,19 +88,51 @@ def to_onnx(module, example, meta: dict, path: Path, opset: int | None = None) -
             )
             if program is None:
                 raise CnnkitError("the ONNX exporter returned no program")
-            proto = program.model_proto
+            return program.model_proto
+    except CnnkitError:
+        raise
     except Exception as exc:  # exporter errors are many and deep; surface one line plus the log tail
         tail = log.getvalue().strip().splitlines()[-1:]
         raise CnnkitError(f"ONNX export failed: {first_line(exc)} {' '.join(tail)}".strip()) from None
-    entries = {contract.KEY: json.dumps(meta, sort_keys=True)}
+
+
+_PROTO_CACHE: dict[tuple[str, bool, int | None], bytes] = {}  # the dynamo exporter takes seconds per call
+
+
+def fp32_proto(ckpt: Any, module: Any, fold: bool, opset: int | None) -> Any:
+    """The fp32 ONNX export of a checkpoint (a fresh ModelProto): exported once per process for each (checkpoint,
+    fold, opset), so the INT8 and fp16 variants of one run share the exporter's work."""
+    import onnx
+
+    key = (ckpt.sha256, fold, opset)
+    if key not in _PROTO_CACHE:
+        if len(_PROTO_CACHE) >= 4:
+            _PROTO_CACHE.pop(next(iter(_PROTO_CACHE)))
+        _PROTO_CACHE[key] = onnx_proto(module, example_input(ckpt), opset).SerializeToString()
+    proto = onnx.ModelProto()
+    proto.ParseFromString(_PROTO_CACHE[key])
+    return proto
+
+
+def write_onnx(proto: Any, meta: dict, path: Path) -> int:
+    """Put the metadata into `proto`, check it, write it atomically; return its opset."""
+    import onnx
+
     del proto.metadata_props[:]
-    for k, v in entries.items():
-        proto.metadata_props.add(key=k, value=v)
-    proto.doc_string = "cnnkit export: uint8 images [N,1,H,W] -> float32 logits [N,classes]"
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    proto.metadata_props.add(key=contract.KEY, value=json.dumps(meta, sort_keys=True))
+    proto.doc_string = "cnnkit export: uint8 images [N,C,H,W] -> float32 logits [N,classes]"
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except Exception as exc:  # a converter that produced an invalid graph must not land
+        raise CnnkitError(f"the exported ONNX graph is invalid: {first_line(exc)}") from None
     atomic.write_bytes(path, proto.SerializeToString())
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def to_onnx(module, example, meta: dict, path: Path, opset: int | None = None) -> int:
+    """Export `module` to ONNX at `path`; check it; return the opset used."""
+    return write_onnx(onnx_proto(module, example, opset), meta, path)
 
 
 def to_torchscript(module, meta: dict, path: Path) -> None:
@@ -110,6 +145,11 @@ def to_torchscript(module, meta: dict, path: Path) -> None:
         atomic.write_with(path, lambda tmp: torch.jit.save(scripted, str(tmp), _extra_files=extra))
 
 
+def filename(fmt: str, precision: str = "fp32") -> str:
+    """model.onnx, model.int8.onnx, model.fp16.onnx, model.ts."""
+    return FILENAMES[fmt] if precision == "fp32" else f"model.{precision}.onnx"
+
+
 def export(
     checkpoint_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str] | None = None,
@@ -118,32 +158,65 @@ def export(
     verify: bool = True,
     atol: float = 1e-4,
     rtol: float = 1e-3,
+    precision: str = "fp32",
+    fold: bool = True,
+    calibration_images: int = 512,
+    calibration_seed: int = 0,
+    data_dir: str | os.PathLike[str] | None = None,
+    min_agreement: float = 0.995,
+    max_accuracy_drop: float = 0.3,
+    device: str = "cpu",
 ) -> ExportResult:
-    """Export a checkpoint; with `verify`, files only land in `out_dir` when parity passes."""
+    """Export a checkpoint; with `verify`, files only land in `out_dir` when they pass their check.
+
+    fp32 exports must match the unfolded eager model within atol/rtol; INT8 and fp16 exports must agree with it on
+    the real test split (top-1 agreement >= `min_agreement`, accuracy at most `max_accuracy_drop` points lower).
+    `fold` merges fc1 and fc2 into one exact linear layer (the default; `fold=False` mirrors the training module).
+    """
     import onnx
     import torch
 
     from cnnkit.build import checkpoint
 
+    if precision not in contract.PRECISIONS:
+        raise CnnkitError(f"unknown precision {precision!r}; expected one of {', '.join(contract.PRECISIONS)}")
+    if precision != "fp32" and "torchscript" in formats:
+        raise CnnkitError(f"--precision {precision} applies to ONNX only; use --format onnx")
     t0 = time.perf_counter()
     ckpt = checkpoint.load(checkpoint_path)
     out = Path(out_dir) if out_dir is not None else ckpt.path.parent
     out.mkdir(parents=True, exist_ok=True)
     versions = {**checkpoint.versions(), "onnx": onnx.__version__}
-    meta = contract.build_metadata(ckpt.meta, str(ckpt.path.resolve()), ckpt.sha256, versions)
-    module = deployable(ckpt)
+    variant: dict[str, Any] = {"precision": precision, "folded": fold}
+    calibration = None
+    if precision == "int8":
+        from cnnkit.build.precision import calibration_set
+
+        calibration = calibration_set(ckpt, calibration_images, calibration_seed, data_dir)
+        variant["calibration"] = calibration.describe()
+    meta = contract.build_metadata(ckpt.meta, str(ckpt.path.resolve()), ckpt.sha256, versions, variant)
+    module = deployable(ckpt, fold=fold)
     staged: dict[str, Path] = {}
-    final = {fmt: out / FILENAMES[fmt] for fmt in formats}
+    final = {fmt: out / filename(fmt, precision) for fmt in formats}
     opset_used = None
     try:
         with torch.inference_mode(False), torch.no_grad():
             for fmt in formats:
-                # Stage under a hidden name: a failed parity check must not leave a good-looking artefact.
-                staged[fmt] = out / f".staging-{os.getpid()}-{FILENAMES[fmt]}"
-                if fmt == "onnx":
-                    opset_used = to_onnx(module, example_input(ckpt), meta, staged[fmt], opset)
-                else:
+                # Stage under a hidden name: a failed check must not leave a good-looking artefact.
+                staged[fmt] = out / f".staging-{os.getpid()}-{final[fmt].name}"
+                if fmt == "torchscript":
                     to_torchscript(module, meta, staged[fmt])
+                    continue
+                proto = fp32_proto(ckpt, module, fold, opset)
+                if calibration is not None:
+                    from cnnkit.build.precision import quantize_int8
+
+                    proto = quantize_int8(proto, calibration, contract.INPUT_NAME)
+                elif precision == "fp16":
+                    from cnnkit.build.precision import convert_fp16
+
+                    proto = convert_fp16(proto)
+                opset_used = write_onnx(proto, meta, staged[fmt])
         report = None
         if verify:
             from cnnkit.build.verify import verify as run_verify
@@ -154,13 +227,26 @@ def export(
                 atol=atol,
                 rtol=rtol,
                 names={str(p): str(final[f]) for f, p in staged.items()},
+                data_dir=data_dir,
+                device=device,
+                min_agreement=min_agreement,
+                max_accuracy_drop=max_accuracy_drop,
             )
         landed = {}
         if report is None or report:
             for fmt, tmp in staged.items():
                 os.replace(tmp, final[fmt])
                 landed[fmt] = str(final[fmt])
-        return ExportResult(str(ckpt.path), ckpt.sha256, landed, time.perf_counter() - t0, report, opset_used)
+        return ExportResult(
+            str(ckpt.path),
+            ckpt.sha256,
+            landed,
+            time.perf_counter() - t0,
+            report,
+            opset_used,
+            variant,
+            meta["model_version"],
+        )
     finally:
         for tmp in staged.values():
             if tmp.exists():

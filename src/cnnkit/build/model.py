@@ -63,6 +63,29 @@ class Net(nn.Module):
         return self.fc2(self.fc1(self.drop_out(x)))
 
 
+class FoldedNet(nn.Module):
+    """`Net` for inference with fc1 and fc2 folded into one linear layer: exactly the same function.
+
+    The seed network has no non-linearity between fc1 and fc2, and dropout is the identity at inference, so
+    fc2(fc1(x)) = (W2 W1) x + (W2 b1 + b2). The product is formed in float64, then rounded to float32 once.
+    """
+
+    def __init__(self, net: Net):
+        super().__init__()
+        self.layer1 = net.layer1
+        self.layer2 = net.layer2
+        w1, b1 = net.fc1.weight.detach().double(), net.fc1.bias.detach().double()
+        w2, b2 = net.fc2.weight.detach().double(), net.fc2.bias.detach().double()
+        self.fc = nn.Linear(w1.shape[1], w2.shape[0])
+        with torch.no_grad():
+            self.fc.weight.copy_((w2 @ w1).float())
+            self.fc.bias.copy_((w2 @ b1 + b2).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(x, 1))
+
+
 def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """uint8 pixels -> float32 normalised the way the network was trained. Shared by training and export."""
     return (images.to(torch.float32) * (1.0 / 255.0) - mean) * (1.0 / std)
@@ -71,7 +94,7 @@ def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
 class Deployable(nn.Module):
     """The exported contract: `images` uint8 [N,1,H,W] -> `logits` float32 [N,classes], normalisation inside."""
 
-    def __init__(self, net: Net, mean: float, std: float):
+    def __init__(self, net: nn.Module, mean: float, std: float):
         super().__init__()
         self.net = net
         self.mean = float(mean)

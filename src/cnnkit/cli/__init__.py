@@ -20,8 +20,10 @@ COMMANDS = {
     "export": "cnnkit.cli.build",
     "verify": "cnnkit.cli.build",
     "predict": "cnnkit.cli.runtime",
+    "evaluate": "cnnkit.cli.runtime",
     "serve": "cnnkit.cli.serve",
     "bench": "cnnkit.cli.bench",
+    "optimize": "cnnkit.cli.bench",
     "doctor": "cnnkit.cli.runtime",
 }
 # a missing top-level module -> the install extra that brings it

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
 
-from cnnkit.cli.common import emit_json
+from cnnkit.cli.common import emit_json, require
 
 
 def _int_list(ctx, param, value: str) -> tuple[int, ...]:
@@ -92,3 +93,87 @@ def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads
 
 
 # --------------------------------------------------------------------------------------------- serve
+
+
+@click.command()
+@click.argument("run", type=click.Path())
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--batch-sizes", default="1,8,64,256", show_default=True, callback=_int_list)
+@click.option(
+    "--min-time",
+    type=click.FloatRange(min=0.01),
+    default=1.0,
+    show_default=True,
+    help="Timed seconds per variant and batch.",
+)
+@click.option("--select", is_flag=True, help="Copy the fastest passing ONNX variant at --target-batch to model.onnx.")
+@click.option("--target-batch", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the checkpoint's dataset is, if not where training found it.",
+)
+@click.option(
+    "--min-agreement",
+    type=click.FloatRange(0, 1),
+    default=0.995,
+    show_default=True,
+    help="INT8/fp16 gate: least top-1 agreement with fp32 on the real test split.",
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=click.FloatRange(min=0),
+    default=0.3,
+    show_default=True,
+    help="INT8/fp16 gate: most accuracy (points) a variant may lose.",
+)
+@click.option(
+    "--json", "json_file", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON ('-': stdout)."
+)
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None, help="Write a PNG plot.")
+def optimize(
+    run,
+    device,
+    batch_sizes,
+    min_time,
+    select,
+    target_batch,
+    data_dir,
+    min_agreement,
+    max_accuracy_drop,
+    json_file,
+    plot_file,
+):
+    """Export every variant (fp32, folded, INT8, fp16 on CUDA, TorchScript), verify, benchmark, pick the fastest."""
+    require("torch", "onnx")
+    from cnnkit import atomic
+    from cnnkit.bench import report
+    from cnnkit.bench.optimize import optimize as run_optimize
+    from cnnkit.cli.render import render_optimize
+
+    to_stdout = json_file == "-"
+    log = None if to_stdout else (lambda msg: click.echo(msg, err=True))
+    result = run_optimize(
+        run,
+        device=device,
+        batch_sizes=batch_sizes,
+        min_time=min_time,
+        select=select,
+        target_batch=target_batch,
+        data_dir=data_dir,
+        min_agreement=min_agreement,
+        max_accuracy_drop=max_accuracy_drop,
+        progress=log,
+    )
+    if to_stdout:
+        emit_json(result.to_dict())
+    else:
+        click.echo(render_optimize(result))
+        if json_file:
+            atomic.write_text(json_file, json.dumps(result.to_dict(), indent=2) + "\n")
+    if plot_file and result.bench is not None:
+        report.plot(result.bench.to_dict(), plot_file)
+    if result.bench is None:
+        click.echo("Error: no candidate passed its check; nothing was benchmarked", err=True)
+        sys.exit(1)

@@ -52,6 +52,21 @@ def _num(x: float) -> str:
 def render_parity(r) -> str:
     rows = []
     for b in r.backends:
+        if b.gate is not None:
+            g = b.gate
+            rows.append(
+                [
+                    f"{b.backend} ({b.variant})",
+                    b.ran_on,
+                    "real test split (gated)",
+                    g.images,
+                    _num(g.max_abs),
+                    "-",
+                    f"{g.agreement:.1%}",
+                    "ok" if b.passed else "FAIL",
+                ]
+            )
+            continue
         if b.error and not b.cases:
             rows.append([b.backend, b.ran_on, "-", "-", "-", "-", "-", "FAIL"])
             continue
@@ -81,7 +96,16 @@ def render_parity(r) -> str:
         failed = [c for c in b.cases if not c.passed]
         if failed and not b.error:
             detail = " (" + "; ".join(f"{c.case}: {c.error or 'outside tolerance'}" for c in failed[:3]) + ")"
-        lines.append(f"{status} {b.backend} {b.artefact}: max abs error {_num(b.max_abs)}{detail}")
+        if b.gate is not None:
+            g = b.gate
+            lines.append(
+                f"{status} {b.backend} {b.variant} {b.artefact}: top-1 agreement {g.agreement:.2%} "
+                f"(gate >= {g.min_agreement:.2%}), accuracy {g.accuracy:.2%} vs fp32 {g.reference_accuracy:.2%} "
+                f"({g.accuracy_change:+.2f} points, gate >= -{g.max_accuracy_drop:g}), max logit error "
+                f"{_num(g.max_abs)}{detail}"
+            )
+        else:
+            lines.append(f"{status} {b.backend} {b.artefact}: max abs error {_num(b.max_abs)}{detail}")
         if b.nodes:
             lines.append(
                 "  nodes: " + "; ".join(f"{ep} {len(n)} ({', '.join(sorted(set(n)))})" for ep, n in b.nodes.items())
@@ -199,3 +223,43 @@ def render_bench(r) -> str:
     failed = {row.backend: row.error for row in r.rows if row.error}
     out += [f"FAILED {b}: {why}" for b, why in failed.items()]
     return "\n".join(out)
+
+
+def render_evaluate(r) -> str:
+    rows = [[c.label, c.images, "-" if c.accuracy is None else f"{c.accuracy:.2%}"] for c in r.per_class]
+    width = max(len(c.label) for c in r.per_class)
+    head = " " * (width + 2) + " ".join(f"{c.label[:5]:>5}" for c in r.per_class)
+    matrix = [head] + [
+        f"{c.label:>{width}}  " + " ".join(f"{v:5d}" for v in row) for c, row in zip(r.per_class, r.confusion)
+    ]
+    return "\n".join(
+        [
+            table(["class", "images", "accuracy"], rows),
+            "",
+            "confusion (rows: true class, columns: predicted)",
+            *matrix,
+            "",
+            f"accuracy {r.accuracy:.2%} on {r.images:,} {r.dataset} {r.split} images; model {r.model} "
+            f"({r.variant}, version {r.model_version}) on {r.providers[0]}, {r.seconds:.2f} s",
+        ]
+    )
+
+
+def render_optimize(r) -> str:
+    rows = [
+        [c.name, "PASS" if c.passed else ("skip" if c.check.startswith("skipped") else "FAIL"), c.check, c.file or "-"]
+        for c in r.candidates
+    ]
+    lines = [
+        f"candidates for {r.checkpoint} on {r.device}",
+        table(["candidate", "check", "measured", "file"], rows, "llll"),
+        "",
+    ]
+    if r.bench is not None:
+        lines += [render_bench(r.bench), ""]
+        lines += [f"fastest at batch {bs}: {name}" for bs, name in r.winners.items()]
+    if r.selected:
+        lines.append(
+            f"selected {r.selected} (fastest passing ONNX variant at batch {r.target_batch}) -> {r.selected_file}"
+        )
+    return "\n".join(lines)

@@ -54,3 +54,34 @@ def doctor(as_json):
 
 
 # --------------------------------------------------------------------------------------------- bench
+
+
+@click.command()
+@click.argument("model", type=click.Path())
+@click.option(
+    "--dataset",
+    type=click.Choice(["mnist", "fashion-mnist", "sample"]),
+    default=None,
+    help="Labelled data (default: the dataset the model records, checked by its fingerprint).",
+)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="A folder with the four IDX files.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option(
+    "--plot", "plot_file", type=click.Path(dir_okay=False), default=None, help="Write the confusion matrix as a PNG."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def evaluate(model, dataset, data_dir, split, device, plot_file, as_json):
+    """Accuracy, per-class accuracy and confusion matrix of an exported model on labelled images."""
+    from cnnkit.bench.evaluate import evaluate as run_evaluate
+    from cnnkit.cli.render import render_evaluate
+
+    result = run_evaluate(model, dataset, data_dir, device=device, split=split)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        click.echo(render_evaluate(result))
+    if plot_file:
+        from cnnkit.bench.report import plot_confusion
+
+        plot_confusion(result, plot_file)

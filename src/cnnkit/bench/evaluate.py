@@ -1,0 +1,95 @@
+"""`cnnkit evaluate`: accuracy, per-class accuracy and the confusion matrix of an exported model on labelled data.
+
+Runs through the torch-free runtime, so it works in the runtime-only install (on the bundled sample or IDX files;
+downloading MNIST needs torchvision, from the `train` extra).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from cnnkit.errors import DataError
+
+
+@dataclass(frozen=True)
+class ClassAccuracy:
+    label: str
+    images: int
+    accuracy: float | None  # None for a class with no images
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    model: str
+    model_version: str
+    variant: str
+    providers: list[str]
+    dataset: str
+    split: str
+    images: int
+    accuracy: float
+    per_class: list[ClassAccuracy]
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate(
+    model: str | os.PathLike[str],
+    dataset: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    split: str = "test",
+    batch: int = 512,
+) -> EvalResult:
+    """Classify every image of `split` ("test" or "train"); the model's own recorded dataset by default."""
+    from cnnkit.build.data import load_dataset, load_recorded
+    from cnnkit.runtime import Classifier
+
+    clf = Classifier(model, device=device, fallback="ignore", max_batch=batch)
+    if dataset is None and data_dir is None:
+        recorded = clf.info.raw.get("dataset")
+        if not isinstance(recorded, dict):
+            raise DataError(f"{clf.source}: the model records no dataset; pass --dataset or --data-dir")
+        ds = load_recorded(recorded)
+    else:
+        ds = load_dataset(dataset, data_dir, download_ok=True).dataset
+    images, labels = (ds.test_images, ds.test_labels) if split == "test" else (ds.train_images, ds.train_labels)
+    n_classes = clf.info.num_classes
+    if len(labels) == 0:
+        raise DataError(f"{ds.source}: the {split} split has no images")
+    if int(labels.max()) >= n_classes:
+        raise DataError(f"{ds.source}: label {int(labels.max())} but the model knows {n_classes} classes")
+    t0 = time.perf_counter()
+    predicted = np.concatenate([clf.logits(images[i : i + batch]).argmax(1) for i in range(0, len(images), batch)])
+    seconds = time.perf_counter() - t0
+    confusion = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    per_class = [
+        ClassAccuracy(
+            clf.classes[k],
+            int(confusion[k].sum()),
+            float(confusion[k, k] / confusion[k].sum()) if confusion[k].sum() else None,
+        )
+        for k in range(n_classes)
+    ]
+    return EvalResult(
+        str(model),
+        clf.info.version,
+        clf.info.variant,
+        clf.providers,
+        ds.name,
+        split,
+        len(labels),
+        float(np.trace(confusion) / len(labels)),
+        per_class,
+        confusion.tolist(),
+        seconds,
+    )

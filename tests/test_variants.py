@@ -1,0 +1,176 @@
+"""Faster exported models that answer the same: the exact fold, INT8 and fp16 exports, their gates, evaluate,
+bench side by side, and optimize."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cnnkit.build import checkpoint
+from cnnkit.build.artifacts import deployable
+from cnnkit.build.data import load_sample
+from cnnkit.build.export import export
+from cnnkit.cli import main
+from cnnkit.runtime import Classifier
+
+
+@pytest.fixture(scope="module")
+def variants(trained, tmp_path_factory):
+    """INT8 and fp16 exports of the session checkpoint, verified against gates loosened for this one-epoch model
+    (93% accurate: its many borderline digits flip more easily than a trained model's)."""
+    out = tmp_path_factory.mktemp("variants")
+    made = {
+        p: export(trained.checkpoint, out, formats=("onnx",), precision=p, min_agreement=0.99, max_accuracy_drop=1.0)
+        for p in ("int8", "fp16")
+    }
+    for p, r in made.items():
+        assert r.ok and r.artefacts["onnx"], (p, r.to_dict())
+    return {p: Path(r.artefacts["onnx"]) for p, r in made.items()}
+
+
+def test_fold_is_exact_and_default(trained, exported):
+    ck = checkpoint.load(trained.checkpoint)
+    x = torch.from_numpy(load_sample().test_images[:200, None].copy())
+    with torch.no_grad():
+        ref, folded = deployable(ck)(x), deployable(ck, fold=True)(x)
+    assert torch.allclose(ref, folded, atol=1e-4, rtol=1e-3)
+    model = onnx.load(exported.artefacts["onnx"])
+    assert [n.op_type for n in model.graph.node].count("Gemm") == 1  # fc1 and fc2 are one layer
+    clf = Classifier(exported.artefacts["onnx"], device="cpu")
+    assert clf.info.folded and clf.info.precision == "fp32" and clf.info.variant == "fp32-folded"
+
+
+def test_no_fold_mirrors_the_training_module(trained, tmp_path):
+    r = export(trained.checkpoint, tmp_path, formats=("onnx",), fold=False)
+    assert r.ok and not Classifier(r.artefacts["onnx"], device="cpu").info.folded
+    assert [n.op_type for n in onnx.load(r.artefacts["onnx"]).graph.node].count("Gemm") == 2
+
+
+def test_int8_and_fp16_keep_the_contract_and_record_their_variant(variants, exported):
+    fp32 = Classifier(exported.artefacts["onnx"], device="cpu")
+    x = load_sample().test_images[:300]
+    for precision, path in variants.items():
+        clf = Classifier(path, device="cpu")
+        assert clf.session.get_inputs()[0].type == "tensor(uint8)" and clf.logits(x).dtype == np.float32
+        assert clf.info.precision == precision and clf.info.folded
+        assert clf.info.version != fp32.info.version  # each variant has its own model version
+        agree = np.mean(clf.logits(x).argmax(1) == fp32.logits(x).argmax(1))
+        assert agree >= 0.99
+    cal = Classifier(variants["int8"], device="cpu").info.raw["variant"]["calibration"]
+    assert cal["images"] == 512 and cal["dataset"] == "mnist-sample" and cal["method"] == "MinMax"
+    nodes = [n.op_type for n in onnx.load(variants["int8"]).graph.node]
+    assert "QuantizeLinear" in nodes and "DequantizeLinear" in nodes
+
+
+def test_verify_gates_reduced_precision_on_the_real_test_split(variants):
+    loose = ["--min-agreement", "0.99", "--max-accuracy-drop", "1.0"]
+    r = CliRunner().invoke(main, ["verify", str(variants["int8"]), str(variants["fp16"]), *loose, "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    for b in report["backends"]:
+        g = b["gate"]
+        assert b["passed"] and g["images"] == 1000 and g["agreement"] >= 0.99 and g["accuracy_change"] >= -1.0
+        assert g["reference_accuracy"] > 0.9
+    # a gate the INT8 model cannot meet fails the check, with exit 1
+    r = CliRunner().invoke(
+        main, ["verify", str(variants["int8"]), "--min-agreement", "1.0", "--max-accuracy-drop", "0", "--json"]
+    )
+    gate = json.loads(r.stdout)["backends"][0]["gate"]
+    assert (r.exit_code == 1) == (gate["agreement"] < 1.0 or gate["accuracy_change"] < 0)
+
+
+def test_an_export_that_misses_its_gate_does_not_land(trained, tmp_path):
+    r = CliRunner().invoke(
+        main,
+        [
+            "export",
+            trained.checkpoint,
+            "--precision",
+            "int8",
+            "--out",
+            str(tmp_path),
+            "--min-agreement",
+            "1.0",
+            "--max-accuracy-drop",
+            "0",
+            "--json",
+        ],
+    )
+    out = json.loads(r.stdout)
+    if out["ok"]:
+        pytest.skip("this INT8 model happens to agree on every test image")
+    assert r.exit_code == 1 and out["artefacts"] == {} and not list(tmp_path.iterdir())
+
+
+def test_reduced_precision_is_onnx_only(trained, tmp_path):
+    r = CliRunner().invoke(
+        main, ["export", trained.checkpoint, "--format", "torchscript", "--precision", "int8", "--out", str(tmp_path)]
+    )
+    assert r.exit_code == 1 and "ONNX only" in r.stderr
+
+
+def test_evaluate_matches_the_runtime_and_plots(variants, tmp_path):
+    png = tmp_path / "confusion.png"
+    r = CliRunner().invoke(main, ["evaluate", str(variants["int8"]), "--json", "--plot", str(png)])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    ds = load_sample()
+    pred = Classifier(variants["int8"], device="cpu").logits(ds.test_images).argmax(1)
+    assert out["images"] == 1000 and out["accuracy"] == pytest.approx(float(np.mean(pred == ds.test_labels)))
+    m = np.array(out["confusion"])
+    assert m.sum() == 1000 and m.trace() == round(out["accuracy"] * 1000)
+    assert [c["images"] for c in out["per_class"]] == [100] * 10
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_shows_every_variant_as_its_own_row(variants, exported):
+    files = [exported.artefacts["onnx"], str(variants["int8"]), str(variants["fp16"])]
+    r = CliRunner().invoke(
+        main,
+        ["bench", *files, "--backends", "onnx", "--batch-sizes", "2", "--iters", "2", "--warmup", "1", "--json", "-"],
+    )
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["rows"]
+    assert [x["backend"] for x in rows] == ["onnx:fp32-folded", "onnx:int8-folded", "onnx:fp16-folded"]
+
+
+def test_optimize_picks_a_passing_variant_and_selects_it(trained, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(trained.checkpoint).parent, run)
+    for f in run.glob("model.*"):
+        if f.suffix != ".safetensors":
+            f.unlink()
+    r = CliRunner().invoke(
+        main,
+        [
+            "optimize",
+            str(run),
+            "--batch-sizes",
+            "1,8",
+            "--min-time",
+            "0.05",
+            "--select",
+            "--target-batch",
+            "8",
+            "--min-agreement",
+            "0.99",
+            "--max-accuracy-drop",
+            "1",
+            "--json",
+            "-",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    passed = {c["name"] for c in out["candidates"] if c["passed"]}
+    assert {"fp32", "fp32-folded", "int8-folded", "torchscript-folded"} <= passed
+    assert {c["name"]: c["check"] for c in out["candidates"]}["fp16-folded"].startswith("skipped")
+    assert set(out["winners"]) == {"1", "8"} and out["selected"] in passed
+    selected = Classifier(run / "model.onnx", device="cpu")
+    assert selected.info.variant == out["selected"]

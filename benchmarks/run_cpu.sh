@@ -13,3 +13,4 @@ trap 'rm -rf "$(dirname "$RUN")"' EXIT
 "$PY" benchmarks/runtime_overhead.py --model "$RUN/model.onnx"
 "$PY" benchmarks/serve_load.py --model "$RUN/model.onnx" --clients 32 --seconds 10
 "$PY" benchmarks/train_speed.py
+"$PY" benchmarks/variants.py

@@ -1,10 +1,9 @@
-"""Bench result files: JSON, CSV and a latency/throughput plot (matplotlib, the optional `plot` extra)."""
+"""Bench result files: CSV, a latency/throughput plot and a confusion-matrix plot (matplotlib, the optional `plot` extra)."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 
 from cnnkit import atomic
@@ -25,10 +24,6 @@ CSV_FIELDS = [
     "device_p50_ms",
     "error",
 ]
-
-
-def write_json(result, path: str | os.PathLike) -> None:
-    atomic.write_text(path, json.dumps(result.to_dict(), indent=2) + "\n")
 
 
 def write_csv(result, path: str | os.PathLike) -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
-from cnnkit.cli.common import emit_json, require
+from cnnkit.cli.common import progress_for, require, show_report
 
 
 def _int_list(ctx, param, value: str) -> tuple[int, ...]:
@@ -60,8 +59,6 @@ def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads
     from cnnkit.cli.render import render_bench
 
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
-    to_stdout = json_file == "-"
-    log = None if to_stdout else (lambda msg: click.echo(msg, err=True))
     result = run_bench(
         list(paths),
         device=device,
@@ -72,14 +69,9 @@ def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads
         min_time=min_time,
         threads=threads,
         tf32=tf32,
-        progress=log,
+        progress=progress_for(json_file),
     )
-    if to_stdout:
-        emit_json(result.to_dict())
-    else:
-        click.echo(render_bench(result))
-        if json_file:
-            report.write_json(result, json_file)
+    show_report(result, json_file, render_bench)
     if csv_file:
         report.write_csv(result, csv_file)
     if plot_file:
@@ -147,13 +139,10 @@ def optimize(
 ):
     """Export every variant (fp32, folded, INT8, fp16 on CUDA, TorchScript), verify, benchmark, pick the fastest."""
     require("torch", "onnx")
-    from cnnkit import atomic
     from cnnkit.bench import report
     from cnnkit.bench.optimize import optimize as run_optimize
     from cnnkit.cli.render import render_optimize
 
-    to_stdout = json_file == "-"
-    log = None if to_stdout else (lambda msg: click.echo(msg, err=True))
     result = run_optimize(
         run,
         device=device,
@@ -164,14 +153,9 @@ def optimize(
         data_dir=data_dir,
         min_agreement=min_agreement,
         max_accuracy_drop=max_accuracy_drop,
-        progress=log,
+        progress=progress_for(json_file),
     )
-    if to_stdout:
-        emit_json(result.to_dict())
-    else:
-        click.echo(render_optimize(result))
-        if json_file:
-            atomic.write_text(json_file, json.dumps(result.to_dict(), indent=2) + "\n")
+    show_report(result, json_file, render_optimize)
     if plot_file and result.bench is not None:
         report.plot(result.bench.to_dict(), plot_file)
     if result.bench is None:

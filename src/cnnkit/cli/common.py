@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -17,6 +18,23 @@ def require(*modules: str) -> None:
     (the CLI turns the ModuleNotFoundError into the one-line `pip install 'cnnkit[extra]'` message)."""
     for name in modules:
         importlib.import_module(name)
+
+
+def progress_for(json_file: str | None) -> Callable[[str], None] | None:
+    """Progress lines on stderr, unless the JSON report goes to stdout (`--json -`)."""
+    return None if json_file == "-" else (lambda msg: click.echo(msg, err=True))
+
+
+def show_report(result: Any, json_file: str | None, render: Callable[[Any], str]) -> None:
+    """`--json -`: the JSON on stdout only; else the rendered text, and the JSON written to `json_file` if named."""
+    from cnnkit import atomic
+
+    if json_file == "-":
+        emit_json(result.to_dict())
+        return
+    click.echo(render(result))
+    if json_file:
+        atomic.write_text(json_file, json.dumps(result.to_dict(), indent=2, default=str) + "\n")
 
 
 def emit_json(data: Any) -> None:

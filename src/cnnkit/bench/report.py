@@ -1,4 +1,4 @@
-"""Bench result files: CSV, a latency/throughput plot and a confusion-matrix plot (matplotlib, the optional `plot` extra)."""
+"""Bench result files: CSV, a latency/throughput plot and a confusion-matrix plot (matplotlib: `plot` extra)."""
 
 from __future__ import annotations
 

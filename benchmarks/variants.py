@@ -60,19 +60,29 @@ def main() -> None:
                     "throughput_vs_fp32": r.images_per_s / b.images_per_s,
                 }
             table.append(entry)
-        save(f"variants_{a.device}.json", {
-            "machine": machine(), "environment": result.bench.environment, "settings": result.bench.settings,
-            "variants": table, "winners": result.winners, "bench_rows": result.bench.to_dict()["rows"],
-        })
+        save(
+            f"variants_{a.device}.json",
+            {
+                "machine": machine(),
+                "environment": result.bench.environment,
+                "settings": result.bench.settings,
+                "variants": table,
+                "winners": result.winners,
+                "bench_rows": result.bench.to_dict()["rows"],
+            },
+        )
         for e in table:
-            parts = [f"{e['variant']:<20}", "PASS" if e["passed"] else "----", f"{e.get('size_bytes', 0) / 1e6:6.2f} MB"]
+            size = f"{e.get('size_bytes', 0) / 1e6:6.2f} MB"
+            parts = [f"{e['variant']:<20}", "PASS" if e["passed"] else "----", size]
             if "accuracy" in e:
                 parts.append(f"acc {e['accuracy']:.2%}")
             for bs in batch_sizes:
                 if f"batch{bs}" in e:
                     m = e[f"batch{bs}"]
-                    parts.append(f"b{bs}: p50 {m['p50_ms']:.3f} ms ({m['p50_vs_fp32']:.2f}x), "
-                                 f"{m['images_per_s']:,.0f} img/s ({m['throughput_vs_fp32']:.2f}x)")
+                    parts.append(
+                        f"b{bs}: p50 {m['p50_ms']:.3f} ms ({m['p50_vs_fp32']:.2f}x), "
+                        f"{m['images_per_s']:,.0f} img/s ({m['throughput_vs_fp32']:.2f}x)"
+                    )
             print("  ".join(parts))
 
 

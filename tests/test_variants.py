@@ -44,12 +44,6 @@ def test_fold_is_exact_and_default(trained, exported):
     assert clf.info.folded and clf.info.precision == "fp32" and clf.info.variant == "fp32-folded"
 
 
-def test_no_fold_mirrors_the_training_module(trained, tmp_path):
-    r = export(trained.checkpoint, tmp_path, formats=("onnx",), fold=False)
-    assert r.ok and not Classifier(r.artefacts["onnx"], device="cpu").info.folded
-    assert [n.op_type for n in onnx.load(r.artefacts["onnx"]).graph.node].count("Gemm") == 2
-
-
 def test_int8_and_fp16_keep_the_contract_and_record_their_variant(variants, exported):
     fp32 = Classifier(exported.artefacts["onnx"], device="cpu")
     x = load_sample().test_images[:300]
@@ -174,3 +168,7 @@ def test_optimize_picks_a_passing_variant_and_selects_it(trained, tmp_path):
     assert set(out["winners"]) == {"4"} and out["selected"] in passed
     selected = Classifier(run / "model.onnx", device="cpu")
     assert selected.info.variant == out["selected"]
+    # the unfolded candidate (export fold=False) mirrors the training module: two linear layers
+    unfolded = next(c["file"] for c in out["candidates"] if c["name"] == "fp32")
+    assert not Classifier(unfolded, device="cpu").info.folded
+    assert [n.op_type for n in onnx.load(unfolded).graph.node].count("Gemm") == 2

@@ -75,26 +75,22 @@ def cuda_session_check() -> dict:
     import onnxruntime as ort
 
     from cnnkit.runtime import cuda_libs
-    from cnnkit.runtime.session import CUDA_EP, cuda_provider_options
+    from cnnkit.runtime.session import CUDA_EP, open_session
 
     if CUDA_EP not in ort.get_available_providers():
         return {"attempted": False, "ok": False, "providers": [], "error": "this onnxruntime has no CUDA provider"}
-    libs = cuda_libs.preload_cuda_libraries()
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    with cuda_libs.capture_stderr_fd() as log:
-        try:
-            sess = ort.InferenceSession(
-                probe_model(), so, providers=[(CUDA_EP, cuda_provider_options()), "CPUExecutionProvider"]
-            )
-            sess.run(None, {"x": np.ones((1, 4), np.float32)})
-            providers, error = sess.get_providers(), None
-        except Exception as exc:  # report, don't crash: this is the diagnostic tool
-            providers, error = [], first_line(exc)
+    provider_error = None
+    try:  # the same session creation as the runtime's (library preloading, ONNX Runtime's log read)
+        opened = open_session(probe_model(), "doctor's probe model", want_cuda=True)
+        opened.session.run(None, {"x": np.ones((1, 4), np.float32)})
+        providers, error, provider_error = opened.session.get_providers(), None, opened.provider_error
+    except Exception as exc:  # report, don't crash: this is the diagnostic tool
+        providers, error = [], first_line(exc)
+    libs = cuda_libs.preload_cuda_libraries()  # what the session above preloaded (done once per process)
     ok = CUDA_EP in providers
     if not ok and error is None:
         # the [E:] line names the missing library; the warnings around it (plugin EP, "Require cuDNN 9.*") don't
-        error = cuda_libs.ort_error(log["text"]) or "ONNX Runtime silently fell back to CPUExecutionProvider"
+        error = provider_error or "ONNX Runtime silently fell back to CPUExecutionProvider"
     return {
         "attempted": True,
         "ok": ok,

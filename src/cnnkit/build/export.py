@@ -19,7 +19,7 @@ from cnnkit.errors import CnnkitError, first_line
 if TYPE_CHECKING:
     from cnnkit.build.verify import ParityReport
 
-__all__ = ["FILENAMES", "FORMATS", "ExportResult", "export", "example_input", "filename", "to_onnx", "to_torchscript"]
+__all__ = ["FILENAMES", "FORMATS", "ExportResult", "export", "example_input", "filename", "to_torchscript"]
 
 
 @dataclass(frozen=True)
@@ -128,11 +128,6 @@ def write_onnx(proto: Any, meta: dict, path: Path) -> int:
         raise CnnkitError(f"the exported ONNX graph is invalid: {first_line(exc)}") from None
     atomic.write_bytes(path, proto.SerializeToString())
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def to_onnx(module, example, meta: dict, path: Path, opset: int | None = None) -> int:
-    """Export `module` to ONNX at `path`; check it; return the opset used."""
-    return write_onnx(onnx_proto(module, example, opset), meta, path)
 
 
 def to_torchscript(module, meta: dict, path: Path) -> None:

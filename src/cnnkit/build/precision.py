@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,8 +127,6 @@ def quantize_int8(
     model.CopyFrom(fp32)
     _name_nodes(model)
     exclude = _normalisation_nodes(model) + ([_output_node(model)] if keep_output_fp32 else [])
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="cnnkit-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(src))

@@ -10,6 +10,7 @@ report says pass or fail.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -217,7 +218,14 @@ def verify(
     notes = [] if ds is not None else [f"real test images unavailable ({missing}); random and edge inputs only"]
     cases = input_cases(ckpt, np.random.default_rng(seed), ds)
     refs = [reference(x) for _, x in cases]
-    split_ref: list[np.ndarray] = []  # the reference on the whole test split, computed once when a gate needs it
+
+    @functools.cache
+    def test_split() -> tuple[np.ndarray, np.ndarray]:
+        """The whole real test split and the reference's logits on it: computed once, when a gate needs them."""
+        assert ds is not None
+        c, side = ckpt.meta.config.in_channels, ckpt.meta.config.image_size
+        x = np.ascontiguousarray(ds.test_images.reshape(-1, c, side, side))
+        return x, in_chunks(reference, x)
 
     backends = []
     for path in paths:
@@ -251,15 +259,10 @@ def verify(
                     gate_error or f"{variant} is judged on the real test split, which is not at hand ({missing})"
                 )
             else:
-                c, side = ckpt.meta.config.in_channels, ckpt.meta.config.image_size
-                x_all = np.ascontiguousarray(ds.test_images.reshape(-1, c, side, side))
-                if not split_ref:
-                    split_ref.append(
-                        np.concatenate([reference(x_all[i : i + 1000]) for i in range(0, len(x_all), 1000)])
-                    )
+                x_all, ref_all = test_split()
                 try:
-                    out = np.concatenate([run(x_all[i : i + 1000]) for i in range(0, len(x_all), 1000)])
-                    gate = accuracy_gate(split_ref[0], out, ds.test_labels, min_agreement, max_accuracy_drop)
+                    out = in_chunks(run, x_all)
+                    gate = accuracy_gate(ref_all, out, ds.test_labels, min_agreement, max_accuracy_drop)
                 except Exception as exc:  # a crash on real images is a failure, not a traceback
                     gate_error = gate_error or first_line(exc)
             backends.append(BackendParity(kind, shown, ran_on, [], gate_error, nodes, variant, gate))
@@ -272,6 +275,11 @@ def verify(
                 results.append(CaseResult(case, len(x), [], float("nan"), float("nan"), False, 0.0, first_line(exc)))
         backends.append(BackendParity(kind, shown, ran_on, results, error, nodes, variant))
     return ParityReport(str(ckpt.path), dev.type, atol, rtol, backends, notes)
+
+
+def in_chunks(run, x: np.ndarray, n: int = 1000) -> np.ndarray:
+    """`run` over `x` in batches of `n` (a 10,000-image batch would take gigabytes in eager PyTorch)."""
+    return np.concatenate([run(x[i : i + n]) for i in range(0, len(x), n)])
 
 
 def accuracy_gate(

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cnnkit.cli.common import progress_for, require, show_report
+from cnnkit.cli.common import gate_options, progress_for, require, show_report
 
 
 def _int_list(ctx, param, value: str) -> tuple[int, ...]:
@@ -100,26 +100,7 @@ def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads
 )
 @click.option("--select", is_flag=True, help="Copy the fastest passing ONNX variant at --target-batch to model.onnx.")
 @click.option("--target-batch", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Where the checkpoint's dataset is, if not where training found it.",
-)
-@click.option(
-    "--min-agreement",
-    type=click.FloatRange(0, 1),
-    default=0.995,
-    show_default=True,
-    help="INT8/fp16 gate: least top-1 agreement with fp32 on the real test split.",
-)
-@click.option(
-    "--max-accuracy-drop",
-    type=click.FloatRange(min=0),
-    default=0.3,
-    show_default=True,
-    help="INT8/fp16 gate: most accuracy (points) a variant may lose.",
-)
+@gate_options
 @click.option(
     "--json", "json_file", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON ('-': stdout)."
 )

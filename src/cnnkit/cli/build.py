@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from cnnkit.cli.common import DEVICES, emit_json, require
+from cnnkit.cli.common import DEVICES, emit_json, gate_options, require
 
 
 @click.command()
@@ -91,31 +91,6 @@ def train(dataset, data_dir, epochs, batch_size, lr, seed, device, precision, sh
 
 
 # ------------------------------------------------------------------------------------ export, verify
-
-
-def gate_options(f):
-    """The reduced-precision gates and where the real test split is, shared by export and verify."""
-    f = click.option(
-        "--max-accuracy-drop",
-        type=click.FloatRange(min=0),
-        default=0.3,
-        show_default=True,
-        help="INT8/fp16: most accuracy (points) the variant may lose against fp32.",
-    )(f)
-    f = click.option(
-        "--min-agreement",
-        type=click.FloatRange(0, 1),
-        default=0.995,
-        show_default=True,
-        help="INT8/fp16: least top-1 agreement with the fp32 reference on the real test split.",
-    )(f)
-    f = click.option(
-        "--data-dir",
-        type=click.Path(file_okay=False),
-        default=None,
-        help="Where the checkpoint's dataset is, if not where training found it.",
-    )(f)
-    return f
 
 
 @click.command()

@@ -37,6 +37,31 @@ def show_report(result: Any, json_file: str | None, render: Callable[[Any], str]
         atomic.write_text(json_file, json.dumps(result.to_dict(), indent=2, default=str) + "\n")
 
 
+def gate_options(f):
+    """The reduced-precision gates and where the real test split is, shared by export, verify and optimize."""
+    f = click.option(
+        "--max-accuracy-drop",
+        type=click.FloatRange(min=0),
+        default=0.3,
+        show_default=True,
+        help="INT8/fp16: most accuracy (points) the variant may lose against fp32.",
+    )(f)
+    f = click.option(
+        "--min-agreement",
+        type=click.FloatRange(0, 1),
+        default=0.995,
+        show_default=True,
+        help="INT8/fp16: least top-1 agreement with the fp32 reference on the real test split.",
+    )(f)
+    f = click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Where the checkpoint's dataset is, if not where training found it.",
+    )(f)
+    return f
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 

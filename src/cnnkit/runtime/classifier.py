@@ -71,7 +71,7 @@ class Classifier:
             device == "auto" and session.gpu_visible() and session.CUDA_EP in ort.get_available_providers()
         )
         options = session.cuda_provider_options(device_id, tf32, enable_cuda_graph, compute_stream)
-        self.session, reason = session.open_session(data, self.source, want_cuda, intra_op_threads, options)
+        self.session, reason, _ = session.open_session(data, self.source, want_cuda, intra_op_threads, options)
         self.info = self._read_info()
         self.input_spec = InputSpec(
             self.info.input_name, self.info.channels, self.info.image_size, self.info.image_size

@@ -7,7 +7,7 @@ import glob
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import onnxruntime as ort
 
@@ -83,14 +83,20 @@ def read_model(source: str | os.PathLike[str] | bytes) -> tuple[bytes, str]:
     return p.read_bytes(), str(p)
 
 
+class OpenedSession(NamedTuple):
+    session: ort.InferenceSession
+    fallback_reason: str | None  # why CUDA was asked for but not given (None when it was, or was not asked for)
+    provider_error: str | None  # ONNX Runtime's own [E:] line about it, when it logged one
+
+
 def open_session(
     data: bytes,
     source: str,
     want_cuda: bool,
     intra_op_threads: int | None = None,
     cuda_options: dict[str, str] | None = None,
-) -> tuple[ort.InferenceSession, str | None]:
-    """An InferenceSession, and why CUDA was asked for but not given (None when it was, or was not asked for).
+) -> OpenedSession:
+    """An InferenceSession, and what became of a request for CUDA.
 
     ONNX Runtime logs provider problems to the process's stderr: they are read here (the real error line becomes
     the reason) and only what cnnkit does not report itself is passed on.
@@ -108,7 +114,9 @@ def open_session(
         raise ModelFileError(f"{source}: ONNX Runtime cannot load this model ({first_line(exc)})") from None
     fell_back = want_cuda and CUDA_EP not in session.get_providers()
     sys.stderr.write(cuda_libs.passthrough(captured["text"], fell_back=fell_back))
-    return session, cuda_fallback_reason(captured["text"]) if fell_back else None
+    if not fell_back:
+        return OpenedSession(session, None, None)
+    return OpenedSession(session, cuda_fallback_reason(captured["text"]), cuda_libs.ort_error(captured["text"]))
 
 
 def node_assignment(session: ort.InferenceSession) -> dict[str, list[str]] | None:

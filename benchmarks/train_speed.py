@@ -116,8 +116,10 @@ def cnnkit_stepper(ds, precision: str, seed: int, batch_size: int = 128):
     """A step of cnnkit's trainer (uint8 data resident, sliced, shifted and normalised on the device)."""
     import torch
 
-    from cnnkit.build.model import Net
-    from cnnkit.build.train import TrainConfig, make_step, normalisation
+    from cnnkit.build import augment
+    from cnnkit.build.model import Net, normalize
+    from cnnkit.build.steps import make_step, normalisation
+    from cnnkit.build.train import TrainConfig
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -126,11 +128,13 @@ def cnnkit_stepper(ds, precision: str, seed: int, batch_size: int = 128):
     model = Net().to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=TrainConfig.lr)
     mean, std = normalisation(ds.train_images)
-    train_step = make_step(model, opt, mean, std, precision, TrainConfig.shift, gen)
+    train_step = make_step(model, opt, precision)
+    aug = augment.Augment(shift=TrainConfig.shift, rotate=TrainConfig.rotate)
 
     def step() -> int:
         idx = torch.randint(0, len(y), (batch_size,), generator=gen)
-        train_step(x[idx], y[idx])
+        xb = augment.apply(aug, x[idx], augment.draw(aug, batch_size, gen))
+        train_step(normalize(xb, mean, std).contiguous(memory_format=torch.channels_last), y[idx])
         return batch_size
 
     return step

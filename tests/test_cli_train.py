@@ -7,7 +7,6 @@ import torch
 from click.testing import CliRunner
 
 from cnnkit.cli import main
-from conftest import write_idx_dataset
 
 
 def test_help_and_version_do_not_import_torch():
@@ -54,45 +53,6 @@ def test_train_bad_data_dir(tmp_path):
 def test_train_cuda_unavailable(tmp_path):
     r = CliRunner().invoke(main, ["train", "--dataset", "sample", "--device", "cuda", "--out", str(tmp_path)])
     assert r.exit_code == 1 and "CUDA is not available" in r.stderr
-
-
-def test_ctrl_c_keeps_last_completed_epoch(tmp_path):
-    import signal
-    import time
-
-    from cnnkit.build import checkpoint
-
-    out = tmp_path / "run"
-    data_dir = write_idx_dataset(tmp_path / "idx", n_train=384, n_test=64)  # short epochs: the signal lands soon
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cnnkit",
-            "train",
-            "--data-dir",
-            str(data_dir),
-            "--epochs",
-            "1000",
-            "--device",
-            "cpu",
-            "--out",
-            str(out),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.time() + 120
-    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr.decode()[-2000:]
-    assert b"Traceback" not in stderr and b"interrupted: kept epoch" in stdout
-    ck = checkpoint.load(out)
-    epochs = [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert ck.meta.metrics["epoch"] == epochs[-1] >= 1
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
 def test_unwritable_out_is_a_clean_error(tmp_path):

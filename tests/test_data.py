@@ -50,7 +50,7 @@ def test_idx_count_mismatch(tmp_path):
 def test_idx_label_out_of_range(tmp_path):
     d = write_idx_dataset(tmp_path / "d")
     write_idx(d / "t10k-labels-idx1-ubyte", np.full(32, 12, np.uint8))
-    with pytest.raises(DataError, match="label 12 out of range for 10 classes"):
+    with pytest.raises(DataError, match="label 12 out of range for 10 class names"):
         data.load_dataset("mnist", data_dir=d)
 
 

@@ -33,6 +33,10 @@ class ParityError(CnnkitError):
     """An exported model does not match the eager reference."""
 
 
+class TrainingError(CnnkitError):
+    """Training cannot go on (it diverged)."""
+
+
 class MissingExtraError(CnnkitError):
     """A command needs an optional part of cnnkit (an install extra) that is not installed."""
 

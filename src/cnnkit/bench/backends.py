@@ -31,8 +31,10 @@ class Runner:
 def _torch_step(module: Any, device: Any) -> Callable[[np.ndarray], Callable[[], object]]:
     import torch
 
+    from cnnkit.build.model import tensor_from
+
     def make(x: np.ndarray) -> Callable[[], object]:
-        xt = torch.from_numpy(x).to(device)
+        xt = tensor_from(x).to(device)
 
         def step() -> object:
             with torch.inference_mode():
@@ -76,10 +78,12 @@ def compiled(ckpt: Any, device: Any) -> Runner:
 def eager_cudagraph(ckpt: Any, device: Any) -> Runner:
     import torch
 
+    from cnnkit.build.model import tensor_from
+
     module = _deployable(ckpt, device)
 
     def make(x: np.ndarray) -> Callable[[], object]:
-        static_x = torch.from_numpy(x).to(device)
+        static_x = tensor_from(x).to(device)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream), torch.inference_mode():
@@ -148,8 +152,10 @@ def onnx(
 
     import torch
 
+    from cnnkit.build.model import tensor_from
+
     def make_cuda(x: np.ndarray) -> Callable[[], object]:
-        xt = torch.from_numpy(x).to(torch_device)
+        xt = tensor_from(x).to(torch_device)
         out = torch.empty(len(x), clf.info.num_classes, device=torch_device)
         return lambda: clf.logits_on_device(xt, out=out)
 

@@ -34,6 +34,8 @@ class CheckpointMeta:
     seed: int | None = None
     versions: dict = field(default_factory=dict)
     train_args: dict = field(default_factory=dict)
+    world_size: int = 1  # processes that trained it (torchrun)
+    precision_reason: str = ""
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -56,6 +58,8 @@ class CheckpointMeta:
                 seed=d.get("seed"),
                 versions=dict(d.get("versions") or {}),
                 train_args=dict(d.get("train_args") or {}),
+                world_size=int(d.get("world_size", 1)),
+                precision_reason=str(d.get("precision_reason", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{where}: incomplete checkpoint metadata ({exc})") from None
@@ -84,7 +88,7 @@ def save(directory: str | os.PathLike, state_dict: dict, meta: CheckpointMeta) -
     from safetensors.torch import save as st_save
 
     directory = Path(directory)
-    meta_json = json.dumps(meta.to_dict(), indent=2, sort_keys=True)
+    meta_json = json.dumps(meta.to_dict(), indent=2, sort_keys=True, allow_nan=False)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     blob = st_save(tensors, metadata={"cnnkit": meta_json})
     weights = directory / WEIGHTS_NAME
@@ -111,6 +115,10 @@ def load(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{p}: safetensors file carries no cnnkit metadata")
     meta = CheckpointMeta.from_dict(json.loads(meta_json), str(p))
     return Checkpoint(p, meta, hashlib.sha256(raw).hexdigest(), state)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def build_model(ckpt: Checkpoint):

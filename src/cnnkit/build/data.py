@@ -6,13 +6,14 @@ This module needs only numpy; torchvision is imported only when a download is at
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import importlib.resources
 import io
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ class Dataset:
     test_labels: np.ndarray
     source: str
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """SHA-256 over the arrays: identifies exactly which data a model saw."""
         h = hashlib.sha256()
@@ -145,16 +146,60 @@ def load_idx_dir(directory: Path, name: str, classes: tuple[str, ...] | None = N
             raise DataError(f"{p_x}: expected images of shape [N, H, W], got {x.shape}")
         if y.ndim != 1:
             raise DataError(f"{p_y}: expected labels of shape [N], got {y.shape}")
+        if len(x) == 0:
+            raise DataError(f"{p_x}: holds no images")
         if len(x) != len(y):
             raise DataError(f"{p_y}: {len(y)} labels for {len(x)} images in {p_x.name}")
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise DataError(f"{p_xte}: image size {x_te.shape[1:]} differs from training images {x_tr.shape[1:]}")
     if classes is None:
+        classes = read_classes_file(directory)
+    if classes is None:
         classes = tuple(str(i) for i in range(int(max(y_tr.max(), y_te.max())) + 1))
     for p_y, y in ((p_ytr, y_tr), (p_yte, y_te)):
         if int(y.max()) >= len(classes):
-            raise DataError(f"{p_y}: label {int(y.max())} out of range for {len(classes)} classes")
+            raise DataError(f"{p_y}: label {int(y.max())} out of range for {len(classes)} class names")
     return Dataset(name, tuple(classes), x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64), str(directory))
+
+
+# ------------------------------------------------------------------------------------- class names
+
+CLASSES_FILE = "classes.txt"  # beside the IDX files: one class name per line, in label order
+MAX_LABEL_CHARS = 64
+
+
+def check_classes(names: list[str] | tuple[str, ...], where: str) -> tuple[str, ...]:
+    """Class names as given, or DataError naming the first that would garble a terminal, a table or a JSON key."""
+    names = tuple(n.strip() for n in names)
+    if not names:
+        raise DataError(f"{where}: no class names")
+    for i, name in enumerate(names):
+        if not name:
+            raise DataError(f"{where}: class {i} has an empty name")
+        if len(name) > MAX_LABEL_CHARS:
+            raise DataError(f"{where}: class {i} name is {len(name)} characters (at most {MAX_LABEL_CHARS})")
+        if not name.isprintable():
+            raise DataError(f"{where}: class {i} name {name!r} holds control characters")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"{where}: class names repeat: {', '.join(dupes)}")
+    return names
+
+
+def parse_classes(text: str) -> tuple[str, ...]:
+    """`--classes a,b,c`."""
+    return check_classes(text.split(","), "--classes")
+
+
+def read_classes_file(directory: Path) -> tuple[str, ...] | None:
+    path = directory / CLASSES_FILE
+    if not path.is_file():
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    return check_classes([ln for ln in lines if ln.strip()], str(path))
 
 
 # -------------------------------------------------------------------------------------------- sample
@@ -183,6 +228,38 @@ def load_sample(source: str | os.PathLike[str] | None = None) -> Dataset:
             z["test_labels"].astype(np.int64),
             "bundled",
         )
+
+
+def with_classes(ds: Dataset, classes: tuple[str, ...]) -> Dataset:
+    """`ds` with its class names replaced (`--classes`); every label must have a name."""
+    top = int(max(ds.train_labels.max(), ds.test_labels.max()))
+    if top >= len(classes):
+        raise DataError(f"--classes names {len(classes)} classes, but {ds.source} has labels up to {top}")
+    return replace(ds, classes=tuple(classes))
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training images less a validation share held out from them (the test split stays untouched)."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+
+
+VAL_SPLIT_SEED = 20240917  # fixed: the validation images do not move with --seed, so seeds compare on the same ones
+
+
+def split_validation(ds: Dataset, fraction: float) -> Split:
+    """Hold out `fraction` of the training images (a fixed random choice, stratified by nothing but chance)."""
+    n = len(ds.train_labels)
+    n_val = int(round(n * fraction))
+    if fraction > 0 and n - n_val < 1:
+        raise DataError(f"{ds.source}: {n} training images leave none after a {fraction:.0%} validation split")
+    order = np.random.default_rng(VAL_SPLIT_SEED).permutation(n)
+    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+    return Split(ds.train_images[train], ds.train_labels[train], ds.train_images[val], ds.train_labels[val])
 
 
 # ------------------------------------------------------------------------------------------ download

@@ -104,5 +104,11 @@ class Deployable(nn.Module):
         return self.net(normalize(images, self.mean, self.std))
 
 
+def tensor_from(x) -> torch.Tensor:
+    """A tensor on a numpy array's memory; a read-only array (IDX files, np.frombuffer, ONNX Runtime outputs) is
+    copied first, since torch cannot honour read-only memory and warns "The given NumPy array is not writable"."""
+    return torch.from_numpy(x if x.flags.writeable else x.copy())
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

@@ -1,35 +1,43 @@
-"""Training: the whole dataset lives once on the device as uint8; batches are sliced and normalised there."""
+"""Training: one process or many (torchrun/DDP), checkpoint and resume state after every epoch, exact resume."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-
 from cnnkit import atomic
-from cnnkit.build.data import Dataset
-from cnnkit.errors import DataError
-
-PRECISIONS = ("fp32", "bf16")
+from cnnkit.build import augment, curves, distributed, resume
+from cnnkit.build.data import Dataset, split_validation
+from cnnkit.build.progress import Progress
+from cnnkit.build.steps import epoch_data, epoch_seed, evaluate, make_step, normalisation
+from cnnkit.errors import CheckpointError, DataError, TrainingError
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 8
-    batch_size: int = 128
-    lr: float = 2e-3  # peak of the one-cycle schedule
+    batch_size: int = 128  # the global batch: split across processes under torchrun
+    lr: float = 2e-3  # peak of the one-cycle schedule; the same for any number of processes (global batch fixed)
     weight_decay: float = 1e-4
     seed: int = 0
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     max_steps: int | None = None  # cap for smoke runs
     shift: int = 2  # random translation augmentation, in pixels (0 turns it off)
+    rotate: float = 0.0  # random rotation augmentation, degrees each way
+    val_fraction: float = 0.1  # of the training images, held out to validate on
     eval_batch_size: int = 1000
+
+    def recipe(self, precision: str) -> dict:
+        """What makes two runs the same run (resume refuses a difference), with the precision actually used."""
+        d = asdict(self)
+        return {**{k: d[k] for k in resume.RECIPE_FIELDS}, "precision": precision}
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,8 @@ class EpochMetrics:
     epoch: int
     train_loss: float
     train_accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
     test_loss: float
     test_accuracy: float
     seconds: float
@@ -49,6 +59,7 @@ class TrainResult:
     checkpoint: str | None
     device: str
     precision: str
+    precision_reason: str
     dataset: dict
     epochs: list[EpochMetrics] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -56,14 +67,24 @@ class TrainResult:
     images_per_s: float = 0.0
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)
+    world_size: int = 1
+    rank: int = 0
+    resumed_from_epoch: int | None = None
+    val_size: int = 0
+    curves: str | None = None
 
     @property
     def test_accuracy(self) -> float | None:
         return self.epochs[-1].test_accuracy if self.epochs else None
 
+    @property
+    def val_accuracy(self) -> float | None:
+        return self.epochs[-1].val_accuracy if self.epochs else None
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["test_accuracy"] = self.test_accuracy
+        d["val_accuracy"] = self.val_accuracy
         return d
 
 
@@ -77,177 +98,145 @@ def default_out_dir(root: str | Path = "runs") -> Path:
     return path
 
 
-def normalisation(images: np.ndarray) -> tuple[float, float]:
-    """Mean and std of the training pixels on the [0, 1] scale."""
-    x = images.astype(np.float32) * (1.0 / 255.0)
-    return float(x.mean(dtype=np.float64)), float(x.std(dtype=np.float64))
+def run_files() -> tuple[str, ...]:
+    """What cnnkit writes into a run folder (train and export): `--force` clears these and nothing else."""
+    from cnnkit.build import checkpoint
+    from cnnkit.build.artifacts import FILENAMES
+
+    return (
+        checkpoint.WEIGHTS_NAME,
+        checkpoint.META_NAME,
+        "metrics.jsonl",
+        resume.STATE_JSON,
+        resume.STATE_TENSORS,
+        curves.CURVES_NAME,
+        *FILENAMES.values(),
+    )
 
 
-def random_shift(images, max_shift: int, gen):
-    """Translate each uint8 image [B,1,H,W] by its own random offset in [-max_shift, max_shift], zero-filled.
+def check_out_dir(out_dir: Path, force: bool) -> bool:
+    """Whether `out_dir` holds something; CheckpointError if that is an earlier run's and not `force`d away."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"{out_dir}: exists and is not a folder")
+    used = out_dir.is_dir() and any(out_dir.iterdir())
+    if used and not force:
+        raise CheckpointError(
+            f"{out_dir}: not empty (an earlier run?); pass --resume {out_dir} to continue it, --force to "
+            "replace it, or another --out"
+        )
+    return used
 
-    The offsets are drawn on `gen`'s device: give a generator on the images' device, or each CUDA step waits for
-    a pageable host-to-device copy (which synchronises the stream and stalls the launch queue).
-    """
+
+def prepare_out_dir(out_dir: Path, force: bool) -> None:
+    """Refuse to train over an earlier run (its checkpoint would be lost) unless `force`, which removes cnnkit's
+    files from the folder first, so no stale export is left beside the new checkpoint."""
+    if check_out_dir(out_dir, force):
+        for name in run_files():
+            p = out_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after the first epoch
+
+
+def _to_device(images, labels, device):
+    import numpy as np
     import torch
-    import torch.nn.functional as F
 
-    if max_shift <= 0:
-        return images
-    b, _, h, w = images.shape
-    padded = F.pad(images, (max_shift,) * 4)
-    off = torch.randint(0, 2 * max_shift + 1, (2, b), generator=gen, device=gen.device).to(images.device)
-    rows = (off[0][:, None] + torch.arange(h, device=images.device))[:, :, None]
-    cols = (off[1][:, None] + torch.arange(w, device=images.device))[:, None, :]
-    return padded[torch.arange(b, device=images.device)[:, None, None], 0, rows, cols].unsqueeze(1)
-
-
-def bf16_supported(device) -> bool:
-    """bf16 autocast pays off only where the hardware has bf16 math (CUDA Ampere+, CPUs with AVX512-BF16/AMX)."""
-    import torch
-
+    # torch refuses to share read-only buffers (IDX files are read into them): copy those once
+    x = torch.from_numpy(np.array(images, copy=not images.flags.writeable, order="C")).unsqueeze(1)
+    y = torch.from_numpy(np.array(labels, dtype=np.int64, copy=not labels.flags.writeable))
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(check and check())
+        x, y = x.pin_memory(), y.pin_memory()
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def _autocast(device, precision: str):
-    import torch
+def train(
+    dataset: Dataset,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    progress: bool | Progress = True,
+    resume_run: bool = False,
+    force: bool = False,
+) -> TrainResult:
+    """Train the seed CNN on `dataset`; checkpoint after every epoch; Ctrl-C keeps the last completed epoch.
 
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def prepare_epoch(images, labels, perm, mean: float, std: float, shift: int = 0, gen=None, memory_format=None):
-    """One epoch's inputs in visiting order, augmented and normalised in a few whole-epoch operations.
-
-    Returns (float32 images [N,1,H,W] in `memory_format`, labels [N]), so that each training step only slices
-    views: on a GPU the step is bound by kernel launches, and per-batch shifting and normalising cost a dozen of
-    them (measured on an H200: 2.3 ms of host time per step against 0.5 ms of GPU work).
+    Under torchrun (WORLD_SIZE > 1) this runs on every rank: DDP over NCCL (CUDA) or gloo (CPU), rank 0 writing.
+    `resume_run` continues the run in `out_dir` from its last completed epoch (the same recipe and data, or
+    CheckpointError); otherwise `out_dir` must be empty unless `force`.
     """
     import torch
-
-    from cnnkit.build.model import normalize
-
-    memory_format = memory_format or torch.channels_last
-    x = normalize(random_shift(images[perm], shift, gen), mean, std).contiguous(memory_format=memory_format)
-    return x, labels[perm]
-
-
-def make_step(
-    model,
-    opt,
-    mean: float,
-    std: float,
-    precision: str = "fp32",
-    shift: int = 0,
-    gen=None,
-    sched=None,
-    memory_format=None,
-):
-    """One optimisation step on a batch already on the device: augment and normalise a uint8 batch (a float batch
-    is taken as made by `prepare_epoch`), forward, backward, step.
-
-    Returns a function `step(images [B,1,H,W], labels [B]) -> (loss, logits)`, both detached.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from cnnkit.build.model import normalize
-
-    memory_format = memory_format or torch.channels_last
-
-    def step(images, labels):
-        xb = images
-        if images.dtype == torch.uint8:
-            xb = normalize(random_shift(images, shift, gen), mean, std).contiguous(memory_format=memory_format)
-        with _autocast(images.device, precision):
-            out = model(xb)
-            loss = F.cross_entropy(out.float(), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-        return loss.detach(), out.detach()
-
-    return step
-
-
-def evaluate(
-    model, images, labels, mean: float, std: float, batch_size: int, precision: str = "fp32"
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy on device-resident uint8 `images` [N,1,H,W]."""
-    import torch
-    import torch.nn.functional as F
-
-    from cnnkit.build.model import normalize
-
-    model.eval()
-    loss_sum = torch.zeros((), device=images.device)
-    correct = torch.zeros((), device=images.device, dtype=torch.int64)
-    with torch.inference_mode(), _autocast(images.device, precision):
-        for i in range(0, len(images), batch_size):
-            out = model(normalize(images[i : i + batch_size], mean, std)).float()
-            y = labels[i : i + batch_size]
-            loss_sum += F.cross_entropy(out, y, reduction="sum")
-            correct += (out.argmax(1) == y).sum()
-    n = len(images)
-    return loss_sum.item() / n, correct.item() / n
-
-
-def train(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> TrainResult:
-    """Train the seed CNN on `dataset`; checkpoint after every epoch; Ctrl-C keeps the last completed epoch."""
-    import torch
-    from tqdm.auto import tqdm
 
     from cnnkit.build import checkpoint
-    from cnnkit.build.device import resolve_torch_device
-    from cnnkit.build.model import ModelConfig, Net
+    from cnnkit.build.device import choose_precision, resolve_torch_device
+    from cnnkit.build.model import ModelConfig
 
     t_start = time.perf_counter()
+    world = distributed.from_env()
     device = resolve_torch_device(cfg.device)
+    if device.type == "cuda" and world.distributed:
+        device = torch.device("cuda", world.local_rank)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after the first epoch
-    notes: list[str] = []
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
-    if cfg.precision == "bf16" and not bf16_supported(device):
-        notes.append(f"bf16 is not supported on this {device.type} device; training in fp32")
-        cfg = replace(cfg, precision="fp32")
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    cuda = device.type == "cuda"
-    # augmentation offsets drawn where the images are (on the CPU the same generator as the permutation)
-    shift_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1) if cuda else gen
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    mean, std = normalisation(dataset.train_images)
+    if world.is_main and not resume_run:
+        prepare_out_dir(out_dir, force)
+    if cfg.batch_size < world.size:
+        raise DataError(f"--batch-size {cfg.batch_size} is smaller than the {world.size} processes it is split over")
+    precision, precision_reason = choose_precision(cfg.precision, device)
     h, w = dataset.train_images.shape[1:]
     if h != w or h % 4:
         raise DataError(
             f"{dataset.source}: images are {h}x{w}; the model needs square images with a side divisible by 4"
         )
+    split = split_validation(dataset, cfg.val_fraction)
+    mean, std = normalisation(split.train_images)
     config = ModelConfig(num_classes=len(dataset.classes), image_size=h)
-    # channels_last suits cuDNN and oneDNN alike (measured ~1.25x training throughput on this CPU)
-    memory_format = torch.channels_last
-    model = Net(config).to(device).to(memory_format=memory_format)
+    recipe = cfg.recipe(precision)
 
-    def to_device(images: np.ndarray, labels: np.ndarray):
-        # torch refuses to share read-only buffers (IDX files are read into them); copy those once
-        x = torch.from_numpy(np.array(images, copy=not images.flags.writeable, order="C")).unsqueeze(1)
-        y = torch.from_numpy(np.array(labels, copy=not labels.flags.writeable))
-        if cuda:
-            x, y = x.pin_memory(), y.pin_memory()
-        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    saved = None
+    if resume_run:
+        saved, opt_state = resume.load(out_dir)
+        ck = checkpoint.load(out_dir)
+        problem = resume.mismatch(saved, recipe, dataset.fingerprint, config.to_dict())
+        if problem:
+            raise CheckpointError(f"cannot resume {out_dir}: {problem}")
+        if ck.sha256 != saved.weights_sha256:
+            raise CheckpointError(f"cannot resume {out_dir}: {checkpoint.WEIGHTS_NAME} is not from epoch {saved.epoch}")
 
-    x_train, y_train = to_device(dataset.train_images, dataset.train_labels)
-    x_test, y_test = to_device(dataset.test_images, dataset.test_labels)
+    world = distributed.init(world, device.type)
+    try:
+        return _loop(
+            dataset, cfg, out_dir, progress, world, device, precision, precision_reason, split, (mean, std), config,
+            recipe, saved, opt_state if saved else None, ck if saved else None, t_start,
+        )  # fmt: skip
+    finally:
+        distributed.shutdown(world)
+
+
+def _loop(
+    dataset, cfg, out_dir, progress, world, device, precision, precision_reason, split, norm, config, recipe,
+    saved, opt_state, ck, t_start,
+) -> TrainResult:  # fmt: skip
+    import torch
+
+    from cnnkit.build import checkpoint
+    from cnnkit.build.model import Net
+
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed)  # the initial weights: the same on every rank
+    # channels_last suits cuDNN and oneDNN alike (measured ~1.25x training throughput on a CPU)
+    model = Net(config).to(device).to(memory_format=torch.channels_last)
+    if ck is not None:
+        model.load_state_dict(ck.state_dict)
+    x_train, y_train = _to_device(split.train_images, split.train_labels, device)
+    x_val, y_val = _to_device(split.val_images, split.val_labels, device)
+    x_test, y_test = _to_device(dataset.test_images, dataset.test_labels, device)
     n = len(x_train)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    steps_per_epoch = distributed.steps_per_epoch(n, cfg.batch_size, world.size)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -259,105 +248,173 @@ def train(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, progress: boo
         )
     else:  # too few steps for a warm-up/anneal cycle (smoke runs)
         sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    history: list[dict] = []
+    start_epoch, step = 0, 0
+    if saved is not None:
+        opt.load_state_dict(resume.optimizer_state_dict(saved, opt_state))
+        sched.load_state_dict(saved.scheduler)
+        start_epoch, step, history = saved.epoch, saved.step, list(saved.history)
+    net: torch.nn.Module = model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
 
-    # batches come from prepare_epoch (already shifted and normalised)
-    train_step = make_step(model, opt, mean, std, cfg.precision, 0, None, sched, memory_format)
-    train_args = {k: v for k, v in asdict(cfg).items() if k != "eval_batch_size"}
-    epochs: list[EpochMetrics] = []
-    ckpt_path: str | None = None
+        net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    train_step = make_step(net, opt, precision, sched)
+    aug = augment.Augment(shift=cfg.shift, rotate=cfg.rotate)
+    reporter = progress if isinstance(progress, Progress) else Progress(enabled=bool(progress))
+    reporter.enabled = reporter.enabled and world.is_main
+    reporter.line(
+        f"{precision} ({precision_reason}); {world.size} process(es), global batch {cfg.batch_size}"
+        + (f"; resuming after epoch {start_epoch}" if saved is not None else "")
+    )
+
+    epochs = [EpochMetrics(**h) for h in history]
+    ckpt_path: str | None = str(checkpoint.resolve(out_dir)) if saved is not None else None
     interrupted = False
-    step = 0
-    train_seconds = 0.0
-    images_seen = 0
+    train_seconds, images_seen = 0.0, 0
     try:
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(start_epoch + 1, cfg.epochs + 1):
             if step >= total_steps:
                 break
-            model.train()
-            t0 = shown = time.perf_counter()
-            perm = torch.randperm(n, generator=gen).to(device)
-            x_epoch, y_epoch = prepare_epoch(x_train, y_train, perm, mean, std, cfg.shift, shift_gen, memory_format)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.int64)
-            seen = 0
-            bar = tqdm(
-                total=min(steps_per_epoch, total_steps - step),
-                desc=f"epoch {epoch}/{cfg.epochs}",
-                unit="step",
-                disable=not progress,
-                leave=True,
-                dynamic_ncols=True,
-            )
-            for i in range(steps_per_epoch):
-                if step >= total_steps:
-                    break
-                batch = slice(i * cfg.batch_size, (i + 1) * cfg.batch_size)
-                yb = y_epoch[batch]
-                loss, out = train_step(x_epoch[batch], yb)
+            net.train()
+            t0 = time.perf_counter()
+            torch.manual_seed(epoch_seed(cfg.seed, epoch, world.rank))  # dropout: keyed by epoch and rank
+            x_epoch, y_epoch, sizes = epoch_data(x_train, y_train, cfg.seed, epoch, aug, cfg.batch_size, world, norm)
+            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+            correct = torch.zeros((), device=device, dtype=torch.float64)
+            seen = torch.zeros((), device=device, dtype=torch.float64)
+            steps_now = min(steps_per_epoch, total_steps - step)
+            reporter.start(f"epoch {epoch}/{cfg.epochs}", steps_now)
+            offset = 0
+            for i in range(steps_now):
+                size = sizes[i]
+                xb, yb = x_epoch[offset : offset + size], y_epoch[offset : offset + size]
+                offset += size
+                loss, out = train_step(xb, yb)
                 step += 1
-                seen += len(yb)
-                loss_sum.add_(loss, alpha=len(yb))
-                correct.add_((out.argmax(1) == yb).sum())
-                bar.update(1)
-                # .item() waits for the GPU: read the running figures twice a second, not every few steps
-                now = time.perf_counter()
-                if progress and (now - shown >= 0.5 or i == steps_per_epoch - 1):
-                    shown = now
-                    bar.set_postfix(
-                        loss=f"{loss_sum.item() / seen:.4f}",
-                        acc=f"{correct.item() / seen:.4f}",
-                        img_s=f"{seen / max(now - t0, 1e-9):,.0f}",
-                    )
+                seen += size
+                loss_sum += loss * size
+                correct += (out.argmax(1) == yb).sum()
+                reporter.update(i + 1, functools.partial(_running, loss_sum, correct, seen, t0, world.size))
+            distributed.all_sum(world, loss_sum, correct, seen)  # the epoch's figures over every rank
             if cuda:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
-            bar.close()
+            reporter.end()
+            train_loss = loss_sum.item() / seen.item()
+            if not math.isfinite(train_loss):
+                kept = f"kept epoch {epoch - 1} in {out_dir}" if epoch > 1 else "nothing saved"
+                raise TrainingError(
+                    f"training diverged in epoch {epoch} (loss {train_loss}); lower --lr ({cfg.lr:g}); {kept}"
+                )
             train_seconds += seconds
-            images_seen += seen
-            test_loss, test_acc = evaluate(model, x_test, y_test, mean, std, cfg.eval_batch_size, cfg.precision)
+            images_seen += int(seen.item())
+            if not world.is_main:
+                continue
+            val = (
+                evaluate(model, x_val, y_val, norm[0], norm[1], cfg.eval_batch_size, precision) if len(y_val) else None
+            )
+            test_loss, test_acc = evaluate(model, x_test, y_test, norm[0], norm[1], cfg.eval_batch_size, precision)
             m = EpochMetrics(
-                epoch, loss_sum.item() / seen, correct.item() / seen, test_loss, test_acc, seconds, seen / seconds
+                epoch,
+                train_loss,
+                correct.item() / seen.item(),
+                val[0] if val else None,
+                val[1] if val else None,
+                test_loss,
+                test_acc,
+                seconds,
+                seen.item() / seconds,
             )
             epochs.append(m)
-            meta = checkpoint.CheckpointMeta(
-                config=config,
-                mean=mean,
-                std=std,
-                classes=dataset.classes,
-                dataset=dataset.identity(),
-                metrics={
-                    "epoch": epoch,
-                    "test_accuracy": test_acc,
-                    "test_loss": test_loss,
-                    "train_loss": m.train_loss,
-                    "train_accuracy": m.train_accuracy,
-                },
-                seed=cfg.seed,
-                versions=checkpoint.versions(),
-                train_args=train_args,
+            history.append(asdict(m))
+            ckpt_path = _save_epoch(
+                out_dir, model, opt, sched, m, dataset, cfg, config, norm, recipe, step, history, world,
+                precision_reason, len(y_val),
+            )  # fmt: skip
+            reporter.line(
+                f"epoch {epoch}/{cfg.epochs}: train loss {m.train_loss:.4f}, "
+                + (f"val accuracy {m.val_accuracy:.4f}, " if m.val_accuracy is not None else "")
+                + f"test accuracy {test_acc:.4f}, {m.images_per_s:,.0f} img/s, {seconds:.1f} s"
             )
-            ckpt_path = str(checkpoint.save(out_dir, model.state_dict(), meta))
-            atomic.write_text(out_dir / "metrics.jsonl", "".join(json.dumps(asdict(e)) + "\n" for e in epochs))
-            if progress:
-                tqdm.write(
-                    f"epoch {epoch}: test accuracy {test_acc:.4f}, test loss {test_loss:.4f}, "
-                    f"{m.images_per_s:,.0f} img/s"
-                )
     except KeyboardInterrupt:
         interrupted = True
-        if "bar" in locals():
-            bar.close()
+        reporter.end()
+    curves_path = curves.write(out_dir, history) if world.is_main else None
 
     return TrainResult(
         out_dir=str(out_dir),
         checkpoint=ckpt_path,
         device=str(device) if not cuda else f"cuda ({torch.cuda.get_device_name(device)})",
-        precision=cfg.precision,
+        precision=precision,
+        precision_reason=precision_reason,
         dataset=dataset.identity(),
         epochs=epochs,
         elapsed_s=time.perf_counter() - t_start,
         train_seconds=train_seconds,
         images_per_s=images_seen / train_seconds if train_seconds else 0.0,
         interrupted=interrupted,
-        warnings=notes,
+        world_size=world.size,
+        rank=world.rank,
+        resumed_from_epoch=saved.epoch if saved is not None else None,
+        val_size=len(y_val),
+        curves=str(curves_path) if curves_path else None,
     )
+
+
+def _running(loss_sum, correct, seen, t0: float, world_size: int) -> dict[str, str]:
+    """The progress figures of the epoch so far (reading them waits for the GPU: called a few times a second)."""
+    n = seen.item()
+    return {
+        "loss": f"{loss_sum.item() / n:.4f}",
+        "acc": f"{correct.item() / n:.4f}",
+        "img/s": f"{n * world_size / max(time.perf_counter() - t0, 1e-9):,.0f}",
+    }
+
+
+def _save_epoch(
+    out_dir, model, opt, sched, m, dataset, cfg, config, norm, recipe, step, history, world, reason, val_size
+) -> str:
+    """Checkpoint, resume state and metrics of a completed epoch (rank 0)."""
+    from cnnkit.build import checkpoint
+
+    meta = checkpoint.CheckpointMeta(
+        config=config,
+        mean=norm[0],
+        std=norm[1],
+        classes=dataset.classes,
+        dataset=dataset.identity(),
+        metrics={
+            "epoch": m.epoch,
+            "test_accuracy": m.test_accuracy,
+            "test_loss": m.test_loss,
+            "val_accuracy": m.val_accuracy,
+            "val_loss": m.val_loss,
+            "val_size": val_size,
+            "train_loss": m.train_loss,
+            "train_accuracy": m.train_accuracy,
+        },
+        seed=cfg.seed,
+        versions=checkpoint.versions(),
+        train_args={**{k: v for k, v in asdict(cfg).items() if k != "eval_batch_size"}, **recipe},
+        world_size=world.size,
+        precision_reason=reason,
+    )
+    opt_sd = opt.state_dict()
+    weights = checkpoint.save(out_dir, model.state_dict(), meta)
+    state = resume.TrainState(
+        epoch=m.epoch,
+        step=step,
+        recipe=recipe,
+        dataset_sha256=dataset.fingerprint,
+        model=config.to_dict(),
+        classes=list(dataset.classes),
+        scheduler=sched.state_dict(),
+        param_groups=resume.json_param_groups(opt_sd["param_groups"]),
+        history=history,
+        weights_sha256=checkpoint.sha256_of(weights),
+        world_size=world.size,
+    )
+    resume.save(out_dir, state, opt_sd["state"])
+    atomic.write_text(out_dir / "metrics.jsonl", "".join(json.dumps(h, allow_nan=False) + "\n" for h in history))
+    return str(weights)

@@ -173,9 +173,11 @@ def compare(case: str, ref: np.ndarray, out, atol: float, rtol: float) -> CaseRe
 def _torch_ref(module, device):
     import torch
 
+    from cnnkit.build.model import tensor_from
+
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            y = module(torch.from_numpy(x).to(device))
+            y = module(tensor_from(x).to(device))
         return y.float().cpu().numpy() if isinstance(y, torch.Tensor) else y
 
     return run

@@ -16,7 +16,7 @@ from cnnkit.errors import CnnkitError
 
 # command -> the module defining it, in the order `--help` lists them
 COMMANDS = {
-    "train": "cnnkit.cli.build",
+    "train": "cnnkit.cli.train",
     "export": "cnnkit.cli.build",
     "verify": "cnnkit.cli.build",
     "predict": "cnnkit.cli.runtime",

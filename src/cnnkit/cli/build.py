@@ -1,4 +1,4 @@
-"""`cnnkit train`, `export`, `verify`: the torch side (the `train` extra)."""
+"""`cnnkit export`, `verify`: the torch side (the `train` extra)."""
 
 from __future__ import annotations
 
@@ -7,88 +7,7 @@ import sys
 
 import click
 
-from cnnkit.cli.common import DEVICES, emit_json, gate_options, require
-
-
-@click.command()
-@click.option(
-    "--dataset",
-    type=click.Choice(["mnist", "fashion-mnist", "sample"]),
-    default=None,
-    help="Dataset (default: MNIST, falling back to the bundled sample when offline).",
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Folder with IDX files, or the download cache (default $CNNKIT_DATA_DIR or ~/.cache/cnnkit).",
-)
-@click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option(
-    "--lr",
-    type=click.FloatRange(min=0, min_open=True),
-    default=2e-3,
-    show_default=True,
-    help="Peak learning rate of the one-cycle AdamW schedule.",
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "bf16"]),
-    default="fp32",
-    show_default=True,
-    help="bf16 autocasts forward/backward where the device supports it.",
-)
-@click.option(
-    "--shift",
-    type=click.IntRange(min=0, max=8),
-    default=2,
-    show_default=True,
-    help="Random translation augmentation in pixels (0: off).",
-)
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps (smoke runs).")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default: runs/<timestamp>).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def train(dataset, data_dir, epochs, batch_size, lr, seed, device, precision, shift, max_steps, out, as_json):
-    """Train the CNN and write a checkpoint."""
-    require("torch")
-    from cnnkit.build.data import load_dataset
-    from cnnkit.build.train import TrainConfig, default_out_dir
-    from cnnkit.build.train import train as run_train
-    from cnnkit.cli.render import render_train
-
-    loaded = load_dataset(dataset, data_dir)
-    if loaded.warning:
-        click.echo(f"Warning: {loaded.warning}", err=True)
-    out_dir = out or default_out_dir()
-    if not as_json:
-        click.echo(
-            f"Training on {loaded.dataset.name} ({len(loaded.dataset.train_labels):,} train / "
-            f"{len(loaded.dataset.test_labels):,} test) -> {out_dir}",
-            err=True,
-        )
-    cfg = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        device=device,
-        precision=precision,
-        max_steps=max_steps,
-        shift=shift,
-    )
-    result = run_train(loaded.dataset, cfg, out_dir, progress=not as_json)
-    for note in result.warnings:
-        click.echo(f"Warning: {note}", err=True)
-    if as_json:
-        emit_json({**result.to_dict(), "warnings": [w for w in [loaded.warning, *result.warnings] if w]})
-    else:
-        click.echo(render_train(result))
-    if result.interrupted:
-        sys.exit(130)
-
+from cnnkit.cli.common import gate_options, require
 
 # ------------------------------------------------------------------------------------ export, verify
 

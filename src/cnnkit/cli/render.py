@@ -25,6 +25,7 @@ def render_train(r) -> str:
                 e.epoch,
                 f"{e.train_loss:.4f}",
                 f"{e.train_accuracy:.2%}",
+                "-" if e.val_accuracy is None else f"{e.val_accuracy:.2%}",
                 f"{e.test_loss:.4f}",
                 f"{e.test_accuracy:.2%}",
                 f"{e.seconds:.1f}",
@@ -32,16 +33,28 @@ def render_train(r) -> str:
             ]
             for e in r.epochs
         ]
-        lines.append(table(["epoch", "train loss", "train acc", "test loss", "test acc", "s", "img/s"], rows))
+        head = ["epoch", "train loss", "train acc", "val acc", "test loss", "test acc", "s", "img/s"]
+        lines.append(table(head, rows))
         lines.append("")
-        lines.append(f"test accuracy {r.test_accuracy:.2%} on {r.dataset['name']} ({r.dataset['test_size']:,} images)")
-        lines.append(f"device {r.device}, {r.precision}; {r.elapsed_s:.1f} s total, {r.images_per_s:,.0f} train img/s")
+        val = f"; validation {r.val_accuracy:.2%} ({r.val_size:,} held-out training images)" if r.val_size else ""
+        lines.append(
+            f"test accuracy {r.test_accuracy:.2%} on {r.dataset['name']} ({r.dataset['test_size']:,} images){val}"
+        )
+        procs = f", {r.world_size} processes" if r.world_size > 1 else ""
+        lines.append(
+            f"device {r.device}{procs}, {r.precision} ({r.precision_reason}); {r.elapsed_s:.1f} s total, "
+            f"{r.images_per_s:,.0f} train img/s"
+        )
     if r.interrupted:
         lines.append(
             "interrupted: " + (f"kept epoch {len(r.epochs)}" if r.epochs else "no epoch completed, nothing saved")
         )
+    if r.resumed_from_epoch is not None:
+        lines.append(f"resumed after epoch {r.resumed_from_epoch}")
     if r.checkpoint:
         lines.append(f"checkpoint {r.checkpoint}")
+    if r.curves:
+        lines.append(f"curves {r.curves}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,62 @@
+"""Augmentation drawn once per epoch for the whole epoch and applied on the device, in a few tensor operations.
+
+The random parameters of an epoch (per image: rotation, scale, x/y shift) are drawn on the CPU from the epoch's
+generator for every image in visiting order, then each rank applies those of its own share. So an epoch's data is
+the same whatever the number of processes, and the same after a resume.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Augment:
+    shift: int = 2  # translation, whole pixels, each way
+    rotate: float = 0.0  # degrees, each way
+    scale: float = 0.0  # relative, each way (0.1: 90%..110%)
+
+    @property
+    def enabled(self) -> bool:
+        return self.shift > 0 or self.rotate > 0 or self.scale > 0
+
+    @property
+    def integer_shift_only(self) -> bool:
+        return self.rotate == 0 and self.scale == 0
+
+
+def draw(aug: Augment, n: int, gen):
+    """Parameters for n images, float32 [4, n]: angle (radians), scale, dx, dy (pixels)."""
+    import torch
+
+    def uniform(limit: float):
+        return (torch.rand(n, generator=gen) * 2 - 1) * limit
+
+    shifts = torch.randint(-aug.shift, aug.shift + 1, (2, n), generator=gen).to(torch.float32)
+    return torch.stack([uniform(math.radians(aug.rotate)), 1 + uniform(aug.scale), shifts[0], shifts[1]])
+
+
+def apply(aug: Augment, images, params):
+    """Augment uint8 images [B,1,H,W] with params [4,B] (on the images' device). Returns uint8 for integer shifts,
+    float32 pixels (0..255) for rotation/scale (bilinear, zero padding)."""
+    import torch
+    import torch.nn.functional as F
+
+    if not aug.enabled or len(images) == 0:
+        return images
+    b, _, h, w = images.shape
+    if aug.integer_shift_only:  # exact pixel moves by gathering from a zero-padded copy
+        s = aug.shift
+        padded = F.pad(images, (s,) * 4)
+        dx = (params[2] + s).to(torch.int64)
+        dy = (params[3] + s).to(torch.int64)
+        rows = (dy[:, None] + torch.arange(h, device=images.device))[:, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, :]
+        return padded[torch.arange(b, device=images.device)[:, None, None], 0, rows, cols].unsqueeze(1)
+    angle, scale, dx, dy = params
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    # affine_grid maps output to input coordinates in [-1, 1]; a shift of d pixels is 2d/size there
+    theta = torch.stack([torch.stack([cos, -sin, -2 * dx / w], 1), torch.stack([sin, cos, -2 * dy / h], 1)], 1)
+    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    return F.grid_sample(images.to(torch.float32), grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -1,0 +1,103 @@
+"""Exact resume: the optimizer and scheduler state of the last completed epoch, saved without pickle.
+
+Beside the checkpoint, a run folder holds `train_state.safetensors` (the optimizer's tensors) and
+`train_state.json` (everything else: epoch, step, scheduler, optimizer hyper-parameters, the recipe, the data's
+fingerprint, the metrics so far). Randomness needs no saved state: each epoch's permutation, augmentation and
+dropout are seeded from (seed, epoch, rank), so epoch e draws the same numbers whether or not the run stopped
+before it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cnnkit import atomic
+from cnnkit.errors import CheckpointError
+
+STATE_TENSORS = "train_state.safetensors"
+STATE_JSON = "train_state.json"
+FORMAT = "cnnkit-train-state/1"
+# recipe fields that must match for a resume to continue the same run
+RECIPE_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "shift", "rotate", "val_fraction", "max_steps")
+
+
+@dataclass(frozen=True)
+class TrainState:
+    epoch: int  # last completed epoch
+    step: int  # optimizer steps taken
+    recipe: dict  # the TrainConfig fields in RECIPE_FIELDS, plus the chosen precision
+    dataset_sha256: str
+    model: dict  # ModelConfig.to_dict()
+    classes: list[str]
+    scheduler: dict
+    param_groups: list[dict]
+    history: list[dict] = field(default_factory=list)  # EpochMetrics as dicts
+    weights_sha256: str = ""
+    world_size: int = 1
+
+
+def save(directory: Path, state: TrainState, optimizer_state: dict) -> None:
+    """Write both files atomically (tensors first: the JSON names the epoch they belong to)."""
+    from safetensors.torch import save as st_save
+
+    tensors = {
+        f"{index}.{key}": value.detach().to("cpu").contiguous()
+        for index, per_param in optimizer_state.items()
+        for key, value in per_param.items()
+    }
+    atomic.write_bytes(directory / STATE_TENSORS, st_save(tensors, metadata={"epoch": str(state.epoch)}))
+    body = {"format": FORMAT, **state.__dict__}
+    atomic.write_text(directory / STATE_JSON, json.dumps(body, indent=2, allow_nan=False) + "\n")
+
+
+def load(directory: Path) -> tuple[TrainState, dict]:
+    """The saved state and the optimizer's `state` dict ({param index: {name: tensor}}); CheckpointError if absent
+    or inconsistent."""
+    from safetensors import SafetensorError, safe_open
+
+    path = directory / STATE_JSON
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no {STATE_JSON} to resume from (was it trained by this cnnkit version?)")
+    try:
+        body = json.loads(path.read_text())
+        if body.pop("format", None) != FORMAT:
+            raise ValueError(f"format is not {FORMAT}")
+        state = TrainState(**body)
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: corrupt training state ({exc})") from None
+    opt_state: dict = {}
+    try:
+        with safe_open(str(directory / STATE_TENSORS), framework="pt") as f:
+            if (f.metadata() or {}).get("epoch") != str(state.epoch):
+                raise CheckpointError(f"{directory / STATE_TENSORS}: not from epoch {state.epoch} ({STATE_JSON})")
+            for name in f.keys():
+                index, key = name.split(".", 1)
+                opt_state.setdefault(int(index), {})[key] = f.get_tensor(name)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{directory / STATE_TENSORS}: cannot read ({exc})") from None
+    return state, opt_state
+
+
+def optimizer_state_dict(state: TrainState, opt_state: dict) -> dict:
+    """Rebuild what `optimizer.load_state_dict` takes (JSON turned the betas tuples into lists)."""
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else dict(g) for g in state.param_groups]
+    return {"state": opt_state, "param_groups": groups}
+
+
+def json_param_groups(param_groups: list[dict]) -> list[dict]:
+    return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in param_groups]
+
+
+def mismatch(saved: TrainState, recipe: dict, dataset_sha256: str, model: dict) -> str | None:
+    """What differs between the saved run and the one asked for, as one phrase; None when they are the same run."""
+    if saved.dataset_sha256 != dataset_sha256:
+        return f"different data (fingerprint {dataset_sha256[:12]}... != the run's {saved.dataset_sha256[:12]}...)"
+    if saved.model != model:
+        diff = sorted(k for k in set(saved.model) | set(model) if saved.model.get(k) != model.get(k))
+        return "different model (" + ", ".join(f"{k} {model.get(k)} != {saved.model.get(k)}" for k in diff) + ")"
+    diff = sorted(k for k in set(saved.recipe) | set(recipe) if saved.recipe.get(k) != recipe.get(k))
+    if diff:
+        return "different recipe (" + ", ".join(f"{k} {recipe.get(k)} != {saved.recipe.get(k)}" for k in diff) + ")"
+    return None

@@ -1,0 +1,93 @@
+"""The pieces of a training epoch: its data (permuted, sharded, augmented, normalised on the device), one
+optimisation step, and evaluation. The whole dataset lives once on the device as uint8."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from cnnkit.build import augment, distributed
+
+
+def epoch_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed for (seed, epoch[, rank]): epoch e draws the same numbers however the run got there."""
+    digest = hashlib.sha256(",".join(str(k) for k in (seed, *keys)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def normalisation(images: np.ndarray) -> tuple[float, float]:
+    """Mean and std of the training pixels on the [0, 1] scale."""
+    x = images.astype(np.float32) * (1.0 / 255.0)
+    return float(x.mean(dtype=np.float64)), float(x.std(dtype=np.float64))
+
+
+def autocast(device, precision: str):
+    import torch
+
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def epoch_data(images, labels, seed: int, epoch: int, aug: augment.Augment, batch_size: int, world, norm):
+    """This rank's inputs for `epoch`, in visiting order, and the size of its share of each global batch.
+
+    `images` uint8 [N,1,H,W] and `labels` [N] on the device; `norm` (mean, std). The permutation and augmentation
+    parameters come from a generator seeded by (seed, epoch) and are the same on every rank; each rank then takes
+    its strided share (distributed.shard_positions). Returns (float32 images [n,1,H,W] channels_last, labels, sizes).
+    """
+    import torch
+
+    from cnnkit.build.model import normalize
+
+    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    n = len(labels)
+    perm = torch.randperm(n, generator=gen)
+    params = augment.draw(aug, n, gen)
+    positions, sizes = distributed.shard_positions(n, batch_size, world)
+    index = perm[positions].to(images.device)
+    x = augment.apply(aug, images[index], params[:, positions].to(images.device))
+    x = normalize(x, *norm).contiguous(memory_format=torch.channels_last)
+    return x, labels[index], sizes
+
+
+def make_step(model, opt, precision: str = "fp32", sched=None):
+    """One optimisation step on a prepared (normalised, on-device) batch: forward, backward, step.
+
+    Returns a function `step(images [B,1,H,W] float32, labels [B]) -> (loss, logits)`, both detached.
+    """
+    import torch.nn.functional as F
+
+    def step(images, labels):
+        with autocast(images.device, precision):
+            out = model(images)
+            loss = F.cross_entropy(out.float(), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        return loss.detach(), out.detach()
+
+    return step
+
+
+def evaluate(
+    model, images, labels, mean: float, std: float, batch_size: int, precision: str = "fp32"
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on device-resident uint8 `images` [N,1,H,W]."""
+    import torch
+    import torch.nn.functional as F
+
+    from cnnkit.build.model import normalize
+
+    model.eval()
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), device=images.device, dtype=torch.int64)
+    with torch.inference_mode(), autocast(images.device, precision):
+        for i in range(0, len(images), batch_size):
+            out = model(normalize(images[i : i + batch_size], mean, std)).float()
+            y = labels[i : i + batch_size]
+            loss_sum += F.cross_entropy(out, y, reduction="sum")
+            correct += (out.argmax(1) == y).sum()
+    n = len(images)
+    return loss_sum.item() / n, correct.item() / n

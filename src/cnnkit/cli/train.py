@@ -1,0 +1,189 @@
+"""`cnnkit train`: one process, several through torchrun (`--nproc`), or the continuation of a run (`--resume`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from cnnkit.cli.common import DEVICES, emit_json, require
+from cnnkit.errors import CheckpointError
+
+# options that define the run; with --resume they come from the run, and a different value given is refused
+RECIPE_OPTIONS = ("epochs", "batch_size", "lr", "seed", "precision", "shift", "rotate", "val_fraction", "max_steps")
+
+
+@click.command()
+@click.option(
+    "--dataset",
+    type=click.Choice(["mnist", "fashion-mnist", "sample"]),
+    default=None,
+    help="Dataset (default: MNIST, falling back to the bundled sample when offline).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder with IDX files (and optionally classes.txt), or the download cache "
+    "(default $CNNKIT_DATA_DIR or ~/.cache/cnnkit).",
+)
+@click.option("--classes", default=None, help="Class names in label order, comma-separated (default: classes.txt).")
+@click.option("--epochs", type=click.IntRange(1, 10_000), default=8, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 65_536),
+    default=128,
+    show_default=True,
+    help="Global batch: split across the processes of a torchrun/--nproc run.",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, max=10, min_open=True),
+    default=2e-3,
+    show_default=True,
+    help="Peak learning rate of the one-cycle AdamW schedule (the same for any number of processes).",
+)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="auto: bf16 autocast where the hardware runs it natively (CUDA 8.0+, CPUs with AMX), else fp32.",
+)
+@click.option(
+    "--shift",
+    type=click.IntRange(min=0, max=8),
+    default=2,
+    show_default=True,
+    help="Random translation augmentation in pixels (0: off).",
+)
+@click.option(
+    "--rotate",
+    type=click.FloatRange(0, 45),
+    default=0.0,
+    show_default=True,
+    help="Random rotation augmentation, degrees each way (0: off).",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 0.5),
+    default=0.1,
+    show_default=True,
+    help="Share of the training images held out for validation (a fixed choice, the same for every seed).",
+)
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps (smoke runs).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default: runs/<timestamp>).")
+@click.option("--force", is_flag=True, help="Replace the run in a non-empty --out.")
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Continue this run from its last completed epoch (same data and recipe).",
+)
+@click.option(
+    "--nproc",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Train with N processes on this machine (runs torchrun --standalone --nproc-per-node N).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def train(ctx, dataset, data_dir, classes, out, force, resume_dir, nproc, device, as_json, **recipe):
+    """Train the CNN and write a checkpoint (plus resume state, metrics.jsonl and curves.png)."""
+    require("torch")
+    from cnnkit.build import distributed
+    from cnnkit.build.train import check_out_dir, default_out_dir
+
+    if nproc is not None:
+        args = _argv_without(ctx, "nproc")
+        if resume_dir is None:
+            out = out or str(default_out_dir())  # one folder for every rank
+            check_out_dir(Path(out), force)  # a user mistake is one line here, not a failure report per rank
+            if "--out" not in args:
+                args += ["--out", out]
+        sys.exit(distributed.launch(nproc, args))
+
+    from cnnkit.build.data import load_dataset, parse_classes, with_classes
+    from cnnkit.build.train import TrainConfig
+    from cnnkit.build.train import train as run_train
+    from cnnkit.cli.render import render_train
+
+    warning = None
+    if resume_dir is not None:
+        if out is not None and out != resume_dir:
+            raise click.UsageError("--resume continues the run in its own folder; drop --out")
+        recipe, ds = _resumed(ctx, resume_dir, recipe, data_dir)
+        out_dir = resume_dir
+    else:
+        loaded = load_dataset(dataset, data_dir)
+        ds, warning = loaded.dataset, loaded.warning
+        if classes is not None:
+            ds = with_classes(ds, parse_classes(classes))
+        out_dir = out or default_out_dir()
+    if warning:
+        click.echo(f"Warning: {warning}", err=True)
+    if not as_json and distributed.from_env().is_main:
+        click.echo(
+            f"Training on {ds.name} ({len(ds.train_labels):,} train / {len(ds.test_labels):,} test) -> {out_dir}",
+            err=True,
+        )
+    cfg = TrainConfig(device=device, **recipe)
+    result = run_train(ds, cfg, out_dir, progress=not as_json, resume_run=resume_dir is not None, force=force)
+    if result.rank != 0:
+        sys.exit(130 if result.interrupted else 0)  # rank 0 reports for the world
+    for note in result.warnings:
+        click.echo(f"Warning: {note}", err=True)
+    if as_json:
+        emit_json({**result.to_dict(), "warnings": [w for w in [warning, *result.warnings] if w]})
+    else:
+        click.echo(render_train(result))
+    if result.interrupted:
+        sys.exit(130)
+
+
+def _resumed(ctx, run: str, given: dict, data_dir):
+    """The recipe and dataset recorded by the run; an option given now with another value is refused."""
+    from cnnkit.build import checkpoint
+    from cnnkit.build.data import load_recorded
+
+    meta = checkpoint.load(run).meta
+    recorded = meta.train_args
+    recipe = {}
+    for name in RECIPE_OPTIONS:
+        value = recorded.get(name, given[name])
+        if name == "precision":
+            value = recorded.get("precision", value)
+        explicit = ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+        if explicit and given[name] != value and not (name == "precision" and given[name] == "auto"):
+            flag = "--" + name.replace("_", "-")
+            raise CheckpointError(f"cannot resume {run}: {flag} {given[name]} differs from the run's {value}")
+        recipe[name] = value
+    for name in ("dataset", "classes"):
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            raise CheckpointError(f"cannot resume {run}: --{name} is taken from the run; drop it")
+    ds = load_recorded(meta.dataset, data_dir)
+    if tuple(ds.classes) != tuple(meta.classes):
+        from cnnkit.build.data import with_classes
+
+        ds = with_classes(ds, tuple(meta.classes))
+    return recipe, ds
+
+
+def _argv_without(ctx: click.Context, skip: str) -> list[str]:
+    """The options given on this command line, less `skip`, as arguments again (for torchrun's workers)."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        if param.name == skip or ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params[param.name]
+        if getattr(param, "is_flag", False):
+            if value:
+                args.append(param.opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return args

@@ -1,0 +1,83 @@
+"""A run that stops and picks up where it stopped; a run folder that is not silently overwritten; divergence."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from cnnkit.build.data import load_idx_dir
+from cnnkit.build.train import TrainConfig, train
+from cnnkit.cli import main
+from cnnkit.errors import TrainingError
+from conftest import write_idx_dataset
+
+ARGS = ["--epochs", "4", "--batch-size", "64", "--device", "cpu", "--precision", "fp32"]
+
+
+def test_ctrl_c_then_resume_ends_with_the_same_weights(tmp_path):
+    """A 4-epoch run, and the same run stopped by SIGINT after an epoch and resumed, end bitwise equal on CPU."""
+    data = write_idx_dataset(tmp_path / "idx", n_train=384, n_test=64)
+    ds = load_idx_dir(data, "idx")
+    full = train(ds, TrainConfig(epochs=4, batch_size=64, device="cpu", precision="fp32"), tmp_path / "a", False)
+
+    run = tmp_path / "b"
+    cmd = [sys.executable, "-m", "cnnkit", "train", "--data-dir", str(data), *ARGS, "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (run / "train_state.json").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and b"Traceback" not in err, err.decode()[-1500:]
+    assert b"interrupted: kept epoch" in out and not [p for p in run.iterdir() if p.name.startswith(".")]
+    stopped_at = json.loads((run / "train_state.json").read_text())["epoch"]
+
+    r = CliRunner().invoke(main, ["train", "--resume", str(run), "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["resumed_from_epoch"] == stopped_at and [e["epoch"] for e in result["epochs"]] == [1, 2, 3, 4]
+    a, b = load_file(full.checkpoint), load_file(run / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+    # the same run asked for with another recipe or other data is refused, naming the difference
+    r = CliRunner().invoke(main, ["train", "--resume", str(run), "--lr", "0.01"])
+    assert r.exit_code == 1 and "--lr 0.01 differs from the run's 0.002" in r.stderr
+    other = write_idx_dataset(tmp_path / "other", n_train=384, n_test=64, seed=1)
+    r = CliRunner().invoke(main, ["train", "--resume", str(run), "--data-dir", str(other)])
+    assert r.exit_code == 1 and "not the data this model was trained on" in r.stderr
+    r = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "a" / "nothing")])
+    assert r.exit_code == 1 and r.stderr.startswith("Error: ") and "Traceback" not in r.output
+
+
+def test_out_folder_of_an_earlier_run_is_not_overwritten(tmp_path):
+    data = write_idx_dataset(tmp_path / "idx", n_train=128, n_test=32)
+    run = tmp_path / "run"
+    base = ["train", "--data-dir", str(data), "--max-steps", "2", "--device", "cpu", "--out", str(run)]
+    assert CliRunner().invoke(main, base).exit_code == 0
+    (run / "model.onnx").write_bytes(b"an export of the old checkpoint")
+    (run / "notes.txt").write_text("mine")
+    before = (run / "model.safetensors").read_bytes()
+    r = CliRunner().invoke(main, base)
+    assert r.exit_code == 1 and "not empty" in r.stderr and "--force" in r.stderr
+    assert (run / "model.safetensors").read_bytes() == before
+    r = CliRunner().invoke(main, [*base, "--force", "--seed", "3"])
+    assert r.exit_code == 0, r.output
+    assert (run / "model.safetensors").read_bytes() != before
+    assert not (run / "model.onnx").exists()  # a stale export would not match the new checkpoint
+    assert (run / "notes.txt").read_text() == "mine"  # not cnnkit's: left alone
+
+
+def test_diverged_run_stops_with_one_line_and_keeps_nothing_broken(tmp_path):
+    ds = load_idx_dir(write_idx_dataset(tmp_path / "idx", n_train=256, n_test=32), "idx")
+    with pytest.raises(TrainingError, match="diverged in epoch 1.*nothing saved"):
+        train(ds, TrainConfig(epochs=2, batch_size=64, lr=1e9, device="cpu"), tmp_path / "run", False)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    r = CliRunner().invoke(main, ["train", "--data-dir", str(tmp_path / "idx"), "--lr", "inf"])
+    assert r.exit_code == 2 and "--lr" in r.stderr  # refused by the option's bounds before any work

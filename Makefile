@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUN ?= runs/demo
 
-.PHONY: demo test lint runtime-check install clean
+.PHONY: demo test lint runtime-check triton-check install clean
 
 install: $(VENV)/.installed
 
@@ -35,5 +35,9 @@ lint: install
 runtime-check: install
 	bash scripts/check_runtime_install.sh
 
+# a venv of the system Python with cnnkit[serve,triton] (numpy<2) runs a real Triton server through PyTriton
+triton-check: install
+	bash scripts/check_triton.sh
+
 clean:
-	rm -rf runs .pytest_cache .venv-runtime
+	rm -rf runs .pytest_cache .venv-runtime .venv-triton

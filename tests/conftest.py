@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +69,60 @@ def exported(trained, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("export")
     return export(trained.checkpoint, out, formats=("onnx", "torchscript"), verify=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, *args: str) -> tuple[subprocess.Popen, str]:
+    """`cnnkit serve MODEL` in a subprocess on a free port; returns it once /readyz answers 200."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnkit", "serve", model, "--port", str(port), "--device", "cpu", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stdout.read().decode())
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
+def png(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def server(exported):
+    """`cnnkit serve` on the session's ONNX export, in its own process, with small limits to test against."""
+    proc, url = start_server(
+        exported.artefacts["onnx"],
+        "--max-batch",
+        "16",
+        "--max-delay-ms",
+        "5",
+        "--max-images",
+        "8",
+        "--max-body-mb",
+        "1",
+    )
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)

@@ -1,8 +1,6 @@
 import asyncio
 import base64
-import io
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -11,63 +9,12 @@ import time
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from cnnkit.build.data import load_sample
 from cnnkit.runtime import Classifier
 from cnnkit.serve.batching import Batcher, BatchFailed
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: str, *args: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cnnkit", "serve", model, "--port", str(port), "--device", "cpu", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stdout.read().decode())
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
-
-
-def png(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def server(exported):
-    proc, url = start_server(
-        exported.artefacts["onnx"],
-        "--max-batch",
-        "16",
-        "--max-delay-ms",
-        "5",
-        "--max-images",
-        "8",
-        "--max-body-mb",
-        "1",
-    )
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+from conftest import png, start_server
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,15 @@ class ModelInfo:
         return self.model_version or (self.checkpoint_sha256 or "unknown")[:12]
 
     @property
+    def serving_name(self) -> str:
+        """The model's name on a server: in Triton's model repository and in every KServe V2 path, by one rule.
+
+        `cnnkit-<dataset>` from the metadata (e.g. `cnnkit-mnist-sample`), reduced to letters, digits, `-` and `_`.
+        """
+        dataset = str((self.raw.get("dataset") or {}).get("name") or "model")
+        return valid_model_name("cnnkit-" + re.sub(r"[^A-Za-z0-9_-]+", "-", dataset).strip("-"), "metadata")
+
+    @property
     def variant(self) -> str:
         """'fp32', 'int8-folded', ...: the precision, and whether the linear layers are folded."""
         return self.precision + ("-folded" if self.folded else "")
@@ -84,6 +94,19 @@ class ModelInfo:
             )
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{where}: incomplete cnnkit metadata (missing {exc})") from None
+
+
+MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def valid_model_name(name: str, where: str = "--model-name") -> str:
+    """A model name safe as a folder in a Triton repository and a segment of a URL path, else ModelFileError."""
+    if not MODEL_NAME_RE.fullmatch(name) or ".." in name:
+        raise ModelFileError(
+            f"{where}: model name {name!r} must be 1-128 letters, digits, '_', '-' or '.', starting with a letter "
+            "or digit"
+        )
+    return name
 
 
 def model_version(checkpoint_sha256: str, variant: dict[str, Any]) -> str:

@@ -20,7 +20,10 @@ STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
 FORMAT = "cnnkit-train-state/1"
 # recipe fields that must match for a resume to continue the same run
-RECIPE_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "shift", "rotate", "val_fraction", "max_steps")
+RECIPE_FIELDS = (
+    "epochs", "batch_size", "lr", "weight_decay", "seed", "shift", "rotate", "val_fraction", "label_smoothing",
+    "max_steps",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

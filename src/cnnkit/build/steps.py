@@ -50,7 +50,7 @@ def epoch_data(images, labels, seed: int, epoch: int, aug: augment.Augment, batc
     return x, labels[index], sizes
 
 
-def make_step(model, opt, precision: str = "fp32", sched=None):
+def make_step(model, opt, precision: str = "fp32", sched=None, label_smoothing: float = 0.0):
     """One optimisation step on a prepared (normalised, on-device) batch: forward, backward, step.
 
     Returns a function `step(images [B,1,H,W] float32, labels [B]) -> (loss, logits)`, both detached.
@@ -60,7 +60,7 @@ def make_step(model, opt, precision: str = "fp32", sched=None):
     def step(images, labels):
         with autocast(images.device, precision):
             out = model(images)
-            loss = F.cross_entropy(out.float(), labels)
+            loss = F.cross_entropy(out.float(), labels, label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -32,6 +32,7 @@ class TrainConfig:
     shift: int = 2  # random translation augmentation, in pixels (0 turns it off)
     rotate: float = 0.0  # random rotation augmentation, degrees each way
     val_fraction: float = 0.1  # of the training images, held out to validate on
+    label_smoothing: float = 0.0
     eval_batch_size: int = 1000
 
     def recipe(self, precision: str) -> dict:
@@ -259,7 +260,7 @@ def _loop(
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    train_step = make_step(net, opt, precision, sched)
+    train_step = make_step(net, opt, precision, sched, cfg.label_smoothing)
     aug = augment.Augment(shift=cfg.shift, rotate=cfg.rotate)
     reporter = progress if isinstance(progress, Progress) else Progress(enabled=bool(progress))
     reporter.enabled = reporter.enabled and world.is_main

@@ -40,6 +40,7 @@ EXTRAS = {
     "multipart": "serve",
     "python_multipart": "serve",
     "matplotlib": "plot",
+    "pytriton": "triton",
 }
 
 

@@ -14,9 +14,19 @@ from cnnkit.cli.common import gate_options, require
 
 @click.command()
 @click.argument("checkpoint", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript", "all"]), default="all", show_default=True)
 @click.option(
-    "--out", type=click.Path(file_okay=False), default=None, help="Output folder (default: the checkpoint's)."
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx", "torchscript", "all", "triton"]),
+    default="all",
+    show_default=True,
+    help="triton: a Triton model repository (config.pbtxt, labels, 1/model.onnx) in --out.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Output folder (default: the checkpoint's; for triton, its triton/ subfolder).",
 )
 @click.option("--opset", type=click.IntRange(min=7), default=None, help="ONNX opset (default: the exporter's).")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Check parity before keeping the files.")
@@ -44,6 +54,21 @@ from cnnkit.cli.common import gate_options, require
 )
 @click.option("--calibration-seed", type=int, default=0, show_default=True, help="INT8: which images.")
 @gate_options
+@click.option("--model-name", default=None, help="triton: the model's name (default: cnnkit-<dataset>).")
+@click.option("--max-batch-size", type=click.IntRange(1, 65_536), default=256, show_default=True, help="triton.")
+@click.option(
+    "--preferred-batch-sizes", default="16,64", show_default=True, help="triton: the dynamic batcher's preferred sizes."
+)
+@click.option("--queue-delay-us", type=click.IntRange(0, 10_000_000), default=2000, show_default=True, help="triton.")
+@click.option(
+    "--instance-kind",
+    type=click.Choice(["auto", "gpu", "cpu"]),
+    default="auto",
+    show_default=True,
+    help="triton: where instances run (auto: a GPU where Triton has one).",
+)
+@click.option("--instances", type=click.IntRange(1, 64), default=1, show_default=True, help="triton: per device.")
+@click.option("--with-torchscript", is_flag=True, help="triton: also a pytorch_libtorch model (<name>-libtorch).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def export(
     checkpoint,
@@ -60,35 +85,57 @@ def export(
     data_dir,
     min_agreement,
     max_accuracy_drop,
+    model_name,
+    max_batch_size,
+    preferred_batch_sizes,
+    queue_delay_us,
+    instance_kind,
+    instances,
+    with_torchscript,
     as_json,
 ):
-    """Export a checkpoint to ONNX and/or TorchScript (uint8 in, logits out)."""
+    """Export a checkpoint to ONNX and/or TorchScript (uint8 in, logits out), or a Triton model repository."""
     require("torch", "onnx")
     from cnnkit.build.export import FORMATS
     from cnnkit.build.export import export as run_export
     from cnnkit.cli.render import render_export
 
+    gates = {
+        "opset": opset,
+        "verify": verify,
+        "atol": atol,
+        "rtol": rtol,
+        "precision": precision,
+        "fold": fold,
+        "calibration_images": calibration_images,
+        "calibration_seed": calibration_seed,
+        "data_dir": data_dir,
+        "min_agreement": min_agreement,
+        "max_accuracy_drop": max_accuracy_drop,
+    }
+    if fmt == "triton":
+        from cnnkit.build.checkpoint import resolve
+        from cnnkit.build.triton_repo import TritonOptions, write_repository
+
+        opts = TritonOptions(
+            model_name=model_name,
+            max_batch_size=max_batch_size,
+            preferred_batch_sizes=_ints(preferred_batch_sizes, "--preferred-batch-sizes"),
+            max_queue_delay_us=queue_delay_us,
+            instance_kind=instance_kind,
+            instances=instances,
+            torchscript=with_torchscript,
+        )
+        repo = out or str(resolve(checkpoint).parent / "triton")
+        result = write_repository(checkpoint, repo, opts, **gates)
+        click.echo(json.dumps(result.to_dict(), indent=2) if as_json else render_export(result))
+        sys.exit(0 if result.ok else 1)
     formats = FORMATS if fmt == "all" else (fmt,)
     if precision != "fp32" and fmt == "all":
         formats = ("onnx",)  # reduced precision is an ONNX variant; the TorchScript file stays fp32
     if precision == "fp16" and not as_json:
         click.echo("Note: fp16 is for CUDA; on a CPU it runs no faster than fp32.", err=True)
-    result = run_export(
-        checkpoint,
-        out,
-        formats,
-        opset=opset,
-        verify=verify,
-        atol=atol,
-        rtol=rtol,
-        precision=precision,
-        fold=fold,
-        calibration_images=calibration_images,
-        calibration_seed=calibration_seed,
-        data_dir=data_dir,
-        min_agreement=min_agreement,
-        max_accuracy_drop=max_accuracy_drop,
-    )
+    result = run_export(checkpoint, out, formats, **gates)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else render_export(result))
     sys.exit(0 if result.ok else 1)
 
@@ -129,4 +176,8 @@ def verify(artefacts, checkpoint, atol, rtol, device, data_dir, min_agreement, m
     sys.exit(0 if report else 1)
 
 
-# ----------------------------------------------------------------------------------- predict, doctor
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint=option) from None

@@ -29,12 +29,69 @@ from cnnkit.cli.common import DEVICES, make_classifier
 @click.option("--max-body-mb", type=click.FloatRange(min=0.01), default=8.0, show_default=True)
 @click.option("--max-images", type=click.IntRange(min=1), default=256, show_default=True, help="Per request.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
-def serve(model, host, port, device, max_batch, max_delay_ms, max_body_mb, max_images, threads):
-    """Serve an ONNX model over HTTP (POST /v1/predict, /healthz, /readyz, /v1/model, /metrics)."""
+@click.option(
+    "--engine",
+    type=click.Choice(["cnnkit", "triton"]),
+    default="cnnkit",
+    show_default=True,
+    help="triton: a real Triton Inference Server through PyTriton (the 'triton' extra; HTTP on --port).",
+)
+@click.option("--model-name", default=None, help="The model's name in /v2 paths (default: cnnkit-<dataset>).")
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True, help="triton engine.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=8002, show_default=True, help="triton engine.")
+def serve(
+    model,
+    host,
+    port,
+    device,
+    max_batch,
+    max_delay_ms,
+    max_body_mb,
+    max_images,
+    threads,
+    engine,
+    model_name,
+    grpc_port,
+    metrics_port,
+):
+    """Serve an ONNX model over HTTP: cnnkit's API (POST /v1/predict, /healthz, /readyz, /v1/model, /metrics) and
+    the KServe V2 protocol (/v2/...); or, with --engine triton, in Triton Inference Server (V2 over HTTP and gRPC)."""
+    from cnnkit.contract import valid_model_name
+
+    if model_name is not None:
+        valid_model_name(model_name)
+    if engine == "triton":
+        from cnnkit.serve.triton_engine import TritonEngine, TritonEngineConfig, check_available
+
+        check_available()
+        triton = TritonEngine(
+            TritonEngineConfig(
+                model=model,
+                model_name=model_name,
+                host=host,
+                http_port=port,
+                grpc_port=grpc_port,
+                metrics_port=metrics_port,
+                device=device,
+                max_batch=max_batch,
+                max_delay_ms=max_delay_ms,
+            )
+        )
+        click.echo(
+            f"cnnkit serve --engine triton: {model} as {triton.model_name!r} on {triton.classifier.providers[0]}; "
+            f"HTTP {host}:{port}, gRPC {host}:{grpc_port}, metrics {host}:{metrics_port}",
+            err=True,
+        )
+        triton.serve()
+        return
     from cnnkit.serve import ServeConfig, run  # the serve extra; the CLI names it when it is missing
 
     cfg = ServeConfig(
-        max_batch=max_batch, max_delay_ms=max_delay_ms, max_body_bytes=int(max_body_mb * 2**20), max_images=max_images
+        max_batch=max_batch,
+        max_delay_ms=max_delay_ms,
+        max_body_bytes=int(max_body_mb * 2**20),
+        max_images=max_images,
+        model_name=model_name,
     )
     clf = make_classifier(model, device, intra_op_threads=threads, max_batch=max(max_batch, max_images))
     click.echo(

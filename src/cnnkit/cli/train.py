@@ -8,11 +8,16 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from cnnkit.build.train import TrainConfig
 from cnnkit.cli.common import DEVICES, emit_json, require
 from cnnkit.errors import CheckpointError
 
 # options that define the run; with --resume they come from the run, and a different value given is refused
-RECIPE_OPTIONS = ("epochs", "batch_size", "lr", "seed", "precision", "shift", "rotate", "val_fraction", "max_steps")
+RECIPE_OPTIONS = (
+    "epochs", "batch_size", "lr", "seed", "precision", "shift", "rotate", "label_smoothing", "val_fraction",
+    "max_steps",
+)  # fmt: skip
+D = TrainConfig()  # the defaults live in one place
 
 
 @click.command()
@@ -30,48 +35,55 @@ RECIPE_OPTIONS = ("epochs", "batch_size", "lr", "seed", "precision", "shift", "r
     "(default $CNNKIT_DATA_DIR or ~/.cache/cnnkit).",
 )
 @click.option("--classes", default=None, help="Class names in label order, comma-separated (default: classes.txt).")
-@click.option("--epochs", type=click.IntRange(1, 10_000), default=8, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 10_000), default=D.epochs, show_default=True)
 @click.option(
     "--batch-size",
     type=click.IntRange(1, 65_536),
-    default=128,
+    default=D.batch_size,
     show_default=True,
     help="Global batch: split across the processes of a torchrun/--nproc run.",
 )
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, max=10, min_open=True),
-    default=2e-3,
+    default=D.lr,
     show_default=True,
     help="Peak learning rate of the one-cycle AdamW schedule (the same for any number of processes).",
 )
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=D.seed, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option(
     "--precision",
     type=click.Choice(["auto", "fp32", "bf16"]),
-    default="auto",
+    default=D.precision,
     show_default=True,
     help="auto: bf16 autocast where the hardware runs it natively (CUDA 8.0+, CPUs with AMX), else fp32.",
 )
 @click.option(
     "--shift",
     type=click.IntRange(min=0, max=8),
-    default=2,
+    default=D.shift,
     show_default=True,
     help="Random translation augmentation in pixels (0: off).",
 )
 @click.option(
     "--rotate",
     type=click.FloatRange(0, 45),
-    default=0.0,
+    default=D.rotate,
     show_default=True,
     help="Random rotation augmentation, degrees each way (0: off).",
 )
 @click.option(
+    "--label-smoothing",
+    type=click.FloatRange(0, 0.5),
+    default=D.label_smoothing,
+    show_default=True,
+    help="Cross-entropy label smoothing.",
+)
+@click.option(
     "--val-fraction",
     type=click.FloatRange(0, 0.5),
-    default=0.1,
+    default=D.val_fraction,
     show_default=True,
     help="Share of the training images held out for validation (a fixed choice, the same for every seed).",
 )
@@ -109,7 +121,6 @@ def train(ctx, dataset, data_dir, classes, out, force, resume_dir, nproc, device
         sys.exit(distributed.launch(nproc, args))
 
     from cnnkit.build.data import load_dataset, parse_classes, with_classes
-    from cnnkit.build.train import TrainConfig
     from cnnkit.build.train import train as run_train
     from cnnkit.cli.render import render_train
 

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from cnnkit.errors import CnnkitError
 from cnnkit.runtime import Classifier, predictions, softmax
 from cnnkit.runtime import images as imgs
+from cnnkit.serve import v2
 from cnnkit.serve.batching import Batcher, BatchFailed
 
 
@@ -34,6 +35,7 @@ class ServeConfig:
     max_body_bytes: int = 8 * 1024 * 1024
     max_images: int = 256  # per request
     top_k: int = 3
+    model_name: str | None = None  # in the KServe V2 paths; default: the model's serving name
 
 
 class ClientError(Exception):
@@ -219,6 +221,62 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
             },
         )
 
+    name = cfg.model_name or clf.info.serving_name
+
+    def v2_model_problem(request: Request) -> str | None:
+        asked, version = request.path_params["name"], request.path_params.get("version")
+        if asked != name:
+            return f"unknown model {asked!r}; this server serves {name!r}"
+        if version is not None and version != clf.info.version:
+            return f"unknown version {version!r} of {name!r}; this server has {clf.info.version!r}"
+        return None
+
+    async def v2_live(request: Request) -> Response:
+        return done("v2_health", 200, {"live": True})
+
+    async def v2_ready(request: Request) -> Response:
+        return done("v2_health", 200 if state["ready"] else 503, {"ready": state["ready"]})
+
+    async def v2_server(request: Request) -> Response:
+        return done("v2_metadata", 200, v2.server_metadata())
+
+    async def v2_model(request: Request) -> Response:
+        problem = v2_model_problem(request)
+        if problem:
+            return done("v2_metadata", 400, {"error": problem})
+        return done("v2_metadata", 200, v2.model_metadata(clf, name))
+
+    async def v2_model_ready(request: Request) -> Response:
+        problem = v2_model_problem(request)
+        if problem:
+            return done("v2_health", 400, {"error": problem})
+        return done("v2_health", 200 if state["ready"] else 503, {"name": name, "ready": state["ready"]})
+
+    async def v2_infer(request: Request) -> Response:
+        t0 = time.perf_counter()
+        try:
+            problem = v2_model_problem(request)
+            if problem:
+                raise v2.ProtocolError(problem)
+            body = await read_body(request, cfg.max_body_bytes)
+            req = v2.parse_infer(body, request.headers.get(v2.HEADER_LENGTH), clf, cfg.max_images)
+            metrics.queue_depth.set(batcher.queued_images + len(req.images))
+            logits = await batcher.submit(req.images)
+        except v2.ProtocolError as exc:
+            return done("v2_infer", exc.status, {"error": str(exc)})
+        except ClientError as exc:
+            return done("v2_infer", exc.status, {"error": str(exc)})
+        except BatchFailed as exc:
+            return done("v2_infer", 500, {"error": str(exc)})
+        finally:
+            metrics.queue_depth.set(batcher.queued_images)
+        if not np.isfinite(logits).all():
+            return done("v2_infer", 500, {"error": "the model produced non-finite logits"})
+        content, headers = v2.response(req, logits, clf, name)
+        metrics.latency.observe(time.perf_counter() - t0)
+        metrics.requests.labels("v2_infer", "200").inc()
+        return Response(content, headers=headers)
+
     async def metrics_endpoint(request: Request) -> Response:
         metrics.requests.labels("metrics", "200").inc()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -241,6 +299,15 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
         Route("/readyz", readyz),
         Route("/v1/model", model_info),
         Route("/metrics", metrics_endpoint),
+        Route("/v2/health/live", v2_live),
+        Route("/v2/health/ready", v2_ready),
+        Route("/v2", v2_server),
+        Route("/v2/models/{name}", v2_model),
+        Route("/v2/models/{name}/versions/{version}", v2_model),
+        Route("/v2/models/{name}/ready", v2_model_ready),
+        Route("/v2/models/{name}/versions/{version}/ready", v2_model_ready),
+        Route("/v2/models/{name}/infer", v2_infer, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}/infer", v2_infer, methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.metrics = metrics

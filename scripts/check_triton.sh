@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `cnnkit serve --engine triton` for real (run by CI after `make test`): a venv of the operating system's Python
+# (PyTriton's Python backend stub fails under a pyenv-built 3.11.7) with cnnkit[serve,triton] -- so numpy<2 --
+# and tritonclient starts a real Triton server through PyTriton and compares its answers with `cnnkit serve` on a
+# model exported in the full environment (.venv, made by `make install`).
+#   bash scripts/check_triton.sh      (TRITON_PYTHON=/usr/bin/python3.11, TRITON_VENV=.venv-triton; kept for reuse)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${TRITON_PYTHON:-/usr/bin/python3.11}
+VENV=${TRITON_VENV:-.venv-triton}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+if [ "$(uname -s)-$(uname -m)" != "Linux-x86_64" ] || [ ! -x "$PY" ]; then
+  echo "SKIP: PyTriton needs Linux x86-64 and a system Python ($PY not found); set TRITON_PYTHON"
+  exit 0
+fi
+echo "== triton venv ($VENV, from $PY): pip install '.[serve,triton]' tritonclient"
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pipq() { "$VENV/bin/python" -m pip install --quiet "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+pipq --upgrade pip
+pipq --force-reinstall --no-deps .
+pipq '.[serve,triton]' 'tritonclient[http,grpc]>=2.40' 'pytest>=8' 'httpx>=0.27'
+"$VENV/bin/python" -c "import numpy, pytriton; print('numpy', numpy.__version__, '- pytriton ok')"
+
+echo "== a model exported in the full environment"
+.venv/bin/python -m cnnkit train --dataset sample --epochs 1 --device cpu --out "$WORK/run" --json > /dev/null
+.venv/bin/python -m cnnkit export "$WORK/run" --format onnx --json > /dev/null
+
+echo "== tests/test_triton_engine.py in $VENV"
+CNNKIT_TEST_ONNX="$WORK/run/model.onnx" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_triton_engine.py -rs

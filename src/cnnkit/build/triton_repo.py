@@ -1,0 +1,137 @@
+"""`cnnkit export --format triton`: a Triton Inference Server model repository a stock server loads with no Python.
+
+    REPO/<name>/config.pbtxt          platform onnxruntime_onnx, uint8 images [C,H,W] -> float32 logits [classes]
+    REPO/<name>/labels.txt            class names, one per line (Triton's classification extension returns them)
+    REPO/<name>/1/model.onnx          the verified ONNX export (metadata inside)
+    REPO/<name>-libtorch/...          optionally the TorchScript export (platform pytorch_libtorch, model.pt)
+
+The configuration is written as protobuf text format against Triton's ModelConfig schema (model_config.proto);
+the tests parse it with tritonclient's own `model_config_pb2`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from cnnkit import contract
+from cnnkit.errors import CnnkitError
+
+INSTANCE_KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+LABELS = "labels.txt"
+# the PyTorch backend names outputs by position (TorchScript outputs have no names): <name>__<index>
+LIBTORCH_OUTPUT = f"{contract.OUTPUT_NAME}__0"
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    model_name: str | None = None  # default: the model's serving name (contract.ModelInfo.serving_name)
+    max_batch_size: int = 256
+    preferred_batch_sizes: tuple[int, ...] = (16, 64)
+    max_queue_delay_us: int = 2000
+    instance_kind: str = "auto"  # auto (GPU where Triton has one), gpu, cpu
+    instances: int = 1
+    torchscript: bool = False  # also a pytorch_libtorch model beside the ONNX one
+
+    def check(self) -> None:
+        if self.instance_kind not in INSTANCE_KINDS:
+            raise CnnkitError(f"instance kind {self.instance_kind!r}; expected one of {', '.join(INSTANCE_KINDS)}")
+        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
+        if bad:
+            raise CnnkitError(f"preferred batch sizes {bad} are not within 1..max batch size {self.max_batch_size}")
+        if self.model_name is not None:
+            contract.valid_model_name(self.model_name)
+
+
+def _q(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def config_pbtxt(name: str, platform: str, info: contract.ModelInfo, opts: TritonOptions, output_name: str) -> str:
+    """The model configuration in protobuf text format."""
+    dims_in = f"[ {info.channels}, {info.image_size}, {info.image_size} ]"
+    preferred = ", ".join(str(b) for b in opts.preferred_batch_sizes)
+    return f"""# written by cnnkit export --format triton; model version {info.version}, {info.variant}
+name: {_q(name)}
+platform: {_q(platform)}
+max_batch_size: {opts.max_batch_size}
+input [
+  {{
+    name: {_q(info.input_name)}
+    data_type: TYPE_UINT8
+    format: FORMAT_NCHW
+    dims: {dims_in}
+  }}
+]
+output [
+  {{
+    name: {_q(output_name)}
+    data_type: TYPE_FP32
+    dims: [ {info.num_classes} ]
+    label_filename: {_q(LABELS)}
+  }}
+]
+dynamic_batching {{
+  preferred_batch_size: [ {preferred} ]
+  max_queue_delay_microseconds: {opts.max_queue_delay_us}
+}}
+instance_group [
+  {{
+    count: {opts.instances}
+    kind: {INSTANCE_KINDS[opts.instance_kind]}
+  }}
+]
+version_policy: {{ latest: {{ num_versions: 1 }} }}
+"""
+
+
+def _model_dir(stage: Path, name: str, platform: str, artefact: Path, filename: str, info, opts, output: str) -> Path:
+    d = stage / name
+    (d / "1").mkdir(parents=True)
+    os.replace(artefact, d / "1" / filename)
+    (d / "config.pbtxt").write_text(config_pbtxt(name, platform, info, opts, output))
+    (d / LABELS).write_text("".join(c + "\n" for c in info.classes))
+    return d
+
+
+def write_repository(checkpoint_path, repo: str | os.PathLike[str], opts: TritonOptions, **export_kwargs):
+    """Export (and verify) the checkpoint, then lay the files out as model folders in `repo`.
+
+    A model folder already in `repo` is replaced only once the new one is complete (built in a staging folder
+    inside `repo`, then renamed). Returns the ExportResult, its artefacts pointing into the repository.
+    """
+    from cnnkit.build.artifacts import read_info
+    from cnnkit.build.export import export
+
+    opts.check()
+    repo = Path(repo)
+    repo.mkdir(parents=True, exist_ok=True)
+    formats = ("onnx", "torchscript") if opts.torchscript else ("onnx",)
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=repo) as tmp:
+        stage = Path(tmp)
+        result = export(checkpoint_path, stage / "export", formats, **export_kwargs)
+        if not result.ok:
+            return result
+        onnx_file = Path(result.artefacts["onnx"])
+        info = read_info(onnx_file)
+        name = opts.model_name or info.serving_name
+        built = {
+            "onnx": _model_dir(stage, name, "onnxruntime_onnx", onnx_file, "model.onnx", info, opts, info.output_name)
+        }
+        if opts.torchscript:
+            ts = Path(result.artefacts["torchscript"])
+            built["torchscript"] = _model_dir(
+                stage, f"{name}-libtorch", "pytorch_libtorch", ts, "model.pt", info, opts, LIBTORCH_OUTPUT
+            )
+        artefacts = {}
+        for fmt, folder in built.items():
+            target = repo / folder.name
+            if target.exists():
+                old = stage / f"replaced-{folder.name}"
+                os.replace(target, old)
+            os.replace(folder, target)
+            artefacts[fmt] = str(target / "1" / ("model.onnx" if fmt == "onnx" else "model.pt"))
+            artefacts[f"{fmt}-config"] = str(target / "config.pbtxt")
+    return replace(result, artefacts=artefacts)

@@ -1,0 +1,139 @@
+"""`cnnkit serve --engine triton`: the model in a real Triton Inference Server, through NVIDIA's PyTriton.
+
+PyTriton (`pip install 'cnnkit[triton]'`) bundles the Triton server binary and its Python backend. The server
+takes the requests (HTTP and gRPC: the KServe V2 / Open Inference Protocol), batches them with Triton's dynamic
+batcher and hands each batch to cnnkit's runtime `Classifier` in this process; metrics are Triton's own.
+
+Needs: Linux x86-64, `numpy<2` (PyTriton 0.7 requires it), and a Python whose threading internals the Python
+backend stub accepts: a venv made from the operating system's Python 3.11 works; a pyenv-built 3.11.7 fails in the
+stub (`'_thread.RLock' object has no attribute '_recursion_count'`). docs/DEPLOY.md has the recipe.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cnnkit.errors import CnnkitError, MissingExtraError
+
+
+@dataclass(frozen=True)
+class TritonEngineConfig:
+    model: str
+    model_name: str | None = None  # default: the model's serving name
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    device: str = "auto"
+    max_batch: int = 64
+    max_delay_ms: float = 2.0
+    log_verbose: int = 0
+
+
+def check_available() -> None:
+    """One line saying why PyTriton cannot run here, or nothing."""
+    if importlib.util.find_spec("pytriton") is None:
+        raise MissingExtraError(
+            "cnnkit serve --engine triton needs the 'triton' extra (nvidia-pytriton is not installed): "
+            "pip install 'cnnkit[triton]' in a venv of the system's Python 3.11 (see docs/DEPLOY.md)"
+        )
+    import numpy as np
+
+    if int(np.__version__.split(".")[0]) >= 2:
+        raise MissingExtraError(
+            f"cnnkit serve --engine triton: PyTriton 0.7 needs numpy<2, this environment has numpy {np.__version__}; "
+            "pip install 'numpy<2' (a separate venv is best, see docs/DEPLOY.md)"
+        )
+
+
+class TritonEngine:
+    """A started Triton server with the model bound; `serve()` blocks, `start()`/`stop()` for embedding and tests."""
+
+    def __init__(self, cfg: TritonEngineConfig):
+        check_available()
+        import numpy as np
+        from pytriton.decorators import batch
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig
+
+        from cnnkit.runtime import Classifier
+
+        self.cfg = cfg
+        self.classifier = Classifier(cfg.model, device=cfg.device)
+        info = self.classifier.info
+        self.model_name = cfg.model_name or info.serving_name
+        spec = self.classifier.input_spec
+        out_name = info.output_name
+        clf = self.classifier
+
+        def infer_batch(**inputs: Any) -> dict[str, Any]:
+            return {out_name: clf.logits(inputs[info.input_name]).astype(np.float32, copy=False)}
+
+        infer = batch(infer_batch)  # Triton's batch of requests -> one stacked array per input
+
+        self._workspace = tempfile.TemporaryDirectory(prefix="cnnkit-triton-")
+        triton_cfg = TritonConfig(
+            http_address=cfg.host,
+            http_port=cfg.http_port,
+            grpc_address=cfg.host,
+            grpc_port=cfg.grpc_port,
+            metrics_address=cfg.host,
+            metrics_port=cfg.metrics_port,
+            log_verbose=cfg.log_verbose,
+            log_file=Path(self._workspace.name) / "triton.log",
+        )
+        self._triton = Triton(config=triton_cfg, workspace=Path(self._workspace.name) / "workspace")
+        self._triton.bind(
+            model_name=self.model_name,
+            infer_func=infer,
+            inputs=[Tensor(name=info.input_name, dtype=np.uint8, shape=(spec.channels, spec.height, spec.width))],
+            outputs=[Tensor(name=out_name, dtype=np.float32, shape=(info.num_classes,))],
+            config=ModelConfig(
+                max_batch_size=cfg.max_batch,
+                batcher=DynamicBatcher(max_queue_delay_microseconds=int(cfg.max_delay_ms * 1000)),
+            ),
+            strict=True,
+        )
+
+    @property
+    def log_file(self) -> Path:
+        return Path(self._workspace.name) / "triton.log"
+
+    def start(self) -> None:
+        """Start the server and wait until the model is ready (raises CnnkitError with Triton's reason if not)."""
+        try:
+            self._triton.run()
+        except Exception as exc:  # PyTriton raises its own exception types; the log says why
+            raise CnnkitError(f"Triton did not start ({_reason(exc, self.log_file)})") from None
+
+    def serve(self) -> None:
+        """Start and block until SIGINT/SIGTERM."""
+        try:
+            self._triton.serve()
+        except Exception as exc:
+            raise CnnkitError(f"Triton stopped ({_reason(exc, self.log_file)})") from None
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self._triton.stop()
+
+    def close(self) -> None:
+        try:
+            self._triton.stop()
+        finally:
+            self._workspace.cleanup()
+
+
+def _reason(exc: BaseException, log: Path) -> str:
+    from cnnkit.errors import first_line
+
+    try:
+        errors = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("E")]
+    except OSError:
+        errors = []
+    return (errors[-1] if errors else first_line(exc))[:300]

@@ -1,0 +1,107 @@
+"""`cnnkit serve --engine triton`: a real Triton Inference Server (PyTriton), driven by tritonclient.
+
+PyTriton needs numpy<2 and a system (not pyenv) Python: `make triton-check` runs this file in such a venv
+(.venv-triton) against a model exported by the main venv (CNNKIT_TEST_ONNX). Elsewhere the engine tests skip,
+saying why, and the missing-extra message is tested instead.
+"""
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import free_port
+
+HAVE_PYTRITON = importlib.util.find_spec("pytriton") is not None
+NUMPY_1 = int(np.__version__.split(".")[0]) < 2
+engine_only = pytest.mark.skipif(
+    not (HAVE_PYTRITON and NUMPY_1),
+    reason="PyTriton (the 'triton' extra, numpy<2) is not installed in this interpreter; `make triton-check` runs it",
+)
+
+
+@pytest.fixture(scope="module")
+def onnx_model(request):
+    return os.environ.get("CNNKIT_TEST_ONNX") or request.getfixturevalue("exported").artefacts["onnx"]
+
+
+def classify(url: str, x: np.ndarray, binary: bool, name: str) -> np.ndarray:
+    """The same client code for either engine."""
+    import tritonclient.http as th
+
+    client = th.InferenceServerClient(url)
+    try:
+        i = th.InferInput("images", list(x.shape), "UINT8")
+        i.set_data_from_numpy(x, binary_data=binary)
+        return client.infer(name, [i], outputs=[th.InferRequestedOutput("logits", binary_data=binary)]).as_numpy(
+            "logits"
+        )
+    finally:
+        client.close()
+
+
+@pytest.mark.skipif(HAVE_PYTRITON, reason="checks the message shown where PyTriton is missing")
+def test_missing_pytriton_is_one_line(onnx_model):
+    r = subprocess.run(
+        [sys.executable, "-m", "cnnkit", "serve", onnx_model, "--engine", "triton"], capture_output=True, text=True
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("Error: cnnkit serve --engine triton needs the 'triton' extra")
+
+
+@engine_only
+def test_triton_engine_serves_the_same_logits_as_cnnkit_serve(onnx_model):
+    import tritonclient.http as th
+
+    from conftest import start_server
+
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    cmd = [sys.executable, "-m", "cnnkit", "serve", onnx_model, "--engine", "triton", "--device", "cpu"]
+    cmd += ["--port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--model-name", "digits"]
+    triton = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    own, own_url = start_server(onnx_model, "--model-name", "digits")
+    try:
+        client = th.InferenceServerClient(f"127.0.0.1:{http}")
+        deadline = time.time() + 90
+        while True:
+            assert triton.poll() is None, triton.stdout.read().decode()[-3000:]
+            try:
+                if client.is_model_ready("digits"):
+                    break
+            except Exception:
+                pass
+            assert time.time() < deadline, "Triton did not become ready"
+            time.sleep(0.5)
+        x = np.random.default_rng(0).integers(0, 256, (6, 1, 28, 28), dtype=np.uint8)
+        for binary in (True, False):
+            a = classify(f"127.0.0.1:{http}", x, binary, "digits")
+            b = classify(own_url.removeprefix("http://"), x, binary, "digits")
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        assert client.get_model_metadata("digits")["inputs"][0]["datatype"] == "UINT8"
+        try:
+            import tritonclient.grpc as tg
+        except ImportError:
+            tg = None
+        if tg is not None:  # Triton's gRPC endpoint answers the same
+            g = tg.InferenceServerClient(f"127.0.0.1:{grpc}")
+            i = tg.InferInput("images", list(x.shape), "UINT8")
+            i.set_data_from_numpy(x)
+            np.testing.assert_allclose(g.infer("digits", [i]).as_numpy("logits"), a, rtol=1e-5, atol=1e-5)
+        import urllib.request
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
+        assert 'nv_inference_request_success{model="digits"' in text
+        client.close()
+    finally:
+        own.terminate()
+        own.wait(timeout=30)
+        triton.send_signal(signal.SIGINT)
+        try:
+            triton.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            triton.kill()

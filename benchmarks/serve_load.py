@@ -38,17 +38,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(model: Path, args: list[str]) -> tuple[subprocess.Popen, str]:
+def start(
+    model: Path, args: list[str], python: str = sys.executable, ready_path: str = "/readyz"
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cnnkit", "serve", str(model), "--port", str(port), "--device", "cpu", *args],
+        [python, "-m", "cnnkit", "serve", str(model), "--port", str(port), "--device", "cpu", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
+    for _ in range(900):
         try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+            if httpx.get(url + ready_path, timeout=1).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
             time.sleep(0.1)
@@ -56,13 +58,21 @@ def start(model: Path, args: list[str]) -> tuple[subprocess.Popen, str]:
     raise SystemExit("server did not become ready")
 
 
-async def _post(reader, writer, host: str, body: bytes) -> int:
+def http_post(path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    """A complete HTTP/1.1 POST request (keep-alive), built once and sent many times."""
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def png_request(body: bytes) -> bytes:
+    return http_post("/v1/predict", body, {"Content-Type": "image/png"})
+
+
+async def _post(reader, writer, request: bytes) -> int:
     """One keep-alive HTTP/1.1 POST on raw asyncio streams (far lighter than a full client library, which
     matters when the load generator shares two cores with the server)."""
-    writer.write(
-        b"POST /v1/predict HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Type: image/png\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    )
+    writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     length = next(
@@ -72,7 +82,7 @@ async def _post(reader, writer, host: str, body: bytes) -> int:
     return status
 
 
-async def load(url: str, bodies: list[bytes], clients: int, seconds: float) -> dict:
+async def load(url: str, requests: list[bytes], clients: int, seconds: float) -> dict:
     host, port = url.removeprefix("http://").split(":")
     latencies, errors, statuses = [], 0, {}
     stop_at = time.perf_counter() + seconds
@@ -83,11 +93,11 @@ async def load(url: str, bodies: list[bytes], clients: int, seconds: float) -> d
         k = i
         try:
             while time.perf_counter() < stop_at:
-                body = bodies[k % len(bodies)]
+                request = requests[k % len(requests)]
                 k += clients
                 t0 = time.perf_counter()
                 try:
-                    status = await _post(reader, writer, host, body)
+                    status = await _post(reader, writer, request)
                 except (OSError, asyncio.IncompleteReadError, ValueError):
                     errors += 1
                     writer.close()
@@ -131,7 +141,7 @@ def main() -> None:
         for img in load_sample().test_images[:200]:
             buf = io.BytesIO()
             Image.fromarray(img).save(buf, format="PNG")
-            bodies.append(buf.getvalue())
+            bodies.append(png_request(buf.getvalue()))
         results = {}
         for mode, args in MODES.items():
             proc, url = start(model, args)

@@ -53,7 +53,7 @@ def test_bad_triton_options_are_one_line(trained, tmp_path):
     for extra, match in (
         (["--model-name", "../escape"], "model name '../escape'"),
         (["--preferred-batch-sizes", "16,999"], "not within 1..max batch size 256"),
-        (["--preferred-batch-sizes", "a,b"], "comma-separated list of integers"),
+        (["--preferred-batch-sizes", "a,b"], "comma-separated integers"),
     ):
         r = CliRunner().invoke(main, [*base, *extra])
         assert r.exit_code in (1, 2) and match in r.stderr and "Traceback" not in r.output, r.output

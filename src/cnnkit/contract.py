@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ KEY = "cnnkit"  # ONNX metadata_props key and TorchScript extra-file name ("cnnk
 TS_EXTRA_FILE = "cnnkit.json"
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+BATCH_DIM = "batch"  # the dynamic batch dimension, named the same in the ONNX graph
 PRECISIONS = ("fp32", "int8", "fp16")
 
 
@@ -77,8 +79,8 @@ class ModelInfo:
             raise ModelFileError(f"{where}: metadata format {got!r}, expected {FORMAT!r}")
         try:
             inp, norm = d["input"], d["normalization"]
-            return cls(
-                classes=tuple(d["classes"]),
+            info = cls(
+                classes=tuple(check_labels(d["classes"], where)),
                 image_size=int(inp["shape"][-1]),
                 channels=int(inp["shape"][1]),
                 mean=float(norm["mean"]),
@@ -92,8 +94,32 @@ class ModelInfo:
                 model_version=d.get("model_version"),
                 raw=d,
             )
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
             raise ModelFileError(f"{where}: incomplete cnnkit metadata (missing {exc})") from None
+        if not 1 <= info.image_size <= MAX_IMAGE_SIDE or info.channels not in (1, 3):
+            raise ModelFileError(
+                f"{where}: metadata input {info.channels}x{info.image_size}x{info.image_size} is out of bounds "
+                f"(1 or 3 channels, side 1..{MAX_IMAGE_SIDE})"
+            )
+        if not (math.isfinite(info.mean) and math.isfinite(info.std) and info.std > 0):
+            raise ModelFileError(f"{where}: metadata normalisation mean {info.mean}, std {info.std} is not usable")
+        return info
+
+
+MAX_IMAGE_SIDE = 1024
+MAX_LABEL_CHARS = 64
+
+
+def check_labels(classes: Any, where: str) -> list[str]:
+    """Class names from metadata: a non-empty list of short printable strings (no escape codes, no newlines)."""
+    if not isinstance(classes, list) or not classes:
+        raise ModelFileError(f"{where}: metadata classes must be a non-empty list")
+    for i, name in enumerate(classes):
+        if not isinstance(name, str) or not name or len(name) > MAX_LABEL_CHARS or not name.isprintable():
+            raise ModelFileError(
+                f"{where}: class {i} name {str(name)[:40]!r} is not 1-{MAX_LABEL_CHARS} printable characters"
+            )
+    return classes
 
 
 MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -134,12 +160,12 @@ def build_metadata(
         "input": {
             "name": INPUT_NAME,
             "dtype": "uint8",
-            "shape": ["N", cfg.in_channels, cfg.image_size, cfg.image_size],
+            "shape": [BATCH_DIM, cfg.in_channels, cfg.image_size, cfg.image_size],
             "layout": "NCHW",
             "range": [0, 255],
             "note": "raw pixels, light digit on dark background as in MNIST; normalisation is inside the model",
         },
-        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N", len(ckpt_meta.classes)]},
+        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [BATCH_DIM, len(ckpt_meta.classes)]},
         "normalization": {"mean": ckpt_meta.mean, "std": ckpt_meta.std, "scale": "x / 255"},
         "model_config": cfg.to_dict(),
         "checkpoint": {"path": checkpoint_path, "sha256": checkpoint_sha256},

@@ -120,7 +120,8 @@ def write_onnx(proto: Any, meta: dict, path: Path) -> int:
 
     del proto.metadata_props[:]
     proto.metadata_props.add(key=contract.KEY, value=json.dumps(meta, sort_keys=True))
-    proto.doc_string = "cnnkit export: uint8 images [N,C,H,W] -> float32 logits [N,classes]"
+    proto.doc_string = "cnnkit export: uint8 images [batch,C,H,W] -> float32 logits [batch,classes]"
+    proto.model_version = int(meta["model_version"], 16)  # ONNX's int64 field: the 12 hex digits as a number
     try:
         onnx.checker.check_model(proto, full_check=True)
         onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
@@ -212,6 +213,8 @@ def export(
 
                     proto = convert_fp16(proto)
                 opset_used = write_onnx(proto, meta, staged[fmt])
+                if opset is not None and opset_used != opset:
+                    raise CnnkitError(f"--opset {opset}: the exporter wrote opset {opset_used}; not keeping it")
         report = None
         if verify:
             from cnnkit.build.verify import verify as run_verify

@@ -6,17 +6,7 @@ import sys
 
 import click
 
-from cnnkit.cli.common import gate_options, progress_for, require, show_report
-
-
-def _int_list(ctx, param, value: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-    if not out or min(out) < 1:
-        raise click.BadParameter(f"expected positive integers, got {value!r}")
-    return out
+from cnnkit.cli.common import Finite, gate_options, int_list, progress_for, require, show_report
 
 
 @click.command()
@@ -28,18 +18,20 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
     show_default=True,
     help="Comma-separated: eager, torchscript, onnx, compile, eager-cudagraph, onnx-cudagraph.",
 )
-@click.option("--batch-sizes", default="1,8,64,256", show_default=True, callback=_int_list)
-@click.option("--warmup", type=click.IntRange(min=1), default=10, show_default=True, help="Untimed iterations.")
-@click.option("--iters", type=click.IntRange(min=1), default=None, help="Timed iterations per backend and batch.")
+@click.option("--batch-sizes", default="1,8,64,256", show_default=True, callback=int_list)
+@click.option("--warmup", type=click.IntRange(1, 1_000_000), default=10, show_default=True, help="Untimed iterations.")
+@click.option(
+    "--iters", type=click.IntRange(1, 10_000_000), default=None, help="Timed iterations per backend and batch."
+)
 @click.option(
     "--min-time",
-    type=click.FloatRange(min=0.01),
+    type=Finite(min=0.01),
     default=1.5,
     show_default=True,
     help="Timed seconds per backend and batch (when --iters is not given).",
 )
 @click.option(
-    "--threads", type=click.IntRange(min=1), default=None, help="CPU threads for every backend (default: all cores)."
+    "--threads", type=click.IntRange(1, 512), default=None, help="CPU threads for every backend (default: all cores)."
 )
 @click.option(
     "--tf32/--no-tf32",
@@ -59,6 +51,8 @@ def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads
     from cnnkit.cli.render import render_bench
 
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
+    if not names:
+        raise click.BadParameter(f"no backend named in {backends!r}", param_hint="--backends")
     result = run_bench(
         list(paths),
         device=device,
@@ -90,16 +84,16 @@ def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads
 @click.command()
 @click.argument("run", type=click.Path())
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--batch-sizes", default="1,8,64,256", show_default=True, callback=_int_list)
+@click.option("--batch-sizes", default="1,8,64,256", show_default=True, callback=int_list)
 @click.option(
     "--min-time",
-    type=click.FloatRange(min=0.01),
+    type=Finite(min=0.01),
     default=1.0,
     show_default=True,
     help="Timed seconds per variant and batch.",
 )
 @click.option("--select", is_flag=True, help="Copy the fastest passing ONNX variant at --target-batch to model.onnx.")
-@click.option("--target-batch", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--target-batch", type=click.IntRange(1, 65_536), default=64, show_default=True)
 @gate_options
 @click.option(
     "--json", "json_file", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON ('-': stdout)."

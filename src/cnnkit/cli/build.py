@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
-from cnnkit.cli.common import gate_options, require
+from cnnkit.cli.common import Finite, dumps, gate_options, int_list, require
 
 # ------------------------------------------------------------------------------------ export, verify
 
@@ -28,10 +27,15 @@ from cnnkit.cli.common import gate_options, require
     default=None,
     help="Output folder (default: the checkpoint's; for triton, its triton/ subfolder).",
 )
-@click.option("--opset", type=click.IntRange(min=7), default=None, help="ONNX opset (default: the exporter's).")
+@click.option(
+    "--opset",
+    type=click.IntRange(18, 30),
+    default=None,
+    help="ONNX opset, 18 or later (the dynamo exporter's floor; default: the exporter's).",
+)
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Check parity before keeping the files.")
-@click.option("--atol", type=float, default=1e-4, show_default=True)
-@click.option("--rtol", type=float, default=1e-3, show_default=True)
+@click.option("--atol", type=Finite(0, 1), default=1e-4, show_default=True)
+@click.option("--rtol", type=Finite(0, 1), default=1e-3, show_default=True)
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "int8", "fp16"]),
@@ -47,17 +51,23 @@ from cnnkit.cli.common import gate_options, require
 )
 @click.option(
     "--calibration-images",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 100_000),
     default=512,
     show_default=True,
     help="INT8: training images to calibrate on.",
 )
-@click.option("--calibration-seed", type=int, default=0, show_default=True, help="INT8: which images.")
+@click.option(
+    "--calibration-seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="INT8: which images."
+)
 @gate_options
 @click.option("--model-name", default=None, help="triton: the model's name (default: cnnkit-<dataset>).")
 @click.option("--max-batch-size", type=click.IntRange(1, 65_536), default=256, show_default=True, help="triton.")
 @click.option(
-    "--preferred-batch-sizes", default="16,64", show_default=True, help="triton: the dynamic batcher's preferred sizes."
+    "--preferred-batch-sizes",
+    default="16,64",
+    show_default=True,
+    callback=int_list,
+    help="triton: the dynamic batcher's preferred sizes.",
 )
 @click.option("--queue-delay-us", type=click.IntRange(0, 10_000_000), default=2000, show_default=True, help="triton.")
 @click.option(
@@ -120,7 +130,7 @@ def export(
         opts = TritonOptions(
             model_name=model_name,
             max_batch_size=max_batch_size,
-            preferred_batch_sizes=_ints(preferred_batch_sizes, "--preferred-batch-sizes"),
+            preferred_batch_sizes=preferred_batch_sizes,
             max_queue_delay_us=queue_delay_us,
             instance_kind=instance_kind,
             instances=instances,
@@ -128,7 +138,7 @@ def export(
         )
         repo = out or str(resolve(checkpoint).parent / "triton")
         result = write_repository(checkpoint, repo, opts, **gates)
-        click.echo(json.dumps(result.to_dict(), indent=2) if as_json else render_export(result))
+        click.echo(dumps(result.to_dict()) if as_json else render_export(result))
         sys.exit(0 if result.ok else 1)
     formats = FORMATS if fmt == "all" else (fmt,)
     if precision != "fp32" and fmt == "all":
@@ -136,7 +146,7 @@ def export(
     if precision == "fp16" and not as_json:
         click.echo("Note: fp16 is for CUDA; on a CPU it runs no faster than fp32.", err=True)
     result = run_export(checkpoint, out, formats, **gates)
-    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else render_export(result))
+    click.echo(dumps(result.to_dict()) if as_json else render_export(result))
     sys.exit(0 if result.ok else 1)
 
 
@@ -148,8 +158,8 @@ def export(
     default=None,
     help="Reference checkpoint (default: the one recorded in the artefact's metadata).",
 )
-@click.option("--atol", type=float, default=1e-4, show_default=True)
-@click.option("--rtol", type=float, default=1e-3, show_default=True)
+@click.option("--atol", type=Finite(0, 1), default=1e-4, show_default=True)
+@click.option("--rtol", type=Finite(0, 1), default=1e-3, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @gate_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -172,12 +182,5 @@ def verify(artefacts, checkpoint, atol, rtol, device, data_dir, min_agreement, m
         min_agreement=min_agreement,
         max_accuracy_drop=max_accuracy_drop,
     )
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else render_parity(report))
+    click.echo(dumps(report.to_dict()) if as_json else render_parity(report))
     sys.exit(0 if report else 1)
-
-
-def _ints(text: str, option: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint=option) from None

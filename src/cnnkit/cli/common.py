@@ -5,12 +5,34 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+class Finite(click.FloatRange):
+    """A FloatRange that also refuses NaN and infinities (NaN slips through a range's comparisons)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        out = super().convert(value, param, ctx)
+        if not math.isfinite(out):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return out
+
+
+def int_list(ctx: click.Context | None, param: click.Parameter | None, value: str) -> tuple[int, ...]:
+    """A click callback: "1,8,64" -> (1, 8, 64), each 1..65536."""
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not out or min(out) < 1 or max(out) > 65_536:
+        raise click.BadParameter(f"expected integers 1..65536, got {value!r}")
+    return out
 
 
 def require(*modules: str) -> None:
@@ -34,21 +56,21 @@ def show_report(result: Any, json_file: str | None, render: Callable[[Any], str]
         return
     click.echo(render(result))
     if json_file:
-        atomic.write_text(json_file, json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+        atomic.write_text(json_file, dumps(result.to_dict()) + "\n")
 
 
 def gate_options(f):
     """The reduced-precision gates and where the real test split is, shared by export, verify and optimize."""
     f = click.option(
         "--max-accuracy-drop",
-        type=click.FloatRange(min=0),
+        type=Finite(0, 100),
         default=0.3,
         show_default=True,
         help="INT8/fp16: most accuracy (points) the variant may lose against fp32.",
     )(f)
     f = click.option(
         "--min-agreement",
-        type=click.FloatRange(0, 1),
+        type=Finite(0, 1),
         default=0.995,
         show_default=True,
         help="INT8/fp16: least top-1 agreement with the fp32 reference on the real test split.",
@@ -62,8 +84,23 @@ def gate_options(f):
     return f
 
 
+def strict_json(data: Any) -> Any:
+    """`data` with NaN and infinities as null, so what cnnkit prints or writes is always valid (RFC 8259) JSON."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: strict_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict_json(v) for v in data]
+    return data
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(strict_json(data), indent=2, default=str, allow_nan=False)
+
+
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    click.echo(dumps(data))
 
 
 def make_classifier(model: str, device: str, **kwargs: Any) -> Any:

@@ -13,7 +13,7 @@ from cnnkit.cli.common import DEVICES, emit_json, make_classifier
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--top-k", type=click.IntRange(1, 1000), default=1, show_default=True)
 @click.option(
     "--invert/--no-invert",
     default=None,
@@ -35,6 +35,8 @@ def predict(model, images, device, top_k, invert, as_json):
         for r in report.results:
             if r.error:
                 click.echo(f"Error: {r.error}", err=True)
+            elif r.warning:
+                click.echo(f"Warning: {r.warning}", err=True)
     sys.exit(1 if report.failed else 0)
 
 

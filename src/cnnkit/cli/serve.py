@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cnnkit.cli.common import DEVICES, make_classifier
+from cnnkit.cli.common import DEVICES, Finite, make_classifier
+from cnnkit.errors import ModelFileError
 
 
 @click.command()
@@ -14,21 +15,21 @@ from cnnkit.cli.common import DEVICES, make_classifier
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option(
     "--max-batch",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 4096),
     default=64,
     show_default=True,
     help="Most images per model call (1 turns dynamic batching off).",
 )
 @click.option(
     "--max-delay-ms",
-    type=click.FloatRange(min=0),
+    type=Finite(0, 1000),
     default=2.0,
     show_default=True,
     help="Longest wait for a batch to fill.",
 )
-@click.option("--max-body-mb", type=click.FloatRange(min=0.01), default=8.0, show_default=True)
-@click.option("--max-images", type=click.IntRange(min=1), default=256, show_default=True, help="Per request.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--max-body-mb", type=Finite(0.01, 1024), default=8.0, show_default=True)
+@click.option("--max-images", type=click.IntRange(1, 4096), default=256, show_default=True, help="Per request.")
+@click.option("--threads", type=click.IntRange(1, 512), default=None, help="ONNX Runtime intra-op threads.")
 @click.option(
     "--engine",
     type=click.Choice(["cnnkit", "triton"]),
@@ -94,6 +95,10 @@ def serve(
         model_name=model_name,
     )
     clf = make_classifier(model, device, intra_op_threads=threads, max_batch=max(max_batch, max_images))
+    import numpy as np
+
+    if not np.isfinite(clf.logits(np.zeros((1, *clf.input_spec.image_shape), np.uint8))).all():
+        raise ModelFileError(f"{model}: the model's logits for a blank image are not finite; not serving it")
     click.echo(
         f"cnnkit serve: {model} on {clf.providers[0]}, max batch {max_batch}, max delay {max_delay_ms} ms", err=True
     )

@@ -9,7 +9,7 @@ import click
 from click.core import ParameterSource
 
 from cnnkit.build.train import TrainConfig
-from cnnkit.cli.common import DEVICES, emit_json, require
+from cnnkit.cli.common import DEVICES, Finite, emit_json, require
 from cnnkit.errors import CheckpointError
 
 # options that define the run; with --resume they come from the run, and a different value given is refused
@@ -45,7 +45,7 @@ D = TrainConfig()  # the defaults live in one place
 )
 @click.option(
     "--lr",
-    type=click.FloatRange(min=0, max=10, min_open=True),
+    type=Finite(min=0, max=10, min_open=True),
     default=D.lr,
     show_default=True,
     help="Peak learning rate of the one-cycle AdamW schedule (the same for any number of processes).",
@@ -68,26 +68,28 @@ D = TrainConfig()  # the defaults live in one place
 )
 @click.option(
     "--rotate",
-    type=click.FloatRange(0, 45),
+    type=Finite(0, 45),
     default=D.rotate,
     show_default=True,
     help="Random rotation augmentation, degrees each way (0: off).",
 )
 @click.option(
     "--label-smoothing",
-    type=click.FloatRange(0, 0.5),
+    type=Finite(0, 0.5),
     default=D.label_smoothing,
     show_default=True,
     help="Cross-entropy label smoothing.",
 )
 @click.option(
     "--val-fraction",
-    type=click.FloatRange(0, 0.5),
+    type=Finite(0, 0.5),
     default=D.val_fraction,
     show_default=True,
     help="Share of the training images held out for validation (a fixed choice, the same for every seed).",
 )
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps (smoke runs).")
+@click.option(
+    "--max-steps", type=click.IntRange(1, 100_000_000), default=None, help="Stop after this many steps (smoke runs)."
+)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default: runs/<timestamp>).")
 @click.option("--force", is_flag=True, help="Replace the run in a non-empty --out.")
 @click.option(

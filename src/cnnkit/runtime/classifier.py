@@ -102,7 +102,20 @@ class Classifier:
             raise ModelFileError(
                 f"{self.source}: input '{info.input_name}' is {inputs[info.input_name].type}, expected tensor(uint8)"
             )
-        width = outputs[info.output_name].shape[-1] if outputs[info.output_name].shape else None
+        in_shape = list(inputs[info.input_name].shape or [])
+        expected = [info.channels, info.image_size, info.image_size]
+        if len(in_shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(in_shape[1:], expected)):
+            raise ModelFileError(
+                f"{self.source}: input '{info.input_name}' has shape {in_shape}, but the metadata says "
+                f"[N, {', '.join(map(str, expected))}]"
+            )
+        out = outputs[info.output_name]
+        if out.type != "tensor(float)" or len(out.shape or []) != 2:
+            raise ModelFileError(
+                f"{self.source}: output '{info.output_name}' is {out.type} of shape {out.shape}; "
+                "expected float32 logits [N, classes]"
+            )
+        width = out.shape[-1]
         if isinstance(width, int) and width != info.num_classes:
             raise ModelFileError(
                 f"{self.source}: the model has {width} outputs but its metadata names {info.num_classes} classes"

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cnnkit.errors import InputError
+
+MAX_FILE_BYTES = 64 * 1024 * 1024  # an image file read from disk
+MAX_PIXELS = 4096 * 4096  # of one image before resizing: far below Pillow's decompression-bomb limit
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,7 @@ class Decoded:
     pixels: np.ndarray  # uint8 [size, size]
     inverted: bool
     original_size: tuple[int, int]  # (width, height) before resizing
+    warning: str | None = None  # e.g. the image decodes to a blank
 
 
 def looks_dark_on_light(gray: np.ndarray) -> bool:
@@ -29,11 +35,57 @@ def looks_dark_on_light(gray: np.ndarray) -> bool:
     return float(border.mean()) > 127.5
 
 
-def decode(data: bytes, size: int = 28, invert: bool | None = None, name: str = "image") -> Decoded:
-    """Decode PNG/JPEG/PGM/... bytes to a uint8 size x size grayscale array.
+def _to_unit_range(a: np.ndarray, mode: str) -> np.ndarray:
+    """A 16/32-bit integer or float image scaled to 0..255 (not clipped): by its type's range where the values
+    fit it (0..1 floats, 0..255, 0..65535), else by its own maximum."""
+    a = a.astype(np.float64)
+    top = float(np.nanmax(a)) if a.size else 0.0
+    if not np.isfinite(a).all():
+        raise ValueError(f"{mode} image holds NaN or infinite values")
+    if float(a.min(initial=0.0)) < 0:
+        a = a - a.min()
+        top = float(a.max(initial=0.0))
+    if mode == "F" and top <= 1.0:
+        scale = 255.0
+    elif top <= 255 and mode != "I;16":
+        scale = 1.0
+    elif top <= 65535:
+        scale = 255.0 / 65535.0
+    else:
+        scale = 255.0 / top
+    return np.clip(np.rint(a * scale), 0, 255)
+
+
+def _gray(im: Any) -> Any:
+    """Any mode Pillow reads -> an 8-bit grayscale image in the picture's own polarity."""
+    from PIL import Image
+
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        mode = "I;16" if im.mode.startswith("I;16") else im.mode
+        return Image.fromarray(_to_unit_range(np.asarray(im), mode).astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        a = np.asarray(rgba)
+        alpha = a[..., 3].astype(np.float64) / 255.0
+        ink = a[..., :3].mean(axis=-1)
+        opaque = alpha > 0.5
+        # strokes drawn on a transparent background: put them on the background that contrasts with them
+        light_ink = bool(opaque.any()) and float(ink[opaque].mean()) > 127.5 and float(opaque.mean()) < 0.5
+        bg = Image.new("RGBA", rgba.size, (0, 0, 0, 255) if light_ink else (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("L")
+    if im.mode not in ("L", "1", "P", "RGB"):
+        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV: via RGB
+    return im.convert("L")
+
+
+def decode(
+    data: bytes, size: int = 28, invert: bool | None = None, name: str = "image", max_pixels: int | None = MAX_PIXELS
+) -> Decoded:
+    """Decode PNG/JPEG/PGM/TIFF/... bytes to a uint8 size x size grayscale array, light strokes on dark.
 
     Args:
         invert: True/False to force; None to detect dark-on-light images and invert them.
+        max_pixels: refuse an image larger than this (width x height) before decoding its pixels.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -41,32 +93,52 @@ def decode(data: bytes, size: int = 28, invert: bool | None = None, name: str = 
         raise InputError(f"{name}: empty file")
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im.load()
             original = im.size
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                # Composite transparency on white so a transparent background does not turn black.
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im.convert("RGBA"))
-            gray = im.convert("L")
+            if max_pixels is not None and original[0] * original[1] > max_pixels:
+                raise InputError(
+                    f"{name}: {original[0]}x{original[1]} image has {original[0] * original[1]:,} pixels; "
+                    f"the limit is {max(max_pixels, 0):,}"
+                )
+            im.load()
+            gray = _gray(im)
             if gray.size != (size, size):
                 gray = gray.resize((size, size), Image.Resampling.LANCZOS)
             pixels = np.asarray(gray, dtype=np.uint8).copy()
     except UnidentifiedImageError:
         raise InputError(f"{name}: not a recognised image (expected PNG, JPEG, PGM or another Pillow format)") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"{name}: cannot decode image ({exc})") from None
+    except (OSError, ValueError, TypeError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{name}: cannot decode image ({str(exc)[:200]})") from None
     do_invert = looks_dark_on_light(pixels) if invert is None else invert
     if do_invert:
         pixels = 255 - pixels
-    return Decoded(pixels, do_invert, original)
+    warning = None
+    if int(pixels.max()) - int(pixels.min()) < 16:
+        warning = f"{name}: decodes to a blank image (all pixels within 16 levels of {int(pixels.mean())})"
+    return Decoded(pixels, do_invert, original, warning)
 
 
-def load(path: str | os.PathLike[str], size: int = 28, invert: bool | None = None) -> Decoded:
+def read_file(path: str | os.PathLike[str], limit: int = MAX_FILE_BYTES) -> bytes:
+    """A regular file's bytes, at most `limit` of them: a FIFO, a device or a folder is refused, not read."""
     p = Path(path)
     try:
-        data = p.read_bytes()
+        st = p.stat()
     except FileNotFoundError:
         raise InputError(f"{p}: file not found") from None
     except OSError as exc:
         raise InputError(f"{p}: cannot read ({exc.strerror})") from None
-    return decode(data, size, invert, name=str(p))
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{p}: not a regular file")
+    if st.st_size > limit:
+        raise InputError(f"{p}: {st.st_size:,} bytes; an image file may have at most {limit:,}")
+    try:
+        with open(p, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read ({exc.strerror})") from None
+    if len(data) > limit:
+        raise InputError(f"{p}: more than {limit:,} bytes")
+    return data
+
+
+def load(path: str | os.PathLike[str], size: int = 28, invert: bool | None = None) -> Decoded:
+    return decode(read_file(path), size, invert, name=str(path))

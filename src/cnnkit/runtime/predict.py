@@ -12,6 +12,7 @@ from cnnkit.errors import CnnkitError
 if TYPE_CHECKING:
     from cnnkit.runtime.classifier import Classifier
 from cnnkit.runtime import images
+from cnnkit.runtime.predictions import predictions
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class FilePrediction:
     top_k: list[dict[str, Any]] = field(default_factory=list)
     inverted: bool = False
     error: str | None = None
+    warning: str | None = None  # e.g. the file decodes to a blank image
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,13 @@ def predict_files(clf: Classifier, paths: list[str], top_k: int = 1, invert: boo
             results[p] = FilePrediction(p, error=str(exc))
     if decoded:
         batch = np.stack([d.pixels for d in decoded.values()])
-        for (p, d), pred in zip(decoded.items(), clf.predict(batch, top_k=top_k)):
+        probs = clf.probabilities(batch)
+        finite = np.isfinite(probs).all(axis=1)
+        for (p, d), pred, ok in zip(decoded.items(), predictions(probs, clf.info.classes, top_k), finite):
+            if not ok:
+                results[p] = FilePrediction(p, error=f"{p}: the model's output for this image is not finite (NaN)")
+                continue
             results[p] = FilePrediction(
-                p, pred.label, pred.index, pred.probability, pred.to_dict()["top_k"], d.inverted
+                p, pred.label, pred.index, pred.probability, pred.to_dict()["top_k"], d.inverted, None, d.warning
             )
     return PredictReport(clf.source, clf.providers, clf.info.version, [results[p] for p in paths])

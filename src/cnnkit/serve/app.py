@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -9,6 +10,7 @@ import json
 import signal
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,11 +19,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, ModelFileError
 from cnnkit.runtime import Classifier, predictions, softmax
 from cnnkit.runtime import images as imgs
 from cnnkit.serve import v2
@@ -34,6 +37,13 @@ class ServeConfig:
     max_delay_ms: float = 2.0
     max_body_bytes: int = 8 * 1024 * 1024
     max_images: int = 256  # per request
+    max_image_pixels: int = 2048 * 2048  # per decoded image file, before it is resized
+    max_request_pixels: int = 4096 * 4096  # all image files of one request together
+    max_inflight_bytes: int = 256 * 1024 * 1024  # request bodies held in memory at once; beyond: 503
+    decode_threads: int = 2
+    request_timeout_s: float = 10.0  # reading and decoding one request; beyond: 503
+    limit_concurrency: int = 512  # open connections + tasks, uvicorn's limit (503 beyond)
+    timeout_keep_alive_s: float = 5.0
     top_k: int = 3
     model_name: str | None = None  # in the KServe V2 paths; default: the model's serving name
 
@@ -70,20 +80,38 @@ class Metrics:
         self.images = Counter("cnnkit_images_total", "Images classified", registry=r)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+class InFlight:
+    """Request-body bytes held in memory by all requests together; beyond `limit`, new bodies get a 503."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.bytes = 0
+
+
+async def read_body(request: Request, limit: int, inflight: InFlight | None = None) -> bytes:
+    """The request body, at most `limit` bytes whatever the framing (Content-Length or chunked): the limit is
+    enforced while it streams in, so an oversized upload is refused without being stored."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ClientError(413, f"body of {int(declared)} bytes exceeds the {limit}-byte limit")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ClientError(413, f"body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ClientError(413, f"body exceeds the {limit}-byte limit")
+            if inflight is not None:
+                if inflight.bytes + len(chunk) > inflight.limit:
+                    raise ClientError(503, "server busy: too many request bytes in flight; retry")
+                inflight.bytes += len(chunk)
+            chunks.append(chunk)
+    finally:
+        if inflight is not None:
+            inflight.bytes -= sum(len(c) for c in chunks)
     return b"".join(chunks)
 
 
-def _json_image(item: Any, clf: Classifier, invert: bool | None, index: int) -> np.ndarray:
+def _json_image(item: Any, clf: Classifier, invert: bool | None, index: int, budget: list[int]) -> np.ndarray:
     """A JSON image: base64 of an image file (a string, or {"b64": ...}), or nested pixel lists."""
     if isinstance(item, dict):
         item = item.get("b64", item.get("pixels"))
@@ -92,15 +120,26 @@ def _json_image(item: Any, clf: Classifier, invert: bool | None, index: int) -> 
             data = base64.b64decode(item, validate=True)
         except (binascii.Error, ValueError):
             raise ClientError(400, f"images[{index}]: not valid base64") from None
-        return imgs.decode(data, clf.info.image_size, invert, name=f"images[{index}]").pixels
+        return _decode(data, clf, invert, f"images[{index}]", budget)
     if isinstance(item, list):
         try:
             arr = np.asarray(item, dtype=np.float64) if _has_float(item) else np.asarray(item)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError, RecursionError):
             raise ClientError(400, f"images[{index}]: pixel rows are ragged or not numbers") from None
-        pixels: np.ndarray = clf.as_batch(arr)[0]
+        batch = clf.as_batch(arr)
+        if len(batch) != 1:
+            raise ClientError(400, f"images[{index}]: holds {len(batch)} images; send each as its own item")
+        pixels: np.ndarray = batch[0]
         return pixels
     raise ClientError(400, f"images[{index}]: expected a base64 string or a list of pixel rows")
+
+
+def _decode(data: bytes, clf: Classifier, invert: bool | None, name: str, budget: list[int]) -> np.ndarray:
+    """Decode one image file within the per-image cap and what is left of the request's pixel budget (budget[0],
+    updated)."""
+    decoded = imgs.decode(data, clf.info.image_size, invert, name=name, max_pixels=min(budget))
+    budget[0] -= decoded.original_size[0] * decoded.original_size[1]
+    return decoded.pixels
 
 
 def _has_float(rows: Any) -> bool:
@@ -110,32 +149,72 @@ def _has_float(rows: Any) -> bool:
     return isinstance(flat, list) and any(isinstance(v, float) for v in flat)
 
 
-async def parse_request(request: Request, clf: Classifier, cfg: ServeConfig) -> tuple[np.ndarray, int]:
-    """Request -> (uint8 batch [N,C,H,W], top_k). Raises ClientError with the HTTP status to answer."""
+def _replay(body: bytes) -> Any:
+    """An ASGI receive that hands over an already-read body (to parse multipart from bytes held in memory)."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+async def parse_request(
+    request: Request, clf: Classifier, cfg: ServeConfig, inflight: InFlight | None = None, pool: Any = None
+) -> tuple[np.ndarray, int]:
+    """Request -> (uint8 batch [N,C,H,W], top_k). Raises ClientError with the HTTP status to answer.
+
+    The body is read first (bounded); decoding, the CPU-heavy part, runs in `pool` (a bounded thread pool), so
+    the event loop keeps answering other requests, /healthz included, meanwhile.
+    """
+    loop = asyncio.get_running_loop()
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     q = request.query_params
-    top_k = q.get("top_k", str(cfg.top_k))
-    invert = {"true": True, "1": True, "false": False, "0": False}.get(q.get("invert", "auto").lower())
+    top_k: Any = q.get("top_k", str(cfg.top_k))
+    invert_text = q.get("invert", "auto").lower()
+    if invert_text not in INVERT:
+        raise ClientError(400, f"invert must be one of {', '.join(INVERT)}, got {invert_text[:20]!r}")
+    invert = INVERT[invert_text]
+    if ctype not in ("multipart/form-data", "application/json", "application/octet-stream") and not ctype.startswith(
+        "image/"
+    ):
+        raise ClientError(
+            415,
+            f"unsupported content type {ctype[:60] or '(none)'!r}; send an image (image/png, "
+            "image/jpeg), multipart/form-data, or application/json",
+        )
+    body = await read_body(request, cfg.max_body_bytes, inflight)
+    budget = [cfg.max_request_pixels, cfg.max_image_pixels]  # [left for this request, per image]
+
+    def decode_all(items: list[tuple[str, bytes]]) -> list[np.ndarray]:
+        return [_decode(data, clf, invert, name, budget) for name, data in items]
+
     if ctype == "multipart/form-data":
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > cfg.max_body_bytes:
-            raise ClientError(413, f"body of {declared} bytes exceeds the {cfg.max_body_bytes}-byte limit")
-        async with request.form(max_files=cfg.max_images + 1, max_part_size=cfg.max_body_bytes) as form:
+        replay = Request(request.scope, receive=_replay(body))
+        try:
+            form = await replay.form(max_files=cfg.max_images, max_fields=16, max_part_size=cfg.max_body_bytes)
+        except HTTPException as exc:  # the multipart parser's complaint (no boundary, too many files, ...)
+            status = exc.status_code if 400 <= exc.status_code < 500 else 400
+            raise ClientError(status, f"multipart body: {exc.detail}") from None
+        try:
             files = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
             if not files:
                 raise ClientError(400, "multipart body has no file parts")
-            if len(files) > cfg.max_images:
-                raise ClientError(413, f"{len(files)} images in one request; the limit is {cfg.max_images}")
-            pixels = [
-                imgs.decode(await f.read(), clf.info.image_size, invert, name=f.filename or k).pixels for k, f in files
-            ]
-    else:
-        body = await read_body(request, cfg.max_body_bytes)
-        if ctype == "application/json":
+            items = [(f.filename or k, await f.read()) for k, f in files]
+        finally:
+            await form.close()
+        pixels = await loop.run_in_executor(pool, decode_all, items)
+    elif ctype == "application/json":
+
+        def parse_json() -> tuple[list[np.ndarray], Any]:
             try:
                 doc = json.loads(body)
-            except ValueError as exc:
-                raise ClientError(400, f"invalid JSON: {exc}") from None
+            except (ValueError, RecursionError) as exc:
+                raise ClientError(400, f"invalid JSON: {str(exc)[:120]}") from None
             if not isinstance(doc, dict) or not ("images" in doc or "image" in doc):
                 raise ClientError(400, 'JSON body must be an object with "images": [...] or "image": ...')
             items = doc["images"] if "images" in doc else [doc["image"]]
@@ -143,23 +222,28 @@ async def parse_request(request: Request, clf: Classifier, cfg: ServeConfig) -> 
                 raise ClientError(400, '"images" must be a non-empty list')
             if len(items) > cfg.max_images:
                 raise ClientError(413, f"{len(items)} images in one request; the limit is {cfg.max_images}")
-            top_k = doc.get("top_k", top_k)
-            pixels = [_json_image(it, clf, invert, i) for i, it in enumerate(items)]
-        elif ctype.startswith("image/") or ctype == "application/octet-stream":
-            pixels = [imgs.decode(body, clf.info.image_size, invert, name="body").pixels]
-        else:
-            raise ClientError(
-                415,
-                f"unsupported content type {ctype or '(none)'!r}; send an image (image/png, "
-                "image/jpeg), multipart/form-data, or application/json",
-            )
-    try:
-        k = int(top_k)
-    except (TypeError, ValueError):
-        raise ClientError(400, f"top_k must be an integer, got {top_k!r}") from None
-    return clf.as_batch(np.stack([p.reshape(clf.input_spec.image_shape) for p in pixels])), max(
-        1, min(k, clf.info.num_classes)
-    )
+            return [_json_image(it, clf, invert, i, budget) for i, it in enumerate(items)], doc.get("top_k", top_k)
+
+        pixels, top_k = await loop.run_in_executor(pool, parse_json)
+    else:
+        pixels = await loop.run_in_executor(pool, decode_all, [("body", body)])
+    if len(pixels) > cfg.max_images:
+        raise ClientError(413, f"{len(pixels)} images in one request; the limit is {cfg.max_images}")
+    k = _top_k(top_k, clf.info.num_classes)
+    return clf.as_batch(np.stack([p.reshape(clf.input_spec.image_shape) for p in pixels])), k
+
+
+INVERT = {"auto": None, "true": True, "1": True, "false": False, "0": False}
+
+
+def _top_k(value: Any, num_classes: int) -> int:
+    """top_k as given (query string or JSON): an integer 1..num_classes, nothing coerced."""
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 6:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= num_classes:
+        shown = json.dumps(value)[:30] if not isinstance(value, str) else repr(value[:30])
+        raise ClientError(400, f"top_k must be an integer 1..{num_classes}, got {shown}")
+    return value
 
 
 def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
@@ -172,25 +256,33 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
         metrics.images.inc(n)
 
     batcher = Batcher(clf.logits, cfg.max_batch, cfg.max_delay_ms, on_batch)
+    inflight = InFlight(cfg.max_inflight_bytes)
+    decode_pool = ThreadPoolExecutor(max_workers=cfg.decode_threads, thread_name_prefix="cnnkit-decode")
 
-    def done(endpoint: str, status: int, body: dict[str, Any]) -> JSONResponse:
+    def done(endpoint: str, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
         metrics.requests.labels(endpoint, str(status)).inc()
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(body, status_code=status, headers=headers)
 
     async def predict(request: Request) -> Response:
         t0 = time.perf_counter()
         try:
-            batch, k = await parse_request(request, clf, cfg)
+            batch, k = await asyncio.wait_for(
+                parse_request(request, clf, cfg, inflight, decode_pool), timeout=cfg.request_timeout_s
+            )
             metrics.queue_depth.set(batcher.queued_images + len(batch))
             logits = await batcher.submit(batch)
         except ClientError as exc:
             return done("predict", exc.status, {"error": str(exc)})
         except CnnkitError as exc:  # InputError from decoding/validation
             return done("predict", 400, {"error": str(exc)})
+        except asyncio.TimeoutError:
+            return done("predict", 503, {"error": f"request not read and decoded within {cfg.request_timeout_s} s"})
         except BatchFailed as exc:
             return done("predict", 500, {"error": str(exc)})
         finally:
             metrics.queue_depth.set(batcher.queued_images)
+        if not np.isfinite(logits).all():
+            return done("predict", 500, {"error": "the model produced non-finite logits"})
         probs = softmax(np.array(logits, dtype=np.float32))
         preds = [
             {**p.to_dict(), "probabilities": row.tolist()}
@@ -258,7 +350,7 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
             problem = v2_model_problem(request)
             if problem:
                 raise v2.ProtocolError(problem)
-            body = await read_body(request, cfg.max_body_bytes)
+            body = await read_body(request, cfg.max_body_bytes, inflight)
             req = v2.parse_infer(body, request.headers.get(v2.HEADER_LENGTH), clf, cfg.max_images)
             metrics.queue_depth.set(batcher.queued_images + len(req.images))
             logits = await batcher.submit(req.images)
@@ -281,17 +373,31 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
         metrics.requests.labels("metrics", "200").inc()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Starlette's own 4xx (unknown route, wrong method, ...) in the one JSON error shape, counted."""
+        assert isinstance(exc, HTTPException)
+        return done("other", exc.status_code, {"error": str(exc.detail)}, dict(exc.headers or {}))
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return done("other", 500, {"error": f"internal error ({type(exc).__name__})"})
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         batcher.start()
         for n in {1, cfg.max_batch}:  # warm up ORT's allocations for the shapes we will see most
-            await batcher.submit(np.zeros((n, *clf.input_spec.image_shape), np.uint8))
+            out = await batcher.submit(np.zeros((n, *clf.input_spec.image_shape), np.uint8))
+            if not np.isfinite(out).all():
+                await batcher.stop()
+                raise ModelFileError(
+                    f"{clf.source}: the model's logits for a blank image are not finite; not serving it"
+                )
         state["ready"] = True
         try:
             yield
         finally:
             state["ready"] = False
             await batcher.stop()
+            decode_pool.shutdown(wait=False, cancel_futures=True)
 
     routes = [
         Route("/v1/predict", predict, methods=["POST"]),
@@ -309,7 +415,8 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
         Route("/v2/models/{name}/infer", v2_infer, methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}/infer", v2_infer, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    handlers = {HTTPException: http_error, Exception: server_error}
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.state.metrics = metrics
     return app
 
@@ -326,7 +433,15 @@ def run(
 
     app = create_app(clf, cfg)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=30
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+        limit_concurrency=cfg.limit_concurrency,  # beyond it uvicorn answers 503 at once
+        timeout_keep_alive=int(max(1, cfg.timeout_keep_alive_s)),
+        h11_max_incomplete_event_size=64 * 1024,  # request line + headers
     )
     # uvicorn handles SIGINT/SIGTERM (stop accepting, drain, shut down), then re-raises the signal with the
     # handlers it found. Finding no-op handlers makes a graceful stop end as a normal exit 0.

@@ -59,7 +59,8 @@ def trained(tmp_path_factory):
     from cnnkit.build.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("run")
-    return train(load_sample(), TrainConfig(epochs=1, shift=0, device="cpu"), out, progress=False)
+    cfg = TrainConfig(epochs=1, batch_size=128, shift=0, rotate=0, device="cpu")  # ONE_EPOCH in test_train_options
+    return train(load_sample(), cfg, out, progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,10 @@ from safetensors.torch import load_file
 
 from cnnkit import atomic
 from cnnkit.build import checkpoint
-from cnnkit.build.data import load_sample
+from cnnkit.build.data import load_idx_dir
 from cnnkit.build.train import TrainConfig, train
 from cnnkit.errors import CheckpointError
+from conftest import write_idx_dataset
 
 
 def test_short_run_learns(trained):
@@ -24,7 +25,7 @@ def test_short_run_learns(trained):
 
 
 def test_seed_gives_identical_weights(tmp_path):
-    ds = load_sample()
+    ds = load_idx_dir(write_idx_dataset(tmp_path / "idx", n_train=640, n_test=32), "idx")
     cfg = TrainConfig(epochs=1, max_steps=4, seed=7, device="cpu")
     a = train(ds, cfg, tmp_path / "a", progress=False)
     b = train(ds, cfg, tmp_path / "b", progress=False)

@@ -64,7 +64,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, trained):
     """`--nproc 2` (torchrun, gloo) on the bundled sample lands within 0.5 points of the one-process run."""
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "cnnkit", "train", "--nproc", "2", "--dataset", "sample", "--epochs", "1"]
-    cmd += ["--shift", "0", "--device", "cpu", "--out", str(run)]
+    cmd += ["--batch-size", "128", "--shift", "0", "--rotate", "0", "--device", "cpu", "--out", str(run)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     ck = checkpoint.load(run)

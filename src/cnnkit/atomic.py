@@ -32,6 +32,18 @@ def _umask() -> int:
     return mask
 
 
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Raise OSError now if `path` could not be written later (its folder cannot be made or written to), so a
+    long job does not find out only at its end."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -135,6 +135,11 @@ def valid_model_name(name: str, where: str = "--model-name") -> str:
     return name
 
 
+def _no_path(source: str) -> str:
+    """A dataset source without the build machine's folders ("bundled" stays; /home/me/data/idx -> "idx")."""
+    return source.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] if "/" in source or "\\" in source else source
+
+
 def model_version(checkpoint_sha256: str, variant: dict[str, Any]) -> str:
     """12 hex digits naming one variant of one checkpoint (an INT8 file never shares its fp32 source's version)."""
     text = checkpoint_sha256 + json.dumps(variant, sort_keys=True)
@@ -169,7 +174,7 @@ def build_metadata(
         "normalization": {"mean": ckpt_meta.mean, "std": ckpt_meta.std, "scale": "x / 255"},
         "model_config": cfg.to_dict(),
         "checkpoint": {"path": checkpoint_path, "sha256": checkpoint_sha256},
-        "dataset": ckpt_meta.dataset,
+        "dataset": {**ckpt_meta.dataset, "source": _no_path(str(ckpt_meta.dataset.get("source", "")))},
         "metrics": ckpt_meta.metrics,
         "versions": versions,
         "variant": variant,

@@ -55,14 +55,14 @@ def eager(ckpt: Any, device: Any) -> Runner:
     return Runner("eager", f"torch {device.type}", _torch_step(_deployable(ckpt, device), device))
 
 
-def torchscript(path: Path | None, device: Any) -> Runner:
+def torchscript(path: Path | None, device: Any, named: bool = True) -> Runner:
     from cnnkit.build.artifacts import load_torchscript
     from cnnkit.errors import ModelFileError
 
     if path is None:
         raise ModelFileError("no TorchScript file to benchmark")
 
-    module, _ = load_torchscript(path, map_location=device)
+    module, _ = load_torchscript(path, map_location=device, named=named)
     return Runner("torchscript", f"torch.jit {device.type}", _torch_step(module, device))
 
 

@@ -38,6 +38,7 @@ class Inputs:
     checkpoint: Path | None = None
     onnx: list[Path] = field(default_factory=list)
     torchscript: Path | None = None
+    torchscript_named: bool = True  # named by the user, not found in a folder (then exports.json must vouch for it)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -49,18 +50,33 @@ class Inputs:
 
 def resolve_inputs(paths: list[str], need_checkpoint: bool) -> Inputs:
     """Run folders and files -> the checkpoint, every ONNX file given (a folder adds its model.onnx), TorchScript."""
-    from cnnkit.build.artifacts import FILENAMES, artefact_kind, find_checkpoint
+    from cnnkit.build.artifacts import FILENAMES, artefact_kind, find_checkpoint, read_info, sha256_file
 
     found = Inputs()
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            if (p / "model.safetensors").is_file() and found.checkpoint is None:
-                found.checkpoint = p / "model.safetensors"
-            if (p / FILENAMES["onnx"]).is_file():
-                found.onnx.append(p / FILENAMES["onnx"])
-            if (p / FILENAMES["torchscript"]).is_file() and found.torchscript is None:
-                found.torchscript = p / FILENAMES["torchscript"]
+            ckpt = p / "model.safetensors"
+            ckpt_sha = sha256_file(ckpt) if ckpt.is_file() else None
+            if ckpt_sha and found.checkpoint is None:
+                found.checkpoint = ckpt
+            for kind in ("onnx", "torchscript"):
+                f = p / FILENAMES[kind]
+                if not f.is_file():
+                    continue
+                try:
+                    made_from = read_info(f).checkpoint_sha256
+                except CnnkitError:  # unreadable: left to its backend, which reports it as a failed row
+                    made_from = ckpt_sha
+                if ckpt_sha and made_from != ckpt_sha:  # a folder's files are compared only if they belong together
+                    raise ModelFileError(
+                        f"{f}: was not exported from {ckpt} (checkpoint SHA-256 {str(made_from)[:12]}... != "
+                        f"{ckpt_sha[:12]}...); re-export, or name the files to bench"
+                    )
+                if kind == "onnx":
+                    found.onnx.append(f)
+                elif found.torchscript is None:
+                    found.torchscript, found.torchscript_named = f, False
         elif not p.is_file():
             raise ModelFileError(f"{p}: not found")
         elif p.suffix == ".safetensors":
@@ -284,7 +300,7 @@ def _run(
         if b == "eager":
             makers[b] = lambda: bk.eager(ckpt, dev)
         elif b == "torchscript":
-            makers[b] = lambda: bk.torchscript(files.torchscript, dev)
+            makers[b] = lambda: bk.torchscript(files.torchscript, dev, files.torchscript_named)
         elif b == "compile":
             makers[b] = lambda: bk.compiled(ckpt, dev)
         elif b == "eager-cudagraph":

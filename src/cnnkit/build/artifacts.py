@@ -4,15 +4,58 @@ checkpoint an artefact names. Below both export and verify, so neither imports t
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
+import zipfile
 from pathlib import Path
 
-from cnnkit import contract
+from cnnkit import atomic, contract
 from cnnkit.errors import CheckpointError, ModelFileError, first_line
 
 FORMATS = ("onnx", "torchscript")
 FILENAMES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+MANIFEST = "exports.json"  # beside exported files: their SHA-256, recorded by `cnnkit export`
+MAX_CHECKPOINT_BYTES = 4 << 30
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def record_exports(out_dir: Path, files: dict[str, Path], checkpoint_sha256: str, model_version: str) -> None:
+    """Add the exported files to out_dir/exports.json: a TorchScript file is loaded from a run folder only when
+    its SHA-256 is the one recorded here (loading TorchScript runs the code inside it)."""
+    path = out_dir / MANIFEST
+    entries = read_manifest(out_dir)
+    for f in files.values():
+        entries[f.name] = {
+            "sha256": sha256_file(f),
+            "checkpoint_sha256": checkpoint_sha256,
+            "model_version": model_version,
+        }
+    atomic.write_text(path, json.dumps({"format": "cnnkit-exports/1", "files": entries}, indent=2) + "\n")
+
+
+def read_manifest(directory: Path) -> dict:
+    try:
+        doc = json.loads((directory / MANIFEST).read_text())
+        files = doc.get("files") if isinstance(doc, dict) else None
+        return dict(files) if isinstance(files, dict) else {}
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+
+
+def recorded_by_export(path: Path) -> dict | None:
+    """The manifest entry of `path` when its SHA-256 is the one `cnnkit export` recorded beside it, else None."""
+    entry = read_manifest(path.parent).get(path.name)
+    if isinstance(entry, dict) and entry.get("sha256") == sha256_file(path):
+        return entry
+    return None
 
 
 def deployable(ckpt, fold: bool = False):
@@ -35,10 +78,26 @@ def artefact_kind(path: Path) -> str:
         return "torchscript" if fh.read(4) == b"PK\x03\x04" else "onnx"
 
 
+def torchscript_metadata(path: Path) -> contract.ModelInfo:
+    """The cnnkit metadata of a TorchScript file, read from its zip archive without loading (running) it."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n.endswith("/extra/" + contract.TS_EXTRA_FILE)]
+            if not names:
+                raise ModelFileError(f"{path}: TorchScript file carries no cnnkit metadata ({contract.TS_EXTRA_FILE})")
+            info = z.getinfo(names[0])
+            if info.file_size > 1 << 20:
+                raise ModelFileError(f"{path}: cnnkit metadata of {info.file_size:,} bytes is implausibly large")
+            text = z.read(names[0])
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelFileError(f"{path}: not a readable TorchScript archive ({first_line(exc)})") from None
+    return contract.ModelInfo.from_json(text, str(path))
+
+
 def read_info(path: Path) -> contract.ModelInfo:
-    """The cnnkit metadata of an ONNX or TorchScript artefact."""
+    """The cnnkit metadata of an ONNX or TorchScript artefact (never runs a TorchScript file's code)."""
     if artefact_kind(path) == "torchscript":
-        return load_torchscript(path)[1]
+        return torchscript_metadata(path)
     import onnx
 
     try:
@@ -52,29 +111,42 @@ def read_info(path: Path) -> contract.ModelInfo:
 
 
 def find_checkpoint(artefacts: list[Path]) -> Path:
-    """The source checkpoint named in the artefacts' metadata, checked against its recorded SHA-256."""
-    info = read_info(artefacts[0])
-    if not info.checkpoint_path:
-        raise CheckpointError(f"{artefacts[0]}: metadata names no source checkpoint; pass --checkpoint")
-    path = Path(info.checkpoint_path)
+    """The source checkpoint an artefact's metadata names, resolved relative to the artefact's folder (an absolute
+    path recorded by an older export counts by its file name only) and used only when its SHA-256 matches."""
+    artefact = artefacts[0]
+    info = read_info(artefact)
+    if not info.checkpoint_path or not info.checkpoint_sha256:
+        raise CheckpointError(f"{artefact}: metadata names no source checkpoint and SHA-256; pass --checkpoint")
+    recorded = Path(info.checkpoint_path)
+    path = Path(os.path.normpath(artefact.parent / (recorded.name if recorded.is_absolute() else recorded)))
     if not path.is_file():
-        raise CheckpointError(f"{path}: source checkpoint recorded in {artefacts[0].name} not found; pass --checkpoint")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if info.checkpoint_sha256 and digest != info.checkpoint_sha256:
         raise CheckpointError(
-            f"{path}: checkpoint changed since export (SHA-256 {digest[:12]}... != recorded "
+            f"{path}: the source checkpoint recorded in {artefact.name} is not there; pass --checkpoint"
+        )
+    if path.stat().st_size > MAX_CHECKPOINT_BYTES or sha256_file(path) != info.checkpoint_sha256:
+        raise CheckpointError(
+            f"{path}: not the checkpoint {artefact.name} was exported from (SHA-256 differs from the recorded "
             f"{info.checkpoint_sha256[:12]}...); re-export or pass --checkpoint"
         )
     return path
 
 
-def load_torchscript(path: str | os.PathLike, map_location=None):
-    """Load a cnnkit TorchScript file; return (module, ModelInfo)."""
+def load_torchscript(path: str | os.PathLike, map_location=None, named: bool = True):
+    """Load a cnnkit TorchScript file; return (module, ModelInfo).
+
+    Loading TorchScript runs code stored in the file. `named=False` (a file found in a folder rather than named by
+    the user) loads it only when its SHA-256 is the one `cnnkit export` recorded in exports.json beside it.
+    """
     import torch
 
     p = Path(path)
     if not p.is_file():
         raise ModelFileError(f"{p}: TorchScript file not found")
+    if not named and recorded_by_export(p) is None:
+        raise ModelFileError(
+            f"{p}: not loaded: TorchScript files run code when loaded, and this one is not the file `cnnkit export` "
+            f"recorded in {MANIFEST}; re-export, or name the file explicitly to trust it"
+        )
     extra = {contract.TS_EXTRA_FILE: ""}
     try:
         with warnings.catch_warnings():  # torch.jit.load's deprecation warning

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cnnkit import atomic
+from cnnkit.build.data import check_classes
 from cnnkit.build.model import ModelConfig
-from cnnkit.errors import CheckpointError, first_line
+from cnnkit.errors import CheckpointError, DataError, first_line
 
 WEIGHTS_NAME = "model.safetensors"
 META_NAME = "checkpoint.json"
@@ -45,10 +47,11 @@ class CheckpointMeta:
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> CheckpointMeta:
-        if d.get("format") != FORMAT:
-            raise CheckpointError(f"{where}: not a cnnkit checkpoint (format {d.get('format')!r}, expected {FORMAT!r})")
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            got = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise CheckpointError(f"{where}: not a cnnkit checkpoint (format {got!r}, expected {FORMAT!r})")
         try:
-            return cls(
+            meta = cls(
                 config=ModelConfig.from_dict(d["config"]),
                 mean=float(d["mean"]),
                 std=float(d["std"]),
@@ -61,8 +64,21 @@ class CheckpointMeta:
                 world_size=int(d.get("world_size", 1)),
                 precision_reason=str(d.get("precision_reason", "")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CheckpointError(f"{where}: incomplete checkpoint metadata ({exc})") from None
+        except CheckpointError as exc:
+            raise CheckpointError(f"{where}: {exc}") from None
+        if not (math.isfinite(meta.mean) and 0 <= meta.mean <= 1 and math.isfinite(meta.std) and 0 < meta.std <= 1):
+            raise CheckpointError(f"{where}: normalisation mean {meta.mean}, std {meta.std} is not usable")
+        if len(meta.classes) != meta.config.num_classes:
+            raise CheckpointError(
+                f"{where}: {len(meta.classes)} class names for a model with {meta.config.num_classes} outputs"
+            )
+        try:
+            check_classes([str(c) if isinstance(c, str) else "" for c in meta.classes], where)
+        except DataError as exc:
+            raise CheckpointError(str(exc)) from None
+        return meta
 
 
 @dataclass(frozen=True)
@@ -110,10 +126,14 @@ def load(path: str | os.PathLike) -> Checkpoint:
         header = json.loads(raw[8 : 8 + header_len])
     except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{p}: corrupt or not a safetensors file ({exc})") from None
-    meta_json = (header.get("__metadata__") or {}).get("cnnkit")
+    meta_json = ((header.get("__metadata__") if isinstance(header, dict) else None) or {}).get("cnnkit")
     if meta_json is None:
         raise CheckpointError(f"{p}: safetensors file carries no cnnkit metadata")
-    meta = CheckpointMeta.from_dict(json.loads(meta_json), str(p))
+    try:
+        parsed = json.loads(meta_json)
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{p}: cnnkit metadata is not valid JSON ({str(exc)[:80]})") from None
+    meta = CheckpointMeta.from_dict(parsed, str(p))
     return Checkpoint(p, meta, hashlib.sha256(raw).hexdigest(), state)
 
 

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import importlib.resources
 import io
+import math
 import os
 import socket
 from dataclasses import dataclass, replace
@@ -97,7 +98,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if ndim == 0 or len(raw) < header:
         raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes for {ndim} dimensions)")
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(dims))
+    expected = math.prod(dims)  # Python integers: a crafted header cannot overflow this
     got = len(raw) - header
     if got != expected:
         kind = "truncated" if got < expected else "has trailing bytes"

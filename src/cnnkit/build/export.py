@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnkit import atomic, contract
-from cnnkit.build.artifacts import FILENAMES, FORMATS, deployable
+from cnnkit.build.artifacts import FILENAMES, FORMATS, deployable, record_exports
 from cnnkit.errors import CnnkitError, first_line
 
 if TYPE_CHECKING:
@@ -141,6 +141,20 @@ def to_torchscript(module, meta: dict, path: Path) -> None:
         atomic.write_with(path, lambda tmp: torch.jit.save(scripted, str(tmp), _extra_files=extra))
 
 
+def remove_stale_staging(out: Path) -> None:
+    """Delete `.staging-<pid>-*` files left in `out` by an export that was killed (its process is gone)."""
+    for f in out.glob(".staging-*"):
+        pid = f.name.split("-")[1]
+        if not pid.isdigit() or not f.is_file():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            f.unlink(missing_ok=True)
+        except (PermissionError, OverflowError, ValueError):
+            pass
+
+
 def filename(fmt: str, precision: str = "fp32") -> str:
     """model.onnx, model.int8.onnx, model.fp16.onnx, model.ts."""
     return FILENAMES[fmt] if precision == "fp32" else f"model.{precision}.onnx"
@@ -162,12 +176,15 @@ def export(
     min_agreement: float = 0.995,
     max_accuracy_drop: float = 0.3,
     device: str = "cpu",
+    final_dir: str | os.PathLike[str] | None = None,
 ) -> ExportResult:
     """Export a checkpoint; with `verify`, files only land in `out_dir` when they pass their check.
 
     fp32 exports must match the unfolded eager model within atol/rtol; INT8 and fp16 exports must agree with it on
     the real test split (top-1 agreement >= `min_agreement`, accuracy at most `max_accuracy_drop` points lower).
     `fold` merges fc1 and fc2 into one exact linear layer (the default; `fold=False` mirrors the training module).
+    The metadata records the checkpoint relative to `final_dir` (where the files will live; default `out_dir`), so
+    no absolute build path travels with a model.
     """
     import onnx
     import torch
@@ -181,7 +198,9 @@ def export(
     t0 = time.perf_counter()
     ckpt = checkpoint.load(checkpoint_path)
     out = Path(out_dir) if out_dir is not None else ckpt.path.parent
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out)
     versions = {**checkpoint.versions(), "onnx": onnx.__version__}
     variant: dict[str, Any] = {"precision": precision, "folded": fold}
     calibration = None
@@ -190,7 +209,9 @@ def export(
 
         calibration = calibration_set(ckpt, calibration_images, calibration_seed, data_dir)
         variant["calibration"] = calibration.describe()
-    meta = contract.build_metadata(ckpt.meta, str(ckpt.path.resolve()), ckpt.sha256, versions, variant)
+    home = Path(final_dir) if final_dir is not None else out
+    relative = os.path.relpath(ckpt.path.resolve(), home.resolve())
+    meta = contract.build_metadata(ckpt.meta, relative, ckpt.sha256, versions, variant)
     module = deployable(ckpt, fold=fold)
     staged: dict[str, Path] = {}
     final = {fmt: out / filename(fmt, precision) for fmt in formats}
@@ -235,6 +256,7 @@ def export(
             for fmt, tmp in staged.items():
                 os.replace(tmp, final[fmt])
                 landed[fmt] = str(final[fmt])
+            record_exports(out, {f: final[f] for f in staged}, ckpt.sha256, meta["model_version"])
         return ExportResult(
             str(ckpt.path),
             ckpt.sha256,
@@ -249,3 +271,5 @@ def export(
         for tmp in staged.values():
             if tmp.exists():
                 tmp.unlink()
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed export leaves no empty folder behind

@@ -9,6 +9,17 @@ from torch import nn
 
 from cnnkit.errors import CheckpointError
 
+CONFIG_BOUNDS = {
+    "in_channels": (1, 4),
+    "conv1_channels": (1, 1024),
+    "conv2_channels": (1, 1024),
+    "kernel_size": (1, 15),
+    "hidden": (1, 16384),
+    "num_classes": (1, 10000),
+    "image_size": (4, 1024),
+    "dropout": (0.0, 0.99),
+}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -28,11 +39,25 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
+        """Rebuild from a checkpoint's JSON, refusing wrong types and sizes no sane model has (a crafted header must
+        not allocate a terabyte or crash torch)."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"model config must be an object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise CheckpointError(f"model config has unknown fields {sorted(unknown)}; expected {sorted(known)}")
-        return cls(**data)
+        for name, value in data.items():
+            low, high = CONFIG_BOUNDS[name]
+            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not is_number or (name != "dropout" and not isinstance(value, int)) or not low <= value <= high:
+                raise CheckpointError(f"model config {name}={value!r} is not within {low}..{high}")
+        cfg = cls(**data)
+        if cfg.kernel_size % 2 == 0 or cfg.image_size % 4:
+            raise CheckpointError(
+                f"model config kernel_size {cfg.kernel_size} must be odd and image_size {cfg.image_size} divisible by 4"
+            )
+        return cfg
 
     @property
     def flat_features(self) -> int:

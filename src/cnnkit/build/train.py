@@ -21,8 +21,9 @@ from cnnkit.errors import CheckpointError, DataError, TrainingError
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 8
-    batch_size: int = 128  # the global batch: split across processes under torchrun
+    # the default recipe: chosen on the validation split (benchmarks/recipe.py, docs/TRAINING.md)
+    epochs: int = 20
+    batch_size: int = 64  # the global batch: split across processes under torchrun
     lr: float = 2e-3  # peak of the one-cycle schedule; the same for any number of processes (global batch fixed)
     weight_decay: float = 1e-4
     seed: int = 0
@@ -30,9 +31,9 @@ class TrainConfig:
     precision: str = "auto"
     max_steps: int | None = None  # cap for smoke runs
     shift: int = 2  # random translation augmentation, in pixels (0 turns it off)
-    rotate: float = 0.0  # random rotation augmentation, degrees each way
+    rotate: float = 10.0  # random rotation augmentation, degrees each way (0 turns it off)
     val_fraction: float = 0.1  # of the training images, held out to validate on
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     eval_batch_size: int = 1000
 
     def recipe(self, precision: str) -> dict:
@@ -180,7 +181,7 @@ def train(
         device = torch.device("cuda", world.local_rank)
     out_dir = Path(out_dir)
     if world.is_main and not resume_run:
-        prepare_out_dir(out_dir, force)
+        check_out_dir(out_dir, force)  # refuse early; the folder itself is made once the inputs are checked
     if cfg.batch_size < world.size:
         raise DataError(f"--batch-size {cfg.batch_size} is smaller than the {world.size} processes it is split over")
     precision, precision_reason = choose_precision(cfg.precision, device)
@@ -204,6 +205,9 @@ def train(
         if ck.sha256 != saved.weights_sha256:
             raise CheckpointError(f"cannot resume {out_dir}: {checkpoint.WEIGHTS_NAME} is not from epoch {saved.epoch}")
 
+    created = world.is_main and not resume_run and not out_dir.exists()
+    if world.is_main and not resume_run:
+        prepare_out_dir(out_dir, force)
     world = distributed.init(world, device.type)
     try:
         return _loop(
@@ -212,6 +216,8 @@ def train(
         )  # fmt: skip
     finally:
         distributed.shutdown(world)
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a run that saved nothing leaves no empty folder
 
 
 def _loop(

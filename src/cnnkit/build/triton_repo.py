@@ -111,7 +111,8 @@ def write_repository(checkpoint_path, repo: str | os.PathLike[str], opts: Triton
     formats = ("onnx", "torchscript") if opts.torchscript else ("onnx",)
     with tempfile.TemporaryDirectory(prefix=".staging-", dir=repo) as tmp:
         stage = Path(tmp)
-        result = export(checkpoint_path, stage / "export", formats, **export_kwargs)
+        # the metadata records the checkpoint relative to where the files will live: REPO/<name>/1/
+        result = export(checkpoint_path, stage / "export", formats, final_dir=repo / "m" / "1", **export_kwargs)
         if not result.ok:
             return result
         onnx_file = Path(result.artefacts["onnx"])

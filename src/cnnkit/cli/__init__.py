@@ -6,7 +6,13 @@ onnxruntime) are imported inside the commands, so `cnnkit --help` stays fast and
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -54,6 +60,56 @@ def missing_extra(exc: ModuleNotFoundError, command: str | None) -> str | None:
     return f"{what} needs the '{extra}' extra ({top} is not installed): pip install 'cnnkit[{extra}]'"
 
 
+# commands that run torch (or TorchScript code) for long: a second Ctrl-C ends them even inside a C++ call
+HARD_STOP = {"train", "export", "verify", "bench", "optimize"}
+
+
+@contextlib.contextmanager
+def second_interrupt_exits() -> Iterator[None]:
+    """The first Ctrl-C raises KeyboardInterrupt as usual (when Python next runs); the second ends the process at
+    once with 130, even while the main thread is stuck in native code (a TorchScript forward that never returns).
+
+    Python's C-level signal handler writes each signal's number to the wakeup fd from whatever thread the OS picks;
+    a watcher thread reads it there, so no Python code in the main thread has to run.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    try:
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    except ValueError:
+        reader.close()
+        writer.close()
+        yield
+        return
+
+    def watch() -> None:
+        seen = 0
+        while True:
+            try:
+                data = reader.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            seen += data.count(bytes([signal.SIGINT]))
+            if seen >= 2:
+                os.write(2, b"\nInterrupted again: stopping now.\n")
+                os._exit(130)
+
+    thread = threading.Thread(target=watch, name="cnnkit-ctrl-c", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+        writer.close()
+        thread.join(timeout=1)
+        reader.close()
+
+
 class Group(click.Group):
     """Loads commands lazily; turns cnnkit errors, OS errors and missing extras (user-fixable) into
     `Error: ...` and exit 1, without a traceback."""
@@ -66,6 +122,15 @@ class Group(click.Group):
         if module is None:
             return None
         command: click.Command = getattr(importlib.import_module(module), name)
+        if name in HARD_STOP and not getattr(command, "_hard_stop", False):
+            run = command.invoke
+
+            def invoke(sub_ctx: click.Context) -> Any:
+                with second_interrupt_exits():
+                    return run(sub_ctx)
+
+            command.invoke = invoke  # type: ignore[method-assign,assignment]
+            command._hard_stop = True  # type: ignore[attr-defined]
         return command
 
     def invoke(self, ctx: click.Context) -> Any:

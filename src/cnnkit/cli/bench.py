@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from cnnkit import atomic
 from cnnkit.cli.common import Finite, gate_options, int_list, progress_for, require, show_report
 
 
@@ -53,6 +54,9 @@ def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
     if not names:
         raise click.BadParameter(f"no backend named in {backends!r}", param_hint="--backends")
+    for dest in (json_file if json_file != "-" else None, csv_file, plot_file):
+        if dest:
+            atomic.check_writable(dest)  # before the minutes of measuring
     result = run_bench(
         list(paths),
         device=device,

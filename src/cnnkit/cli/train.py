@@ -109,11 +109,14 @@ D = TrainConfig()  # the defaults live in one place
 @click.pass_context
 def train(ctx, dataset, data_dir, classes, out, force, resume_dir, nproc, device, as_json, **recipe):
     """Train the CNN and write a checkpoint (plus resume state, metrics.jsonl and curves.png)."""
-    require("torch")
+    import importlib.util
+
     from cnnkit.build import distributed
     from cnnkit.build.train import check_out_dir, default_out_dir
 
-    if nproc is not None:
+    if importlib.util.find_spec("torch") is None:
+        require("torch")  # the one-line missing-extra error
+    if nproc is not None:  # the launcher itself never imports torch: torchrun and its workers do
         args = _argv_without(ctx, "nproc")
         if resume_dir is None:
             out = out or str(default_out_dir())  # one folder for every rank
@@ -121,6 +124,7 @@ def train(ctx, dataset, data_dir, classes, out, force, resume_dir, nproc, device
             if "--out" not in args:
                 args += ["--out", out]
         sys.exit(distributed.launch(nproc, args))
+    require("torch")
 
     from cnnkit.build.data import load_dataset, parse_classes, with_classes
     from cnnkit.build.train import train as run_train

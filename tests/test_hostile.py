@@ -1,0 +1,196 @@
+"""Untrusted files and careless options: each gets one line and a non-zero exit (or a 4xx), never a traceback, and
+nothing is run, read or kept that should not be."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from cnnkit.build import checkpoint
+from cnnkit.build.artifacts import MANIFEST, load_torchscript, torchscript_metadata
+from cnnkit.cli import main
+from cnnkit.errors import CheckpointError, ModelFileError
+from cnnkit.runtime import Classifier
+
+
+def rewrite(src, dst, meta=None, nan_bias=False):
+    """A copy of an exported ONNX file with its cnnkit metadata edited by `meta(dict)`, or its output made NaN."""
+    proto = onnx.load(str(src))
+    if meta is not None:
+        prop = next(p for p in proto.metadata_props if p.key == "cnnkit")
+        d = json.loads(prop.value)
+        meta(d)
+        prop.value = json.dumps(d)
+    if nan_bias:
+        init = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)) if len(t.dims) == 1 else 0)
+        arr = numpy_helper.to_array(init).copy()
+        arr[:] = np.nan
+        init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    onnx.save(proto, str(dst))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def onnx_file(exported):
+    return exported.artefacts["onnx"]
+
+
+def test_metadata_that_lies_about_the_graph_is_refused_at_load(onnx_file, tmp_path):
+    cases = {
+        "size": (lambda d: d["input"].update(shape=["batch", 1, 20000, 20000]), "out of bounds"),
+        "small": (lambda d: d["input"].update(shape=["batch", 1, 32, 32]), "has shape"),
+        "classes": (lambda d: d.update(classes=["a", "b", "c"]), "has 10 outputs but its metadata names 3"),
+        "ansi": (lambda d: d["classes"].__setitem__(0, "\x1b[2J"), "printable"),
+        "newline": (lambda d: d["classes"].__setitem__(1, "1\n2 99%"), "printable"),
+        "std": (lambda d: d["normalization"].update(std=0), "not usable"),
+    }
+    for name, (edit, match) in cases.items():
+        path = rewrite(onnx_file, tmp_path / f"{name}.onnx", meta=edit)
+        with pytest.raises(ModelFileError, match=match):
+            Classifier(path, device="cpu")
+        r = CliRunner().invoke(main, ["predict", str(path), str(path)])
+        assert r.exit_code == 1 and r.stderr.startswith("Error: ") and "Traceback" not in r.output, name
+
+
+def test_nan_logits_are_an_error_with_strict_json_and_serve_refuses(onnx_file, tmp_path):
+    bad = rewrite(onnx_file, tmp_path / "nan.onnx", nan_bias=True)
+    png = tmp_path / "digit.png"
+    from conftest import png as to_png
+
+    png.write_bytes(to_png(np.zeros((28, 28), np.uint8)))
+    r = CliRunner().invoke(main, ["predict", str(bad), str(png), "--json"])
+    assert r.exit_code == 1
+    out = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert "not finite" in out["results"][0]["error"]
+    r = CliRunner().invoke(main, ["serve", str(bad), "--port", "0"])
+    assert r.exit_code == 1 and "not finite" in r.stderr
+
+
+def test_exports_record_no_absolute_paths_and_follow_none(exported, tmp_path):
+    info = Classifier(exported.artefacts["onnx"], device="cpu").info
+    assert not os.path.isabs(info.checkpoint_path)
+    text = json.dumps(info.raw)
+    assert "/tmp/" not in text and str(tmp_path.parent) not in text
+    # metadata naming another file: resolved beside the model, used only if its SHA-256 matches
+    victim = tmp_path / "secret.safetensors"
+    victim.write_bytes(b"not yours")
+    lying = rewrite(
+        exported.artefacts["onnx"], tmp_path / "m.onnx", meta=lambda d: d["checkpoint"].update(path="/etc/passwd")
+    )
+    r = CliRunner().invoke(main, ["verify", str(lying)])
+    assert r.exit_code == 1 and "passwd: the source checkpoint recorded" in r.stderr
+    lying = rewrite(
+        exported.artefacts["onnx"],
+        tmp_path / "m.onnx",
+        meta=lambda d: d["checkpoint"].update(path="secret.safetensors"),
+    )
+    r = CliRunner().invoke(main, ["verify", str(lying)])
+    assert r.exit_code == 1 and "not the checkpoint m.onnx was exported from" in r.stderr
+
+
+def test_torchscript_found_in_a_folder_runs_only_if_export_recorded_it(trained, tmp_path):
+    from cnnkit.build.export import export
+
+    run = tmp_path / "run"
+    shutil.copytree(trained.out_dir, run)
+    export(run / "model.safetensors", run, formats=("torchscript",), verify=False)
+    ts = run / "model.ts"
+    assert json.loads((run / MANIFEST).read_text())["files"]["model.ts"]["sha256"]
+    load_torchscript(ts, named=False)  # the file export wrote: loads
+
+    class Other(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return images.float().mean((1, 2, 3))[:, None].repeat(1, 10)
+
+    extra = {"cnnkit.json": json.dumps(torchscript_metadata(ts).raw)}
+    torch.jit.save(torch.jit.script(Other()), str(ts), _extra_files=extra)  # swapped in behind export's back
+    with pytest.raises(ModelFileError, match="TorchScript files run code when loaded"):
+        load_torchscript(ts, named=False)
+    load_torchscript(ts, named=True)  # naming a file explicitly is the user's own trust
+
+
+def test_second_ctrl_c_ends_a_torchscript_forward_that_never_returns(exported, tmp_path):
+    class Forever(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            x = images.float()
+            print("forever: started")
+            while bool(x.sum() >= 0):
+                x = x + 1
+            return x
+
+    ts = tmp_path / "forever.ts"
+    meta = Classifier(exported.artefacts["onnx"], device="cpu").info.raw
+    torch.jit.save(torch.jit.script(Forever()), str(ts), _extra_files={"cnnkit.json": json.dumps(meta)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnkit", "verify", str(ts), "--checkpoint", exported.checkpoint],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout.readline().strip() == b"forever: started"  # inside the endless forward (native code)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("a second Ctrl-C did not end the process")
+    assert proc.returncode == 130, err.decode()[-500:]
+
+
+def test_crafted_checkpoint_headers_are_one_line(trained, tmp_path):
+    from safetensors.torch import save_file
+
+    good = json.loads((checkpoint.resolve(trained.out_dir).parent / "checkpoint.json").read_text())
+    tensors = {"w": torch.zeros(1)}
+    cases = {
+        "not json": ("{nope", "not valid JSON"),
+        "list": ("[]", "not a cnnkit checkpoint"),
+        "kernel": (json.dumps({**good, "config": {**good["config"], "kernel_size": -5}}), "kernel_size=-5"),
+        "huge": (json.dumps({**good, "config": {**good["config"], "hidden": 10**11}}), "hidden=100000000000"),
+        "bool": (json.dumps({**good, "config": {**good["config"], "hidden": True}}), "hidden=True"),
+        "std0": (json.dumps({**good, "std": 0}), "not usable"),
+        "classes": (json.dumps({**good, "classes": ["a", "b", "c"]}), "3 class names for a model with 10 outputs"),
+    }
+    for name, (meta, match) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors, str(path), metadata={"cnnkit": meta})
+        with pytest.raises(CheckpointError, match=match):
+            checkpoint.load(path)
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "classes.safetensors")])
+    assert r.exit_code == 1 and "3 class names" in r.stderr
+
+
+def test_options_out_of_bounds_are_refused_before_any_work(onnx_file, tmp_path):
+    for args in (
+        ["serve", onnx_file, "--max-delay-ms", "inf"],
+        ["serve", onnx_file, "--max-delay-ms", "nan"],
+        ["serve", onnx_file, "--max-body-mb", "nan"],
+        ["serve", onnx_file, "--threads", "1000"],
+        ["train", "--lr", "nan"],
+        ["train", "--seed", "1" * 22],
+        ["bench", onnx_file, "--backends", ","],
+        ["verify", onnx_file, "--atol", "nan"],
+        ["export", "x", "--opset", "7"],
+        ["export", "x", "--opset", "99"],
+    ):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2 and "Traceback" not in r.output, (args, r.output)
+
+
+def test_predict_reads_regular_files_only(onnx_file, tmp_path):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    r = CliRunner().invoke(main, ["predict", onnx_file, str(fifo), "/dev/zero"])
+    assert r.exit_code == 1 and r.stderr.count("not a regular file") == 2

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUN ?= runs/demo
 
-.PHONY: demo test lint runtime-check triton-check install clean
+.PHONY: demo test test-slow lint runtime-check triton-check install clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# the multi-process tests (torchrun/DDP accuracy, Ctrl-C then --resume, a second Ctrl-C): CI runs them too
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
 
 # ruff (lint and format), mypy (strict on the runtime and serve), import-linter (the house's import rules)
 lint: install

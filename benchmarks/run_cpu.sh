@@ -14,3 +14,7 @@ trap 'rm -rf "$(dirname "$RUN")"' EXIT
 "$PY" benchmarks/serve_load.py --model "$RUN/model.onnx" --clients 32 --seconds 10
 "$PY" benchmarks/train_speed.py
 "$PY" benchmarks/variants.py
+"$PY" benchmarks/recipe.py
+"$PY" benchmarks/train_scaling.py
+"$PY" benchmarks/serve_protocols.py --model "$RUN/model.onnx"
+"$PY" benchmarks/serve_attacks.py --model "$RUN/model.onnx"

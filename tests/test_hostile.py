@@ -119,6 +119,7 @@ def test_torchscript_found_in_a_folder_runs_only_if_export_recorded_it(trained, 
     load_torchscript(ts, named=True)  # naming a file explicitly is the user's own trust
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_ends_a_torchscript_forward_that_never_returns(exported, tmp_path):
     class Forever(torch.nn.Module):
         def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,7 @@ def test_shards_are_disjoint_and_cover_each_batch():
         assert [sum(s[i] for _, s in shares) for i in range(steps - 1)] == [batch] * (steps - 1)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, trained):
     """`--nproc 2` (torchrun, gloo) on the bundled sample lands within 0.5 points of the one-process run."""
     run = tmp_path / "ddp"

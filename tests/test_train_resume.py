@@ -20,6 +20,7 @@ from conftest import write_idx_dataset
 ARGS = ["--epochs", "3", "--batch-size", "64", "--device", "cpu", "--precision", "fp32"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_resume_ends_with_the_same_weights(tmp_path):
     """A 3-epoch run, and the same run stopped by SIGINT after an epoch and resumed, end bitwise equal on CPU."""
     data = write_idx_dataset(tmp_path / "idx", n_train=384, n_test=64)

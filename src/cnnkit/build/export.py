@@ -145,7 +145,7 @@ def remove_stale_staging(out: Path) -> None:
     """Delete `.staging-<pid>-*` files left in `out` by an export that was killed (its process is gone)."""
     for f in out.glob(".staging-*"):
         pid = f.name.split("-")[1]
-        if not pid.isdigit() or not f.is_file():
+        if not (pid.isascii() and pid.isdigit()) or not f.is_file():
             continue
         try:
             os.kill(int(pid), 0)

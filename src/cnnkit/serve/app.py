@@ -39,7 +39,7 @@ class ServeConfig:
     max_images: int = 256  # per request
     max_image_pixels: int = 2048 * 2048  # per decoded image file, before it is resized
     max_request_pixels: int = 4096 * 4096  # all image files of one request together
-    max_inflight_bytes: int = 256 * 1024 * 1024  # request bodies held in memory at once; beyond: 503
+    max_inflight_bytes: int = 64 * 1024 * 1024  # request bodies held in memory at once; beyond: 503
     decode_threads: int = 2
     request_timeout_s: float = 10.0  # reading and decoding one request; beyond: 503
     limit_concurrency: int = 512  # open connections + tasks, uvicorn's limit (503 beyond)
@@ -92,7 +92,7 @@ async def read_body(request: Request, limit: int, inflight: InFlight | None = No
     """The request body, at most `limit` bytes whatever the framing (Content-Length or chunked): the limit is
     enforced while it streams in, so an oversized upload is refused without being stored."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise ClientError(413, f"body of {int(declared)} bytes exceeds the {limit}-byte limit")
     chunks, size = [], 0
     try:
@@ -238,7 +238,7 @@ INVERT = {"auto": None, "true": True, "1": True, "false": False, "0": False}
 
 def _top_k(value: Any, num_classes: int) -> int:
     """top_k as given (query string or JSON): an integer 1..num_classes, nothing coerced."""
-    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 6:
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 6:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= num_classes:
         shown = json.dumps(value)[:30] if not isinstance(value, str) else repr(value[:30])

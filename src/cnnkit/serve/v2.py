@@ -80,7 +80,7 @@ def _int(value: Any, what: str, low: int, high: int) -> int:
 def parse_infer(body: bytes, header_length: str | None, clf: Classifier, max_images: int) -> InferRequest:
     """An infer request body -> the uint8 batch and the outputs asked for; ProtocolError naming what is wrong."""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
             raise ProtocolError(f"{HEADER_LENGTH} {header_length!r} is not a length within the {len(body)}-byte body")
         split = int(header_length)
         header, binary = body[:split], body[split:]

@@ -1,0 +1,227 @@
+"""`cnnkit serve` under attack: /healthz latency and the server's memory while each attack runs.
+
+    python benchmarks/serve_attacks.py [--model M.onnx] [--seconds 6]
+
+A fresh server (default limits) on 127.0.0.1 for each attack; a probe sends GET /healthz every 20 ms on its own
+connection while the attackers run, and the server's resident memory is sampled from /proc every 50 ms. Attacks:
+decompression bombs (multipart requests of twelve 13000x13000 1-bit PNGs), a 200 MB chunked upload, 100 uploads
+held open half-sent (8 MB declared each), and JSON nested 100,000 deep. Target: /healthz answers within 100 ms
+during every attack. Writes benchmarks/results/serve_attacks.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import ensure_model, machine, save
+from serve_load import http_post, start
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def probe(host: str, port: int, stop: asyncio.Event, pid: int) -> dict:
+    """/healthz every 20 ms (a fresh connection when one fails), and memory every 50 ms."""
+    lat, failures, peak = [], 0, rss_mb(pid)
+
+    async def memory() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, rss_mb(pid))
+            await asyncio.sleep(0.05)
+
+    mem = asyncio.create_task(memory())
+    reader = writer = None
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        try:
+            if writer is None:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+            n = int(next(ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")))
+            await reader.readexactly(n)
+            lat.append(time.perf_counter() - t0)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, StopIteration):
+            failures += 1
+            lat.append(time.perf_counter() - t0)
+            writer = None
+        await asyncio.sleep(0.02)
+    mem.cancel()
+    ms = np.array(lat) * 1e3
+    return {
+        "healthz_requests": len(lat),
+        "healthz_failures": failures,
+        "healthz_p50_ms": float(np.percentile(ms, 50)),
+        "healthz_p99_ms": float(np.percentile(ms, 99)),
+        "healthz_max_ms": float(ms.max()),
+        "server_rss_peak_mb": peak,
+    }
+
+
+async def send(host: str, port: int, data: bytes, read: bool = True) -> int:
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(data)
+        await writer.drain()
+        if not read:
+            return 0
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        writer.close()
+        return int(head.split(b" ", 2)[1])
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+        return -1
+
+
+def bomb_request() -> bytes:
+    buf = io.BytesIO()
+    Image.new("1", (13000, 13000), 0).save(buf, format="PNG", optimize=True)
+    png = buf.getvalue()
+    boundary = "cnnkitbomb"
+    parts = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="f{i}"; filename="b{i}.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + png
+        + b"\r\n"
+        for i in range(12)
+    )
+    body = parts + f"--{boundary}--\r\n".encode()
+    return http_post("/v1/predict", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+
+async def attack(name: str, host: str, port: int, seconds: float) -> dict:
+    statuses: dict = {}
+    deadline = time.perf_counter() + seconds
+
+    def count(status: int) -> None:
+        statuses[status] = statuses.get(status, 0) + 1
+
+    if name == "decompression bombs (12 x 13000x13000 1-bit PNG per request, 4 clients)":
+        req = bomb_request()
+
+        async def client() -> None:
+            while time.perf_counter() < deadline:
+                count(await send(host, port, req))
+
+        await asyncio.gather(*(client() for _ in range(4)))
+    elif name == "200 MB chunked upload (2 clients)":
+
+        async def client() -> None:
+            while time.perf_counter() < deadline:
+                try:
+                    reader, writer = await asyncio.open_connection(host, port)
+                    writer.write(
+                        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                        b"Transfer-Encoding: chunked\r\n\r\n"
+                    )
+                    chunk = b"%x\r\n" % (1 << 20) + b"\0" * (1 << 20) + b"\r\n"
+                    status = -1
+                    for _ in range(200):
+                        writer.write(chunk)
+                        await writer.drain()
+                        if reader.at_eof() or len(reader._buffer) > 0:  # the server answered early
+                            break
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                    status = int(head.split(b" ", 2)[1])
+                    writer.close()
+                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+                    status = -1
+                count(status)
+
+        await asyncio.gather(*(client() for _ in range(2)))
+    elif name == "100 uploads held open half-sent (8 MB declared each)":
+        writers = []
+        for _ in range(100):
+            try:
+                _, w = await asyncio.open_connection(host, port)
+                w.write(
+                    b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                    b"Content-Length: 8000000\r\n\r\n" + b"\0" * 4_000_000
+                )
+                writers.append(w)
+            except OSError:
+                count(-1)
+        await asyncio.sleep(max(0.0, deadline - time.perf_counter()))
+        for w in writers:
+            w.close()
+        statuses["held_open"] = len(writers)
+    elif name == "JSON nested 100,000 deep (4 clients)":
+        req = http_post("/v1/predict", b"[" * 100_000, {"Content-Type": "application/json"})
+
+        async def client() -> None:
+            while time.perf_counter() < deadline:
+                count(await send(host, port, req))
+
+        await asyncio.gather(*(client() for _ in range(4)))
+    return {str(k): v for k, v in statuses.items()}
+
+
+ATTACKS = [
+    "decompression bombs (12 x 13000x13000 1-bit PNG per request, 4 clients)",
+    "200 MB chunked upload (2 clients)",
+    "100 uploads held open half-sent (8 MB declared each)",
+    "JSON nested 100,000 deep (4 clients)",
+]
+
+
+async def one(name: str, url: str, pid: int, seconds: float) -> dict:
+    host, port = url.removeprefix("http://").split(":")
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(probe(host, int(port), stop, pid))
+    if name == "idle":
+        await asyncio.sleep(seconds / 2)
+        statuses: dict = {}
+    else:
+        statuses = await attack(name, host, int(port), seconds)
+    stop.set()
+    row = {**(await watcher), "attack_statuses": statuses}
+    row["healthz_within_100ms"] = row["healthz_p99_ms"] <= 100 and row["healthz_failures"] == 0
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--seconds", type=float, default=6.0)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = a.model or ensure_model(Path(tmp)) / "model.onnx"
+        results = {}
+        for name in ["idle", *ATTACKS]:  # a fresh server for each, so the memory peaks do not add up
+            proc, url = start(model, [])
+            try:
+                results[name] = asyncio.run(one(name, url, proc.pid, a.seconds))
+                print(name, results[name], flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
+    save(
+        "serve_attacks.json",
+        {
+            "machine": machine(),
+            "command": "python benchmarks/serve_attacks.py " + " ".join(sys.argv[1:]),
+            "seconds_per_attack": a.seconds,
+            "results": results,
+            "target": "/healthz p99 <= 100 ms and no failed probe during every attack",
+            "all_within_target": all(r["healthz_within_100ms"] for r in results.values()),
+            "note": "attackers, probe and server share this machine's 2 cores",
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

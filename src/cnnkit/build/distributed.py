@@ -106,6 +106,17 @@ def all_sum(world: World, *tensors) -> None:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
+def from_rank0(world: World, value):
+    """Rank 0's `value` on every rank (a choice that must be the same everywhere, e.g. a measured precision)."""
+    if not world.distributed:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(world: World) -> None:
     if world.distributed:
         import torch.distributed as dist

@@ -91,3 +91,31 @@ def evaluate(
             correct += (out.argmax(1) == y).sum()
     n = len(images)
     return loss_sum.item() / n, correct.item() / n
+
+
+def measure_step_rate(config, device, batch_size: int, precision: str, steps: int = 20) -> float:
+    """Training images/s of one optimisation step of a fresh model at `precision` on `device` (for auto precision).
+
+    The weights are thrown away; 5 untimed steps first (cuDNN autotuning, allocations).
+    """
+    import time
+
+    import torch
+
+    from cnnkit.build.model import Net
+
+    model = Net(config).to(device).to(memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+    step = make_step(model, opt, precision)
+    c, s = config.in_channels, config.image_size
+    x = torch.randn(batch_size, c, s, s, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, config.num_classes, (batch_size,), device=device)
+    for i in range(5 + steps):
+        if i == 5:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+        step(x, y)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return batch_size * steps / (time.perf_counter() - t0)

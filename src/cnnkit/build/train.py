@@ -15,7 +15,7 @@ from cnnkit import atomic
 from cnnkit.build import augment, curves, distributed, resume
 from cnnkit.build.data import Dataset, split_validation
 from cnnkit.build.progress import Progress
-from cnnkit.build.steps import epoch_data, epoch_seed, evaluate, make_step, normalisation
+from cnnkit.build.steps import epoch_data, epoch_seed, evaluate, make_step, measure_step_rate, normalisation
 from cnnkit.errors import CheckpointError, DataError, TrainingError
 
 
@@ -184,15 +184,17 @@ def train(
         check_out_dir(out_dir, force)  # refuse early; the folder itself is made once the inputs are checked
     if cfg.batch_size < world.size:
         raise DataError(f"--batch-size {cfg.batch_size} is smaller than the {world.size} processes it is split over")
-    precision, precision_reason = choose_precision(cfg.precision, device)
     h, w = dataset.train_images.shape[1:]
     if h != w or h % 4:
         raise DataError(
             f"{dataset.source}: images are {h}x{w}; the model needs square images with a side divisible by 4"
         )
+    config = ModelConfig(num_classes=len(dataset.classes), image_size=h)
+    per_rank = max(1, cfg.batch_size // world.size)
+    measure = functools.partial(measure_step_rate, config, device, per_rank)
+    precision, precision_reason = choose_precision(cfg.precision, device, measure)
     split = split_validation(dataset, cfg.val_fraction)
     mean, std = normalisation(split.train_images)
-    config = ModelConfig(num_classes=len(dataset.classes), image_size=h)
     recipe = cfg.recipe(precision)
 
     saved = None
@@ -209,6 +211,8 @@ def train(
     if world.is_main and not resume_run:
         prepare_out_dir(out_dir, force)
     world = distributed.init(world, device.type)
+    precision, precision_reason = distributed.from_rank0(world, (precision, precision_reason))
+    recipe = cfg.recipe(precision)
     try:
         return _loop(
             dataset, cfg, out_dir, progress, world, device, precision, precision_reason, split, (mean, std), config,

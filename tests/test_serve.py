@@ -1,5 +1,7 @@
 import asyncio
 import base64
+import io
+import json
 import signal
 import subprocess
 import sys
@@ -9,6 +11,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from cnnkit.build.data import load_sample
@@ -84,6 +87,16 @@ def test_concurrent_clients_get_their_own_results(server, clf, digits):
     assert count - batches["1.0"] >= 1, "no request was batched with another"
 
 
+ZEROS = b'{"images": [' + json.dumps([[0] * 28] * 28).encode() + b"]"
+
+
+def bomb_png() -> bytes:
+    """A few kilobytes that decode to 25 million pixels."""
+    buf = io.BytesIO()
+    Image.new("1", (5000, 5000), 0).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 @pytest.mark.parametrize(
     "kwargs,status,match",
     [
@@ -96,6 +109,23 @@ def test_concurrent_clients_get_their_own_results(server, clf, digits):
         ({"content": b"{bad json", "headers": {"content-type": "application/json"}}, 400, "invalid JSON"),
         ({"json": {"images": [[[0] * 28] * 28] * 9}}, 413, "limit is 8"),
         ({"content": b"\x00" * (1024 * 1024 + 1), "headers": {"content-type": "image/png"}}, 413, "byte limit"),
+        # the hostile and the careless (issue 15)
+        (
+            {"content": ZEROS + b', "top_k": 1e400}', "headers": {"content-type": "application/json"}},
+            400,
+            "top_k",
+        ),
+        (
+            {"content": ZEROS + b', "top_k": Infinity}', "headers": {"content-type": "application/json"}},
+            400,
+            "top_k",
+        ),
+        ({"json": {"images": [[[0] * 28] * 28], "top_k": 0}}, 400, "top_k must be an integer 1..10"),
+        ({"content": b"[" * 100_000, "headers": {"content-type": "application/json"}}, 400, "invalid JSON"),
+        ({"json": {"images": [[[[0] * 28] * 28] * 2]}}, 400, "holds 2 images"),
+        ({"content": b"--x\r\n", "headers": {"content-type": "multipart/form-data"}}, 400, "multipart body"),
+        ({"content": iter([b"\x00" * 65536] * 40), "headers": {"content-type": "image/png"}}, 413, "byte limit"),
+        ({"content": bomb_png(), "headers": {"content-type": "image/png"}}, 400, "pixels; the limit is 4,194,304"),
     ],
 )
 def test_bad_input_is_4xx_and_server_stays_up(server, kwargs, status, match):
@@ -103,6 +133,22 @@ def test_bad_input_is_4xx_and_server_stays_up(server, kwargs, status, match):
     assert r.status_code == status, r.text
     assert match in r.json()["error"]
     assert httpx.get(server + "/healthz").json() == {"status": "ok"}
+
+
+def test_every_error_is_json_and_counted(server, digits):
+    body = png(digits[0])
+    for method, path, kwargs, status in (
+        ("POST", "/v1/predict?invert=maybe", {"content": body}, 400),
+        ("POST", "/v1/predict?top_k=%C2%B9", {"content": body}, 400),  # a Unicode digit
+        ("GET", "/nowhere", {}, 404),
+        ("GET", "/v1/predict", {}, 405),
+    ):
+        r = httpx.request(method, server + path, headers={"content-type": "image/png"}, **kwargs)
+        assert r.status_code == status and r.headers["content-type"] == "application/json", (path, r.text)
+        assert r.json()["error"]
+    fams = {f.name: f for f in text_string_to_metric_families(httpx.get(server + "/metrics").text)}
+    counted = {s.labels["status"] for s in fams["cnnkit_requests"].samples if s.name == "cnnkit_requests_total"}
+    assert {"400", "404", "405", "413"} <= counted
 
 
 def test_model_and_metrics_endpoints(server, clf):

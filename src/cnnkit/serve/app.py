@@ -263,26 +263,34 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
         metrics.requests.labels(endpoint, str(status)).inc()
         return JSONResponse(body, status_code=status, headers=headers)
 
+    async def run_model(endpoint: str, images: np.ndarray) -> np.ndarray | JSONResponse:
+        """The batch's logits, or the 500 to answer (the model failed, or gave NaN/inf)."""
+        metrics.queue_depth.set(batcher.queued_images + len(images))
+        try:
+            logits = await batcher.submit(images)
+        except BatchFailed as exc:
+            return done(endpoint, 500, {"error": str(exc)})
+        finally:
+            metrics.queue_depth.set(batcher.queued_images)
+        if not np.isfinite(logits).all():
+            return done(endpoint, 500, {"error": "the model produced non-finite logits"})
+        return logits
+
     async def predict(request: Request) -> Response:
         t0 = time.perf_counter()
         try:
             batch, k = await asyncio.wait_for(
                 parse_request(request, clf, cfg, inflight, decode_pool), timeout=cfg.request_timeout_s
             )
-            metrics.queue_depth.set(batcher.queued_images + len(batch))
-            logits = await batcher.submit(batch)
         except ClientError as exc:
             return done("predict", exc.status, {"error": str(exc)})
         except CnnkitError as exc:  # InputError from decoding/validation
             return done("predict", 400, {"error": str(exc)})
         except asyncio.TimeoutError:
             return done("predict", 503, {"error": f"request not read and decoded within {cfg.request_timeout_s} s"})
-        except BatchFailed as exc:
-            return done("predict", 500, {"error": str(exc)})
-        finally:
-            metrics.queue_depth.set(batcher.queued_images)
-        if not np.isfinite(logits).all():
-            return done("predict", 500, {"error": "the model produced non-finite logits"})
+        logits = await run_model("predict", batch)
+        if isinstance(logits, Response):
+            return logits
         probs = softmax(np.array(logits, dtype=np.float32))
         preds = [
             {**p.to_dict(), "probabilities": row.tolist()}
@@ -352,18 +360,11 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
                 raise v2.ProtocolError(problem)
             body = await read_body(request, cfg.max_body_bytes, inflight)
             req = v2.parse_infer(body, request.headers.get(v2.HEADER_LENGTH), clf, cfg.max_images)
-            metrics.queue_depth.set(batcher.queued_images + len(req.images))
-            logits = await batcher.submit(req.images)
-        except v2.ProtocolError as exc:
+        except (v2.ProtocolError, ClientError) as exc:
             return done("v2_infer", exc.status, {"error": str(exc)})
-        except ClientError as exc:
-            return done("v2_infer", exc.status, {"error": str(exc)})
-        except BatchFailed as exc:
-            return done("v2_infer", 500, {"error": str(exc)})
-        finally:
-            metrics.queue_depth.set(batcher.queued_images)
-        if not np.isfinite(logits).all():
-            return done("v2_infer", 500, {"error": "the model produced non-finite logits"})
+        logits = await run_model("v2_infer", req.images)
+        if isinstance(logits, Response):
+            return logits
         content, headers = v2.response(req, logits, clf, name)
         metrics.latency.observe(time.perf_counter() - t0)
         metrics.requests.labels("v2_infer", "200").inc()

@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/cnnkit train --out $(RUN)
+	$(BIN)/cnnkit train --out $(RUN) --force
 	$(BIN)/cnnkit export $(RUN) --format all
 	$(BIN)/cnnkit verify $(RUN)/model.onnx $(RUN)/model.ts
 	$(BIN)/cnnkit bench $(RUN) --json $(RUN)/bench.json --plot $(RUN)/bench.png

@@ -188,6 +188,44 @@ def test_batcher_failure_hits_only_its_batch():
     assert later[0, 0] == 5
 
 
+@pytest.mark.slow
+def test_sigterm_under_keep_alive_load_loses_no_sent_request(exported, digits):
+    """32 keep-alive clients post continuously; SIGTERM: the drain answers everything sent (closing connections
+    after each answer), then the server exits 0. A client may find the server gone (connect refused: nothing was
+    sent); none may lose a request it sent."""
+    proc, url = start_server(exported.artefacts["onnx"], "--drain-s", "1")
+    body = png(digits[0])
+    ok, refused, lost, drained = [0], [0], [], [0]
+
+    async def client(stop_at: float) -> None:
+        async with httpx.AsyncClient(timeout=20) as c:
+            while time.time() < stop_at:
+                try:
+                    r = await c.post(url + "/v1/predict", content=body, headers={"content-type": "image/png"})
+                except httpx.ConnectError:
+                    refused[0] += 1
+                    return
+                except httpx.HTTPError as exc:
+                    lost.append(type(exc).__name__)
+                    continue
+                if r.status_code != 200:
+                    lost.append(r.status_code)
+                ok[0] += 1
+                drained[0] += r.headers.get("connection") == "close"
+
+    async def main() -> None:
+        async def stop() -> None:
+            await asyncio.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+
+        await asyncio.gather(stop(), *(client(time.time() + 4) for _ in range(32)))
+
+    asyncio.run(main())
+    assert proc.wait(timeout=30) == 0
+    assert ok[0] > 32 and drained[0] > 0 and refused[0] > 0
+    assert lost == [], f"{len(lost)} sent requests lost: {lost[:5]}"
+
+
 def test_sigterm_finishes_in_flight_and_exits_zero(exported, digits):
     proc, url = start_server(exported.artefacts["onnx"], "--max-delay-ms", "1000", "--max-batch", "64")
     box = {}

@@ -31,6 +31,13 @@ from cnnkit.errors import ModelFileError
 @click.option("--max-images", type=click.IntRange(1, 4096), default=256, show_default=True, help="Per request.")
 @click.option("--threads", type=click.IntRange(1, 512), default=None, help="ONNX Runtime intra-op threads.")
 @click.option(
+    "--drain-s",
+    type=Finite(0, 300),
+    default=1.0,
+    show_default=True,
+    help="After SIGTERM: keep answering this long, with Connection: close and /readyz 503, then shut down.",
+)
+@click.option(
     "--engine",
     type=click.Choice(["cnnkit", "triton"]),
     default="cnnkit",
@@ -50,6 +57,7 @@ def serve(
     max_body_mb,
     max_images,
     threads,
+    drain_s,
     engine,
     model_name,
     grpc_port,
@@ -93,6 +101,7 @@ def serve(
         max_body_bytes=int(max_body_mb * 2**20),
         max_images=max_images,
         model_name=model_name,
+        drain_s=drain_s,
     )
     clf = make_classifier(model, device, intra_op_threads=threads, max_batch=max(max_batch, max_images))
     import numpy as np

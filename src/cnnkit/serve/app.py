@@ -20,6 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -44,6 +45,7 @@ class ServeConfig:
     request_timeout_s: float = 10.0  # reading and decoding one request; beyond: 503
     limit_concurrency: int = 512  # open connections + tasks, uvicorn's limit (503 beyond)
     timeout_keep_alive_s: float = 5.0
+    drain_s: float = 1.0  # after SIGTERM: answer, but close connections and fail readyz, before shutting down
     top_k: int = 3
     model_name: str | None = None  # in the KServe V2 paths; default: the model's serving name
 
@@ -248,7 +250,7 @@ def _top_k(value: Any, num_classes: int) -> int:
 
 def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
     metrics = Metrics()
-    state = {"ready": False}
+    state = {"ready": False, "draining": False}
 
     def on_batch(n: int, seconds: float) -> None:
         metrics.batch_size.observe(n)
@@ -303,9 +305,9 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
         return done("healthz", 200, {"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        if state["ready"]:
+        if state["ready"] and not state["draining"]:
             return done("readyz", 200, {"status": "ready", "providers": clf.providers})
-        return done("readyz", 503, {"status": "starting"})
+        return done("readyz", 503, {"status": "draining" if state["draining"] else "starting"})
 
     async def model_info(request: Request) -> Response:
         return done(
@@ -417,9 +419,69 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
         Route("/v2/models/{name}/versions/{version}/infer", v2_infer, methods=["POST"]),
     ]
     handlers = {HTTPException: http_error, Exception: server_error}
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=handlers,
+        middleware=[Middleware(CloseWhileDraining, state=state)],
+    )
     app.state.metrics = metrics
+    app.state.serving = state
     return app
+
+
+class CloseWhileDraining:
+    """ASGI middleware: while the server drains before a shutdown, every response says `Connection: close`, so
+    keep-alive clients open a new connection for their next request instead of reusing one that is about to go."""
+
+    def __init__(self, app: Any, state: dict[str, bool]):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_closing(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start" and self.state["draining"]:
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, send_closing)
+
+
+LAST_ANSWERS_S = 0.5  # after the listener closes: time for each open connection's last request
+
+
+def _draining_server(config: Any, state: dict[str, bool], drain_s: float) -> Any:
+    """A uvicorn Server whose first SIGTERM/SIGINT shuts down without dropping a request a client has sent:
+
+    1. for `drain_s` seconds: /readyz answers 503 (load balancers stop sending), requests are still answered, each
+       with `Connection: close`, so keep-alive clients reconnect for their next request;
+    2. the listening socket closes (a client reconnecting is refused: it has sent nothing), and the connections
+       still open get LAST_ANSWERS_S to finish the request each may have in flight;
+    3. uvicorn's graceful shutdown. A second signal skips to 3.
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if drain_s <= 0 or state["draining"]:
+                super().handle_exit(sig, frame)
+                return
+            state["draining"] = True
+            loop = asyncio.get_running_loop()  # the handler runs on the event loop's (main) thread
+
+            def stop_accepting() -> None:
+                for server in self.servers:
+                    server.close()
+
+            loop.call_later(drain_s, stop_accepting)
+            loop.call_later(drain_s + LAST_ANSWERS_S, lambda: uvicorn.Server.handle_exit(self, sig, frame))
+
+    return Server(config)
 
 
 def run(
@@ -448,7 +510,7 @@ def run(
     # handlers it found. Finding no-op handlers makes a graceful stop end as a normal exit 0.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        uvicorn.Server(config).run()
+        _draining_server(config, app.state.serving, cfg.drain_s).run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -195,3 +195,18 @@ def test_predict_reads_regular_files_only(onnx_file, tmp_path):
     os.mkfifo(fifo)
     r = CliRunner().invoke(main, ["predict", onnx_file, str(fifo), "/dev/zero"])
     assert r.exit_code == 1 and r.stderr.count("not a regular file") == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_export_exits_130_and_leaves_nothing(trained, tmp_path):
+    out = tmp_path / "export"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnkit", "export", trained.out_dir, "--out", str(out), "--format", "onnx"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(4)  # inside torch.export, which wraps a KeyboardInterrupt in its own error
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and b"export failed" not in err, err.decode()[-500:]
+    assert not out.exists()

@@ -92,8 +92,21 @@ def onnx_proto(module, example, opset: int | None = None) -> Any:
     except CnnkitError:
         raise
     except Exception as exc:  # exporter errors are many and deep; surface one line plus the log tail
+        if _interrupted(exc):  # torch.export wraps a Ctrl-C in its own error: it is still a Ctrl-C (exit 130)
+            raise KeyboardInterrupt from None
         tail = log.getvalue().strip().splitlines()[-1:]
         raise CnnkitError(f"ONNX export failed: {first_line(exc)} {' '.join(tail)}".strip()) from None
+
+
+def _interrupted(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return "KeyboardInterrupt" in str(exc)
 
 
 _PROTO_CACHE: dict[tuple[str, bool, int | None], bytes] = {}  # the dynamo exporter takes seconds per call

@@ -3,6 +3,7 @@ import base64
 import io
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -146,9 +147,13 @@ def test_every_error_is_json_and_counted(server, digits):
         r = httpx.request(method, server + path, headers={"content-type": "image/png"}, **kwargs)
         assert r.status_code == status and r.headers["content-type"] == "application/json", (path, r.text)
         assert r.json()["error"]
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as s:  # a client that gives up halfway through its body
+        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n12")
+    time.sleep(0.3)
     fams = {f.name: f for f in text_string_to_metric_families(httpx.get(server + "/metrics").text)}
     counted = {s.labels["status"] for s in fams["cnnkit_requests"].samples if s.name == "cnnkit_requests_total"}
-    assert {"400", "404", "405", "413"} <= counted
+    assert {"400", "404", "405", "499"} <= counted and "500" not in counted
 
 
 def test_model_and_metrics_endpoints(server, clf):

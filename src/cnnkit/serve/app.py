@@ -7,6 +7,8 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -30,6 +32,8 @@ from cnnkit.runtime import Classifier, predictions, softmax
 from cnnkit.runtime import images as imgs
 from cnnkit.serve import v2
 from cnnkit.serve.batching import Batcher, BatchFailed
+
+log = logging.getLogger("uvicorn.error").getChild("cnnkit")  # printed where uvicorn prints
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ async def read_body(request: Request, limit: int, inflight: InFlight | None = No
         raise ClientError(413, f"body of {int(declared)} bytes exceeds the {limit}-byte limit")
     chunks, size = [], 0
     try:
-        async for chunk in request.stream():
+        async for chunk in _stream(request):
             size += len(chunk)
             if size > limit:
                 raise ClientError(413, f"body exceeds the {limit}-byte limit")
@@ -111,6 +115,17 @@ async def read_body(request: Request, limit: int, inflight: InFlight | None = No
         if inflight is not None:
             inflight.bytes -= sum(len(c) for c in chunks)
     return b"".join(chunks)
+
+
+async def _stream(request: Request) -> AsyncIterator[bytes]:
+    """The body's chunks; a client that goes away mid-body is one log line and a 499 (nobody reads the answer)."""
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        log.info("%s disconnected before sending its whole request body", client)
+        raise ClientError(499, "client disconnected") from None
 
 
 def _json_image(item: Any, clf: Classifier, invert: bool | None, index: int, budget: list[int]) -> np.ndarray:
@@ -315,7 +330,7 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
             200,
             {
                 "version": clf.info.version,
-                "source": clf.source,
+                "source": os.path.basename(clf.source),  # not the server's folders
                 "providers": clf.providers,
                 "max_batch": cfg.max_batch,
                 "max_delay_ms": cfg.max_delay_ms,

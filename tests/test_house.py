@@ -89,6 +89,7 @@ def test_runtime_commands_run_without_torch_or_onnx(exported, tmp_path):
     assert r.returncode == 1 and "pip install 'cnnkit[train]'" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_bench_a_32x32_model_from_its_checkpoint_alone(tmp_path):
     """Bench exports on the fly through the one export function, which takes the input size from the checkpoint."""
     data = write_idx_dataset(tmp_path / "idx32", n_train=64, n_test=16, size=32)

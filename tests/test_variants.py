@@ -132,6 +132,7 @@ def test_bench_shows_every_variant_as_its_own_row(variants, exported):
     assert [x["backend"] for x in rows] == ["onnx:fp32-folded", "onnx:int8-folded", "onnx:fp16-folded"]
 
 
+@pytest.mark.slow
 def test_optimize_picks_a_passing_variant_and_selects_it(trained, tmp_path):
     import shutil
 

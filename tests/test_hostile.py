@@ -210,3 +210,12 @@ def test_ctrl_c_during_export_exits_130_and_leaves_nothing(trained, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and b"export failed" not in err, err.decode()[-500:]
     assert not out.exists()
+
+
+def test_the_onnx_path_never_loads_torchscript(exported, tmp_path):
+    """predict/serve/the runtime take ONNX only: a .ts file is refused as not ONNX, never handed to torch.jit."""
+    ts = exported.artefacts["torchscript"]
+    with pytest.raises(ModelFileError):
+        Classifier(ts, device="cpu")
+    r = CliRunner().invoke(main, ["serve", ts, "--port", "0"])
+    assert r.exit_code == 1 and r.stderr.startswith("Error: ") and "Traceback" not in r.output

@@ -46,7 +46,11 @@ from cnnkit.cli.common import Finite, gate_options, int_list, progress_for, requ
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False), default=None, help="Write results as CSV.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None, help="Write a PNG plot.")
 def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads, tf32, json_file, csv_file, plot_file):
-    """Benchmark eager vs TorchScript vs ONNX Runtime (latency percentiles, images/s)."""
+    """Benchmark eager vs TorchScript vs ONNX Runtime (latency percentiles, images/s).
+
+    A TorchScript (.ts) file runs code when loaded: one found in a run folder is loaded only if `cnnkit export`
+    recorded its SHA-256 in exports.json there; a .ts file named here is trusted because you named it.
+    """
     from cnnkit.bench import report
     from cnnkit.bench.run import bench as run_bench
     from cnnkit.cli.render import render_bench
@@ -118,6 +122,9 @@ def optimize(
 ):
     """Export every variant (fp32, folded, INT8, fp16 on CUDA, TorchScript), verify, benchmark, pick the fastest."""
     require("torch", "onnx")
+    for dest in (json_file if json_file != "-" else None, plot_file):
+        if dest:
+            atomic.check_writable(dest)  # before the minutes of exporting and measuring
     from cnnkit.bench import report
     from cnnkit.bench.optimize import optimize as run_optimize
     from cnnkit.cli.render import render_optimize

@@ -167,6 +167,8 @@ def verify(artefacts, checkpoint, atol, rtol, device, data_dir, min_agreement, m
     """Check eager PyTorch vs TorchScript vs ONNX Runtime parity; exit 1 on any mismatch.
 
     fp32 files must match value by value; INT8 and fp16 files are gated on the real test split.
+
+    A TorchScript (.ts) file is a program: loading it runs code stored in it. Name only .ts files you trust.
     """
     require("torch", "onnx")
     from cnnkit.build.verify import verify as run_verify

@@ -31,6 +31,13 @@ from cnnkit.errors import ModelFileError
 @click.option("--max-images", type=click.IntRange(1, 4096), default=256, show_default=True, help="Per request.")
 @click.option("--threads", type=click.IntRange(1, 512), default=None, help="ONNX Runtime intra-op threads.")
 @click.option(
+    "--max-pixels",
+    type=click.IntRange(1, 100_000_000),
+    default=2048 * 2048,
+    show_default=True,
+    help="Most pixels of one uploaded image before it is resized (checked from its header, before decoding).",
+)
+@click.option(
     "--drain-s",
     type=Finite(0, 300),
     default=1.0,
@@ -57,6 +64,7 @@ def serve(
     max_body_mb,
     max_images,
     threads,
+    max_pixels,
     drain_s,
     engine,
     model_name,
@@ -102,6 +110,8 @@ def serve(
         max_images=max_images,
         model_name=model_name,
         drain_s=drain_s,
+        max_image_pixels=max_pixels,
+        max_request_pixels=max(max_pixels, 4096 * 4096),
     )
     clf = make_classifier(model, device, intra_op_threads=threads, max_batch=max(max_batch, max_images))
     import numpy as np

@@ -10,10 +10,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from cnnkit import atomic
 from cnnkit.build import augment, curves, distributed, resume
-from cnnkit.build.data import Dataset, split_validation
+from cnnkit.build.data import Dataset, Split, split_validation
 from cnnkit.build.progress import Progress
 from cnnkit.build.steps import epoch_data, epoch_seed, evaluate, make_step, measure_step_rate, normalisation
 from cnnkit.errors import CheckpointError, DataError, TrainingError
@@ -88,6 +89,26 @@ class TrainResult:
         d["test_accuracy"] = self.test_accuracy
         d["val_accuracy"] = self.val_accuracy
         return d
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided before the first step: what the loop and each epoch's save work from."""
+
+    dataset: Dataset
+    cfg: TrainConfig
+    out_dir: Path
+    world: distributed.World
+    device: Any  # torch.device
+    precision: str
+    precision_reason: str
+    split: Split
+    mean: float
+    std: float
+    config: Any  # ModelConfig
+    recipe: dict
+    resumed: tuple[resume.TrainState, dict, Any] | None  # saved state, optimizer tensors, checkpoint
+    t_start: float
 
 
 def default_out_dir(root: str | Path = "runs") -> Path:
@@ -212,23 +233,36 @@ def train(
         prepare_out_dir(out_dir, force)
     world = distributed.init(world, device.type)
     precision, precision_reason = distributed.from_rank0(world, (precision, precision_reason))
-    recipe = cfg.recipe(precision)
+    plan = Plan(
+        dataset=dataset,
+        cfg=cfg,
+        out_dir=out_dir,
+        world=world,
+        device=device,
+        precision=precision,
+        precision_reason=precision_reason,
+        split=split,
+        mean=mean,
+        std=std,
+        config=config,
+        recipe=cfg.recipe(precision),
+        resumed=(saved, opt_state, ck) if saved is not None else None,
+        t_start=t_start,
+    )
     try:
-        return _loop(
-            dataset, cfg, out_dir, progress, world, device, precision, precision_reason, split, (mean, std), config,
-            recipe, saved, opt_state if saved else None, ck if saved else None, t_start,
-        )  # fmt: skip
+        return _loop(plan, progress)
     finally:
         distributed.shutdown(world)
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a run that saved nothing leaves no empty folder
 
 
-def _loop(
-    dataset, cfg, out_dir, progress, world, device, precision, precision_reason, split, norm, config, recipe,
-    saved, opt_state, ck, t_start,
-) -> TrainResult:  # fmt: skip
+def _loop(plan: Plan, progress: bool | Progress) -> TrainResult:
     import torch
+
+    cfg, world, device, precision = plan.cfg, plan.world, plan.device, plan.precision
+    dataset, split, out_dir, norm = plan.dataset, plan.split, plan.out_dir, (plan.mean, plan.std)
+    saved, opt_state, ck = plan.resumed if plan.resumed is not None else (None, None, None)
 
     from cnnkit.build import checkpoint
     from cnnkit.build.model import Net
@@ -240,7 +274,7 @@ def _loop(
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)  # the initial weights: the same on every rank
     # channels_last suits cuDNN and oneDNN alike (measured ~1.25x training throughput on a CPU)
-    model = Net(config).to(device).to(memory_format=torch.channels_last)
+    model = Net(plan.config).to(device).to(memory_format=torch.channels_last)
     if ck is not None:
         model.load_state_dict(ck.state_dict)
     x_train, y_train = _to_device(split.train_images, split.train_labels, device)
@@ -261,7 +295,7 @@ def _loop(
         sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
     history: list[dict] = []
     start_epoch, step = 0, 0
-    if saved is not None:
+    if saved is not None and opt_state is not None:
         opt.load_state_dict(resume.optimizer_state_dict(saved, opt_state))
         sched.load_state_dict(saved.scheduler)
         start_epoch, step, history = saved.epoch, saved.step, list(saved.history)
@@ -275,7 +309,7 @@ def _loop(
     reporter = progress if isinstance(progress, Progress) else Progress(enabled=bool(progress))
     reporter.enabled = reporter.enabled and world.is_main
     reporter.line(
-        f"{precision} ({precision_reason}); {world.size} process(es), global batch {cfg.batch_size}"
+        f"{precision} ({plan.precision_reason}); {world.size} process(es), global batch {cfg.batch_size}"
         + (f"; resuming after epoch {start_epoch}" if saved is not None else "")
     )
 
@@ -339,10 +373,7 @@ def _loop(
             )
             epochs.append(m)
             history.append(asdict(m))
-            ckpt_path = _save_epoch(
-                out_dir, model, opt, sched, m, dataset, cfg, config, norm, recipe, step, history, world,
-                precision_reason, len(y_val),
-            )  # fmt: skip
+            ckpt_path = _save_epoch(plan, model, opt, sched, m, step, history)
             reporter.line(
                 f"epoch {epoch}/{cfg.epochs}: train loss {m.train_loss:.4f}, "
                 + (f"val accuracy {m.val_accuracy:.4f}, " if m.val_accuracy is not None else "")
@@ -358,10 +389,10 @@ def _loop(
         checkpoint=ckpt_path,
         device=str(device) if not cuda else f"cuda ({torch.cuda.get_device_name(device)})",
         precision=precision,
-        precision_reason=precision_reason,
+        precision_reason=plan.precision_reason,
         dataset=dataset.identity(),
         epochs=epochs,
-        elapsed_s=time.perf_counter() - t_start,
+        elapsed_s=time.perf_counter() - plan.t_start,
         train_seconds=train_seconds,
         images_per_s=images_seen / train_seconds if train_seconds else 0.0,
         interrupted=interrupted,
@@ -383,16 +414,15 @@ def _running(loss_sum, correct, seen, t0: float, world_size: int) -> dict[str, s
     }
 
 
-def _save_epoch(
-    out_dir, model, opt, sched, m, dataset, cfg, config, norm, recipe, step, history, world, reason, val_size
-) -> str:
+def _save_epoch(plan: Plan, model, opt, sched, m: EpochMetrics, step: int, history: list[dict]) -> str:
     """Checkpoint, resume state and metrics of a completed epoch (rank 0)."""
     from cnnkit.build import checkpoint
 
+    cfg, dataset, config, out_dir = plan.cfg, plan.dataset, plan.config, plan.out_dir
     meta = checkpoint.CheckpointMeta(
         config=config,
-        mean=norm[0],
-        std=norm[1],
+        mean=plan.mean,
+        std=plan.std,
         classes=dataset.classes,
         dataset=dataset.identity(),
         metrics={
@@ -401,22 +431,22 @@ def _save_epoch(
             "test_loss": m.test_loss,
             "val_accuracy": m.val_accuracy,
             "val_loss": m.val_loss,
-            "val_size": val_size,
+            "val_size": len(plan.split.val_labels),
             "train_loss": m.train_loss,
             "train_accuracy": m.train_accuracy,
         },
         seed=cfg.seed,
         versions=checkpoint.versions(),
-        train_args={**{k: v for k, v in asdict(cfg).items() if k != "eval_batch_size"}, **recipe},
-        world_size=world.size,
-        precision_reason=reason,
+        train_args={**{k: v for k, v in asdict(cfg).items() if k != "eval_batch_size"}, **plan.recipe},
+        world_size=plan.world.size,
+        precision_reason=plan.precision_reason,
     )
     opt_sd = opt.state_dict()
     weights = checkpoint.save(out_dir, model.state_dict(), meta)
     state = resume.TrainState(
         epoch=m.epoch,
         step=step,
-        recipe=recipe,
+        recipe=plan.recipe,
         dataset_sha256=dataset.fingerprint,
         model=config.to_dict(),
         classes=list(dataset.classes),
@@ -424,7 +454,7 @@ def _save_epoch(
         param_groups=resume.json_param_groups(opt_sd["param_groups"]),
         history=history,
         weights_sha256=checkpoint.sha256_of(weights),
-        world_size=world.size,
+        world_size=plan.world.size,
     )
     resume.save(out_dir, state, opt_sd["state"])
     atomic.write_text(out_dir / "metrics.jsonl", "".join(json.dumps(h, allow_nan=False) + "\n" for h in history))

@@ -137,10 +137,6 @@ def load(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(p, meta, hashlib.sha256(raw).hexdigest(), state)
 
 
-def sha256_of(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def build_model(ckpt: Checkpoint):
     """Rebuild the eval-mode Net from a checkpoint, checking that the weights fit the config."""
     from cnnkit.build.model import Net

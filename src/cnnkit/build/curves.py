@@ -10,13 +10,9 @@ from cnnkit import atomic
 CURVES_NAME = "curves.png"
 
 
-def available() -> bool:
-    return importlib.util.find_spec("matplotlib") is not None
-
-
 def write(directory: Path, history: list[dict]) -> Path | None:
     """Plot `history` (EpochMetrics dicts) into directory/curves.png; None without matplotlib or epochs."""
-    if not history or not available():
+    if not history or importlib.util.find_spec("matplotlib") is None:
         return None
     import matplotlib
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnkit.contract import MAX_LABEL_CHARS
 from cnnkit.errors import DataError
 
 SAMPLE_NAME = "mnist_sample.npz"  # a package resource of cnnkit.resources
@@ -166,7 +167,6 @@ def load_idx_dir(directory: Path, name: str, classes: tuple[str, ...] | None = N
 # ------------------------------------------------------------------------------------- class names
 
 CLASSES_FILE = "classes.txt"  # beside the IDX files: one class name per line, in label order
-MAX_LABEL_CHARS = 64
 
 
 def check_classes(names: list[str] | tuple[str, ...], where: str) -> tuple[str, ...]:

@@ -24,7 +24,6 @@ class World:
     rank: int = 0
     local_rank: int = 0
     size: int = 1
-    backend: str | None = None  # "nccl" or "gloo" once a process group is up
 
     @property
     def is_main(self) -> bool:
@@ -63,7 +62,7 @@ def init(world: World, device_type: str) -> World:
         torch.cuda.set_device(world.local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
-    return World(world.rank, world.local_rank, world.size, backend)
+    return world
 
 
 def shutdown(world: World) -> None:
@@ -115,13 +114,6 @@ def from_rank0(world: World, value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def barrier(world: World) -> None:
-    if world.distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def launch(nproc: int, train_args: Sequence[str]) -> int:

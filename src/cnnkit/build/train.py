@@ -14,6 +14,7 @@ from typing import Any
 
 from cnnkit import atomic
 from cnnkit.build import augment, curves, distributed, resume
+from cnnkit.build.artifacts import sha256_file
 from cnnkit.build.data import Dataset, Split, split_validation
 from cnnkit.build.progress import Progress
 from cnnkit.build.steps import epoch_data, epoch_seed, evaluate, make_step, measure_step_rate, normalisation
@@ -165,11 +166,11 @@ def prepare_out_dir(out_dir: Path, force: bool) -> None:
 
 def _to_device(images, labels, device):
     import numpy as np
-    import torch
 
-    # torch refuses to share read-only buffers (IDX files are read into them): copy those once
-    x = torch.from_numpy(np.array(images, copy=not images.flags.writeable, order="C")).unsqueeze(1)
-    y = torch.from_numpy(np.array(labels, dtype=np.int64, copy=not labels.flags.writeable))
+    from cnnkit.build.model import tensor_from
+
+    x = tensor_from(images).unsqueeze(1)
+    y = tensor_from(labels.astype(np.int64, copy=False))
     if device.type == "cuda":
         x, y = x.pin_memory(), y.pin_memory()
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -453,7 +454,7 @@ def _save_epoch(plan: Plan, model, opt, sched, m: EpochMetrics, step: int, histo
         scheduler=sched.state_dict(),
         param_groups=resume.json_param_groups(opt_sd["param_groups"]),
         history=history,
-        weights_sha256=checkpoint.sha256_of(weights),
+        weights_sha256=sha256_file(weights),
         world_size=plan.world.size,
     )
     resume.save(out_dir, state, opt_sd["state"])

@@ -6,8 +6,7 @@ import sys
 
 import click
 
-from cnnkit import atomic
-from cnnkit.cli.common import Finite, gate_options, int_list, progress_for, require, show_report
+from cnnkit.cli.common import Finite, check_destinations, gate_options, int_list, progress_for, require, show_report
 
 
 @click.command()
@@ -58,9 +57,7 @@ def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
     if not names:
         raise click.BadParameter(f"no backend named in {backends!r}", param_hint="--backends")
-    for dest in (json_file if json_file != "-" else None, csv_file, plot_file):
-        if dest:
-            atomic.check_writable(dest)  # before the minutes of measuring
+    check_destinations(json_file, csv_file, plot_file)  # before the minutes of measuring
     result = run_bench(
         list(paths),
         device=device,
@@ -122,9 +119,7 @@ def optimize(
 ):
     """Export every variant (fp32, folded, INT8, fp16 on CUDA, TorchScript), verify, benchmark, pick the fastest."""
     require("torch", "onnx")
-    for dest in (json_file if json_file != "-" else None, plot_file):
-        if dest:
-            atomic.check_writable(dest)  # before the minutes of exporting and measuring
+    check_destinations(json_file, plot_file)  # before the minutes of exporting and measuring
     from cnnkit.bench import report
     from cnnkit.bench.optimize import optimize as run_optimize
     from cnnkit.cli.render import render_optimize

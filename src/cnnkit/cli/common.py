@@ -35,6 +35,15 @@ def int_list(ctx: click.Context | None, param: click.Parameter | None, value: st
     return out
 
 
+def check_destinations(*paths: str | None) -> None:
+    """Fail now, in one line, on an output file that could not be written later ('-' is stdout)."""
+    from cnnkit import atomic
+
+    for path in paths:
+        if path and path != "-":
+            atomic.check_writable(path)
+
+
 def require(*modules: str) -> None:
     """Import `modules` now, so a command whose install extra is missing stops before it says or writes anything
     (the CLI turns the ModuleNotFoundError into the one-line `pip install 'cnnkit[extra]'` message)."""

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cnnkit.cli.common import DEVICES, emit_json, make_classifier
+from cnnkit.cli.common import DEVICES, check_destinations, emit_json, make_classifier
 
 
 @click.command()
@@ -75,12 +75,10 @@ def doctor(as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def evaluate(model, dataset, data_dir, split, device, plot_file, as_json):
     """Accuracy, per-class accuracy and confusion matrix of an exported model on labelled images."""
-    from cnnkit import atomic
     from cnnkit.bench.evaluate import evaluate as run_evaluate
     from cnnkit.cli.render import render_evaluate
 
-    if plot_file:
-        atomic.check_writable(plot_file)
+    check_destinations(plot_file)
     result = run_evaluate(model, dataset, data_dir, device=device, split=split)
     if as_json:
         emit_json(result.to_dict())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from cnnkit.cli.common import DEVICES, Finite, make_classifier
-from cnnkit.errors import ModelFileError
 
 
 @click.command()
@@ -114,10 +113,6 @@ def serve(
         max_request_pixels=max(max_pixels, 4096 * 4096),
     )
     clf = make_classifier(model, device, intra_op_threads=threads, max_batch=max(max_batch, max_images))
-    import numpy as np
-
-    if not np.isfinite(clf.logits(np.zeros((1, *clf.input_spec.image_shape), np.uint8))).all():
-        raise ModelFileError(f"{model}: the model's logits for a blank image are not finite; not serving it")
     click.echo(
         f"cnnkit serve: {model} on {clf.providers[0]}, max batch {max_batch}, max delay {max_delay_ms} ms", err=True
     )

@@ -8,15 +8,13 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from cnnkit.build.resume import RECIPE_FIELDS
 from cnnkit.build.train import TrainConfig
 from cnnkit.cli.common import DEVICES, Finite, emit_json, require
 from cnnkit.errors import CheckpointError
 
 # options that define the run; with --resume they come from the run, and a different value given is refused
-RECIPE_OPTIONS = (
-    "epochs", "batch_size", "lr", "seed", "precision", "shift", "rotate", "label_smoothing", "val_fraction",
-    "max_steps",
-)  # fmt: skip
+RECIPE_OPTIONS = (*(f for f in RECIPE_FIELDS if f != "weight_decay"), "precision")  # weight decay has no flag
 D = TrainConfig()  # the defaults live in one place
 
 
@@ -124,7 +122,6 @@ def train(ctx, dataset, data_dir, classes, out, force, resume_dir, nproc, device
             if "--out" not in args:
                 args += ["--out", out]
         sys.exit(distributed.launch(nproc, args))
-    require("torch")
 
     from cnnkit.build.data import load_dataset, parse_classes, with_classes
     from cnnkit.build.train import train as run_train
@@ -173,8 +170,6 @@ def _resumed(ctx, run: str, given: dict, data_dir):
     recipe = {}
     for name in RECIPE_OPTIONS:
         value = recorded.get(name, given[name])
-        if name == "precision":
-            value = recorded.get("precision", value)
         explicit = ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
         if explicit and given[name] != value and not (name == "precision" and given[name] == "auto"):
             flag = "--" + name.replace("_", "-")

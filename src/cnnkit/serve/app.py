@@ -403,12 +403,7 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         batcher.start()
         for n in {1, cfg.max_batch}:  # warm up ORT's allocations for the shapes we will see most
-            out = await batcher.submit(np.zeros((n, *clf.input_spec.image_shape), np.uint8))
-            if not np.isfinite(out).all():
-                await batcher.stop()
-                raise ModelFileError(
-                    f"{clf.source}: the model's logits for a blank image are not finite; not serving it"
-                )
+            await batcher.submit(np.zeros((n, *clf.input_spec.image_shape), np.uint8))
         state["ready"] = True
         try:
             yield
@@ -509,6 +504,8 @@ def run(
     """Serve `clf` until SIGINT/SIGTERM (uvicorn stops accepting and drains in-flight requests), then return."""
     import uvicorn
 
+    if not np.isfinite(clf.logits(np.zeros((1, *clf.input_spec.image_shape), np.uint8))).all():
+        raise ModelFileError(f"{clf.source}: the model's logits for a blank image are not finite; not serving it")
     app = create_app(clf, cfg)
     config = uvicorn.Config(
         app,

@@ -119,9 +119,6 @@ class TritonEngine:
         finally:
             self.close()
 
-    def stop(self) -> None:
-        self._triton.stop()
-
     def close(self) -> None:
         try:
             self._triton.stop()

@@ -56,7 +56,7 @@ CNNKIT=("$PY" -m cnnkit)
 RUNTIME_TORCH_FREE=$(cat <<'PY'
 import json, sys
 import numpy as np
-from cnnkit.build.data import load_sample
+from cnnkit.datasets import load_sample
 from cnnkit.runtime import Classifier
 model, device = sys.argv[1], sys.argv[2]
 clf = Classifier(model, device=device, fallback="raise")
@@ -76,7 +76,7 @@ SAMPLE_PNGS=$(cat <<'PY'
 import sys
 from pathlib import Path
 from PIL import Image
-from cnnkit.build.data import load_sample
+from cnnkit.datasets import load_sample
 ds, out = load_sample(), Path(sys.argv[1])
 out.mkdir(parents=True, exist_ok=True)
 for i in range(8):

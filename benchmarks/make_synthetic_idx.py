@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnkit.build.data import IDX_FILES, load_sample, write_idx
+from cnnkit.datasets import load_sample
+from cnnkit.idx import FILES as IDX_FILES
+from cnnkit.idx import write_idx
 
 
 def main() -> None:

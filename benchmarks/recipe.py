@@ -23,8 +23,9 @@ BASELINE = {"epochs": 8, "batch_size": 128, "rotate": 0.0, "label_smoothing": 0.
 
 
 def runs(overrides: dict, seeds: list[int]) -> dict:
-    from cnnkit.build.data import load_sample
-    from cnnkit.build.train import TrainConfig, train
+    from cnnkit.datasets import load_sample
+    from cnnkit.train.config import TrainConfig
+    from cnnkit.train.run import train
 
     rows = []
     for seed in seeds:

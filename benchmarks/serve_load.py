@@ -135,7 +135,7 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = a.model or ensure_model(Path(tmp)) / "model.onnx"
-        from cnnkit.build.data import load_sample
+        from cnnkit.datasets import load_sample
 
         bodies = []
         for img in load_sample().test_images[:200]:

@@ -82,7 +82,7 @@ def main() -> None:
     sweep = [int(c) for c in a.clients.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         model = a.model or ensure_model(Path(tmp)) / "model.onnx"
-        from cnnkit.build.data import load_sample
+        from cnnkit.datasets import load_sample
 
         digits = load_sample().test_images[:200]
         pngs = []

@@ -27,7 +27,8 @@ from _common import machine, save
 
 def write_torchvision_layout(ds, root: Path) -> None:
     """The dataset as torchvision's MNIST raw IDX files, so the seed loop reads it the seed's way."""
-    from cnnkit.build.data import IDX_FILES, write_idx
+    from cnnkit.idx import FILES as IDX_FILES
+    from cnnkit.idx import write_idx
 
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -41,7 +42,7 @@ def seed_loop(root: Path, epochs: int, target: float, seed: int, lr: float = 0.0
     import torchvision.transforms as T
     from torch.utils.data import DataLoader
 
-    from cnnkit.build.model import Net
+    from cnnkit.train.model import Net
 
     torch.manual_seed(seed)
     tf = T.Compose([T.ToTensor(), T.Normalize((0.1307,), (0.3081,))])
@@ -91,7 +92,7 @@ def seed_stepper(root: Path, seed: int):
     import torchvision.transforms as T
     from torch.utils.data import DataLoader
 
-    from cnnkit.build.model import Net
+    from cnnkit.train.model import Net
 
     torch.manual_seed(seed)
     tf = T.Compose([T.ToTensor(), T.Normalize((0.1307,), (0.3081,))])
@@ -116,10 +117,11 @@ def cnnkit_stepper(ds, precision: str, seed: int, batch_size: int = 128):
     """A step of cnnkit's trainer (uint8 data resident, sliced, shifted and normalised on the device)."""
     import torch
 
-    from cnnkit.build import augment
-    from cnnkit.build.model import Net, normalize
-    from cnnkit.build.steps import make_step, normalisation
-    from cnnkit.build.train import TrainConfig
+    from cnnkit.train import augment
+    from cnnkit.train.config import TrainConfig
+    from cnnkit.train.data import normalisation
+    from cnnkit.train.model import Net, normalize
+    from cnnkit.train.steps import make_step
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -158,7 +160,8 @@ def throughput(steppers: dict, rounds: int, steps: int) -> dict:
 
 
 def cnnkit_loop(ds, precision: str, target: float, seed: int) -> dict:
-    from cnnkit.build.train import TrainConfig, train
+    from cnnkit.train.config import TrainConfig
+    from cnnkit.train.run import train
 
     with tempfile.TemporaryDirectory() as out:
         r = train(ds, TrainConfig(precision=precision, seed=seed, device="cpu"), out, progress=False)
@@ -189,7 +192,7 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
-    from cnnkit.build.data import load_dataset
+    from cnnkit.datasets import load_dataset
 
     ds = load_dataset(a.dataset).dataset
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,8 +27,9 @@ def main() -> None:
 
     from cnnkit.bench.evaluate import evaluate
     from cnnkit.bench.optimize import optimize
-    from cnnkit.build.data import load_sample
-    from cnnkit.build.train import TrainConfig, train
+    from cnnkit.datasets import load_sample
+    from cnnkit.train.config import TrainConfig
+    from cnnkit.train.run import train
 
     with tempfile.TemporaryDirectory(prefix="cnnkit-variants-") as tmp:
         run = a.run

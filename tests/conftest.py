@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnkit.build.data import write_idx
+from cnnkit.idx import write_idx
 
 
 def pytest_collection_modifyitems(config, items):
@@ -55,8 +55,9 @@ def trained(tmp_path_factory):
 
     One real end-to-end accuracy check rests on it (test_runtime); everything else only needs a real model.
     """
-    from cnnkit.build.data import load_sample
-    from cnnkit.build.train import TrainConfig, train
+    from cnnkit.datasets import load_sample
+    from cnnkit.train.config import TrainConfig
+    from cnnkit.train.run import train
 
     out = tmp_path_factory.mktemp("run")
     cfg = TrainConfig(epochs=1, batch_size=128, shift=0, rotate=0, device="cpu")  # ONE_EPOCH in test_train_options
@@ -66,7 +67,7 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="session")
 def exported(trained, tmp_path_factory):
     """ONNX and TorchScript exports of the session checkpoint."""
-    from cnnkit.build.export import export
+    from cnnkit.export.exporter import export
 
     out = tmp_path_factory.mktemp("export")
     return export(trained.checkpoint, out, formats=("onnx", "torchscript"), verify=False)

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from cnnkit.build import data
-from cnnkit.build.data import write_idx
+from cnnkit import datasets as data
 from cnnkit.errors import DataError
+from cnnkit.idx import read_idx, write_idx
 from conftest import write_idx_dataset
 
 
@@ -11,33 +11,33 @@ from conftest import write_idx_dataset
 def test_idx_round_trip(tmp_path, compress):
     arr = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
     path = write_idx(tmp_path / "x-idx3-ubyte", arr, compress)
-    np.testing.assert_array_equal(data.read_idx(path), arr)
+    np.testing.assert_array_equal(read_idx(path), arr)
 
 
 def test_idx_bad_magic(tmp_path):
     p = tmp_path / "bad"
     p.write_bytes(b"\x12\x34\x08\x01" + b"\x00" * 8)
     with pytest.raises(DataError, match="bad magic"):
-        data.read_idx(p)
+        read_idx(p)
 
 
 def test_idx_truncated(tmp_path):
     p = write_idx(tmp_path / "x", np.zeros((3, 28, 28), np.uint8))
     p.write_bytes(p.read_bytes()[:-10])
     with pytest.raises(DataError, match="truncated"):
-        data.read_idx(p)
+        read_idx(p)
 
 
 def test_idx_truncated_gzip(tmp_path):
     p = write_idx(tmp_path / "x", np.zeros((3, 28, 28), np.uint8), compress=True)
     p.write_bytes(p.read_bytes()[:20])
     with pytest.raises(DataError, match="cannot read"):
-        data.read_idx(p)
+        read_idx(p)
 
 
 def test_idx_missing(tmp_path):
     with pytest.raises(DataError, match="not found"):
-        data.read_idx(tmp_path / "nope")
+        read_idx(tmp_path / "nope")
 
 
 def test_idx_count_mismatch(tmp_path):
@@ -87,17 +87,18 @@ def test_sample_corrupt(tmp_path, monkeypatch):
         data.load_sample(tmp_path / "absent.npz")
 
 
-def test_default_falls_back_to_sample_when_offline(monkeypatch):
+def test_default_falls_back_to_sample_when_offline():
     def offline(name, root):
         raise DataError("could not download MNIST: no network")
 
-    monkeypatch.setattr(data, "download", offline)
-    loaded = data.load_dataset()
+    loaded = data.load_dataset(download=offline)
     assert loaded.dataset.name == "mnist-sample"
     assert "bundled" in loaded.warning and "no network" in loaded.warning
 
 
-def test_explicit_dataset_offline_fails(monkeypatch):
-    monkeypatch.setattr(data, "download", lambda n, r: (_ for _ in ()).throw(DataError("offline")))
+def test_explicit_dataset_offline_fails():
+    def offline(name, root):
+        raise DataError("offline")
+
     with pytest.raises(DataError, match="offline.*--data-dir"):
-        data.load_dataset("fashion-mnist")
+        data.load_dataset("fashion-mnist", download=offline)

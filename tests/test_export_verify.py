@@ -10,12 +10,13 @@ import torch
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from cnnkit.build import checkpoint
-from cnnkit.build.artifacts import deployable, load_torchscript, read_info
-from cnnkit.build.export import export
-from cnnkit.build.verify import verify
 from cnnkit.cli import main
 from cnnkit.errors import ModelFileError
+from cnnkit.export.artifacts import load_torchscript, read_info
+from cnnkit.export.exporter import export
+from cnnkit.export.verify import verify
+from cnnkit.train import checkpoint
+from cnnkit.train.checkpoint import deployable
 
 
 def test_round_trip_parity(exported, trained):

@@ -16,11 +16,12 @@ import torch
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from cnnkit.build import checkpoint
-from cnnkit.build.artifacts import MANIFEST, load_torchscript, torchscript_metadata
 from cnnkit.cli import main
+from cnnkit.contract import MANIFEST
 from cnnkit.errors import CheckpointError, ModelFileError
+from cnnkit.export.artifacts import load_torchscript, torchscript_metadata
 from cnnkit.runtime import Classifier
+from cnnkit.train import checkpoint
 
 
 def rewrite(src, dst, meta=None, nan_bias=False):
@@ -99,7 +100,7 @@ def test_exports_record_no_absolute_paths_and_follow_none(exported, tmp_path):
 
 
 def test_torchscript_found_in_a_folder_runs_only_if_export_recorded_it(trained, tmp_path):
-    from cnnkit.build.export import export
+    from cnnkit.export.exporter import export
 
     run = tmp_path / "run"
     shutil.copytree(trained.out_dir, run)

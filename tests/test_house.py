@@ -56,7 +56,7 @@ def test_serve_without_the_serve_extra_names_it(exported):
 def test_runtime_commands_run_without_torch_or_onnx(exported, tmp_path):
     from PIL import Image
 
-    from cnnkit.build.data import load_sample
+    from cnnkit.datasets import load_sample
 
     png = tmp_path / "d.png"
     Image.fromarray(load_sample().test_images[0]).save(png)

@@ -1,6 +1,7 @@
 import torch
 
-from cnnkit.build.model import Deployable, ModelConfig, Net, count_parameters
+from cnnkit.spec import ModelConfig
+from cnnkit.train.model import Deployable, Net, count_parameters
 
 
 def test_seed_architecture():

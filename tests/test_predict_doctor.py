@@ -4,8 +4,8 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from cnnkit.build.data import load_sample
 from cnnkit.cli import main
+from cnnkit.datasets import load_sample
 
 
 def test_predict_png_jpeg_pgm_and_bad_file(exported, tmp_path):

@@ -13,14 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cnnkit.build.checkpoint import CheckpointMeta
-from cnnkit.build.data import read_idx
 from cnnkit.contract import ModelInfo
 from cnnkit.errors import CheckpointError, DataError, InputError, ModelFileError
+from cnnkit.idx import read_idx
 from cnnkit.runtime import images
 from cnnkit.runtime.inputs import InputSpec
 from cnnkit.serve import v2
 from cnnkit.serve.app import ClientError, _top_k
+from cnnkit.spec import CheckpointMeta
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 json_values = st.recursive(
@@ -135,7 +135,7 @@ def test_checkpoint_metadata_parses_or_is_a_checkpoint_error(doc):
 
 @pytest.mark.parametrize("mode", ["I;16", "F", "RGBA-white-strokes"])
 def test_deep_and_transparent_images_decode_like_their_8_bit_twin(mode):
-    from cnnkit.build.data import load_sample
+    from cnnkit.datasets import load_sample
 
     digit = load_sample().test_images[7]  # light strokes on black, as MNIST
     if mode == "I;16":

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from cnnkit import contract, runtime
-from cnnkit.build import checkpoint
-from cnnkit.build.artifacts import deployable
-from cnnkit.build.data import load_sample
+from cnnkit.datasets import load_sample
 from cnnkit.errors import DeviceError, InputError, ModelFileError
 from cnnkit.runtime import Classifier, ProviderFallbackWarning
+from cnnkit.train import checkpoint
+from cnnkit.train.checkpoint import deployable
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def test_torch_free_import_and_use(exported):
         f"c = Classifier({exported.artefacts['onnx']!r}, device='auto'); "
         "p = c.predict(np.zeros((28, 28), np.uint8))[0]; assert p.label in c.classes; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'onnx', 'click') "
-        "or m.startswith(('cnnkit.build', 'cnnkit.bench', 'cnnkit.cli'))]; "
+        "or m.startswith(('cnnkit.train', 'cnnkit.export', 'cnnkit.bench', 'cnnkit.cli'))]; "
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from cnnkit.build.data import load_sample
+from cnnkit.datasets import load_sample
 from cnnkit.runtime import Classifier
 from cnnkit.serve.batching import Batcher, BatchFailed
 from conftest import png, start_server

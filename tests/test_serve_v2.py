@@ -8,7 +8,7 @@ import pytest
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
-from cnnkit.build.data import load_sample
+from cnnkit.datasets import load_sample
 from cnnkit.runtime import Classifier
 
 NAME = "cnnkit-mnist-sample"  # the serving name of a model trained on the bundled sample

@@ -5,10 +5,11 @@ import torch
 from safetensors.torch import load_file
 
 from cnnkit import atomic
-from cnnkit.build import checkpoint
-from cnnkit.build.data import load_idx_dir
-from cnnkit.build.train import TrainConfig, train
+from cnnkit.datasets import load_idx_dir
 from cnnkit.errors import CheckpointError
+from cnnkit.train import checkpoint
+from cnnkit.train.config import TrainConfig
+from cnnkit.train.run import train
 from conftest import write_idx_dataset
 
 

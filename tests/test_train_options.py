@@ -9,12 +9,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cnnkit.build import checkpoint
-from cnnkit.build.data import load_idx_dir
-from cnnkit.build.device import choose_precision
-from cnnkit.build.distributed import World, shard_positions, steps_per_epoch
 from cnnkit.cli import main
+from cnnkit.datasets import load_idx_dir
 from cnnkit.errors import DataError
+from cnnkit.train import checkpoint
+from cnnkit.train.device import choose_precision
+from cnnkit.train.distributed import World, shard_positions, steps_per_epoch
 from conftest import write_idx_dataset
 
 
@@ -102,7 +102,8 @@ def test_curves_png(trained):
 
 
 def test_no_numpy_writable_warning(tmp_path, recwarn):
-    from cnnkit.build.train import TrainConfig, train
+    from cnnkit.train.config import TrainConfig
+    from cnnkit.train.run import train
 
     ds = load_idx_dir(write_idx_dataset(tmp_path / "idx", n_train=64, n_test=32), "idx")
     assert not ds.train_images.flags.writeable  # IDX files are read into read-only memory

@@ -11,10 +11,11 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from cnnkit.build.data import load_idx_dir
-from cnnkit.build.train import TrainConfig, train
 from cnnkit.cli import main
+from cnnkit.datasets import load_idx_dir
 from cnnkit.errors import TrainingError
+from cnnkit.train.config import TrainConfig
+from cnnkit.train.run import train
 from conftest import write_idx_dataset
 
 ARGS = ["--epochs", "3", "--batch-size", "64", "--device", "cpu", "--precision", "fp32"]

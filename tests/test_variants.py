@@ -10,12 +10,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cnnkit.build import checkpoint
-from cnnkit.build.artifacts import deployable
-from cnnkit.build.data import load_sample
-from cnnkit.build.export import export
 from cnnkit.cli import main
+from cnnkit.datasets import load_sample
+from cnnkit.export.exporter import export
 from cnnkit.runtime import Classifier
+from cnnkit.train import checkpoint
+from cnnkit.train.checkpoint import deployable
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Files: atomic writes (a reader never sees a half-written file) and the SHA-256 that identifies one."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -57,3 +58,12 @@ def write_with(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> 
     """Call `writer(tmp_path)` and move the result into place atomically."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The file's SHA-256, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

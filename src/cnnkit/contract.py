@@ -11,9 +11,13 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnnkit.errors import ModelFileError
+from cnnkit.spec import class_names_problem
+
+if TYPE_CHECKING:
+    from cnnkit.spec import CheckpointMeta
 
 FORMAT = "cnnkit-model/1"
 KEY = "cnnkit"  # ONNX metadata_props key and TorchScript extra-file name ("cnnkit.json")
@@ -21,7 +25,10 @@ TS_EXTRA_FILE = "cnnkit.json"
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 BATCH_DIM = "batch"  # the dynamic batch dimension, named the same in the ONNX graph
-PRECISIONS = ("fp32", "int8", "fp16")
+MAX_IMAGE_SIDE = 1024
+FILENAMES = {"onnx": "model.onnx", "torchscript": "model.ts"}  # in a run folder, beside the checkpoint
+MANIFEST = "exports.json"  # beside exported files: their SHA-256, recorded by `cnnkit export`
+MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -106,23 +113,14 @@ class ModelInfo:
         return info
 
 
-MAX_IMAGE_SIDE = 1024
-MAX_LABEL_CHARS = 64
-
-
 def check_labels(classes: Any, where: str) -> list[str]:
-    """Class names from metadata: a non-empty list of short printable strings (no escape codes, no newlines)."""
-    if not isinstance(classes, list) or not classes:
+    """Class names from metadata, by the one rule (`spec.class_names_problem`), else ModelFileError."""
+    if not isinstance(classes, list):
         raise ModelFileError(f"{where}: metadata classes must be a non-empty list")
-    for i, name in enumerate(classes):
-        if not isinstance(name, str) or not name or len(name) > MAX_LABEL_CHARS or not name.isprintable():
-            raise ModelFileError(
-                f"{where}: class {i} name {str(name)[:40]!r} is not 1-{MAX_LABEL_CHARS} printable characters"
-            )
+    problem = class_names_problem(classes)
+    if problem:
+        raise ModelFileError(f"{where}: metadata {problem}")
     return classes
-
-
-MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def valid_model_name(name: str, where: str = "--model-name") -> str:
@@ -147,13 +145,13 @@ def model_version(checkpoint_sha256: str, variant: dict[str, Any]) -> str:
 
 
 def build_metadata(
-    ckpt_meta: Any,
+    ckpt_meta: CheckpointMeta,
     checkpoint_path: str,
     checkpoint_sha256: str,
     versions: dict[str, Any],
     variant: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The metadata dict for an export of the checkpoint described by `ckpt_meta` (a CheckpointMeta).
+    """The metadata dict for an export of the checkpoint described by `ckpt_meta`.
 
     `variant` records how this file differs from a plain fp32 export: {"precision", "folded", ...}.
     """

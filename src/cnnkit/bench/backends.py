@@ -31,7 +31,7 @@ class Runner:
 def _torch_step(module: Any, device: Any) -> Callable[[np.ndarray], Callable[[], object]]:
     import torch
 
-    from cnnkit.build.model import tensor_from
+    from cnnkit.train.model import tensor_from
 
     def make(x: np.ndarray) -> Callable[[], object]:
         xt = tensor_from(x).to(device)
@@ -46,7 +46,7 @@ def _torch_step(module: Any, device: Any) -> Callable[[np.ndarray], Callable[[],
 
 
 def _deployable(ckpt: Any, device: Any) -> Any:
-    from cnnkit.build.artifacts import deployable
+    from cnnkit.train.checkpoint import deployable
 
     return deployable(ckpt).to(device)
 
@@ -56,8 +56,8 @@ def eager(ckpt: Any, device: Any) -> Runner:
 
 
 def torchscript(path: Path | None, device: Any, named: bool = True) -> Runner:
-    from cnnkit.build.artifacts import load_torchscript
     from cnnkit.errors import ModelFileError
+    from cnnkit.export.artifacts import load_torchscript
 
     if path is None:
         raise ModelFileError("no TorchScript file to benchmark")
@@ -78,7 +78,7 @@ def compiled(ckpt: Any, device: Any) -> Runner:
 def eager_cudagraph(ckpt: Any, device: Any) -> Runner:
     import torch
 
-    from cnnkit.build.model import tensor_from
+    from cnnkit.train.model import tensor_from
 
     module = _deployable(ckpt, device)
 
@@ -152,7 +152,7 @@ def onnx(
 
     import torch
 
-    from cnnkit.build.model import tensor_from
+    from cnnkit.train.model import tensor_from
 
     def make_cuda(x: np.ndarray) -> Callable[[], object]:
         xt = tensor_from(x).to(torch_device)

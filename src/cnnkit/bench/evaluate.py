@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from cnnkit.datasets import Downloader, load_dataset, load_recorded
 from cnnkit.errors import DataError
+from cnnkit.runtime import Classifier
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,6 @@ def evaluate(
     batch: int = 512,
 ) -> EvalResult:
     """Classify every image of `split` ("test" or "train"); the model's own recorded dataset by default."""
-    from cnnkit.build.data import load_dataset, load_recorded
-    from cnnkit.runtime import Classifier
-
     clf = Classifier(model, device=device, fallback="ignore", max_batch=batch)
     if dataset is None and data_dir is None:
         recorded = clf.info.raw.get("dataset")
@@ -60,7 +59,7 @@ def evaluate(
             raise DataError(f"{clf.source}: the model records no dataset; pass --dataset or --data-dir")
         ds = load_recorded(recorded)
     else:
-        ds = load_dataset(dataset, data_dir, download_ok=True).dataset
+        ds = load_dataset(dataset, data_dir, download=_downloader()).dataset
     images, labels = (ds.test_images, ds.test_labels) if split == "test" else (ds.train_images, ds.train_labels)
     n_classes = clf.info.num_classes
     if len(labels) == 0:
@@ -93,3 +92,11 @@ def evaluate(
         confusion.tolist(),
         seconds,
     )
+
+
+def _downloader() -> Downloader:
+    """torchvision's downloads (the `train` extra): without it, asking for a dataset that is not on disk names the
+    extra to install."""
+    from cnnkit.train.download import download
+
+    return download

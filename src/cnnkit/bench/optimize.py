@@ -93,8 +93,8 @@ def optimize(
     """Export, verify and benchmark every candidate; with `select`, copy the fastest passing ONNX variant at
     `target_batch` to the run's model.onnx."""
     from cnnkit.bench.run import bench, onnx_labels
-    from cnnkit.build import checkpoint
-    from cnnkit.build.export import export
+    from cnnkit.export.exporter import export
+    from cnnkit.train import checkpoint
 
     ckpt_path = checkpoint.resolve(run)
     out_root = ckpt_path.parent / "candidates"

@@ -50,7 +50,9 @@ class Inputs:
 
 def resolve_inputs(paths: list[str], need_checkpoint: bool) -> Inputs:
     """Run folders and files -> the checkpoint, every ONNX file given (a folder adds its model.onnx), TorchScript."""
-    from cnnkit.build.artifacts import FILENAMES, artefact_kind, find_checkpoint, read_info, sha256_file
+    from cnnkit.atomic import sha256_file
+    from cnnkit.contract import FILENAMES
+    from cnnkit.export.artifacts import artefact_kind, find_checkpoint, read_info
 
     found = Inputs()
     for raw in paths:
@@ -210,7 +212,7 @@ def bench(
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="cnnkit-bench-") as tmp:
         if use_torch:
-            from cnnkit.build.device import resolve_torch_device
+            from cnnkit.train.device import resolve_torch_device
 
             dev = resolve_torch_device(device)
             ctx: contextlib.AbstractContextManager[None] = _torch_context(dev, threads, tf32)
@@ -281,11 +283,11 @@ def _run(
 ) -> tuple[list[BenchRow], dict[str, dict[str, list[str]]]]:
     ckpt = None
     if files.checkpoint is not None and dev is not None:
-        from cnnkit.build import checkpoint
+        from cnnkit.train import checkpoint
 
         ckpt = checkpoint.load(files.checkpoint)
     if needs_export:
-        from cnnkit.build.export import export
+        from cnnkit.export.exporter import export
 
         # Export on the fly with the one export function (input spec from the checkpoint); the note says so.
         assert files.checkpoint is not None  # checked by the caller

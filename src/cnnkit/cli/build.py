@@ -106,9 +106,9 @@ def export(
 ):
     """Export a checkpoint to ONNX and/or TorchScript (uint8 in, logits out), or a Triton model repository."""
     require("torch", "onnx")
-    from cnnkit.build.export import FORMATS
-    from cnnkit.build.export import export as run_export
     from cnnkit.cli.render import render_export
+    from cnnkit.export.exporter import FORMATS
+    from cnnkit.export.exporter import export as run_export
 
     gates = {
         "opset": opset,
@@ -124,8 +124,8 @@ def export(
         "max_accuracy_drop": max_accuracy_drop,
     }
     if fmt == "triton":
-        from cnnkit.build.checkpoint import resolve
-        from cnnkit.build.triton_repo import TritonOptions, write_repository
+        from cnnkit.export.triton_repo import TritonOptions, write_repository
+        from cnnkit.train.checkpoint import resolve
 
         opts = TritonOptions(
             model_name=model_name,
@@ -171,8 +171,8 @@ def verify(artefacts, checkpoint, atol, rtol, device, data_dir, min_agreement, m
     A TorchScript (.ts) file is a program: loading it runs code stored in it. Name only .ts files you trust.
     """
     require("torch", "onnx")
-    from cnnkit.build.verify import verify as run_verify
     from cnnkit.cli.render import render_parity
+    from cnnkit.export.verify import verify as run_verify
 
     report = run_verify(
         list(artefacts),

@@ -11,8 +11,6 @@ from typing import Any
 
 import click
 
-DEVICES = ("auto", "cpu", "cuda")
-
 
 class Finite(click.FloatRange):
     """A FloatRange that also refuses NaN and infinities (NaN slips through a range's comparisons)."""

@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from cnnkit.cli.common import DEVICES, check_destinations, emit_json, make_classifier
+from cnnkit.cli.common import check_destinations, emit_json, make_classifier
+from cnnkit.spec import DEVICES
 
 
 @click.command()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cnnkit.cli.common import DEVICES, Finite, make_classifier
+from cnnkit.cli.common import Finite, make_classifier
+from cnnkit.spec import DEVICES
 
 
 @click.command()

@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from cnnkit.build.resume import RECIPE_FIELDS
-from cnnkit.build.train import TrainConfig
-from cnnkit.cli.common import DEVICES, Finite, emit_json, require
+from cnnkit.cli.common import Finite, emit_json, require
 from cnnkit.errors import CheckpointError
+from cnnkit.spec import DEVICES
+from cnnkit.train.config import RECIPE_FIELDS, TrainConfig
 
 # options that define the run; with --resume they come from the run, and a different value given is refused
 RECIPE_OPTIONS = (*(f for f in RECIPE_FIELDS if f != "weight_decay"), "precision")  # weight decay has no flag
@@ -109,8 +109,8 @@ def train(ctx, dataset, data_dir, classes, out, force, resume_dir, nproc, device
     """Train the CNN and write a checkpoint (plus resume state, metrics.jsonl and curves.png)."""
     import importlib.util
 
-    from cnnkit.build import distributed
-    from cnnkit.build.train import check_out_dir, default_out_dir
+    from cnnkit.train import distributed
+    from cnnkit.train.rundir import check_out_dir, default_out_dir
 
     if importlib.util.find_spec("torch") is None:
         require("torch")  # the one-line missing-extra error
@@ -123,9 +123,9 @@ def train(ctx, dataset, data_dir, classes, out, force, resume_dir, nproc, device
                 args += ["--out", out]
         sys.exit(distributed.launch(nproc, args))
 
-    from cnnkit.build.data import load_dataset, parse_classes, with_classes
-    from cnnkit.build.train import train as run_train
     from cnnkit.cli.render import render_train
+    from cnnkit.datasets import load_dataset, parse_classes, with_classes
+    from cnnkit.train.run import train as run_train
 
     warning = None
     if resume_dir is not None:
@@ -162,8 +162,8 @@ def train(ctx, dataset, data_dir, classes, out, force, resume_dir, nproc, device
 
 def _resumed(ctx, run: str, given: dict, data_dir):
     """The recipe and dataset recorded by the run; an option given now with another value is refused."""
-    from cnnkit.build import checkpoint
-    from cnnkit.build.data import load_recorded
+    from cnnkit.datasets import load_recorded
+    from cnnkit.train import checkpoint
 
     meta = checkpoint.load(run).meta
     recorded = meta.train_args
@@ -180,7 +180,7 @@ def _resumed(ctx, run: str, given: dict, data_dir):
             raise CheckpointError(f"cannot resume {run}: --{name} is taken from the run; drop it")
     ds = load_recorded(meta.dataset, data_dir)
     if tuple(ds.classes) != tuple(meta.classes):
-        from cnnkit.build.data import with_classes
+        from cnnkit.datasets import with_classes
 
         ds = with_classes(ds, tuple(meta.classes))
     return recipe, ds

@@ -12,7 +12,8 @@ from cnnkit.runtime.classifier import FALLBACKS, Classifier, ProviderFallbackWar
 from cnnkit.runtime.cuda import CudaGraphRunner, DeviceRunner
 from cnnkit.runtime.inputs import InputSpec
 from cnnkit.runtime.predictions import Prediction, predictions, softmax
-from cnnkit.runtime.session import CPU_EP, CUDA_EP, DEVICES, gpu_visible
+from cnnkit.runtime.session import CPU_EP, CUDA_EP, gpu_visible
+from cnnkit.spec import DEVICES
 
 __all__ = [
     "CPU_EP",

@@ -14,6 +14,7 @@ from cnnkit.errors import DeviceError, ModelFileError
 from cnnkit.runtime import cuda, session
 from cnnkit.runtime.inputs import InputSpec
 from cnnkit.runtime.predictions import Prediction, predictions, softmax
+from cnnkit.spec import DEVICES
 
 Fallback = Literal["warn", "raise", "ignore"]
 FALLBACKS = ("warn", "raise", "ignore")
@@ -57,8 +58,8 @@ class Classifier:
         device_id: int = 0,
         compute_stream: int | None = None,
     ):
-        if device not in session.DEVICES:
-            raise DeviceError(f"unknown device {device!r}; expected one of {', '.join(session.DEVICES)}")
+        if device not in DEVICES:
+            raise DeviceError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
         if fallback not in FALLBACKS:
             raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
         if max_batch < 1:

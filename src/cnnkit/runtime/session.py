@@ -16,7 +16,6 @@ from cnnkit.runtime import cuda_libs
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
-DEVICES = ("auto", "cpu", "cuda")
 CUDA_FIX = (
     "install the CUDA 13 and cuDNN 9 runtime libraries that onnxruntime-gpu needs (e.g. the nvidia-*-cu13 and "
     "nvidia-cudnn-cu13 wheels, which a CUDA build of torch brings) and check `nvidia-smi`; run `cnnkit doctor`"

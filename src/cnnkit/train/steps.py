@@ -5,21 +5,13 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
-
-from cnnkit.build import augment, distributed
+from cnnkit.train import augment, distributed
 
 
 def epoch_seed(seed: int, *keys: int) -> int:
     """A 63-bit seed for (seed, epoch[, rank]): epoch e draws the same numbers however the run got there."""
     digest = hashlib.sha256(",".join(str(k) for k in (seed, *keys)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
-
-
-def normalisation(images: np.ndarray) -> tuple[float, float]:
-    """Mean and std of the training pixels on the [0, 1] scale."""
-    x = images.astype(np.float32) * (1.0 / 255.0)
-    return float(x.mean(dtype=np.float64)), float(x.std(dtype=np.float64))
 
 
 def autocast(device, precision: str):
@@ -37,7 +29,7 @@ def epoch_data(images, labels, seed: int, epoch: int, aug: augment.Augment, batc
     """
     import torch
 
-    from cnnkit.build.model import normalize
+    from cnnkit.train.model import normalize
 
     gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     n = len(labels)
@@ -78,7 +70,7 @@ def evaluate(
     import torch
     import torch.nn.functional as F
 
-    from cnnkit.build.model import normalize
+    from cnnkit.train.model import normalize
 
     model.eval()
     loss_sum = torch.zeros((), device=images.device)
@@ -102,7 +94,7 @@ def measure_step_rate(config, device, batch_size: int, precision: str, steps: in
 
     import torch
 
-    from cnnkit.build.model import Net
+    from cnnkit.train.model import Net
 
     model = Net(config).to(device).to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)

@@ -15,15 +15,12 @@ from pathlib import Path
 
 from cnnkit import atomic
 from cnnkit.errors import CheckpointError
+from cnnkit.train.config import RECIPE_FIELDS
 
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
 FORMAT = "cnnkit-train-state/1"
-# recipe fields that must match for a resume to continue the same run
-RECIPE_FIELDS = (
-    "epochs", "batch_size", "lr", "weight_decay", "seed", "shift", "rotate", "val_fraction", "label_smoothing",
-    "max_steps",
-)  # fmt: skip
+__all__ = ["RECIPE_FIELDS", "STATE_JSON", "STATE_TENSORS", "TrainState", "load", "mismatch", "save"]
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@ checkpoint an artefact names. Below both export and verify, so neither imports t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -11,26 +10,17 @@ import zipfile
 from pathlib import Path
 
 from cnnkit import atomic, contract
+from cnnkit.atomic import sha256_file
 from cnnkit.errors import CheckpointError, ModelFileError, first_line
 
 FORMATS = ("onnx", "torchscript")
-FILENAMES = {"onnx": "model.onnx", "torchscript": "model.ts"}
-MANIFEST = "exports.json"  # beside exported files: their SHA-256, recorded by `cnnkit export`
 MAX_CHECKPOINT_BYTES = 4 << 30
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def record_exports(out_dir: Path, files: dict[str, Path], checkpoint_sha256: str, model_version: str) -> None:
     """Add the exported files to out_dir/exports.json: a TorchScript file is loaded from a run folder only when
     its SHA-256 is the one recorded here (loading TorchScript runs the code inside it)."""
-    path = out_dir / MANIFEST
+    path = out_dir / contract.MANIFEST
     entries = read_manifest(out_dir)
     for f in files.values():
         entries[f.name] = {
@@ -43,7 +33,7 @@ def record_exports(out_dir: Path, files: dict[str, Path], checkpoint_sha256: str
 
 def read_manifest(directory: Path) -> dict:
     try:
-        doc = json.loads((directory / MANIFEST).read_text())
+        doc = json.loads((directory / contract.MANIFEST).read_text())
         files = doc.get("files") if isinstance(doc, dict) else None
         return dict(files) if isinstance(files, dict) else {}
     except (OSError, ValueError, UnicodeDecodeError):
@@ -63,8 +53,8 @@ def deployable(ckpt, fold: bool = False):
 
     Unfolded, it is the eager reference every export is verified against.
     """
-    from cnnkit.build.checkpoint import build_model
-    from cnnkit.build.model import Deployable, FoldedNet
+    from cnnkit.train.checkpoint import build_model
+    from cnnkit.train.model import Deployable, FoldedNet
 
     net = build_model(ckpt)
     return Deployable(FoldedNet(net) if fold else net, ckpt.meta.mean, ckpt.meta.std).eval()
@@ -145,7 +135,7 @@ def load_torchscript(path: str | os.PathLike, map_location=None, named: bool = T
     if not named and recorded_by_export(p) is None:
         raise ModelFileError(
             f"{p}: not loaded: TorchScript files run code when loaded, and this one is not the file `cnnkit export` "
-            f"recorded in {MANIFEST}; re-export, or name the file explicitly to trust it"
+            f"recorded in {contract.MANIFEST}; re-export, or name the file explicitly to trust it"
         )
     extra = {contract.TS_EXTRA_FILE: ""}
     try:

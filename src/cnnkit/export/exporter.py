@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnkit import atomic, contract
-from cnnkit.build.artifacts import FILENAMES, FORMATS, deployable, record_exports
 from cnnkit.errors import CnnkitError, first_line
+from cnnkit.export.artifacts import FORMATS, record_exports
+from cnnkit.spec import EXPORT_PRECISIONS
+from cnnkit.train.checkpoint import deployable
 
 if TYPE_CHECKING:
-    from cnnkit.build.verify import ParityReport
+    from cnnkit.export.verify import ParityReport
 
-__all__ = ["FILENAMES", "FORMATS", "ExportResult", "export", "example_input", "filename", "to_torchscript"]
+__all__ = ["FORMATS", "ExportResult", "export", "example_input", "filename", "to_torchscript"]
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,7 @@ def remove_stale_staging(out: Path) -> None:
 
 def filename(fmt: str, precision: str = "fp32") -> str:
     """model.onnx, model.int8.onnx, model.fp16.onnx, model.ts."""
-    return FILENAMES[fmt] if precision == "fp32" else f"model.{precision}.onnx"
+    return contract.FILENAMES[fmt] if precision == "fp32" else f"model.{precision}.onnx"
 
 
 def export(
@@ -202,10 +204,10 @@ def export(
     import onnx
     import torch
 
-    from cnnkit.build import checkpoint
+    from cnnkit.train import checkpoint
 
-    if precision not in contract.PRECISIONS:
-        raise CnnkitError(f"unknown precision {precision!r}; expected one of {', '.join(contract.PRECISIONS)}")
+    if precision not in EXPORT_PRECISIONS:
+        raise CnnkitError(f"unknown precision {precision!r}; expected one of {', '.join(EXPORT_PRECISIONS)}")
     if precision != "fp32" and "torchscript" in formats:
         raise CnnkitError(f"--precision {precision} applies to ONNX only; use --format onnx")
     t0 = time.perf_counter()
@@ -218,7 +220,7 @@ def export(
     variant: dict[str, Any] = {"precision": precision, "folded": fold}
     calibration = None
     if precision == "int8":
-        from cnnkit.build.precision import calibration_set
+        from cnnkit.export.precision import calibration_set
 
         calibration = calibration_set(ckpt, calibration_images, calibration_seed, data_dir)
         variant["calibration"] = calibration.describe()
@@ -239,11 +241,11 @@ def export(
                     continue
                 proto = fp32_proto(ckpt, module, fold, opset)
                 if calibration is not None:
-                    from cnnkit.build.precision import quantize_int8
+                    from cnnkit.export.precision import quantize_int8
 
                     proto = quantize_int8(proto, calibration, contract.INPUT_NAME)
                 elif precision == "fp16":
-                    from cnnkit.build.precision import convert_fp16
+                    from cnnkit.export.precision import convert_fp16
 
                     proto = convert_fp16(proto)
                 opset_used = write_onnx(proto, meta, staged[fmt])
@@ -251,7 +253,7 @@ def export(
                     raise CnnkitError(f"--opset {opset}: the exporter wrote opset {opset_used}; not keeping it")
         report = None
         if verify:
-            from cnnkit.build.verify import verify as run_verify
+            from cnnkit.export.verify import verify as run_verify
 
             report = run_verify(
                 list(staged.values()),

@@ -1,68 +1,12 @@
-"""The seed tutorial's CNN, its config, and the deployable wrapper (uint8 pixels in, logits out)."""
+"""The seed tutorial's CNN (its configuration is `spec.ModelConfig`), the exact fc1·fc2 fold, and the deployable
+wrapper (uint8 pixels in, logits out)."""
 
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
 
-from cnnkit.errors import CheckpointError
-
-CONFIG_BOUNDS = {
-    "in_channels": (1, 4),
-    "conv1_channels": (1, 1024),
-    "conv2_channels": (1, 1024),
-    "kernel_size": (1, 15),
-    "hidden": (1, 16384),
-    "num_classes": (1, 10000),
-    "image_size": (4, 1024),
-    "dropout": (0.0, 0.99),
-}
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild the network; saved in every checkpoint and export."""
-
-    in_channels: int = 1
-    conv1_channels: int = 32
-    conv2_channels: int = 64
-    kernel_size: int = 5
-    hidden: int = 1000
-    num_classes: int = 10
-    image_size: int = 28
-    dropout: float = 0.5
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        """Rebuild from a checkpoint's JSON, refusing wrong types and sizes no sane model has (a crafted header must
-        not allocate a terabyte or crash torch)."""
-        if not isinstance(data, dict):
-            raise CheckpointError(f"model config must be an object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise CheckpointError(f"model config has unknown fields {sorted(unknown)}; expected {sorted(known)}")
-        for name, value in data.items():
-            low, high = CONFIG_BOUNDS[name]
-            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not is_number or (name != "dropout" and not isinstance(value, int)) or not low <= value <= high:
-                raise CheckpointError(f"model config {name}={value!r} is not within {low}..{high}")
-        cfg = cls(**data)
-        if cfg.kernel_size % 2 == 0 or cfg.image_size % 4:
-            raise CheckpointError(
-                f"model config kernel_size {cfg.kernel_size} must be odd and image_size {cfg.image_size} divisible by 4"
-            )
-        return cfg
-
-    @property
-    def flat_features(self) -> int:
-        side = self.image_size // 4  # two 2x2 max-pools
-        return self.conv2_channels * side * side
+from cnnkit.spec import ModelConfig
 
 
 class Net(nn.Module):

@@ -102,8 +102,8 @@ def write_repository(checkpoint_path, repo: str | os.PathLike[str], opts: Triton
     A model folder already in `repo` is replaced only once the new one is complete (built in a staging folder
     inside `repo`, then renamed). Returns the ExportResult, its artefacts pointing into the repository.
     """
-    from cnnkit.build.artifacts import read_info
-    from cnnkit.build.export import export
+    from cnnkit.export.artifacts import read_info
+    from cnnkit.export.exporter import export
 
     opts.check()
     repo = Path(repo)

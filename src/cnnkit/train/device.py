@@ -7,16 +7,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cnnkit import atomic
+from cnnkit.datasets import default_data_dir
 from cnnkit.errors import DeviceError
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+from cnnkit.spec import DEVICES, TRAIN_PRECISIONS
 
 
 def resolve_torch_device(name: str):
     import torch
 
-    if name not in DEVICE_CHOICES:
-        raise DeviceError(f"unknown device {name!r}; expected one of {', '.join(DEVICE_CHOICES)}")
+    if name not in DEVICES:
+        raise DeviceError(f"unknown device {name!r}; expected one of {', '.join(DEVICES)}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
@@ -25,9 +25,6 @@ def resolve_torch_device(name: str):
             f"(built for CUDA {torch.version.cuda or 'none'}); use --device cpu, or run `cnnkit doctor`"
         )
     return torch.device(name)
-
-
-TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def choose_precision(requested: str, device, measure: Callable[[str], float] | None = None) -> tuple[str, str]:
@@ -81,8 +78,6 @@ def choose_precision(requested: str, device, measure: Callable[[str], float] | N
 
 
 def _rates_file() -> Path:
-    from cnnkit.build.data import default_data_dir
-
     return default_data_dir() / "precision.json"
 
 

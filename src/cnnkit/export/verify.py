@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnkit.build.artifacts import artefact_kind, deployable, find_checkpoint, load_torchscript
 from cnnkit.errors import CnnkitError, ModelFileError, first_line
+from cnnkit.export.artifacts import artefact_kind, find_checkpoint, load_torchscript
+from cnnkit.train.checkpoint import deployable
 
 REL_FLOOR = 1e-3  # relative error uses max(|reference|, REL_FLOOR) so logits near zero don't explode it
 REAL_BATCH = 256
@@ -114,7 +115,7 @@ class ParityReport:
 
 def real_test_split(ckpt, data_dir=None):
     """(the checkpoint's own dataset, None), or (None, why it is not at hand)."""
-    from cnnkit.build.data import load_recorded
+    from cnnkit.datasets import load_recorded
 
     try:
         return load_recorded(ckpt.meta.dataset, data_dir), None
@@ -173,7 +174,7 @@ def compare(case: str, ref: np.ndarray, out, atol: float, rtol: float) -> CaseRe
 def _torch_ref(module, device):
     import torch
 
-    from cnnkit.build.model import tensor_from
+    from cnnkit.train.model import tensor_from
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -202,9 +203,9 @@ def verify(
     """
     import torch
 
-    from cnnkit.build import checkpoint
-    from cnnkit.build.device import resolve_torch_device
     from cnnkit.runtime import CUDA_EP, Classifier
+    from cnnkit.train import checkpoint
+    from cnnkit.train.device import resolve_torch_device
 
     paths = [Path(a) for a in artefacts]
     if not paths:

@@ -46,7 +46,7 @@ class Calibration:
 
 def calibration_set(ckpt: Any, n: int, seed: int, data_dir: Any = None) -> Calibration:
     """`n` training images of the checkpoint's own dataset, drawn with `seed`."""
-    from cnnkit.build.data import load_recorded
+    from cnnkit.datasets import load_recorded
 
     ds = load_recorded(ckpt.meta.dataset, data_dir)
     if n < 1:

@@ -1,0 +1,166 @@
+"""Torch-free facts both halves of the house name: the model's configuration, the checkpoint's metadata schema,
+the one class-name rule, and the choices every command offers (devices, precisions, datasets).
+
+At the bottom of the house (imports only `cnnkit.errors`), so the runtime, serve, evaluate and the CLI can type
+what the torch side makes without importing torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from cnnkit.errors import CheckpointError
+
+# ------------------------------------------------------------------------------------------ choices
+
+DEVICES = ("auto", "cpu", "cuda")  # --device of train, predict, serve, evaluate; the runtime's `device=`
+BENCH_DEVICES = ("cpu", "cuda")  # where a measurement or a parity check runs: never "auto"
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
+EXPORT_PRECISIONS = ("fp32", "int8", "fp16")  # an exported file's weights and arithmetic
+DATASETS = ("mnist", "fashion-mnist", "sample")
+
+# ------------------------------------------------------------------------------------- class names
+
+MAX_LABEL_CHARS = 64
+
+
+def class_names_problem(names: Any) -> str | None:
+    """What is wrong with a list of class names (the one rule for `--classes`, classes.txt, checkpoints and model
+    metadata), or None: a non-empty list of distinct names of 1-64 printable characters."""
+    if not isinstance(names, (list, tuple)) or not names:
+        return "class names must be a non-empty list"
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            return f"class {i} has an empty name"
+        if len(name) > MAX_LABEL_CHARS:
+            return f"class {i} name is {len(name)} characters (at most {MAX_LABEL_CHARS})"
+        if not name.isprintable():
+            return f"class {i} name {name[:40]!r} holds control characters (not printable)"
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        return f"class names repeat: {', '.join(dupes)}"
+    return None
+
+
+# ------------------------------------------------------------------------------------- model config
+
+CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
+    "in_channels": (1, 4),
+    "conv1_channels": (1, 1024),
+    "conv2_channels": (1, 1024),
+    "kernel_size": (1, 15),
+    "hidden": (1, 16384),
+    "num_classes": (1, 10000),
+    "image_size": (4, 1024),
+    "dropout": (0.0, 0.99),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Everything needed to rebuild the network; saved in every checkpoint and export."""
+
+    in_channels: int = 1
+    conv1_channels: int = 32
+    conv2_channels: int = 64
+    kernel_size: int = 5
+    hidden: int = 1000
+    num_classes: int = 10
+    image_size: int = 28
+    dropout: float = 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelConfig:
+        """Rebuild from a checkpoint's JSON, refusing wrong types and sizes no sane model has (a crafted header must
+        not allocate a terabyte or crash torch)."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"model config must be an object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise CheckpointError(f"model config has unknown fields {sorted(unknown)}; expected {sorted(known)}")
+        for name, value in data.items():
+            low, high = CONFIG_BOUNDS[name]
+            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not is_number or (name != "dropout" and not isinstance(value, int)) or not low <= value <= high:
+                raise CheckpointError(f"model config {name}={value!r} is not within {low}..{high}")
+        cfg = cls(**data)
+        if cfg.kernel_size % 2 == 0 or cfg.image_size % 4:
+            raise CheckpointError(
+                f"model config kernel_size {cfg.kernel_size} must be odd and image_size {cfg.image_size} divisible by 4"
+            )
+        return cfg
+
+    @property
+    def flat_features(self) -> int:
+        side = self.image_size // 4  # two 2x2 max-pools
+        return self.conv2_channels * side * side
+
+
+# -------------------------------------------------------------------------------- checkpoint schema
+
+WEIGHTS_NAME = "model.safetensors"
+META_NAME = "checkpoint.json"
+CHECKPOINT_FORMAT = "cnnkit-checkpoint/1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointMeta:
+    """What travels with the weights: enough to rebuild, normalise, label and trace the model."""
+
+    config: ModelConfig
+    mean: float
+    std: float
+    classes: tuple[str, ...]
+    dataset: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    versions: dict[str, Any] = field(default_factory=dict)
+    train_args: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1  # processes that trained it (torchrun)
+    precision_reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["config"] = self.config.to_dict()
+        d["classes"] = list(self.classes)
+        return {"format": CHECKPOINT_FORMAT, **d}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> CheckpointMeta:
+        if not isinstance(d, dict) or d.get("format") != CHECKPOINT_FORMAT:
+            got = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise CheckpointError(f"{where}: not a cnnkit checkpoint (format {got!r}, expected {CHECKPOINT_FORMAT!r})")
+        try:
+            meta = cls(
+                config=ModelConfig.from_dict(d["config"]),
+                mean=float(d["mean"]),
+                std=float(d["std"]),
+                classes=tuple(d["classes"]),
+                dataset=dict(d["dataset"]),
+                metrics=dict(d.get("metrics") or {}),
+                seed=d.get("seed"),
+                versions=dict(d.get("versions") or {}),
+                train_args=dict(d.get("train_args") or {}),
+                world_size=int(d.get("world_size", 1)),
+                precision_reason=str(d.get("precision_reason", "")),
+            )
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise CheckpointError(f"{where}: incomplete checkpoint metadata ({exc})") from None
+        except CheckpointError as exc:
+            raise CheckpointError(f"{where}: {exc}") from None
+        if not (math.isfinite(meta.mean) and 0 <= meta.mean <= 1 and math.isfinite(meta.std) and 0 < meta.std <= 1):
+            raise CheckpointError(f"{where}: normalisation mean {meta.mean}, std {meta.std} is not usable")
+        if len(meta.classes) != meta.config.num_classes:
+            raise CheckpointError(
+                f"{where}: {len(meta.classes)} class names for a model with {meta.config.num_classes} outputs"
+            )
+        problem = class_names_problem(list(meta.classes))
+        if problem:
+            raise CheckpointError(f"{where}: {problem}")
+        return meta

@@ -1,0 +1,85 @@
+"""What a training run is asked to do (`TrainConfig`) and what it reports (`EpochMetrics`, `TrainResult`).
+
+Torch-free, so the CLI reads its defaults without importing torch."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# recipe fields that must match for a resume to continue the same run
+RECIPE_FIELDS = (
+    "epochs", "batch_size", "lr", "weight_decay", "seed", "shift", "rotate", "val_fraction", "label_smoothing",
+    "max_steps",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    # the default recipe: chosen on the validation split (benchmarks/recipe.py, docs/TRAINING.md)
+    epochs: int = 20
+    batch_size: int = 64  # the global batch: split across processes under torchrun
+    lr: float = 2e-3  # peak of the one-cycle schedule; the same for any number of processes (global batch fixed)
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    max_steps: int | None = None  # cap for smoke runs
+    shift: int = 2  # random translation augmentation, in pixels (0 turns it off)
+    rotate: float = 10.0  # random rotation augmentation, degrees each way (0 turns it off)
+    val_fraction: float = 0.1  # of the training images, held out to validate on
+    label_smoothing: float = 0.1
+    eval_batch_size: int = 1000
+
+    def recipe(self, precision: str) -> dict[str, Any]:
+        """What makes two runs the same run (resume refuses a difference), with the precision actually used."""
+        d = asdict(self)
+        return {**{k: d[k] for k in RECIPE_FIELDS}, "precision": precision}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
+    test_loss: float
+    test_accuracy: float
+    seconds: float
+    images_per_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainResult:
+    out_dir: str
+    checkpoint: str | None
+    device: str
+    precision: str
+    precision_reason: str
+    dataset: dict[str, Any]
+    epochs: list[EpochMetrics] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    train_seconds: float = 0.0
+    images_per_s: float = 0.0
+    interrupted: bool = False
+    warnings: list[str] = field(default_factory=list)
+    world_size: int = 1
+    rank: int = 0
+    resumed_from_epoch: int | None = None
+    val_size: int = 0
+    curves: str | None = None
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.epochs[-1].test_accuracy if self.epochs else None
+
+    @property
+    def val_accuracy(self) -> float | None:
+        return self.epochs[-1].val_accuracy if self.epochs else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["test_accuracy"] = self.test_accuracy
+        d["val_accuracy"] = self.val_accuracy
+        return d

@@ -1,0 +1,37 @@
+"""Downloads of the known datasets through torchvision (the `train` extra): `datasets.load_dataset`'s downloader."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import socket
+from pathlib import Path
+
+from cnnkit.datasets import KNOWN
+from cnnkit.errors import DataError
+
+TIMEOUT_S = 30
+
+
+def download(name: str, root: Path) -> Path:
+    """Download a torchvision dataset's raw IDX files into `root`; return their folder."""
+    tv_name, _ = KNOWN[name]
+    import torchvision.datasets as tvd  # heavy; only when downloading
+
+    cls = getattr(tvd, tv_name)
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(TIMEOUT_S)
+    sink = io.StringIO()
+    try:
+        # torchvision prints every mirror it tries; keep that out of cnnkit's output.
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            cls(str(root), train=True, download=True)
+            cls(str(root), train=False, download=True)
+    except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError variously
+        # torchvision's message lists every mirror it tried; the last line holds the actual cause
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        reason = lines[-1] if lines else type(exc).__name__
+        raise DataError(f"could not download {tv_name} into {root} ({reason})") from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+    return root / tv_name / "raw"

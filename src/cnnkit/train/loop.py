@@ -1,0 +1,274 @@
+"""The training loop as named steps: set up (model, optimizer, schedule, data on the device, resumed state), then
+per epoch train, evaluate (rank 0) and save (rank 0). Ctrl-C ends it with the last completed epoch kept."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from cnnkit import atomic
+from cnnkit.errors import TrainingError
+from cnnkit.spec import CheckpointMeta
+from cnnkit.train import augment, checkpoint, curves, distributed, resume
+from cnnkit.train.config import EpochMetrics, TrainResult
+from cnnkit.train.data import to_device
+from cnnkit.train.model import Net
+from cnnkit.train.progress import Progress
+from cnnkit.train.run import Plan
+from cnnkit.train.rundir import METRICS_NAME
+from cnnkit.train.steps import epoch_data, epoch_seed, evaluate, make_step
+
+
+@dataclass(kw_only=True)
+class Session:
+    """What the loop works on: the model (and its DDP wrapper), the optimizer, the data on the device, the count."""
+
+    model: torch.nn.Module
+    net: torch.nn.Module  # `model`, or DDP around it
+    opt: torch.optim.Optimizer
+    sched: Any  # torch.optim.lr_scheduler.LRScheduler
+    step_fn: Any
+    aug: augment.Augment
+    data: dict[str, tuple[torch.Tensor, torch.Tensor]]  # "train", "val", "test" -> (uint8 images, labels)
+    steps_per_epoch: int
+    total_steps: int
+    start_epoch: int
+    step: int
+    history: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochTrain:
+    loss: float
+    accuracy: float
+    images: int
+    seconds: float
+
+
+def run(plan: Plan, progress: bool | Progress) -> TrainResult:
+    """Train from `plan`'s first (or resumed) epoch to its last; save after each."""
+    s = setup(plan)
+    cfg, world = plan.cfg, plan.world
+    reporter = progress if isinstance(progress, Progress) else Progress(enabled=bool(progress))
+    reporter.enabled = reporter.enabled and world.is_main
+    reporter.line(
+        f"{plan.precision} ({plan.precision_reason}); {world.size} process(es), global batch {cfg.batch_size}"
+        + (f"; resuming after epoch {s.start_epoch}" if plan.resumed is not None else "")
+    )
+    epochs = [EpochMetrics(**h) for h in s.history]
+    ckpt_path = str(checkpoint.resolve(plan.out_dir)) if plan.resumed is not None else None
+    interrupted, train_seconds, images_seen = False, 0.0, 0
+    try:
+        for epoch in range(s.start_epoch + 1, cfg.epochs + 1):
+            if s.step >= s.total_steps:
+                break
+            done = train_epoch(plan, s, epoch, reporter)
+            train_seconds += done.seconds
+            images_seen += done.images
+            if not world.is_main:
+                continue
+            m = evaluate_epoch(plan, s, epoch, done)
+            epochs.append(m)
+            s.history.append(asdict(m))
+            ckpt_path = save_epoch(plan, s, m)
+            reporter.line(
+                f"epoch {epoch}/{cfg.epochs}: train loss {m.train_loss:.4f}, "
+                + (f"val accuracy {m.val_accuracy:.4f}, " if m.val_accuracy is not None else "")
+                + f"test accuracy {m.test_accuracy:.4f}, {m.images_per_s:,.0f} img/s, {m.seconds:.1f} s"
+            )
+    except KeyboardInterrupt:
+        interrupted = True
+        reporter.end()
+    curves_path = curves.write(plan.out_dir, s.history) if world.is_main else None
+    device = plan.device
+    return TrainResult(
+        out_dir=str(plan.out_dir),
+        checkpoint=ckpt_path,
+        device=str(device) if device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(device)})",
+        precision=plan.precision,
+        precision_reason=plan.precision_reason,
+        dataset=plan.dataset.identity(),
+        epochs=epochs,
+        elapsed_s=time.perf_counter() - plan.t_start,
+        train_seconds=train_seconds,
+        images_per_s=images_seen / train_seconds if train_seconds else 0.0,
+        interrupted=interrupted,
+        world_size=world.size,
+        rank=world.rank,
+        resumed_from_epoch=plan.resumed.state.epoch if plan.resumed is not None else None,
+        val_size=len(plan.split.val_labels),
+        curves=str(curves_path) if curves_path else None,
+    )
+
+
+def setup(plan: Plan) -> Session:
+    """The model (initial or resumed weights), optimizer and one-cycle schedule, the data on the device."""
+    cfg, device, world = plan.cfg, plan.device, plan.world
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed)  # the initial weights: the same on every rank
+    # channels_last suits cuDNN and oneDNN alike (measured ~1.25x training throughput on a CPU)
+    model = Net(plan.config).to(device).to(memory_format=torch.channels_last)
+    if plan.resumed is not None:
+        model.load_state_dict(plan.resumed.checkpoint.state_dict)
+    split, ds = plan.split, plan.dataset
+    data = {
+        "train": to_device(split.train_images, split.train_labels, device),
+        "val": to_device(split.val_images, split.val_labels, device),
+        "test": to_device(ds.test_images, ds.test_labels, device),
+    }
+    steps_per_epoch = distributed.steps_per_epoch(len(split.train_labels), cfg.batch_size, world.size)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    # fused AdamW: one kernel for the whole update on CUDA (the foreach default elsewhere)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda or None)
+    if total_steps >= 10:
+        sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.25)
+    else:  # too few steps for a warm-up/anneal cycle (smoke runs)
+        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    start_epoch, step, history = 0, 0, []
+    if plan.resumed is not None:
+        saved = plan.resumed.state
+        opt.load_state_dict(resume.optimizer_state_dict(saved, plan.resumed.optimizer))
+        sched.load_state_dict(saved.scheduler)
+        start_epoch, step, history = saved.epoch, saved.step, list(saved.history)
+    net: torch.nn.Module = model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    return Session(
+        model=model,
+        net=net,
+        opt=opt,
+        sched=sched,
+        step_fn=make_step(net, opt, plan.precision, sched, cfg.label_smoothing),
+        aug=augment.Augment(shift=cfg.shift, rotate=cfg.rotate),
+        data=data,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        start_epoch=start_epoch,
+        step=step,
+        history=history,
+    )
+
+
+def train_epoch(plan: Plan, s: Session, epoch: int, reporter: Progress) -> EpochTrain:
+    """One epoch's optimisation steps on this rank's share; the loss and accuracy summed over every rank."""
+    cfg, world, device = plan.cfg, plan.world, plan.device
+    s.net.train()
+    t0 = time.perf_counter()
+    torch.manual_seed(epoch_seed(cfg.seed, epoch, world.rank))  # dropout: keyed by epoch and rank
+    x_train, y_train = s.data["train"]
+    x_epoch, y_epoch, sizes = epoch_data(
+        x_train, y_train, cfg.seed, epoch, s.aug, cfg.batch_size, world, (plan.mean, plan.std)
+    )
+    loss_sum, correct, seen = (torch.zeros((), device=device, dtype=torch.float64) for _ in range(3))
+    steps_now = min(s.steps_per_epoch, s.total_steps - s.step)
+    reporter.start(f"epoch {epoch}/{cfg.epochs}", steps_now)
+    offset = 0
+    for i in range(steps_now):
+        size = sizes[i]
+        xb, yb = x_epoch[offset : offset + size], y_epoch[offset : offset + size]
+        offset += size
+        loss, out = s.step_fn(xb, yb)
+        s.step += 1
+        seen += size
+        loss_sum += loss * size
+        correct += (out.argmax(1) == yb).sum()
+        reporter.update(i + 1, functools.partial(_running, loss_sum, correct, seen, t0, world.size))
+    distributed.all_sum(world, loss_sum, correct, seen)  # the epoch's figures over every rank
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    reporter.end()
+    train_loss = loss_sum.item() / seen.item()
+    if not math.isfinite(train_loss):
+        kept = f"kept epoch {epoch - 1} in {plan.out_dir}" if epoch > 1 else "nothing saved"
+        raise TrainingError(f"training diverged in epoch {epoch} (loss {train_loss}); lower --lr ({cfg.lr:g}); {kept}")
+    return EpochTrain(loss=train_loss, accuracy=correct.item() / seen.item(), images=int(seen.item()), seconds=seconds)
+
+
+def evaluate_epoch(plan: Plan, s: Session, epoch: int, done: EpochTrain) -> EpochMetrics:
+    """Validation and test loss and accuracy after an epoch (rank 0)."""
+    size, precision, norm = plan.cfg.eval_batch_size, plan.precision, (plan.mean, plan.std)
+    x_val, y_val = s.data["val"]
+    val = evaluate(s.model, x_val, y_val, *norm, size, precision) if len(y_val) else None
+    test_loss, test_acc = evaluate(s.model, *s.data["test"], *norm, size, precision)
+    return EpochMetrics(
+        epoch=epoch,
+        train_loss=done.loss,
+        train_accuracy=done.accuracy,
+        val_loss=val[0] if val else None,
+        val_accuracy=val[1] if val else None,
+        test_loss=test_loss,
+        test_accuracy=test_acc,
+        seconds=done.seconds,
+        images_per_s=done.images / done.seconds,
+    )
+
+
+def _running(loss_sum: Any, correct: Any, seen: Any, t0: float, world_size: int) -> dict[str, str]:
+    """The progress figures of the epoch so far (reading them waits for the GPU: called a few times a second)."""
+    n = seen.item()
+    return {
+        "loss": f"{loss_sum.item() / n:.4f}",
+        "acc": f"{correct.item() / n:.4f}",
+        "img/s": f"{n * world_size / max(time.perf_counter() - t0, 1e-9):,.0f}",
+    }
+
+
+def save_epoch(plan: Plan, s: Session, m: EpochMetrics) -> str:
+    """Checkpoint, resume state and metrics of a completed epoch (rank 0); returns the weights' path."""
+    cfg, dataset, out_dir = plan.cfg, plan.dataset, plan.out_dir
+    meta = CheckpointMeta(
+        config=plan.config,
+        mean=plan.mean,
+        std=plan.std,
+        classes=dataset.classes,
+        dataset=dataset.identity(),
+        metrics={
+            "epoch": m.epoch,
+            "test_accuracy": m.test_accuracy,
+            "test_loss": m.test_loss,
+            "val_accuracy": m.val_accuracy,
+            "val_loss": m.val_loss,
+            "val_size": len(plan.split.val_labels),
+            "train_loss": m.train_loss,
+            "train_accuracy": m.train_accuracy,
+        },
+        seed=cfg.seed,
+        versions=checkpoint.versions(),
+        train_args={**{k: v for k, v in asdict(cfg).items() if k != "eval_batch_size"}, **plan.recipe},
+        world_size=plan.world.size,
+        precision_reason=plan.precision_reason,
+    )
+    opt_sd = s.opt.state_dict()
+    weights = checkpoint.save(out_dir, s.model.state_dict(), meta)
+    state = resume.TrainState(
+        epoch=m.epoch,
+        step=s.step,
+        recipe=plan.recipe,
+        dataset_sha256=dataset.fingerprint,
+        model=plan.config.to_dict(),
+        classes=list(dataset.classes),
+        scheduler=s.sched.state_dict(),
+        param_groups=resume.json_param_groups(opt_sd["param_groups"]),
+        history=s.history,
+        weights_sha256=atomic.sha256_file(weights),
+        world_size=plan.world.size,
+    )
+    resume.save(out_dir, state, opt_sd["state"])
+    text = "".join(json.dumps(h, allow_nan=False) + "\n" for h in s.history)
+    atomic.write_text(out_dir / METRICS_NAME, text)
+    return str(weights)

@@ -1,0 +1,153 @@
+"""`train()`: one process or a torchrun rank. Decides everything before the first step (one `Plan`), then hands
+it to the loop; checkpoint and resume state are written after every epoch."""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnkit.datasets import Dataset
+from cnnkit.errors import CheckpointError, DataError
+from cnnkit.spec import WEIGHTS_NAME, ModelConfig
+from cnnkit.train import distributed, resume
+from cnnkit.train.config import TrainConfig, TrainResult
+from cnnkit.train.data import Split, normalisation, split_validation
+from cnnkit.train.progress import Progress
+from cnnkit.train.rundir import check_out_dir, prepare_out_dir
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnkit.train.checkpoint import Checkpoint
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resumed:
+    """A run's last completed epoch, to continue from."""
+
+    state: resume.TrainState
+    optimizer: dict[int, dict[str, Any]]  # the optimizer's tensors
+    checkpoint: Checkpoint
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """Everything decided before the first step: what the loop and each epoch's save work from."""
+
+    dataset: Dataset
+    cfg: TrainConfig
+    out_dir: Path
+    world: distributed.World
+    device: torch.device
+    precision: str
+    precision_reason: str
+    split: Split
+    mean: float
+    std: float
+    config: ModelConfig
+    recipe: dict[str, Any]
+    resumed: Resumed | None
+    t_start: float
+
+
+def train(
+    dataset: Dataset,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    progress: bool | Progress = True,
+    resume_run: bool = False,
+    force: bool = False,
+) -> TrainResult:
+    """Train the seed CNN on `dataset`; checkpoint after every epoch; Ctrl-C keeps the last completed epoch.
+
+    Under torchrun (WORLD_SIZE > 1) this runs on every rank: DDP over NCCL (CUDA) or gloo (CPU), rank 0 writing.
+    `resume_run` continues the run in `out_dir` from its last completed epoch (the same recipe and data, or
+    CheckpointError); otherwise `out_dir` must be empty unless `force`.
+    """
+    from cnnkit.train import loop
+
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    world = distributed.from_env()
+    if world.is_main and not resume_run:
+        check_out_dir(out_dir, force)  # refuse early; the folder itself is made once the inputs are checked
+    plan = _plan(dataset, cfg, out_dir, world, resume_run, t_start)
+    created = world.is_main and not resume_run and not out_dir.exists()
+    if world.is_main and not resume_run:
+        prepare_out_dir(out_dir, force)
+    world = distributed.init(world, plan.device.type)
+    precision, reason = distributed.from_rank0(world, (plan.precision, plan.precision_reason))
+    plan = replace(plan, world=world, precision=precision, precision_reason=reason, recipe=cfg.recipe(precision))
+    try:
+        return loop.run(plan, progress)
+    finally:
+        distributed.shutdown(world)
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a run that saved nothing leaves no empty folder
+
+
+def _check_inputs(dataset: Dataset, cfg: TrainConfig, world: distributed.World) -> ModelConfig:
+    """The model configuration the data calls for, or DataError."""
+    if cfg.batch_size < world.size:
+        raise DataError(f"--batch-size {cfg.batch_size} is smaller than the {world.size} processes it is split over")
+    h, w = dataset.train_images.shape[1:]
+    if h != w or h % 4:
+        raise DataError(
+            f"{dataset.source}: images are {h}x{w}; the model needs square images with a side divisible by 4"
+        )
+    return ModelConfig(num_classes=len(dataset.classes), image_size=h)
+
+
+def _plan(
+    dataset: Dataset, cfg: TrainConfig, out_dir: Path, world: distributed.World, resume_run: bool, t_start: float
+) -> Plan:
+    """Device, precision, data split, normalisation and (for a resume) the saved state, checked."""
+    import torch
+
+    from cnnkit.train.device import choose_precision, resolve_torch_device
+    from cnnkit.train.steps import measure_step_rate
+
+    device = resolve_torch_device(cfg.device)
+    if device.type == "cuda" and world.distributed:
+        device = torch.device("cuda", world.local_rank)
+    config = _check_inputs(dataset, cfg, world)
+    per_rank = max(1, cfg.batch_size // world.size)
+    measure = functools.partial(measure_step_rate, config, device, per_rank)
+    precision, precision_reason = choose_precision(cfg.precision, device, measure)
+    split = split_validation(dataset, cfg.val_fraction)
+    mean, std = normalisation(split.train_images)
+    recipe = cfg.recipe(precision)
+    resumed = _resumed(out_dir, recipe, dataset, config) if resume_run else None
+    return Plan(
+        dataset=dataset,
+        cfg=cfg,
+        out_dir=out_dir,
+        world=world,
+        device=device,
+        precision=precision,
+        precision_reason=precision_reason,
+        split=split,
+        mean=mean,
+        std=std,
+        config=config,
+        recipe=recipe,
+        resumed=resumed,
+        t_start=t_start,
+    )
+
+
+def _resumed(out_dir: Path, recipe: dict[str, Any], dataset: Dataset, config: ModelConfig) -> Resumed:
+    """The saved state of the run in `out_dir`, when it is the same run as the one asked for."""
+    from cnnkit.train import checkpoint
+
+    saved, opt_state = resume.load(out_dir)
+    ck = checkpoint.load(out_dir)
+    problem = resume.mismatch(saved, recipe, dataset.fingerprint, config.to_dict())
+    if problem:
+        raise CheckpointError(f"cannot resume {out_dir}: {problem}")
+    if ck.sha256 != saved.weights_sha256:
+        raise CheckpointError(f"cannot resume {out_dir}: {WEIGHTS_NAME} is not from epoch {saved.epoch}")
+    return Resumed(state=saved, optimizer=opt_state, checkpoint=ck)

@@ -26,8 +26,9 @@ def main() -> None:
     a = ap.parse_args()
 
     from cnnkit.bench.evaluate import evaluate
-    from cnnkit.bench.optimize import optimize
+    from cnnkit.bench.optimize import OptimizeOptions, optimize
     from cnnkit.datasets import load_sample
+    from cnnkit.export.compare import Gate
     from cnnkit.train.config import TrainConfig
     from cnnkit.train.run import train
 
@@ -37,7 +38,8 @@ def main() -> None:
             run = Path(tmp) / "run"
             train(load_sample(), TrainConfig(device=a.device), run, progress=False)
         batch_sizes = tuple(int(b) for b in a.batch_sizes.split(","))
-        result = optimize(run, device=a.device, batch_sizes=batch_sizes, min_time=a.min_time)
+        options = OptimizeOptions(batch_sizes=batch_sizes, min_time=a.min_time, gate=Gate(device=a.device))
+        result = optimize(run, options)
         assert result.bench is not None, "no candidate passed"
         rows = result.bench.rows
         base = {r.batch_size: r for r in rows if r.backend == "onnx:fp32"}

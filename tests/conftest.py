@@ -67,10 +67,10 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="session")
 def exported(trained, tmp_path_factory):
     """ONNX and TorchScript exports of the session checkpoint."""
-    from cnnkit.export.exporter import export
+    from cnnkit.export.exporter import ExportOptions, export
 
     out = tmp_path_factory.mktemp("export")
-    return export(trained.checkpoint, out, formats=("onnx", "torchscript"), verify=False)
+    return export(trained.checkpoint, out, ExportOptions(formats=("onnx", "torchscript"), verify=False))
 
 
 def free_port() -> int:

@@ -13,7 +13,8 @@ from onnx import numpy_helper
 from cnnkit.cli import main
 from cnnkit.errors import ModelFileError
 from cnnkit.export.artifacts import load_torchscript, read_info
-from cnnkit.export.exporter import export
+from cnnkit.export.compare import Gate
+from cnnkit.export.exporter import ExportOptions, export
 from cnnkit.export.verify import verify
 from cnnkit.train import checkpoint
 from cnnkit.train.checkpoint import deployable
@@ -84,7 +85,7 @@ def test_torchscript_loads_without_cnnkit(exported, trained, tmp_path):
 
 
 def test_failed_parity_leaves_no_artefact(trained, tmp_path):
-    result = export(trained.checkpoint, tmp_path, formats=("onnx",), atol=-1.0)  # impossible tolerance
+    result = export(trained.checkpoint, tmp_path, ExportOptions(formats=("onnx",), gate=Gate(atol=0, rtol=0)))  # exact
     assert not result.ok and result.artefacts == {}
     assert list(tmp_path.iterdir()) == []
 

@@ -100,11 +100,11 @@ def test_exports_record_no_absolute_paths_and_follow_none(exported, tmp_path):
 
 
 def test_torchscript_found_in_a_folder_runs_only_if_export_recorded_it(trained, tmp_path):
-    from cnnkit.export.exporter import export
+    from cnnkit.export.exporter import ExportOptions, export
 
     run = tmp_path / "run"
     shutil.copytree(trained.out_dir, run)
-    export(run / "model.safetensors", run, formats=("torchscript",), verify=False)
+    export(run / "model.safetensors", run, ExportOptions(formats=("torchscript",), verify=False))
     ts = run / "model.ts"
     assert json.loads((run / MANIFEST).read_text())["files"]["model.ts"]["sha256"]
     load_torchscript(ts, named=False)  # the file export wrote: loads

@@ -12,10 +12,13 @@ from click.testing import CliRunner
 
 from cnnkit.cli import main
 from cnnkit.datasets import load_sample
-from cnnkit.export.exporter import export
+from cnnkit.export.compare import Gate
+from cnnkit.export.exporter import ExportOptions, export
 from cnnkit.runtime import Classifier
 from cnnkit.train import checkpoint
 from cnnkit.train.checkpoint import deployable
+
+LENIENT = Gate(min_agreement=0.99, max_accuracy_drop=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def variants(trained, tmp_path_factory):
     (93% accurate: its many borderline digits flip more easily than a trained model's)."""
     out = tmp_path_factory.mktemp("variants")
     made = {
-        p: export(trained.checkpoint, out, formats=("onnx",), precision=p, min_agreement=0.99, max_accuracy_drop=1.0)
+        p: export(trained.checkpoint, out, ExportOptions(formats=("onnx",), precision=p, gate=LENIENT))
         for p in ("int8", "fp16")
     }
     for p, r in made.items():

@@ -1,48 +1,24 @@
-"""Benchmark backends. Each runner owns a model on a device and makes a zero-argument `step` for a batch,
-with the input already prepared (and on the device), so only inference is timed.
+"""Benchmark backends as runners (`export.runners.Runner`, the interface verify uses too). Each owns a model on a
+device and prepares a zero-argument step for a batch with the input already placed, so only inference is timed.
 
-Torch backends import torch when they are made; the ONNX backends run without it (where torch is in use,
-ONNX Runtime shares its CUDA stream so the same CUDA events time both)."""
+Torch backends import torch when they are made; the ONNX backends run without it (where torch is in use, ONNX
+Runtime shares its CUDA stream so the same CUDA events time both)."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cnnkit.errors import DeviceError, ModelFileError
+from cnnkit.export.runners import Runner, Step, classifier_runner, torch_runner
+from cnnkit.runtime import Classifier
+
 BACKENDS = ("eager", "torchscript", "onnx", "compile", "eager-cudagraph", "onnx-cudagraph")
 CUDA_ONLY = ("eager-cudagraph", "onnx-cudagraph")
 ONNX_BACKENDS = ("onnx", "onnx-cudagraph")
-
-
-@dataclass
-class Runner:
-    name: str
-    ran_on: str  # what really executes, e.g. "torch cpu", "CUDAExecutionProvider"
-    make_step: Callable[[np.ndarray], Callable[[], object]]
-    fell_back: bool = False
-    nodes: dict[str, list[str]] | None = None  # ONNX Runtime: execution provider -> op types it runs
-
-
-def _torch_step(module: Any, device: Any) -> Callable[[np.ndarray], Callable[[], object]]:
-    import torch
-
-    from cnnkit.train.model import tensor_from
-
-    def make(x: np.ndarray) -> Callable[[], object]:
-        xt = tensor_from(x).to(device)
-
-        def step() -> object:
-            with torch.inference_mode():
-                return module(xt)
-
-        return step
-
-    return make
 
 
 def _deployable(ckpt: Any, device: Any) -> Any:
@@ -52,18 +28,16 @@ def _deployable(ckpt: Any, device: Any) -> Any:
 
 
 def eager(ckpt: Any, device: Any) -> Runner:
-    return Runner("eager", f"torch {device.type}", _torch_step(_deployable(ckpt, device), device))
+    return torch_runner("eager", _deployable(ckpt, device), device)
 
 
 def torchscript(path: Path | None, device: Any, named: bool = True) -> Runner:
-    from cnnkit.errors import ModelFileError
     from cnnkit.export.artifacts import load_torchscript
 
     if path is None:
         raise ModelFileError("no TorchScript file to benchmark")
-
-    module, _ = load_torchscript(path, map_location=device, named=named)
-    return Runner("torchscript", f"torch.jit {device.type}", _torch_step(module, device))
+    module, info = load_torchscript(path, map_location=device, named=named)
+    return torch_runner("torchscript", module, device, f"torch.jit {device.type}", info.variant)
 
 
 def compiled(ckpt: Any, device: Any) -> Runner:
@@ -72,7 +46,7 @@ def compiled(ckpt: Any, device: Any) -> Runner:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fn = torch.compile(_deployable(ckpt, device), dynamic=False)
-    return Runner("compile", f"torch.compile {device.type}", _torch_step(fn, device))
+    return torch_runner("compile", fn, device, f"torch.compile {device.type}")
 
 
 def eager_cudagraph(ckpt: Any, device: Any) -> Runner:
@@ -82,7 +56,7 @@ def eager_cudagraph(ckpt: Any, device: Any) -> Runner:
 
     module = _deployable(ckpt, device)
 
-    def make(x: np.ndarray) -> Callable[[], object]:
+    def prepare(x: np.ndarray) -> Step:
         static_x = tensor_from(x).to(device)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -100,7 +74,9 @@ def eager_cudagraph(ckpt: Any, device: Any) -> Runner:
 
         return step
 
-    return Runner("eager-cudagraph", "torch cuda graph", make)
+    runner = torch_runner("eager-cudagraph", module, device, "torch cuda graph")
+    runner.prepare = prepare
+    return runner
 
 
 def _torch_stream(torch_device: Any) -> int | None:
@@ -114,17 +90,13 @@ def _torch_stream(torch_device: Any) -> int | None:
 
 def onnx_input_shape(path: Path) -> tuple[int, int, int]:
     """(channels, height, width) from an exported model's own metadata."""
-    from cnnkit.runtime import Classifier
-
     return Classifier(path, device="cpu").input_spec.image_shape
 
 
 def onnx(
     path: Path, device: str, threads: int | None, tf32: bool = False, torch_device: Any = None, name: str = "onnx"
 ) -> Runner:
-    """ONNX Runtime; on CUDA with IO binding, so no host copies are timed."""
-    from cnnkit.runtime import Classifier
-
+    """ONNX Runtime; on CUDA with IO binding, so no host copies are timed. A fall-back is a flagged row."""
     clf = Classifier(
         path,
         device=device,
@@ -133,39 +105,34 @@ def onnx(
         tf32=tf32,
         fallback="ignore",
         compute_stream=_torch_stream(torch_device),
-    )  # fall-back: a flagged row
-    fell_back = device == "cuda" and clf.device != "cuda"
-    if device != "cuda" or fell_back:
-
-        def make(x: np.ndarray) -> Callable[[], object]:
-            return lambda: clf.logits(x)
-
-        return Runner(name, clf.providers[0], make, fell_back, clf.node_assignment)
+    )
+    runner = classifier_runner(clf, name)
+    if device != "cuda" or runner.fell_back:
+        return runner  # each step: clf.logits on the host batch
     if torch_device is None:
 
-        def make_bound(x: np.ndarray) -> Callable[[], object]:
-            runner = clf.device_runner(len(x))  # buffers on the GPU, bound once
-            runner.run(x)
-            return runner.replay
+        def prepare_bound(x: np.ndarray) -> Step:
+            bound = clf.device_runner(len(x))  # buffers on the GPU, bound once
+            bound.run(x)
+            return bound.replay
 
-        return Runner(name, clf.providers[0], make_bound, nodes=clf.node_assignment)
-
-    import torch
+        runner.prepare = prepare_bound
+        return runner
 
     from cnnkit.train.model import tensor_from
 
-    def make_cuda(x: np.ndarray) -> Callable[[], object]:
+    def prepare_torch(x: np.ndarray) -> Step:
+        import torch
+
         xt = tensor_from(x).to(torch_device)
         out = torch.empty(len(x), clf.info.num_classes, device=torch_device)
         return lambda: clf.logits_on_device(xt, out=out)
 
-    return Runner(name, clf.providers[0], make_cuda, nodes=clf.node_assignment)
+    runner.prepare = prepare_torch
+    return runner
 
 
 def onnx_cudagraph(path: Path, tf32: bool = False, torch_device: Any = None, name: str = "onnx-cudagraph") -> Runner:
-    from cnnkit.errors import DeviceError
-    from cnnkit.runtime import Classifier
-
     def session() -> Classifier:
         return Classifier(
             path,
@@ -180,10 +147,12 @@ def onnx_cudagraph(path: Path, tf32: bool = False, torch_device: Any = None, nam
     if clf.device != "cuda":
         raise DeviceError(f"a CUDA graph needs ONNX Runtime's CUDA provider, which did not load: {clf.fallback_reason}")
 
-    def make(x: np.ndarray) -> Callable[[], object]:
+    def prepare(x: np.ndarray) -> Step:
         # One session captures one graph (one shape): a fresh session per batch size.
-        runner = session().cuda_graph_runner(len(x))
-        runner.run(x)  # copies the input in and captures the graph
-        return runner.replay
+        graph = session().cuda_graph_runner(len(x))
+        graph.run(x)  # copies the input in and captures the graph
+        return graph.replay
 
-    return Runner(name, "CUDAExecutionProvider (cuda graph)", make, nodes=clf.node_assignment)
+    runner = classifier_runner(clf, name)
+    runner.ran_on, runner.prepare = "CUDAExecutionProvider (cuda graph)", prepare
+    return runner

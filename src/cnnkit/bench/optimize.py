@@ -8,16 +8,17 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from cnnkit import atomic
 from cnnkit.bench.results import BenchResult
 from cnnkit.errors import CnnkitError, first_line
+from cnnkit.export.compare import Gate
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Candidate:
     name: str
     format: str  # "onnx" | "torchscript"
@@ -27,15 +28,40 @@ class Candidate:
 
 
 CANDIDATES = (
-    Candidate("fp32", "onnx", fold=False),
-    Candidate("fp32-folded", "onnx"),
-    Candidate("int8-folded", "onnx", "int8"),
-    Candidate("fp16-folded", "onnx", "fp16", cuda_only=True),
-    Candidate("torchscript-folded", "torchscript"),
+    Candidate(name="fp32", format="onnx", fold=False),
+    Candidate(name="fp32-folded", format="onnx"),
+    Candidate(name="int8-folded", format="onnx", precision="int8"),
+    Candidate(name="fp16-folded", format="onnx", precision="fp16", cuda_only=True),
+    Candidate(name="torchscript-folded", format="torchscript"),
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class OptimizeOptions:
+    """Which batch sizes to measure, for how long, and whether to select the winner (built once from the CLI).
+    Candidates are verified and benchmarked on `gate.device`."""
+
+    batch_sizes: tuple[int, ...] = (1, 8, 64, 256)
+    min_time: float = 1.0
+    select: bool = False
+    target_batch: int = 64
+    gate: Gate = field(default_factory=Gate)
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise CnnkitError(f"batch sizes must be at least 1, got {list(self.batch_sizes)}")
+        if self.select and self.target_batch not in self.batch_sizes:
+            raise CnnkitError(
+                f"--select picks the fastest at --target-batch {self.target_batch}, which is not among --batch-sizes "
+                f"{','.join(map(str, self.batch_sizes))}; add it"
+            )
+
+    @property
+    def device(self) -> str:
+        return self.gate.device
+
+
+@dataclass(frozen=True, kw_only=True)
 class CandidateResult:
     name: str
     file: str | None
@@ -44,7 +70,7 @@ class CandidateResult:
     row: str | None = None  # its backend name in the bench rows
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OptimizeResult:
     checkpoint: str
     device: str
@@ -80,94 +106,120 @@ def _check_summary(result: Any) -> tuple[bool, str]:
 
 def optimize(
     run: str | os.PathLike[str],
-    device: str = "cpu",
-    batch_sizes: tuple[int, ...] = (1, 8, 64, 256),
-    min_time: float = 1.0,
-    select: bool = False,
-    target_batch: int = 64,
-    data_dir: Any = None,
-    min_agreement: float = 0.995,
-    max_accuracy_drop: float = 0.3,
+    options: OptimizeOptions = OptimizeOptions(),
     progress: Callable[[str], None] | None = None,
 ) -> OptimizeResult:
-    """Export, verify and benchmark every candidate; with `select`, copy the fastest passing ONNX variant at
-    `target_batch` to the run's model.onnx."""
-    from cnnkit.bench.run import bench, onnx_labels
-    from cnnkit.export.exporter import export
+    """Export, verify and benchmark every candidate; with `options.select`, copy the fastest passing ONNX variant at
+    `options.target_batch` to the run's model.onnx."""
     from cnnkit.train import checkpoint
 
     ckpt_path = checkpoint.resolve(run)
-    out_root = ckpt_path.parent / "candidates"
+    results, files = _export_candidates(ckpt_path, options, progress)
+    device = options.device
+    if not files:
+        return OptimizeResult(
+            checkpoint=str(ckpt_path), device=device, candidates=results, bench=None, target_batch=options.target_batch
+        )
+    result, by_row = _bench_candidates(ckpt_path, files, options, progress)
+    results = [replace(r, row=next((k for k, v in by_row.items() if v == r.name), None)) for r in results]
+    winners: dict[int, str] = {}
+    for bs in options.batch_sizes:
+        best = _fastest(result, bs, None)
+        if best:
+            winners[bs] = by_row.get(best, best)
+    selected = selected_file = None
+    if options.select:
+        selected, selected_file = _select(ckpt_path, result, by_row, files, options.target_batch)
+    return OptimizeResult(
+        checkpoint=str(ckpt_path),
+        device=device,
+        candidates=results,
+        bench=result,
+        winners=winners,
+        selected=selected,
+        selected_file=selected_file,
+        target_batch=options.target_batch,
+    )
+
+
+def _export_candidates(
+    ckpt_path: Path, options: OptimizeOptions, progress: Callable[[str], None] | None
+) -> tuple[list[CandidateResult], dict[str, Path]]:
+    """Every candidate exported into `candidates/<name>/` and gated; the files of those that passed."""
+    from cnnkit.export.exporter import ExportOptions, export
+
     results: list[CandidateResult] = []
     files: dict[str, Path] = {}
     for cand in CANDIDATES:
-        if cand.cuda_only and device != "cuda":
-            results.append(CandidateResult(cand.name, None, False, "skipped: for CUDA (no faster than fp32 on a CPU)"))
+        if cand.cuda_only and options.device != "cuda":
+            results.append(
+                CandidateResult(
+                    name=cand.name, file=None, passed=False, check="skipped: for CUDA (no faster than fp32 on a CPU)"
+                )
+            )
             continue
         if progress:
             progress(f"exporting and verifying {cand.name}")
-        target = out_root / cand.name
+        target = ckpt_path.parent / "candidates" / cand.name
         if target.exists():
             shutil.rmtree(target)  # a stale candidate must not be benchmarked as this run's
+        chosen = ExportOptions(formats=(cand.format,), precision=cand.precision, fold=cand.fold, gate=options.gate)
         try:
-            made = export(
-                ckpt_path,
-                target,
-                formats=(cand.format,),
-                precision=cand.precision,
-                fold=cand.fold,
-                data_dir=data_dir,
-                min_agreement=min_agreement,
-                max_accuracy_drop=max_accuracy_drop,
-                device=device,
-            )
+            made = export(ckpt_path, target, chosen)
         except CnnkitError as exc:
-            results.append(CandidateResult(cand.name, None, False, f"export failed: {first_line(exc)}"))
+            results.append(
+                CandidateResult(name=cand.name, file=None, passed=False, check=f"export failed: {first_line(exc)}")
+            )
             continue
         passed, check = _check_summary(made)
         file = made.artefacts.get(cand.format)
         if passed and file:
             files[cand.name] = Path(file)
-        results.append(CandidateResult(cand.name, file, passed, check))
+        results.append(CandidateResult(name=cand.name, file=file, passed=passed, check=check))
+    return results, files
+
+
+def _bench_candidates(
+    ckpt_path: Path, files: dict[str, Path], options: OptimizeOptions, progress: Callable[[str], None] | None
+) -> tuple[BenchResult, dict[str, str]]:
+    """The passing candidates benchmarked side by side; and bench row name -> candidate name."""
+    from cnnkit.bench.run import BenchConfig, bench, onnx_labels
+
     onnx_names = [c.name for c in CANDIDATES if c.format == "onnx" and c.name in files]
-    if not files:
-        return OptimizeResult(str(ckpt_path), device, results, None, target_batch=target_batch)
     labels = dict(zip(onnx_names, onnx_labels([files[n] for n in onnx_names])))
+    paths = [str(ckpt_path)] + [str(files[n]) for n in onnx_names]
+    backends: tuple[str, ...] = ("onnx",) if onnx_names else ()
     if "torchscript-folded" in files:
         labels["torchscript-folded"] = "torchscript"
-    results = [CandidateResult(r.name, r.file, r.passed, r.check, labels.get(r.name)) for r in results]
-    backends = (("onnx",) if onnx_names else ()) + (("torchscript",) if "torchscript-folded" in files else ())
-    paths = [str(ckpt_path)] + [str(files[n]) for n in onnx_names]
-    if "torchscript-folded" in files:
         paths.append(str(files["torchscript-folded"]))
+        backends += ("torchscript",)
     if progress:
-        progress(f"benchmarking {', '.join(files)} on {device}")
-    result = bench(
-        paths, device=device, backends=backends, batch_sizes=batch_sizes, min_time=min_time, progress=progress
+        progress(f"benchmarking {', '.join(files)} on {options.device}")
+    config = BenchConfig(
+        device=options.device, backends=backends, batch_sizes=options.batch_sizes, min_time=options.min_time
     )
-    by_row = {v: k for k, v in labels.items()}
-    winners: dict[int, str] = {}
-    for bs in batch_sizes:
-        rows = [r for r in result.rows if r.batch_size == bs and r.images_per_s and not r.fell_back]
-        if rows:
-            best = max(rows, key=lambda r: r.images_per_s or 0.0)
-            winners[bs] = by_row.get(best.backend, best.backend)
-    selected = selected_file = None
-    if select:
-        rows = [
-            r
-            for r in result.rows
-            if r.batch_size == target_batch
-            and r.images_per_s
-            and not r.fell_back
-            and by_row.get(r.backend) in onnx_names
-        ]
-        if not rows:
-            raise CnnkitError(
-                f"no passing ONNX candidate was benchmarked at batch {target_batch}; add it to --batch-sizes"
-            )
-        selected = by_row[max(rows, key=lambda r: r.images_per_s or 0.0).backend]
-        dest = ckpt_path.parent / "model.onnx"
-        atomic.write_bytes(dest, files[selected].read_bytes())
-        selected_file = str(dest)
-    return OptimizeResult(str(ckpt_path), device, results, result, winners, selected, selected_file, target_batch)
+    return bench(paths, config, progress), {v: k for k, v in labels.items()}
+
+
+def _fastest(result: BenchResult, batch: int, rows: set[str] | None) -> str | None:
+    """The bench row with the most images/s at `batch` (among `rows`), not counting CPU fall-backs."""
+    timed = [
+        r
+        for r in result.rows
+        if r.batch_size == batch and r.images_per_s and not r.fell_back and (rows is None or r.backend in rows)
+    ]
+    return max(timed, key=lambda r: r.images_per_s or 0.0).backend if timed else None
+
+
+def _select(
+    ckpt_path: Path, result: BenchResult, by_row: dict[str, str], files: dict[str, Path], target_batch: int
+) -> tuple[str, str]:
+    """Copy the fastest passing ONNX candidate at `target_batch` to the run's model.onnx."""
+    onnx_rows = {row for row, name in by_row.items() if files[name].suffix == ".onnx"}
+    best = _fastest(result, target_batch, onnx_rows)
+    if best is None:
+        raise CnnkitError(f"no passing ONNX candidate was benchmarked at batch {target_batch}; add it to --batch-sizes")
+    selected = by_row[best]
+    dest = ckpt_path.parent / "model.onnx"
+    atomic.write_bytes(dest, files[selected].read_bytes())
+    return selected, str(dest)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Stats:
     n: int
     mean_ms: float
@@ -24,10 +24,13 @@ def summarize(seconds: list[float] | np.ndarray) -> Stats:
     if a.size == 0:
         raise ValueError("no timings to summarize")
     p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return Stats(int(a.size), float(a.mean()), float(p50), float(p90), float(p99), float(a.min()))
+    return Stats(
+        n=int(a.size), mean_ms=float(a.mean()), p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99),
+        min_ms=float(a.min()),
+    )  # fmt: skip
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BenchRow:
     backend: str
     batch_size: int
@@ -40,7 +43,7 @@ class BenchRow:
     error: str | None = None  # why this backend produced no timing at this batch size
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BenchResult:
     device: str
     settings: dict[str, Any]

@@ -1,9 +1,5 @@
-"""`cnnkit bench`: latency and throughput of eager, TorchScript, ONNX Runtime (and compile, CUDA graphs).
-
-Method: warm-up is excluded (cuDNN autotuning, ORT's conv search, TorchScript profiling, compilation);
-GPU work is synchronised per iteration (wall clock end to end, CUDA events for device time where torch runs);
-all backends use the same CPU thread count and, on CUDA, the same TF32 setting; backends are alternated in
-rounds so drift on a noisy machine hits all of them alike. A backend that fails becomes rows that say why.
+"""`cnnkit bench`: latency and throughput of eager, TorchScript, ONNX Runtime (and compile, CUDA graphs), side by
+side in one run (the method is `bench.measure`).
 
 Torch is imported only for torch backends or to export a checkpoint on the fly: `--backends onnx` on an .onnx
 file runs in a runtime-only install.
@@ -15,9 +11,8 @@ import contextlib
 import functools
 import os
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,375 +20,216 @@ import numpy as np
 
 from cnnkit.bench import backends as bk
 from cnnkit.bench.env import environment
-from cnnkit.bench.results import BenchResult, BenchRow, summarize
+from cnnkit.bench.inputs import Inputs, onnx_labels, resolve_inputs
+from cnnkit.bench.measure import Measurement, cuda_events, torch_context
+from cnnkit.bench.results import BenchResult, BenchRow
 from cnnkit.errors import CnnkitError, DeviceError, ModelFileError, first_line
+from cnnkit.export.runners import Runner
+from cnnkit.spec import BENCH_DEVICES
 
-Step = Callable[[], object]
-
-
-@dataclass
-class Inputs:
-    """What a bench run measures: a checkpoint (torch backends), ONNX files (one row set each), a TorchScript file."""
-
-    checkpoint: Path | None = None
-    onnx: list[Path] = field(default_factory=list)
-    torchscript: Path | None = None
-    torchscript_named: bool = True  # named by the user, not found in a folder (then exports.json must vouch for it)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
-            "onnx": [str(p) for p in self.onnx],
-            "torchscript": str(self.torchscript) if self.torchscript else None,
-        }
+__all__ = ["BenchConfig", "bench", "onnx_labels"]
 
 
-def resolve_inputs(paths: list[str], need_checkpoint: bool) -> Inputs:
-    """Run folders and files -> the checkpoint, every ONNX file given (a folder adds its model.onnx), TorchScript."""
-    from cnnkit.atomic import sha256_file
-    from cnnkit.contract import FILENAMES
-    from cnnkit.export.artifacts import artefact_kind, find_checkpoint, read_info
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig:
+    """What a benchmark measures and how (built once from the CLI)."""
 
-    found = Inputs()
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            ckpt = p / "model.safetensors"
-            ckpt_sha = sha256_file(ckpt) if ckpt.is_file() else None
-            if ckpt_sha and found.checkpoint is None:
-                found.checkpoint = ckpt
-            for kind in ("onnx", "torchscript"):
-                f = p / FILENAMES[kind]
-                if not f.is_file():
-                    continue
-                try:
-                    made_from = read_info(f).checkpoint_sha256
-                except CnnkitError:  # unreadable: left to its backend, which reports it as a failed row
-                    made_from = ckpt_sha
-                if ckpt_sha and made_from != ckpt_sha:  # a folder's files are compared only if they belong together
-                    raise ModelFileError(
-                        f"{f}: was not exported from {ckpt} (checkpoint SHA-256 {str(made_from)[:12]}... != "
-                        f"{ckpt_sha[:12]}...); re-export, or name the files to bench"
-                    )
-                if kind == "onnx":
-                    found.onnx.append(f)
-                elif found.torchscript is None:
-                    found.torchscript, found.torchscript_named = f, False
-        elif not p.is_file():
-            raise ModelFileError(f"{p}: not found")
-        elif p.suffix == ".safetensors":
-            found.checkpoint = p
-        elif artefact_kind(p) == "torchscript":
-            found.torchscript = p
-        else:
-            found.onnx.append(p)
-    if found.checkpoint is None and not found.onnx and found.torchscript is None:
-        raise ModelFileError(f"no checkpoint or exported model in {', '.join(paths)}; pass a run folder")
-    if need_checkpoint and found.checkpoint is None:
-        artefacts = found.onnx[:1] + ([found.torchscript] if found.torchscript else [])
-        found.checkpoint = find_checkpoint(artefacts)
-    return found
+    device: str = "cpu"
+    backends: tuple[str, ...] = ("eager", "torchscript", "onnx")
+    batch_sizes: tuple[int, ...] = (1, 8, 64, 256)
+    warmup: int = 10  # untimed calls per backend and batch size (and at least 0.2 s)
+    iters: int | None = None  # timed calls per backend and batch size; None: `min_time` seconds
+    min_time: float = 1.5
+    threads: int | None = None  # CPU threads for every backend (None: all cores)
+    rounds: int = 5
+    seed: int = 0
+    tf32: bool = False  # CUDA: TF32 in every backend alike
 
+    def __post_init__(self) -> None:
+        unknown = [b for b in self.backends if b not in bk.BACKENDS]
+        if unknown or not self.backends:
+            raise CnnkitError(f"unknown backend(s) {unknown}; expected some of {', '.join(bk.BACKENDS)}")
+        if self.device not in BENCH_DEVICES:
+            raise DeviceError(f"unknown device {self.device!r}; expected cpu or cuda")
+        cuda_only = [b for b in self.backends if b in bk.CUDA_ONLY]
+        if self.device != "cuda" and cuda_only:
+            raise DeviceError(f"{', '.join(cuda_only)} need --device cuda")
+        if not self.batch_sizes or min(self.batch_sizes) < 1 or self.rounds < 1 or self.warmup < 0:
+            raise CnnkitError("batch sizes and rounds must be at least 1, warm-up at least 0")
 
-def onnx_labels(files: list[Path]) -> list[str]:
-    """Row names for ONNX files: 'onnx' for one; 'onnx:<variant>' (int8-folded, ...) or 'onnx:<file>' for several."""
-    if len(files) == 1:
-        return ["onnx"]
-    from cnnkit.runtime import Classifier
+    @property
+    def torch_backends(self) -> list[str]:
+        return [b for b in self.backends if b not in bk.ONNX_BACKENDS]
 
-    variants = []
-    for f in files:
-        try:
-            variants.append(Classifier(f, device="cpu").info.variant)
-        except CnnkitError:
-            variants.append(f.name)
-    if len(set(variants)) < len(variants):
-        variants = [f"{v}:{f}" for v, f in zip(variants, files)]
-    return [f"onnx:{v}" for v in variants]
-
-
-def _cuda_events() -> tuple[Callable[[], Any], Callable[[Any], float]]:
-    """(start, stop): CUDA events around a step; stop synchronises and returns the device seconds."""
-    import torch
-
-    def start() -> Any:
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        return e0, e1
-
-    def stop(events: Any) -> float:
-        e0, e1 = events
-        e1.record()
-        torch.cuda.synchronize()
-        return float(e0.elapsed_time(e1)) / 1e3
-
-    return start, stop
-
-
-def _timed(step: Step, count: int | None, budget: float, events: Any = None) -> tuple[list[float], list[float]]:
-    """Run `step` `count` times, or for `budget` seconds; per-iteration wall (and CUDA event) seconds."""
-    wall: list[float] = []
-    dev: list[float] = []
-    start_all = time.perf_counter()
-    while True:
-        ev = events[0]() if events else None
-        t0 = time.perf_counter()
-        step()
-        if events:
-            dev.append(events[1](ev))
-        wall.append(time.perf_counter() - t0)
-        if count is not None:
-            if len(wall) >= count:
-                break
-        elif time.perf_counter() - start_all >= budget:
-            break
-    return wall, dev
-
-
-@contextlib.contextmanager
-def _torch_context(device: Any, threads: int, tf32: bool) -> Iterator[None]:
-    """Same CPU threads for torch; on CUDA one non-default stream that ONNX Runtime shares (ORT ignores handle
-    0, torch's default stream) so CUDA events time every backend alike, and TF32 as ONNX Runtime is told."""
-    import torch
-
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    cuda = device.type == "cuda"
-    old_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    try:
-        if cuda:
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-            torch.backends.cudnn.benchmark = True
-            with torch.cuda.stream(torch.cuda.Stream(device)):
-                yield
-        else:
-            yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old_tf32
+    @property
+    def thread_count(self) -> int:
+        return self.threads or os.cpu_count() or 1
 
 
 def bench(
-    paths: list[str],
-    device: str = "cpu",
-    backends: tuple[str, ...] = ("eager", "torchscript", "onnx"),
-    batch_sizes: tuple[int, ...] = (1, 8, 64, 256),
-    warmup: int = 10,
-    iters: int | None = None,
-    min_time: float = 1.5,
-    threads: int | None = None,
-    rounds: int = 5,
-    seed: int = 0,
-    tf32: bool = False,
-    progress: Callable[[str], None] | None = None,
+    paths: list[str], config: BenchConfig = BenchConfig(), progress: Callable[[str], None] | None = None
 ) -> BenchResult:
-    """Benchmark `backends` at each batch size; see the module docstring for the method."""
-    unknown = [b for b in backends if b not in bk.BACKENDS]
-    if unknown:
-        raise CnnkitError(f"unknown backend(s) {unknown}; expected some of {', '.join(bk.BACKENDS)}")
-    if device not in ("cpu", "cuda"):
-        raise DeviceError(f"unknown device {device!r}; expected cpu or cuda")
-    cuda_only = [b for b in backends if b in bk.CUDA_ONLY]
-    if device != "cuda" and cuda_only:
-        raise DeviceError(f"{', '.join(cuda_only)} need --device cuda")
-    threads = threads or os.cpu_count() or 1
-    torch_backends = [b for b in backends if b not in bk.ONNX_BACKENDS]
-    files = resolve_inputs(paths, need_checkpoint=bool(torch_backends))
-    needs_export = []
-    if not files.onnx and any(b in backends for b in bk.ONNX_BACKENDS):
-        needs_export.append("onnx")
-    if files.torchscript is None and "torchscript" in backends:
-        needs_export.append("torchscript")
-    if needs_export and files.checkpoint is None:
-        raise ModelFileError(
-            f"no {' or '.join(needs_export)} file among {', '.join(paths)} and no checkpoint to export one from"
-        )
-    use_torch = bool(torch_backends or needs_export)
+    """Benchmark `config.backends` on the checkpoint and files in `paths` at each batch size."""
+    files = resolve_inputs(paths, need_checkpoint=bool(config.torch_backends))
+    needs_export = _needs_export(files, config, paths)
+    use_torch = bool(config.torch_backends or needs_export)
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="cnnkit-bench-") as tmp:
+        dev: Any = None
+        ctx: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
         if use_torch:
             from cnnkit.train.device import resolve_torch_device
 
-            dev = resolve_torch_device(device)
-            ctx: contextlib.AbstractContextManager[None] = _torch_context(dev, threads, tf32)
-        else:
-            dev, ctx = None, contextlib.nullcontext()
+            dev = resolve_torch_device(config.device)
+            ctx = torch_context(dev, config.thread_count, config.tf32)
         with ctx:
-            result_rows, node_assignment = _run(
-                files,
-                device,
-                dev,
-                backends,
-                batch_sizes,
-                warmup,
-                iters,
-                min_time,
-                threads,
-                rounds,
-                seed,
-                tf32,
-                needs_export,
-                Path(tmp),
-                notes,
-                progress,
-            )
-    base = {r.batch_size: r.images_per_s for r in result_rows if r.backend == "eager" and r.images_per_s}
-    rows = [
-        replace(r, speedup_vs_eager=r.images_per_s / base[r.batch_size])
-        if r.batch_size in base and r.images_per_s
-        else r
-        for r in result_rows
-    ]
-    for name, ops in node_assignment.items():
-        off = {ep: n for ep, n in ops.items() if ep != "CUDAExecutionProvider"}
-        if device == "cuda" and off:
-            where = ", ".join(f"{ep}: {sorted(set(n))}" for ep, n in off.items())
-            notes.append(f"{name}: not every node runs on CUDA ({where})")
-    settings = {
-        "backends": list(backends),
-        "batch_sizes": list(batch_sizes),
-        "warmup": warmup,
-        "iters": iters,
-        "min_time_s": min_time,
-        "rounds": rounds,
-        "threads": threads,
-        "tf32": tf32 if device == "cuda" else None,
-        "inputs": files.describe(),
-    }
-    return BenchResult(device, settings, environment(device, threads), rows, notes, node_assignment)
+            if needs_export:
+                notes += _export_missing(files, needs_export, Path(tmp))
+            rows, nodes = _run(files, config, dev, notes, progress)
+    return BenchResult(
+        device=config.device,
+        settings=_settings(config, files),
+        environment=environment(config.device, config.thread_count),
+        rows=_with_speedups(rows),
+        notes=notes + _off_cuda_notes(config.device, nodes),
+        node_assignment=nodes,
+    )
+
+
+def _needs_export(files: Inputs, config: BenchConfig, paths: list[str]) -> list[str]:
+    """The formats a backend needs that no given file supplies (exported from the checkpoint for this run)."""
+    needs = []
+    if not files.onnx and any(b in config.backends for b in bk.ONNX_BACKENDS):
+        needs.append("onnx")
+    if files.torchscript is None and "torchscript" in config.backends:
+        needs.append("torchscript")
+    if needs and files.checkpoint is None:
+        raise ModelFileError(
+            f"no {' or '.join(needs)} file among {', '.join(paths)} and no checkpoint to export one from"
+        )
+    return needs
+
+
+def _export_missing(files: Inputs, needs_export: list[str], tmp: Path) -> list[str]:
+    """Export what is missing with the one export function (input spec from the checkpoint); the notes say so."""
+    from cnnkit.export.exporter import ExportOptions, export
+
+    assert files.checkpoint is not None  # _needs_export refused otherwise
+    made = export(files.checkpoint, tmp, ExportOptions(formats=tuple(needs_export), verify=False))
+    if "onnx" in made.artefacts:
+        files.onnx = [Path(made.artefacts["onnx"])]
+    if "torchscript" in made.artefacts:
+        files.torchscript = Path(made.artefacts["torchscript"])
+    return [f"{k} exported from the checkpoint for this run (no file given)" for k in needs_export]
+
+
+def _makers(files: Inputs, config: BenchConfig, ckpt: Any, dev: Any) -> dict[str, Callable[[], Runner]]:
+    """Row name -> how to open its runner; one row set per ONNX file (onnx, onnx:int8-folded, ...)."""
+    makers: dict[str, Callable[[], Runner]] = {}
+    for b in config.backends:
+        if b == "eager":
+            makers[b] = functools.partial(bk.eager, ckpt, dev)
+        elif b == "torchscript":
+            makers[b] = functools.partial(bk.torchscript, files.torchscript, dev, files.torchscript_named)
+        elif b == "compile":
+            makers[b] = functools.partial(bk.compiled, ckpt, dev)
+        elif b == "eager-cudagraph":
+            makers[b] = functools.partial(bk.eager_cudagraph, ckpt, dev)
+        else:
+            for label, path in zip(onnx_labels(files.onnx), files.onnx):
+                key = label.replace("onnx", b, 1)
+                if b == "onnx":
+                    makers[key] = functools.partial(
+                        bk.onnx, path, config.device, config.thread_count, config.tf32, dev, key
+                    )
+                else:
+                    makers[key] = functools.partial(bk.onnx_cudagraph, path, config.tf32, dev, key)
+    return makers
+
+
+def _open(
+    makers: dict[str, Callable[[], Runner]], progress: Callable[[str], None] | None
+) -> tuple[dict[str, Runner], dict[str, str]]:
+    """The runners that open, and why the others did not (one backend's failure costs no other its rows)."""
+    active: dict[str, Runner] = {}
+    broken: dict[str, str] = {}
+    for name, make in makers.items():
+        try:
+            active[name] = make()
+        except Exception as exc:
+            broken[name] = f"{type(exc).__name__}: {first_line(exc)}"
+            if progress:
+                progress(f"{name}: FAILED ({broken[name]})")
+    return active, broken
 
 
 def _run(
-    files: Inputs,
-    device: str,
-    dev: Any,
-    backends: tuple[str, ...],
-    batch_sizes: tuple[int, ...],
-    warmup: int,
-    iters: int | None,
-    min_time: float,
-    threads: int,
-    rounds: int,
-    seed: int,
-    tf32: bool,
-    needs_export: list[str],
-    tmp: Path,
-    notes: list[str],
-    progress: Callable[[str], None] | None,
+    files: Inputs, config: BenchConfig, dev: Any, notes: list[str], progress: Callable[[str], None] | None
 ) -> tuple[list[BenchRow], dict[str, dict[str, list[str]]]]:
+    """Open every runner, then measure each batch size; returns the rows and ONNX Runtime's node assignment."""
     ckpt = None
     if files.checkpoint is not None and dev is not None:
         from cnnkit.train import checkpoint
 
         ckpt = checkpoint.load(files.checkpoint)
-    if needs_export:
-        from cnnkit.export.exporter import export
-
-        # Export on the fly with the one export function (input spec from the checkpoint); the note says so.
-        assert files.checkpoint is not None  # checked by the caller
-        made = export(files.checkpoint, tmp, formats=tuple(needs_export), verify=False)
-        if "onnx" in made.artefacts:
-            files.onnx = [Path(made.artefacts["onnx"])]
-        if "torchscript" in made.artefacts:
-            files.torchscript = Path(made.artefacts["torchscript"])
-        notes += [f"{k} exported from the checkpoint for this run (no file given)" for k in needs_export]
-    makers: dict[str, Callable[[], bk.Runner]] = {}
-    for b in backends:
-        if b == "eager":
-            makers[b] = lambda: bk.eager(ckpt, dev)
-        elif b == "torchscript":
-            makers[b] = lambda: bk.torchscript(files.torchscript, dev, files.torchscript_named)
-        elif b == "compile":
-            makers[b] = lambda: bk.compiled(ckpt, dev)
-        elif b == "eager-cudagraph":
-            makers[b] = lambda: bk.eager_cudagraph(ckpt, dev)
-        else:  # one row set per ONNX file, side by side: onnx, onnx:int8-folded, onnx-cudagraph:int8-folded, ...
-            for label, path in zip(onnx_labels(files.onnx), files.onnx):
-                key = label.replace("onnx", b, 1)
-                if b == "onnx":
-                    makers[key] = functools.partial(bk.onnx, path, device, threads, tf32, dev, key)
-                else:
-                    makers[key] = functools.partial(bk.onnx_cudagraph, path, tf32, dev, key)
-    names = list(makers)
-    active: dict[str, bk.Runner] = {}
-    broken: dict[str, str] = {}  # backend -> why it could not be set up
-    for b, make in makers.items():
-        try:
-            active[b] = make()
-        except Exception as exc:  # one backend's failure must not cost the others' results
-            broken[b] = f"{type(exc).__name__}: {first_line(exc)}"
-            if progress:
-                progress(f"{b}: FAILED ({broken[b]})")
-    node_assignment = {r.name: r.nodes for r in active.values() if r.nodes is not None}
+    makers = _makers(files, config, ckpt, dev)
+    active, broken = _open(makers, progress)
+    nodes = {r.name: r.nodes for r in active.values() if r.nodes is not None}
     notes += [
         f"{r.name}: CUDA requested but ONNX Runtime ran on {r.ran_on}; rows flagged fell_back"
         for r in active.values()
         if r.fell_back
     ]
-    shape = (
-        (ckpt.meta.config.in_channels, ckpt.meta.config.image_size, ckpt.meta.config.image_size)
-        if ckpt
-        else bk.onnx_input_shape(files.onnx[0])
-    )
-    events = _cuda_events() if dev is not None and dev.type == "cuda" else None
-    rng = np.random.default_rng(seed)
+    c = ckpt.meta.config if ckpt else None
+    shape = (c.in_channels, c.image_size, c.image_size) if c else bk.onnx_input_shape(files.onnx[0])
+    events = cuda_events() if dev is not None and dev.type == "cuda" else None
+    measure = Measurement(config.warmup, config.iters, config.min_time, config.rounds, events)
+    rng = np.random.default_rng(config.seed)
     rows: list[BenchRow] = []
-    for bs in batch_sizes:
+    for bs in config.batch_sizes:
         x = rng.integers(0, 256, (bs, *shape), dtype=np.uint8)
-        steps: dict[str, Step] = {}
-        errors = dict(broken)
-        for name, r in active.items():
-            if progress:
-                progress(f"batch {bs}: warming up {name}")
-            try:
-                steps[name] = r.make_step(x)
-                # Warm-up: count, and at least 0.2 s (lets ORT/cuDNN/TorchScript settle).
-                _timed(steps[name], warmup, 0, events)
-                _timed(steps[name], None, 0.2, events)
-            except Exception as exc:
-                steps.pop(name, None)
-                errors[name] = f"{type(exc).__name__}: {first_line(exc)}"
-        wall: dict[str, list[float]] = {n: [] for n in steps}
-        devt: dict[str, list[float]] = {n: [] for n in steps}
-        order = list(steps)
-        per_round = max(1, -(-iters // rounds)) if iters else None
-        for k in range(rounds):
-            for name in order[k % len(order) :] + order[: k % len(order)]:  # rotate who goes first
-                if name in errors:
-                    continue
-                try:
-                    w, d = _timed(steps[name], per_round, min_time / rounds, events)
-                except Exception as exc:
-                    errors[name] = f"{type(exc).__name__}: {first_line(exc)}"
-                    continue
-                wall[name] += w
-                devt[name] += d
-        for name in names:
-            runner = active.get(name)
-            ran_on, fell_back = (runner.ran_on, runner.fell_back) if runner else ("-", False)
-            if name in errors:
-                rows.append(BenchRow(name, bs, ran_on, None, None, fell_back=fell_back, error=errors[name]))
-                continue
-            st = summarize(wall[name])
-            rows.append(
-                BenchRow(
-                    name,
-                    bs,
-                    ran_on,
-                    st,
-                    bs / (st.mean_ms / 1e3),
-                    summarize(devt[name]) if devt[name] else None,
-                    None,
-                    fell_back,
-                )
-            )
         if progress:
-            progress(
-                f"batch {bs}: "
-                + ", ".join(
-                    f"{rw.backend} " + (f"{rw.images_per_s:,.0f} img/s" if rw.images_per_s else "FAILED")
-                    for rw in rows
-                    if rw.batch_size == bs
-                )
-            )
-    return rows, node_assignment
+            progress(f"batch {bs}: warming up {', '.join(active) or 'nothing'}")
+        batch_rows = measure.rows(x, active, broken, list(makers))
+        rows += batch_rows
+        if progress:
+            progress(f"batch {bs}: " + ", ".join(_summary(r) for r in batch_rows))
+    return rows, nodes
+
+
+def _summary(row: BenchRow) -> str:
+    return f"{row.backend} " + (f"{row.images_per_s:,.0f} img/s" if row.images_per_s else "FAILED")
+
+
+def _with_speedups(rows: list[BenchRow]) -> list[BenchRow]:
+    base = {r.batch_size: r.images_per_s for r in rows if r.backend == "eager" and r.images_per_s}
+    return [
+        replace(r, speedup_vs_eager=r.images_per_s / base[r.batch_size])
+        if r.batch_size in base and r.images_per_s
+        else r
+        for r in rows
+    ]
+
+
+def _off_cuda_notes(device: str, nodes: dict[str, dict[str, list[str]]]) -> list[str]:
+    notes = []
+    for name, ops in nodes.items():
+        off = {ep: n for ep, n in ops.items() if ep != "CUDAExecutionProvider"}
+        if device == "cuda" and off:
+            where = ", ".join(f"{ep}: {sorted(set(n))}" for ep, n in off.items())
+            notes.append(f"{name}: not every node runs on CUDA ({where})")
+    return notes
+
+
+def _settings(config: BenchConfig, files: Inputs) -> dict[str, Any]:
+    return {
+        "backends": list(config.backends),
+        "batch_sizes": list(config.batch_sizes),
+        "warmup": config.warmup,
+        "iters": config.iters,
+        "min_time_s": config.min_time,
+        "rounds": config.rounds,
+        "threads": config.thread_count,
+        "tf32": config.tf32 if config.device == "cuda" else None,
+        "inputs": files.describe(),
+    }

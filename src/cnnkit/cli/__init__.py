@@ -23,8 +23,8 @@ from cnnkit.errors import CnnkitError
 # command -> the module defining it, in the order `--help` lists them
 COMMANDS = {
     "train": "cnnkit.cli.train",
-    "export": "cnnkit.cli.build",
-    "verify": "cnnkit.cli.build",
+    "export": "cnnkit.cli.export",
+    "verify": "cnnkit.cli.export",
     "predict": "cnnkit.cli.runtime",
     "evaluate": "cnnkit.cli.runtime",
     "serve": "cnnkit.cli.serve",

@@ -6,12 +6,22 @@ import sys
 
 import click
 
-from cnnkit.cli.common import Finite, check_destinations, gate_options, int_list, progress_for, require, show_report
+from cnnkit.cli.common import (
+    Finite,
+    check_destinations,
+    gate_from,
+    gate_options,
+    int_list,
+    progress_for,
+    require,
+    show_report,
+)
+from cnnkit.spec import BENCH_DEVICES
 
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(BENCH_DEVICES), default="cpu", show_default=True)
 @click.option(
     "--backends",
     default="eager,torchscript,onnx",
@@ -51,15 +61,14 @@ def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads
     recorded its SHA-256 in exports.json there; a .ts file named here is trusted because you named it.
     """
     from cnnkit.bench import report
+    from cnnkit.bench.run import BenchConfig
     from cnnkit.bench.run import bench as run_bench
     from cnnkit.cli.render import render_bench
 
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
     if not names:
         raise click.BadParameter(f"no backend named in {backends!r}", param_hint="--backends")
-    check_destinations(json_file, csv_file, plot_file)  # before the minutes of measuring
-    result = run_bench(
-        list(paths),
+    config = BenchConfig(
         device=device,
         backends=names,
         batch_sizes=batch_sizes,
@@ -68,8 +77,9 @@ def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads
         min_time=min_time,
         threads=threads,
         tf32=tf32,
-        progress=progress_for(json_file),
     )
+    check_destinations(json_file, csv_file, plot_file)  # before the minutes of measuring
+    result = run_bench(list(paths), config, progress_for(json_file))
     show_report(result, json_file, render_bench)
     if csv_file:
         report.write_csv(result, csv_file)
@@ -83,12 +93,9 @@ def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads
         sys.exit(1)
 
 
-# --------------------------------------------------------------------------------------------- serve
-
-
 @click.command()
 @click.argument("run", type=click.Path())
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(BENCH_DEVICES), default="cpu", show_default=True)
 @click.option("--batch-sizes", default="1,8,64,256", show_default=True, callback=int_list)
 @click.option(
     "--min-time",
@@ -104,38 +111,23 @@ def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads
     "--json", "json_file", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON ('-': stdout)."
 )
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None, help="Write a PNG plot.")
-def optimize(
-    run,
-    device,
-    batch_sizes,
-    min_time,
-    select,
-    target_batch,
-    data_dir,
-    min_agreement,
-    max_accuracy_drop,
-    json_file,
-    plot_file,
-):
+def optimize(run, device, batch_sizes, min_time, select, target_batch, json_file, plot_file, **gates):
     """Export every variant (fp32, folded, INT8, fp16 on CUDA, TorchScript), verify, benchmark, pick the fastest."""
     require("torch", "onnx")
-    check_destinations(json_file, plot_file)  # before the minutes of exporting and measuring
     from cnnkit.bench import report
+    from cnnkit.bench.optimize import OptimizeOptions
     from cnnkit.bench.optimize import optimize as run_optimize
     from cnnkit.cli.render import render_optimize
 
-    result = run_optimize(
-        run,
-        device=device,
+    options = OptimizeOptions(
         batch_sizes=batch_sizes,
         min_time=min_time,
         select=select,
         target_batch=target_batch,
-        data_dir=data_dir,
-        min_agreement=min_agreement,
-        max_accuracy_drop=max_accuracy_drop,
-        progress=progress_for(json_file),
+        gate=gate_from(device=device, **gates),
     )
+    check_destinations(json_file, plot_file)  # before the minutes of exporting and measuring
+    result = run_optimize(run, options, progress_for(json_file))
     show_report(result, json_file, render_optimize)
     if plot_file and result.bench is not None:
         report.plot(result.bench.to_dict(), plot_file)

@@ -91,6 +91,13 @@ def gate_options(f):
     return f
 
 
+def gate_from(**settings: Any) -> Any:
+    """The one `Gate` of a command, from its options (atol, rtol, device, data_dir, min_agreement, ...)."""
+    from cnnkit.export.compare import Gate
+
+    return Gate(**settings)
+
+
 def strict_json(data: Any) -> Any:
     """`data` with NaN and infinities as null, so what cnnkit prints or writes is always valid (RFC 8259) JSON."""
     if isinstance(data, float):

@@ -56,9 +56,6 @@ def doctor(as_json):
     sys.exit(0 if report.ok else 1)
 
 
-# --------------------------------------------------------------------------------------------- bench
-
-
 @click.command()
 @click.argument("model", type=click.Path())
 @click.option(

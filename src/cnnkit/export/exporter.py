@@ -1,30 +1,56 @@
-"""Export a checkpoint to ONNX (dynamo exporter) and TorchScript, metadata inside, parity-checked."""
+"""`export()`: a checkpoint to ONNX and TorchScript, in fp32, INT8 or fp16, folded or not, metadata inside; files
+are staged under hidden names and land only when they pass their gate."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import os
 import time
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnkit import atomic, contract
-from cnnkit.errors import CnnkitError, first_line
+from cnnkit import contract
+from cnnkit.errors import CnnkitError
 from cnnkit.export.artifacts import FORMATS, record_exports
+from cnnkit.export.compare import Gate
 from cnnkit.spec import EXPORT_PRECISIONS
-from cnnkit.train.checkpoint import deployable
 
 if TYPE_CHECKING:
+    from cnnkit.export.precision import Calibration
     from cnnkit.export.verify import ParityReport
+    from cnnkit.train.checkpoint import Checkpoint
 
-__all__ = ["FORMATS", "ExportResult", "export", "example_input", "filename", "to_torchscript"]
+__all__ = ["FORMATS", "ExportOptions", "ExportResult", "export", "filename"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    """What to export and how it is judged (built once from the CLI)."""
+
+    formats: tuple[str, ...] = FORMATS
+    precision: str = "fp32"  # fp32 | int8 | fp16 (ONNX only)
+    fold: bool = True  # fc1 and fc2 folded into one exact linear layer; False mirrors the training module
+    opset: int | None = None  # default: the exporter's
+    verify: bool = True  # files land only when they pass `gate`
+    calibration_images: int = 512  # INT8: training images to calibrate on
+    calibration_seed: int = 0
+    gate: Gate = field(default_factory=Gate)
+
+    def __post_init__(self) -> None:
+        if self.precision not in EXPORT_PRECISIONS:
+            raise CnnkitError(f"unknown precision {self.precision!r}; expected one of {', '.join(EXPORT_PRECISIONS)}")
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown or not self.formats:
+            raise CnnkitError(f"formats {list(self.formats)}: expected some of {', '.join(FORMATS)}")
+        if self.precision != "fp32" and "torchscript" in self.formats:
+            raise CnnkitError(f"--precision {self.precision} applies to ONNX only; use --format onnx")
+        if self.calibration_images < 1:
+            raise CnnkitError(f"calibration needs at least 1 image, got {self.calibration_images}")
+        if self.opset is not None and self.opset < 18:
+            raise CnnkitError(f"--opset {self.opset}: the dynamo exporter writes opset 18 or later")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExportResult:
     checkpoint: str
     checkpoint_sha256: str
@@ -32,14 +58,14 @@ class ExportResult:
     seconds: float
     parity: ParityReport | None = None  # when verified
     opset: int | None = None
-    variant: dict | None = None  # precision, folded, calibration
+    variant: dict[str, Any] | None = None  # precision, folded, calibration
     model_version: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.parity is None or bool(self.parity)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "checkpoint": self.checkpoint,
             "checkpoint_sha256": self.checkpoint_sha256,
@@ -53,107 +79,9 @@ class ExportResult:
         }
 
 
-@contextlib.contextmanager
-def quiet(sink: io.StringIO | None = None):
-    """Keep exporter chatter (prints, deprecation and tracer warnings) out of cnnkit's output."""
-    sink = sink if sink is not None else io.StringIO()
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield sink
-
-
-def example_input(ckpt: Any) -> Any:
-    """A uint8 batch of two images of the checkpoint's input shape (the exporter's example)."""
-    import torch
-
-    c = ckpt.meta.config
-    return torch.zeros(2, c.in_channels, c.image_size, c.image_size, dtype=torch.uint8)
-
-
-def onnx_proto(module, example, opset: int | None = None) -> Any:
-    """Export `module` with the dynamo exporter and a dynamic batch axis; return the ModelProto."""
-    import torch
-
-    kwargs: dict[str, Any] = {"opset_version": opset} if opset else {}
-    log = io.StringIO()
-    try:
-        with quiet(log):
-            program = torch.onnx.export(
-                module,
-                (example,),
-                input_names=[contract.INPUT_NAME],
-                output_names=[contract.OUTPUT_NAME],
-                dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=1 << 20)}},
-                dynamo=True,
-                verbose=False,
-                **kwargs,
-            )
-            if program is None:
-                raise CnnkitError("the ONNX exporter returned no program")
-            return program.model_proto
-    except CnnkitError:
-        raise
-    except Exception as exc:  # exporter errors are many and deep; surface one line plus the log tail
-        if _interrupted(exc):  # torch.export wraps a Ctrl-C in its own error: it is still a Ctrl-C (exit 130)
-            raise KeyboardInterrupt from None
-        tail = log.getvalue().strip().splitlines()[-1:]
-        raise CnnkitError(f"ONNX export failed: {first_line(exc)} {' '.join(tail)}".strip()) from None
-
-
-def _interrupted(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, KeyboardInterrupt):
-            return True
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return "KeyboardInterrupt" in str(exc)
-
-
-_PROTO_CACHE: dict[tuple[str, bool, int | None], bytes] = {}  # the dynamo exporter takes seconds per call
-
-
-def fp32_proto(ckpt: Any, module: Any, fold: bool, opset: int | None) -> Any:
-    """The fp32 ONNX export of a checkpoint (a fresh ModelProto): exported once per process for each (checkpoint,
-    fold, opset), so the INT8 and fp16 variants of one run share the exporter's work."""
-    import onnx
-
-    key = (ckpt.sha256, fold, opset)
-    if key not in _PROTO_CACHE:
-        if len(_PROTO_CACHE) >= 4:
-            _PROTO_CACHE.pop(next(iter(_PROTO_CACHE)))
-        _PROTO_CACHE[key] = onnx_proto(module, example_input(ckpt), opset).SerializeToString()
-    proto = onnx.ModelProto()
-    proto.ParseFromString(_PROTO_CACHE[key])
-    return proto
-
-
-def write_onnx(proto: Any, meta: dict, path: Path) -> int:
-    """Put the metadata into `proto`, check it, write it atomically; return its opset."""
-    import onnx
-
-    del proto.metadata_props[:]
-    proto.metadata_props.add(key=contract.KEY, value=json.dumps(meta, sort_keys=True))
-    proto.doc_string = "cnnkit export: uint8 images [batch,C,H,W] -> float32 logits [batch,classes]"
-    proto.model_version = int(meta["model_version"], 16)  # ONNX's int64 field: the 12 hex digits as a number
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-    except Exception as exc:  # a converter that produced an invalid graph must not land
-        raise CnnkitError(f"the exported ONNX graph is invalid: {first_line(exc)}") from None
-    atomic.write_bytes(path, proto.SerializeToString())
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def to_torchscript(module, meta: dict, path: Path) -> None:
-    """Script `module` (faithful for any batch size) and save it with the metadata as an extra file."""
-    import torch
-
-    extra = {contract.TS_EXTRA_FILE: json.dumps(meta, sort_keys=True)}
-    with quiet():  # torch.jit is deprecated upstream (torch.export is the successor); it still works
-        scripted = torch.jit.script(module)
-        atomic.write_with(path, lambda tmp: torch.jit.save(scripted, str(tmp), _extra_files=extra))
+def filename(fmt: str, precision: str = "fp32") -> str:
+    """model.onnx, model.int8.onnx, model.fp16.onnx, model.ts."""
+    return contract.FILENAMES[fmt] if precision == "fp32" else f"model.{precision}.onnx"
 
 
 def remove_stale_staging(out: Path) -> None:
@@ -170,117 +98,53 @@ def remove_stale_staging(out: Path) -> None:
             pass
 
 
-def filename(fmt: str, precision: str = "fp32") -> str:
-    """model.onnx, model.int8.onnx, model.fp16.onnx, model.ts."""
-    return contract.FILENAMES[fmt] if precision == "fp32" else f"model.{precision}.onnx"
-
-
 def export(
     checkpoint_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str] | None = None,
-    formats: tuple[str, ...] = FORMATS,
-    opset: int | None = None,
-    verify: bool = True,
-    atol: float = 1e-4,
-    rtol: float = 1e-3,
-    precision: str = "fp32",
-    fold: bool = True,
-    calibration_images: int = 512,
-    calibration_seed: int = 0,
-    data_dir: str | os.PathLike[str] | None = None,
-    min_agreement: float = 0.995,
-    max_accuracy_drop: float = 0.3,
-    device: str = "cpu",
+    options: ExportOptions = ExportOptions(),
+    *,
     final_dir: str | os.PathLike[str] | None = None,
 ) -> ExportResult:
-    """Export a checkpoint; with `verify`, files only land in `out_dir` when they pass their check.
+    """Export a checkpoint into `out_dir` (default: its folder); with `options.verify`, files only land there when
+    they pass the gate: fp32 exports must match the unfolded eager model within atol/rtol, INT8 and fp16 exports
+    must agree with it on the real test split.
 
-    fp32 exports must match the unfolded eager model within atol/rtol; INT8 and fp16 exports must agree with it on
-    the real test split (top-1 agreement >= `min_agreement`, accuracy at most `max_accuracy_drop` points lower).
-    `fold` merges fc1 and fc2 into one exact linear layer (the default; `fold=False` mirrors the training module).
     The metadata records the checkpoint relative to `final_dir` (where the files will live; default `out_dir`), so
     no absolute build path travels with a model.
     """
-    import onnx
-    import torch
-
     from cnnkit.train import checkpoint
 
-    if precision not in EXPORT_PRECISIONS:
-        raise CnnkitError(f"unknown precision {precision!r}; expected one of {', '.join(EXPORT_PRECISIONS)}")
-    if precision != "fp32" and "torchscript" in formats:
-        raise CnnkitError(f"--precision {precision} applies to ONNX only; use --format onnx")
     t0 = time.perf_counter()
     ckpt = checkpoint.load(checkpoint_path)
     out = Path(out_dir) if out_dir is not None else ckpt.path.parent
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out)
-    versions = {**checkpoint.versions(), "onnx": onnx.__version__}
-    variant: dict[str, Any] = {"precision": precision, "folded": fold}
-    calibration = None
-    if precision == "int8":
-        from cnnkit.export.precision import calibration_set
-
-        calibration = calibration_set(ckpt, calibration_images, calibration_seed, data_dir)
-        variant["calibration"] = calibration.describe()
-    home = Path(final_dir) if final_dir is not None else out
-    relative = os.path.relpath(ckpt.path.resolve(), home.resolve())
-    meta = contract.build_metadata(ckpt.meta, relative, ckpt.sha256, versions, variant)
-    module = deployable(ckpt, fold=fold)
-    staged: dict[str, Path] = {}
-    final = {fmt: out / filename(fmt, precision) for fmt in formats}
-    opset_used = None
+    final = {fmt: out / filename(fmt, options.precision) for fmt in options.formats}
+    staged = {fmt: out / f".staging-{os.getpid()}-{path.name}" for fmt, path in final.items()}
     try:
-        with torch.inference_mode(False), torch.no_grad():
-            for fmt in formats:
-                # Stage under a hidden name: a failed check must not leave a good-looking artefact.
-                staged[fmt] = out / f".staging-{os.getpid()}-{final[fmt].name}"
-                if fmt == "torchscript":
-                    to_torchscript(module, meta, staged[fmt])
-                    continue
-                proto = fp32_proto(ckpt, module, fold, opset)
-                if calibration is not None:
-                    from cnnkit.export.precision import quantize_int8
-
-                    proto = quantize_int8(proto, calibration, contract.INPUT_NAME)
-                elif precision == "fp16":
-                    from cnnkit.export.precision import convert_fp16
-
-                    proto = convert_fp16(proto)
-                opset_used = write_onnx(proto, meta, staged[fmt])
-                if opset is not None and opset_used != opset:
-                    raise CnnkitError(f"--opset {opset}: the exporter wrote opset {opset_used}; not keeping it")
+        meta, opset_used = _write_staged(ckpt, options, staged, Path(final_dir) if final_dir is not None else out)
         report = None
-        if verify:
-            from cnnkit.export.verify import verify as run_verify
+        if options.verify:
+            from cnnkit.export.verify import verify
 
-            report = run_verify(
-                list(staged.values()),
-                checkpoint_path=ckpt.path,
-                atol=atol,
-                rtol=rtol,
-                names={str(p): str(final[f]) for f, p in staged.items()},
-                data_dir=data_dir,
-                device=device,
-                min_agreement=min_agreement,
-                max_accuracy_drop=max_accuracy_drop,
-            )
+            names = {str(p): str(final[f]) for f, p in staged.items()}
+            report = verify(list(staged.values()), ckpt.path, options.gate, names=names)
         landed = {}
         if report is None or report:
             for fmt, tmp in staged.items():
                 os.replace(tmp, final[fmt])
                 landed[fmt] = str(final[fmt])
-            record_exports(out, {f: final[f] for f in staged}, ckpt.sha256, meta["model_version"])
+            record_exports(out, final, ckpt.sha256, meta["model_version"])
         return ExportResult(
-            str(ckpt.path),
-            ckpt.sha256,
-            landed,
-            time.perf_counter() - t0,
-            report,
-            opset_used,
-            variant,
-            meta["model_version"],
+            checkpoint=str(ckpt.path),
+            checkpoint_sha256=ckpt.sha256,
+            artefacts=landed,
+            seconds=time.perf_counter() - t0,
+            parity=report,
+            opset=opset_used,
+            variant=meta["variant"],
+            model_version=meta["model_version"],
         )
     finally:
         for tmp in staged.values():
@@ -288,3 +152,51 @@ def export(
                 tmp.unlink()
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a failed export leaves no empty folder behind
+
+
+def _metadata(ckpt: Checkpoint, options: ExportOptions, home: Path, calibration: Calibration | None) -> dict[str, Any]:
+    """The metadata every file of this export carries; the checkpoint recorded relative to `home`."""
+    import onnx
+
+    from cnnkit.train import checkpoint
+
+    variant: dict[str, Any] = {"precision": options.precision, "folded": options.fold}
+    if calibration is not None:
+        variant["calibration"] = calibration.describe()
+    versions = {**checkpoint.versions(), "onnx": onnx.__version__}
+    relative = os.path.relpath(ckpt.path.resolve(), home.resolve())
+    return contract.build_metadata(ckpt.meta, relative, ckpt.sha256, versions, variant)
+
+
+def _write_staged(
+    ckpt: Checkpoint, options: ExportOptions, staged: dict[str, Path], home: Path
+) -> tuple[dict[str, Any], int | None]:
+    """Write each format to its staging path; return the metadata and the ONNX opset written."""
+    import torch
+
+    from cnnkit.export import precision
+    from cnnkit.export.formats import fp32_proto, to_torchscript, write_onnx
+    from cnnkit.train.checkpoint import deployable
+
+    calibration = None
+    if options.precision == "int8":
+        calibration = precision.calibration_set(
+            ckpt, options.calibration_images, options.calibration_seed, options.gate.data_dir
+        )
+    meta = _metadata(ckpt, options, home, calibration)
+    module = deployable(ckpt, fold=options.fold)
+    opset_used = None
+    with torch.inference_mode(False), torch.no_grad():
+        for fmt, path in staged.items():
+            if fmt == "torchscript":
+                to_torchscript(module, meta, path)
+                continue
+            proto = fp32_proto(ckpt, module, options.fold, options.opset)
+            if calibration is not None:
+                proto = precision.quantize_int8(proto, calibration, contract.INPUT_NAME)
+            elif options.precision == "fp16":
+                proto = precision.convert_fp16(proto)
+            opset_used = write_onnx(proto, meta, path)
+            if options.opset is not None and opset_used != options.opset:
+                raise CnnkitError(f"--opset {options.opset}: the exporter wrote opset {opset_used}; not keeping it")
+    return meta, opset_used

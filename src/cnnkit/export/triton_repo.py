@@ -15,9 +15,13 @@ import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cnnkit import contract
 from cnnkit.errors import CnnkitError
+
+if TYPE_CHECKING:
+    from cnnkit.export.exporter import ExportOptions, ExportResult
 
 INSTANCE_KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 LABELS = "labels.txt"
@@ -25,7 +29,7 @@ LABELS = "labels.txt"
 LIBTORCH_OUTPUT = f"{contract.OUTPUT_NAME}__0"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TritonOptions:
     model_name: str | None = None  # default: the model's serving name (contract.ModelInfo.serving_name)
     max_batch_size: int = 256
@@ -35,7 +39,7 @@ class TritonOptions:
     instances: int = 1
     torchscript: bool = False  # also a pytorch_libtorch model beside the ONNX one
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         if self.instance_kind not in INSTANCE_KINDS:
             raise CnnkitError(f"instance kind {self.instance_kind!r}; expected one of {', '.join(INSTANCE_KINDS)}")
         bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
@@ -96,23 +100,25 @@ def _model_dir(stage: Path, name: str, platform: str, artefact: Path, filename: 
     return d
 
 
-def write_repository(checkpoint_path, repo: str | os.PathLike[str], opts: TritonOptions, **export_kwargs):
+def write_repository(
+    checkpoint_path: str | os.PathLike[str], repo: str | os.PathLike[str], opts: TritonOptions, export: ExportOptions
+) -> ExportResult:
     """Export (and verify) the checkpoint, then lay the files out as model folders in `repo`.
 
     A model folder already in `repo` is replaced only once the new one is complete (built in a staging folder
     inside `repo`, then renamed). Returns the ExportResult, its artefacts pointing into the repository.
     """
     from cnnkit.export.artifacts import read_info
-    from cnnkit.export.exporter import export
+    from cnnkit.export.exporter import export as run_export
 
-    opts.check()
     repo = Path(repo)
     repo.mkdir(parents=True, exist_ok=True)
     formats = ("onnx", "torchscript") if opts.torchscript else ("onnx",)
     with tempfile.TemporaryDirectory(prefix=".staging-", dir=repo) as tmp:
         stage = Path(tmp)
         # the metadata records the checkpoint relative to where the files will live: REPO/<name>/1/
-        result = export(checkpoint_path, stage / "export", formats, final_dir=repo / "m" / "1", **export_kwargs)
+        options = replace(export, formats=formats)
+        result = run_export(checkpoint_path, stage / "export", options, final_dir=repo / "m" / "1")
         if not result.ok:
             return result
         onnx_file = Path(result.artefacts["onnx"])

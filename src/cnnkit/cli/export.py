@@ -1,4 +1,4 @@
-"""`cnnkit export`, `verify`: the torch side (the `train` extra)."""
+"""`cnnkit export`, `verify`: the torch side that makes and checks artefacts (the `train` extra)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import sys
 
 import click
 
-from cnnkit.cli.common import Finite, dumps, gate_options, int_list, require
-
-# ------------------------------------------------------------------------------------ export, verify
+from cnnkit.cli.common import Finite, dumps, gate_from, gate_options, int_list, require
+from cnnkit.spec import BENCH_DEVICES, EXPORT_PRECISIONS
 
 
 @click.command()
@@ -38,7 +37,7 @@ from cnnkit.cli.common import Finite, dumps, gate_options, int_list, require
 @click.option("--rtol", type=Finite(0, 1), default=1e-3, show_default=True)
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "int8", "fp16"]),
+    type=click.Choice(EXPORT_PRECISIONS),
     default="fp32",
     show_default=True,
     help="int8: static INT8 (CPU); fp16: for CUDA (no faster on a CPU). ONNX only.",
@@ -92,9 +91,6 @@ def export(
     fold,
     calibration_images,
     calibration_seed,
-    data_dir,
-    min_agreement,
-    max_accuracy_drop,
     model_name,
     max_batch_size,
     preferred_batch_sizes,
@@ -103,26 +99,27 @@ def export(
     instances,
     with_torchscript,
     as_json,
+    **gates,
 ):
     """Export a checkpoint to ONNX and/or TorchScript (uint8 in, logits out), or a Triton model repository."""
     require("torch", "onnx")
     from cnnkit.cli.render import render_export
-    from cnnkit.export.exporter import FORMATS
+    from cnnkit.export.exporter import FORMATS, ExportOptions
     from cnnkit.export.exporter import export as run_export
 
-    gates = {
-        "opset": opset,
-        "verify": verify,
-        "atol": atol,
-        "rtol": rtol,
-        "precision": precision,
-        "fold": fold,
-        "calibration_images": calibration_images,
-        "calibration_seed": calibration_seed,
-        "data_dir": data_dir,
-        "min_agreement": min_agreement,
-        "max_accuracy_drop": max_accuracy_drop,
-    }
+    formats = FORMATS if fmt in ("all", "triton") else (fmt,)
+    if precision != "fp32" and fmt == "all":
+        formats = ("onnx",)  # reduced precision is an ONNX variant; the TorchScript file stays fp32
+    options = ExportOptions(
+        formats=formats,
+        precision=precision,
+        fold=fold,
+        opset=opset,
+        verify=verify,
+        calibration_images=calibration_images,
+        calibration_seed=calibration_seed,
+        gate=gate_from(atol=atol, rtol=rtol, **gates),
+    )
     if fmt == "triton":
         from cnnkit.export.triton_repo import TritonOptions, write_repository
         from cnnkit.train.checkpoint import resolve
@@ -136,16 +133,11 @@ def export(
             instances=instances,
             torchscript=with_torchscript,
         )
-        repo = out or str(resolve(checkpoint).parent / "triton")
-        result = write_repository(checkpoint, repo, opts, **gates)
-        click.echo(dumps(result.to_dict()) if as_json else render_export(result))
-        sys.exit(0 if result.ok else 1)
-    formats = FORMATS if fmt == "all" else (fmt,)
-    if precision != "fp32" and fmt == "all":
-        formats = ("onnx",)  # reduced precision is an ONNX variant; the TorchScript file stays fp32
-    if precision == "fp16" and not as_json:
-        click.echo("Note: fp16 is for CUDA; on a CPU it runs no faster than fp32.", err=True)
-    result = run_export(checkpoint, out, formats, **gates)
+        result = write_repository(checkpoint, out or str(resolve(checkpoint).parent / "triton"), opts, options)
+    else:
+        if precision == "fp16" and not as_json:
+            click.echo("Note: fp16 is for CUDA; on a CPU it runs no faster than fp32.", err=True)
+        result = run_export(checkpoint, out, options)
     click.echo(dumps(result.to_dict()) if as_json else render_export(result))
     sys.exit(0 if result.ok else 1)
 
@@ -160,10 +152,10 @@ def export(
 )
 @click.option("--atol", type=Finite(0, 1), default=1e-4, show_default=True)
 @click.option("--rtol", type=Finite(0, 1), default=1e-3, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(BENCH_DEVICES), default="cpu", show_default=True)
 @gate_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(artefacts, checkpoint, atol, rtol, device, data_dir, min_agreement, max_accuracy_drop, as_json):
+def verify(artefacts, checkpoint, atol, rtol, device, as_json, **gates):
     """Check eager PyTorch vs TorchScript vs ONNX Runtime parity; exit 1 on any mismatch.
 
     fp32 files must match value by value; INT8 and fp16 files are gated on the real test split.
@@ -174,15 +166,6 @@ def verify(artefacts, checkpoint, atol, rtol, device, data_dir, min_agreement, m
     from cnnkit.cli.render import render_parity
     from cnnkit.export.verify import verify as run_verify
 
-    report = run_verify(
-        list(artefacts),
-        checkpoint,
-        device=device,
-        atol=atol,
-        rtol=rtol,
-        data_dir=data_dir,
-        min_agreement=min_agreement,
-        max_accuracy_drop=max_accuracy_drop,
-    )
+    report = run_verify(list(artefacts), checkpoint, gate_from(atol=atol, rtol=rtol, device=device, **gates))
     click.echo(dumps(report.to_dict()) if as_json else render_parity(report))
     sys.exit(0 if report else 1)

@@ -1,0 +1,90 @@
+"""What a bench run measures, from the paths a user gives: run folders (their checkpoint, model.onnx and model.ts,
+which must belong together), checkpoints, ONNX and TorchScript files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnnkit.atomic import sha256_file
+from cnnkit.contract import FILENAMES
+from cnnkit.errors import CnnkitError, ModelFileError
+from cnnkit.export.artifacts import artefact_kind, find_checkpoint, read_info
+from cnnkit.runtime import Classifier
+from cnnkit.spec import WEIGHTS_NAME
+
+
+@dataclass(kw_only=True)
+class Inputs:
+    """What a bench run measures: a checkpoint (torch backends), ONNX files (one row set each), a TorchScript file."""
+
+    checkpoint: Path | None = None
+    onnx: list[Path] = field(default_factory=list)
+    torchscript: Path | None = None
+    torchscript_named: bool = True  # named by the user, not found in a folder (then exports.json must vouch for it)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "onnx": [str(p) for p in self.onnx],
+            "torchscript": str(self.torchscript) if self.torchscript else None,
+        }
+
+
+def resolve_inputs(paths: list[str], need_checkpoint: bool) -> Inputs:
+    """Run folders and files -> the checkpoint, every ONNX file given (a folder adds its model.onnx), TorchScript."""
+    found = Inputs()
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            ckpt = p / WEIGHTS_NAME
+            ckpt_sha = sha256_file(ckpt) if ckpt.is_file() else None
+            if ckpt_sha and found.checkpoint is None:
+                found.checkpoint = ckpt
+            for kind in ("onnx", "torchscript"):
+                f = p / FILENAMES[kind]
+                if not f.is_file():
+                    continue
+                try:
+                    made_from = read_info(f).checkpoint_sha256
+                except CnnkitError:  # unreadable: left to its backend, which reports it as a failed row
+                    made_from = ckpt_sha
+                if ckpt_sha and made_from != ckpt_sha:  # a folder's files are compared only if they belong together
+                    raise ModelFileError(
+                        f"{f}: was not exported from {ckpt} (checkpoint SHA-256 {str(made_from)[:12]}... != "
+                        f"{ckpt_sha[:12]}...); re-export, or name the files to bench"
+                    )
+                if kind == "onnx":
+                    found.onnx.append(f)
+                elif found.torchscript is None:
+                    found.torchscript, found.torchscript_named = f, False
+        elif not p.is_file():
+            raise ModelFileError(f"{p}: not found")
+        elif p.suffix == ".safetensors":
+            found.checkpoint = p
+        elif artefact_kind(p) == "torchscript":
+            found.torchscript = p
+        else:
+            found.onnx.append(p)
+    if found.checkpoint is None and not found.onnx and found.torchscript is None:
+        raise ModelFileError(f"no checkpoint or exported model in {', '.join(paths)}; pass a run folder")
+    if need_checkpoint and found.checkpoint is None:
+        artefacts = found.onnx[:1] + ([found.torchscript] if found.torchscript else [])
+        found.checkpoint = find_checkpoint(artefacts)
+    return found
+
+
+def onnx_labels(files: list[Path]) -> list[str]:
+    """Row names for ONNX files: 'onnx' for one; 'onnx:<variant>' (int8-folded, ...) or 'onnx:<file>' for several."""
+    if len(files) == 1:
+        return ["onnx"]
+    variants = []
+    for f in files:
+        try:
+            variants.append(Classifier(f, device="cpu").info.variant)
+        except CnnkitError:
+            variants.append(f.name)
+    if len(set(variants)) < len(variants):
+        variants = [f"{v}:{f}" for v, f in zip(variants, files)]
+    return [f"onnx:{v}" for v in variants]

@@ -28,10 +28,11 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
-# ruff (lint and format), mypy (strict on the runtime and serve), import-linter (the house's import rules)
+# ruff (lint, format, complexity), the house's sizes, mypy (strict on the torch-free side), import-linter (its imports)
 lint: install
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/python scripts/check_sizes.py
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

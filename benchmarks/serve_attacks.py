@@ -103,79 +103,84 @@ def bomb_request() -> bytes:
     return http_post("/v1/predict", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
 
+async def _repeat(host: str, port: int, req: bytes, clients: int, deadline: float, count) -> None:
+    """`clients` connections sending `req` again and again until the deadline."""
+
+    async def client() -> None:
+        while time.perf_counter() < deadline:
+            count(await send(host, port, req))
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+
+
+async def _bombs(host: str, port: int, deadline: float, count, statuses: dict) -> None:
+    await _repeat(host, port, bomb_request(), 4, deadline, count)
+
+
+async def _chunked_upload(host: str, port: int, deadline: float, count, statuses: dict) -> None:
+    async def client() -> None:
+        while time.perf_counter() < deadline:
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(
+                    b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n"
+                )
+                chunk = b"%x\r\n" % (1 << 20) + b"\0" * (1 << 20) + b"\r\n"
+                for _ in range(200):
+                    writer.write(chunk)
+                    await writer.drain()
+                    if reader.at_eof() or len(reader._buffer) > 0:  # the server answered early
+                        break
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                status = int(head.split(b" ", 2)[1])
+                writer.close()
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+                status = -1
+            count(status)
+
+    await asyncio.gather(*(client() for _ in range(2)))
+
+
+async def _held_open(host: str, port: int, deadline: float, count, statuses: dict) -> None:
+    writers = []
+    for _ in range(100):
+        try:
+            _, w = await asyncio.open_connection(host, port)
+            w.write(
+                b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                b"Content-Length: 8000000\r\n\r\n" + b"\0" * 4_000_000
+            )
+            writers.append(w)
+        except OSError:
+            count(-1)
+    await asyncio.sleep(max(0.0, deadline - time.perf_counter()))
+    for w in writers:
+        w.close()
+    statuses["held_open"] = len(writers)
+
+
+async def _deep_json(host: str, port: int, deadline: float, count, statuses: dict) -> None:
+    req = http_post("/v1/predict", b"[" * 100_000, {"Content-Type": "application/json"})
+    await _repeat(host, port, req, 4, deadline, count)
+
+
 async def attack(name: str, host: str, port: int, seconds: float) -> dict:
     statuses: dict = {}
-    deadline = time.perf_counter() + seconds
 
     def count(status: int) -> None:
         statuses[status] = statuses.get(status, 0) + 1
 
-    if name == "decompression bombs (12 x 13000x13000 1-bit PNG per request, 4 clients)":
-        req = bomb_request()
-
-        async def client() -> None:
-            while time.perf_counter() < deadline:
-                count(await send(host, port, req))
-
-        await asyncio.gather(*(client() for _ in range(4)))
-    elif name == "200 MB chunked upload (2 clients)":
-
-        async def client() -> None:
-            while time.perf_counter() < deadline:
-                try:
-                    reader, writer = await asyncio.open_connection(host, port)
-                    writer.write(
-                        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                        b"Transfer-Encoding: chunked\r\n\r\n"
-                    )
-                    chunk = b"%x\r\n" % (1 << 20) + b"\0" * (1 << 20) + b"\r\n"
-                    status = -1
-                    for _ in range(200):
-                        writer.write(chunk)
-                        await writer.drain()
-                        if reader.at_eof() or len(reader._buffer) > 0:  # the server answered early
-                            break
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-                    status = int(head.split(b" ", 2)[1])
-                    writer.close()
-                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
-                    status = -1
-                count(status)
-
-        await asyncio.gather(*(client() for _ in range(2)))
-    elif name == "100 uploads held open half-sent (8 MB declared each)":
-        writers = []
-        for _ in range(100):
-            try:
-                _, w = await asyncio.open_connection(host, port)
-                w.write(
-                    b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                    b"Content-Length: 8000000\r\n\r\n" + b"\0" * 4_000_000
-                )
-                writers.append(w)
-            except OSError:
-                count(-1)
-        await asyncio.sleep(max(0.0, deadline - time.perf_counter()))
-        for w in writers:
-            w.close()
-        statuses["held_open"] = len(writers)
-    elif name == "JSON nested 100,000 deep (4 clients)":
-        req = http_post("/v1/predict", b"[" * 100_000, {"Content-Type": "application/json"})
-
-        async def client() -> None:
-            while time.perf_counter() < deadline:
-                count(await send(host, port, req))
-
-        await asyncio.gather(*(client() for _ in range(4)))
+    await ATTACKS[name](host, port, time.perf_counter() + seconds, count, statuses)
     return {str(k): v for k, v in statuses.items()}
 
 
-ATTACKS = [
-    "decompression bombs (12 x 13000x13000 1-bit PNG per request, 4 clients)",
-    "200 MB chunked upload (2 clients)",
-    "100 uploads held open half-sent (8 MB declared each)",
-    "JSON nested 100,000 deep (4 clients)",
-]
+ATTACKS = {
+    "decompression bombs (12 x 13000x13000 1-bit PNG per request, 4 clients)": _bombs,
+    "200 MB chunked upload (2 clients)": _chunked_upload,
+    "100 uploads held open half-sent (8 MB declared each)": _held_open,
+    "JSON nested 100,000 deep (4 clients)": _deep_json,
+}
 
 
 async def one(name: str, url: str, pid: int, seconds: float) -> dict:

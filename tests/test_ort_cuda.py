@@ -54,8 +54,8 @@ def test_real_cuda_session_log_is_read(tmp_path):
         s = ort.InferenceSession(probe_model(), providers=[(CUDA_EP, cuda_provider_options()), "CPUExecutionProvider"])
     if CUDA_EP in s.get_providers():
         pytest.skip("the CUDA provider loaded here")
-    assert "Failed to load library" in (cuda_libs.ort_error(log["text"]) or "")
-    assert "No registered plugin EP" not in cuda_libs.passthrough(log["text"], fell_back=True)
+    assert "Failed to load library" in (cuda_libs.ort_error(log.text) or "")
+    assert "No registered plugin EP" not in cuda_libs.passthrough(log.text, fell_back=True)
 
 
 def test_nvidia_lib_dirs_searches_every_path_entry(tmp_path, monkeypatch):

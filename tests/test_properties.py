@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cnnkit.contract import ModelInfo
-from cnnkit.errors import CheckpointError, DataError, InputError, ModelFileError
+from cnnkit.errors import CheckpointError, DataError, InputError, ModelFileError, RequestError
 from cnnkit.idx import read_idx
 from cnnkit.runtime import images
 from cnnkit.runtime.inputs import InputSpec
 from cnnkit.serve import v2
-from cnnkit.serve.app import ClientError, _top_k
+from cnnkit.serve.reading import top_k
 from cnnkit.spec import CheckpointMeta
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -97,7 +97,7 @@ def test_v2_request_parser_accepts_or_says_why(doc, header_length, tail):
     body = json.dumps(doc).encode() + tail
     try:
         req = v2.parse_infer(body, header_length, _stub_classifier(), max_images=8)
-    except v2.ProtocolError as exc:
+    except RequestError as exc:
         assert exc.status == 400 and str(exc)
         return
     assert req.images.dtype == np.uint8 and req.images.shape[1:] == (1, 28, 28)
@@ -107,8 +107,8 @@ def test_v2_request_parser_accepts_or_says_why(doc, header_length, tail):
 @given(json_values)
 def test_top_k_is_an_integer_in_range_or_a_400(value):
     try:
-        k = _top_k(value, 10)
-    except ClientError as exc:
+        k = top_k(value, 10)
+    except RequestError as exc:
         assert exc.status == 400
         return
     assert isinstance(k, int) and 1 <= k <= 10

@@ -9,19 +9,35 @@ import platform
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from cnnkit.errors import first_line
 
 
-@dataclass(frozen=True)
+class GpuInfo(TypedDict, total=False):
+    visible: bool  # always present
+    nvidia_smi: str | None  # always present
+    name: str
+    driver: str
+    count: int
+
+
+class CudaSession(TypedDict, total=False):
+    attempted: bool
+    ok: bool
+    providers: list[str]
+    error: str | None
+    libraries: dict[str, Any]  # where CUDA and cuDNN were loaded from, what ONNX Runtime said
+
+
+@dataclass(frozen=True, kw_only=True)
 class DoctorReport:
     python: str
     platform: str
-    torch: dict
-    gpu: dict
-    onnxruntime: dict
-    cuda_session: dict
+    torch: dict[str, Any]
+    gpu: GpuInfo
+    onnxruntime: dict[str, Any]
+    cuda_session: CudaSession
     problems: list[str] = field(default_factory=list)
     fix: str | None = None
 
@@ -30,7 +46,7 @@ class DoctorReport:
         """False when a GPU is visible but ONNX Runtime cannot run a CUDA session."""
         return not (self.gpu.get("visible") and not self.cuda_session.get("ok"))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
 
 
@@ -39,17 +55,18 @@ def probe_model() -> bytes:
     return importlib.resources.files("cnnkit.resources").joinpath("probe.onnx").read_bytes()
 
 
-def _installed(dist: str) -> str | None:
+def installed_version(dist: str) -> str | None:
+    """The installed version of a distribution, or None (without importing it)."""
     try:
         return md.version(dist)
     except md.PackageNotFoundError:
         return None
 
 
-def gpu_info() -> dict:
+def gpu_info() -> GpuInfo:
     from cnnkit.runtime.session import gpu_visible
 
-    info: dict[str, Any] = {"visible": gpu_visible(), "nvidia_smi": shutil.which("nvidia-smi")}
+    info: GpuInfo = {"visible": gpu_visible(), "nvidia_smi": shutil.which("nvidia-smi")}
     if info["nvidia_smi"]:
         try:
             out = (
@@ -64,13 +81,13 @@ def gpu_info() -> dict:
             )
             if out:
                 name, _, driver = out[0].rpartition(",")
-                info.update(name=name.strip(), driver=driver.strip(), count=len(out))
+                info["name"], info["driver"], info["count"] = name.strip(), driver.strip(), len(out)
         except (OSError, subprocess.SubprocessError):
             pass
     return info
 
 
-def cuda_session_check() -> dict:
+def cuda_session_check() -> CudaSession:
     import numpy as np
     import onnxruntime as ort
 
@@ -96,7 +113,7 @@ def cuda_session_check() -> dict:
         "ok": ok,
         "providers": providers,
         "error": error,
-        "libraries": {"cuda": libs["cuda_dir"], "cudnn": libs["cudnn_dir"], "preload_messages": libs["messages"]},
+        "libraries": {"cuda": libs.cuda_dir, "cudnn": libs.cudnn_dir, "preload_messages": list(libs.messages)},
     }
 
 
@@ -106,7 +123,7 @@ def diagnose() -> DoctorReport:
     from cnnkit.runtime.session import CUDA_FIX
 
     problems = []
-    ort_pkgs = {d: _installed(d) for d in ("onnxruntime", "onnxruntime-gpu")}
+    ort_pkgs = {d: installed_version(d) for d in ("onnxruntime", "onnxruntime-gpu")}
     has_cuda_ep = "CUDAExecutionProvider" in ort.get_available_providers()
     both = bool(ort_pkgs["onnxruntime"] and ort_pkgs["onnxruntime-gpu"])
     # Both distributions installed: harmless when the GPU build is the one imported (e.g. installed into a
@@ -145,5 +162,12 @@ def diagnose() -> DoctorReport:
     elif not gpu["visible"]:
         problems.append("no NVIDIA GPU visible: cnnkit runs on the CPU (expected on a machine without one)")
     return DoctorReport(
-        platform.python_version(), platform.platform(), torch_info, gpu, ort_info, session, problems, fix
+        python=platform.python_version(),
+        platform=platform.platform(),
+        torch=torch_info,
+        gpu=gpu,
+        onnxruntime=ort_info,
+        cuda_session=session,
+        problems=problems,
+        fix=fix,
     )

@@ -29,12 +29,17 @@ class DeviceError(CnnkitError):
     """The requested device or execution provider is not available."""
 
 
-class ParityError(CnnkitError):
-    """An exported model does not match the eager reference."""
-
-
 class TrainingError(CnnkitError):
     """Training cannot go on (it diverged)."""
+
+
+class RequestError(CnnkitError):
+    """An HTTP request the server refuses: answered with `{"error": message}` and `status` (a 4xx, or 503 when the
+    server is too busy to read it)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 class MissingExtraError(CnnkitError):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import os
 import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from cnnkit.doctor import gpu_info, installed_version
 
 
 def cpu_model() -> str:
@@ -19,13 +20,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return None
 
 
 def environment(device: str, threads: int) -> dict[str, Any]:
@@ -40,7 +34,7 @@ def environment(device: str, threads: int) -> dict[str, Any]:
         "threads": threads,
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "torch": _version("torch"),
+        "torch": installed_version("torch"),
         "torch_cuda": None,
         "onnxruntime": ort.__version__,
         "cnnkit": cnnkit.__version__,
@@ -50,8 +44,6 @@ def environment(device: str, threads: int) -> dict[str, Any]:
     if torch is not None:
         env.update(torch=torch.__version__, torch_cuda=torch.version.cuda)
     if device == "cuda":
-        from cnnkit.doctor import gpu_info
-
         g = gpu_info()
         env.update(gpu=g.get("name"), gpu_driver=g.get("driver"))
         if torch is not None and torch.cuda.is_available():

@@ -9,7 +9,7 @@ Everything the model needs (class names, input size) is read from the .onnx file
 """
 
 from cnnkit.runtime.classifier import FALLBACKS, Classifier, ProviderFallbackWarning
-from cnnkit.runtime.cuda import CudaGraphRunner, DeviceRunner
+from cnnkit.runtime.cuda import DeviceRunner
 from cnnkit.runtime.inputs import InputSpec
 from cnnkit.runtime.predictions import Prediction, predictions, softmax
 from cnnkit.runtime.session import CPU_EP, CUDA_EP, gpu_visible
@@ -21,7 +21,6 @@ __all__ = [
     "DEVICES",
     "FALLBACKS",
     "Classifier",
-    "CudaGraphRunner",
     "DeviceRunner",
     "InputSpec",
     "Prediction",

@@ -196,14 +196,17 @@ class Classifier:
             `out` when given, else an OrtValue on the GPU (`.numpy()` copies it to the host).
         """
         self._require_cuda("logits_on_device")
-        return cuda.run_on_device(self, images, out)
+        return cuda.run_on_device(self._io(), images, out)
 
     def device_runner(self, batch_size: int) -> cuda.DeviceRunner:
         """A fixed-batch runner with its buffers on the GPU (`run(host_batch)`, or `replay()` on what is there)."""
         self._require_cuda("device_runner")
-        return cuda.DeviceRunner(self, batch_size)
+        return cuda.DeviceRunner(self._io(), batch_size)
 
     def cuda_graph_runner(self, batch_size: int) -> cuda.DeviceRunner:
         """A fixed-shape runner for a session made with `enable_cuda_graph=True`: each run replays the graph."""
         self._require_cuda("cuda_graph_runner")
-        return cuda.DeviceRunner(self, batch_size)
+        return cuda.DeviceRunner(self._io(), batch_size)
+
+    def _io(self) -> cuda.ModelIO:
+        return cuda.ModelIO(self.session, self.input_spec, self.info.output_name, self.info.num_classes, self.device_id)

@@ -16,8 +16,8 @@ import re
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # "<date> <time> [E:onnxruntime:Default, file.cc:123 fn] <message>"
@@ -27,7 +27,25 @@ NOISE = ("No registered plugin EP device found",)
 # What a failed CUDA provider logs besides its [E:] line (summarised by `ort_error` instead).
 _PROVIDER_FAILURE = ("Failed to create CUDAExecutionProvider",)
 
-_preloaded: dict[str, Any] | None = None
+
+@dataclass(frozen=True, kw_only=True)
+class Preloaded:
+    """Where the CUDA and cuDNN libraries were loaded from (None: the system's default search path) and what
+    ONNX Runtime said about it."""
+
+    cuda_dir: str | None = None
+    cudnn_dir: str | None = None
+    messages: tuple[str, ...] = ()
+
+
+class Captured:
+    """What a process wrote to its stderr file descriptor inside a `capture_stderr_fd` block (once it ended)."""
+
+    def __init__(self, text: str = ""):
+        self.text = text
+
+
+_preloaded: Preloaded | None = None
 
 
 def nvidia_lib_dirs() -> list[Path]:
@@ -48,25 +66,23 @@ def _first_with(dirs: list[Path], pattern: str) -> Path | None:
     return next((d for d in dirs if any(d.glob(pattern))), None)
 
 
-def preload_cuda_libraries() -> dict[str, Any]:
+def preload_cuda_libraries() -> Preloaded:
     """Load cuBLAS, cuFFT, cuRAND, the CUDA runtime and cuDNN before ONNX Runtime's CUDA provider needs them.
 
-    Once per process. Returns {"cuda_dir", "cudnn_dir", "messages"}: where the libraries were taken from (None:
-    the system's default search path) and what ONNX Runtime said about it (it prints to stdout; captured here).
+    Once per process. Returns where the libraries were taken from and what ONNX Runtime said about it (it prints
+    to stdout; captured here).
     """
     global _preloaded
     if _preloaded is not None:
         return _preloaded
     import onnxruntime as ort
 
-    result: dict[str, Any] = {"cuda_dir": None, "cudnn_dir": None, "messages": []}
     preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
     if preload is None:
-        _preloaded = result
-        return result
+        _preloaded = Preloaded()
+        return _preloaded
     dirs = nvidia_lib_dirs()
     cuda_dir, cudnn_dir = _first_with(dirs, "libcublas.so.*"), _first_with(dirs, "libcudnn.so.*")
-    result.update(cuda_dir=str(cuda_dir) if cuda_dir else None, cudnn_dir=str(cudnn_dir) if cudnn_dir else None)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         # cuda first: cuDNN's libraries link against cuBLAS. directory="" means "nvidia site packages beside
@@ -79,20 +95,23 @@ def preload_cuda_libraries() -> dict[str, Any]:
                 preload(msvc=False, **kw)
             except Exception as exc:  # best effort: the session creation reports what really happened
                 print(f"{type(exc).__name__}: {exc}")
-    result["messages"] = [clean(line) for line in out.getvalue().splitlines() if line.strip()]
-    _preloaded = result
-    return result
+    _preloaded = Preloaded(
+        cuda_dir=str(cuda_dir) if cuda_dir else None,
+        cudnn_dir=str(cudnn_dir) if cudnn_dir else None,
+        messages=tuple(clean(line) for line in out.getvalue().splitlines() if line.strip()),
+    )
+    return _preloaded
 
 
 @contextlib.contextmanager
-def capture_stderr_fd() -> Iterator[dict[str, str]]:
+def capture_stderr_fd() -> Iterator[Captured]:
     """Capture process-level stderr (file descriptor 2, where ONNX Runtime's C++ logger writes).
 
-    Yields a dict whose "text" holds what was written, once the block has ended.
+    Yields a Captured whose `text` holds what was written, once the block has ended.
     """
     sys.stderr.flush()
     saved = os.dup(2)
-    box: dict[str, str] = {"text": ""}
+    box = Captured()
     with tempfile.TemporaryFile(mode="w+b") as tmp:
         os.dup2(tmp.fileno(), 2)
         try:
@@ -101,7 +120,7 @@ def capture_stderr_fd() -> Iterator[dict[str, str]]:
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
-            box["text"] = tmp.read().decode("utf-8", "replace")
+            box.text = tmp.read().decode("utf-8", "replace")
 
 
 def clean(line: str) -> str:

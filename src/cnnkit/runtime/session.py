@@ -104,18 +104,18 @@ def open_session(
     if want_cuda:
         cuda_libs.preload_cuda_libraries()
         providers = [(CUDA_EP, cuda_options or cuda_provider_options()), CPU_EP]
-    log = cuda_libs.capture_stderr_fd() if want_cuda else contextlib.nullcontext({"text": ""})
+    log = cuda_libs.capture_stderr_fd() if want_cuda else contextlib.nullcontext(cuda_libs.Captured())
     try:
         with log as captured:
             session = ort.InferenceSession(data, sess_options=session_options(intra_op_threads), providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf types
-        sys.stderr.write(cuda_libs.passthrough(captured["text"], fell_back=False))
+        sys.stderr.write(cuda_libs.passthrough(captured.text, fell_back=False))
         raise ModelFileError(f"{source}: ONNX Runtime cannot load this model ({first_line(exc)})") from None
     fell_back = want_cuda and CUDA_EP not in session.get_providers()
-    sys.stderr.write(cuda_libs.passthrough(captured["text"], fell_back=fell_back))
+    sys.stderr.write(cuda_libs.passthrough(captured.text, fell_back=fell_back))
     if not fell_back:
         return OpenedSession(session, None, None)
-    return OpenedSession(session, cuda_fallback_reason(captured["text"]), cuda_libs.ort_error(captured["text"]))
+    return OpenedSession(session, cuda_fallback_reason(captured.text), cuda_libs.ort_error(captured.text))
 
 
 def node_assignment(session: ort.InferenceSession) -> dict[str, list[str]] | None:

@@ -20,7 +20,7 @@ from typing import Any
 from cnnkit.errors import CnnkitError, MissingExtraError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TritonEngineConfig:
     model: str
     model_name: str | None = None  # default: the model's serving name
@@ -51,7 +51,7 @@ def check_available() -> None:
 
 
 class TritonEngine:
-    """A started Triton server with the model bound; `serve()` blocks, `start()`/`stop()` for embedding and tests."""
+    """Triton with the model bound: `serve()` blocks until a signal; `start()` and `close()` for embedding and tests."""
 
     def __init__(self, cfg: TritonEngineConfig):
         check_available()

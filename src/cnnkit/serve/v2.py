@@ -21,19 +21,12 @@ from typing import Any
 import numpy as np
 
 from cnnkit import __version__
+from cnnkit.errors import RequestError
 from cnnkit.runtime import Classifier
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data", "classification"]
 DTYPES = {"UINT8": np.uint8, "FP32": np.float32, "BYTES": np.object_}
-
-
-class ProtocolError(Exception):
-    """A request the protocol rejects: answered with `{"error": message}` and `status`."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -67,21 +60,21 @@ def model_metadata(clf: Classifier, name: str) -> dict[str, Any]:
 
 def _obj(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ProtocolError(f"{what} must be a JSON object")
+        raise RequestError(f"{what} must be a JSON object")
     return value
 
 
 def _int(value: Any, what: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ProtocolError(f"{what} must be an integer in {low}..{high}, got {json.dumps(value)[:40]}")
+        raise RequestError(f"{what} must be an integer in {low}..{high}, got {json.dumps(value)[:40]}")
     return value
 
 
 def parse_infer(body: bytes, header_length: str | None, clf: Classifier, max_images: int) -> InferRequest:
-    """An infer request body -> the uint8 batch and the outputs asked for; ProtocolError naming what is wrong."""
+    """An infer request body -> the uint8 batch and the outputs asked for; RequestError naming what is wrong."""
     if header_length is not None:
         if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
-            raise ProtocolError(f"{HEADER_LENGTH} {header_length!r} is not a length within the {len(body)}-byte body")
+            raise RequestError(f"{HEADER_LENGTH} {header_length!r} is not a length within the {len(body)}-byte body")
         split = int(header_length)
         header, binary = body[:split], body[split:]
     else:
@@ -89,36 +82,36 @@ def parse_infer(body: bytes, header_length: str | None, clf: Classifier, max_ima
     try:
         doc = json.loads(header)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ProtocolError(f"invalid JSON in the inference header: {str(exc)[:120]}") from None
+        raise RequestError(f"invalid JSON in the inference header: {str(exc)[:120]}") from None
     doc = _obj(doc, "the inference request")
     params = _obj(doc.get("parameters") or {}, "parameters")
     inputs = doc.get("inputs")
     spec = clf.input_spec
     if not isinstance(inputs, list) or len(inputs) != 1:
-        raise ProtocolError(f'"inputs" must be a list holding the one input tensor "{spec.name}"')
+        raise RequestError(f'"inputs" must be a list holding the one input tensor "{spec.name}"')
     tensor = _obj(inputs[0], "inputs[0]")
     if tensor.get("name") != spec.name:
-        raise ProtocolError(f"unknown input {tensor.get('name')!r}; this model's input is {spec.name!r}")
+        raise RequestError(f"unknown input {tensor.get('name')!r}; this model's input is {spec.name!r}")
     if tensor.get("datatype") != "UINT8":
-        raise ProtocolError(f"input {spec.name!r} has datatype {tensor.get('datatype')!r}; expected 'UINT8'")
+        raise RequestError(f"input {spec.name!r} has datatype {tensor.get('datatype')!r}; expected 'UINT8'")
     shape = tensor.get("shape")
     if not isinstance(shape, list) or len(shape) != 4:
-        raise ProtocolError(f"input shape {shape!r}; expected [N, {', '.join(map(str, spec.image_shape))}]")
+        raise RequestError(f"input shape {shape!r}; expected [N, {', '.join(map(str, spec.image_shape))}]")
     n = _int(shape[0], "the batch dimension", 1, max_images)
     if [_int(d, "a dimension", 0, 1 << 20) for d in shape[1:]] != list(spec.image_shape):
-        raise ProtocolError(f"input shape {shape}; expected [N, {', '.join(map(str, spec.image_shape))}]")
+        raise RequestError(f"input shape {shape}; expected [N, {', '.join(map(str, spec.image_shape))}]")
     count = n * int(np.prod(spec.image_shape))
     tparams = _obj(tensor.get("parameters") or {}, "inputs[0].parameters")
     if "binary_data_size" in tparams:
         size = _int(tparams["binary_data_size"], "binary_data_size", 0, len(binary))
         if size != count or len(binary) != size:
-            raise ProtocolError(
+            raise RequestError(
                 f"binary data of {len(binary)} bytes (binary_data_size {size}) for a UINT8 tensor of {count} elements"
             )
         images = np.frombuffer(binary, dtype=np.uint8).reshape(shape)
     else:
         if binary:
-            raise ProtocolError("binary data after the header, but the input has no binary_data_size")
+            raise RequestError("binary data after the header, but the input has no binary_data_size")
         images = _json_tensor(tensor.get("data"), shape, count)
     binary_default = bool(params.get("binary_data_output", False))
     outputs = _outputs(doc.get("outputs"), clf, binary_default)
@@ -128,15 +121,15 @@ def parse_infer(body: bytes, header_length: str | None, clf: Classifier, max_ima
 
 def _json_tensor(data: Any, shape: list[int], count: int) -> np.ndarray:
     if not isinstance(data, list):
-        raise ProtocolError('input has neither "data" nor binary_data_size')
+        raise RequestError('input has neither "data" nor binary_data_size')
     try:
         arr = np.asarray(data)
     except (ValueError, RecursionError):
-        raise ProtocolError("input data is ragged or too deeply nested") from None
+        raise RequestError("input data is ragged or too deeply nested") from None
     if arr.dtype.kind not in "iu" or arr.size != count:
-        raise ProtocolError(f"input data must be {count} integers 0..255 for shape {shape}, got {arr.size} {arr.dtype}")
+        raise RequestError(f"input data must be {count} integers 0..255 for shape {shape}, got {arr.size} {arr.dtype}")
     if arr.size and (arr.min() < 0 or arr.max() > 255):
-        raise ProtocolError("UINT8 input data outside 0..255")
+        raise RequestError("UINT8 input data outside 0..255")
     return arr.astype(np.uint8).reshape(shape)
 
 
@@ -145,12 +138,12 @@ def _outputs(requested: Any, clf: Classifier, binary_default: bool) -> list[Requ
     if requested is None:
         return [RequestedOutput(name, binary_default, 0)]
     if not isinstance(requested, list) or not requested:
-        raise ProtocolError('"outputs" must be a non-empty list')
+        raise RequestError('"outputs" must be a non-empty list')
     out = []
     for i, item in enumerate(requested):
         item = _obj(item, f"outputs[{i}]")
         if item.get("name") != name:
-            raise ProtocolError(f"unknown output {item.get('name')!r}; this model's output is {name!r}")
+            raise RequestError(f"unknown output {item.get('name')!r}; this model's output is {name!r}")
         p = _obj(item.get("parameters") or {}, f"outputs[{i}].parameters")
         k = _int(p.get("classification", 0), "classification", 0, clf.info.num_classes)
         out.append(RequestedOutput(name, bool(p.get("binary_data", binary_default)), k))

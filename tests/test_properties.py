@@ -88,7 +88,7 @@ def test_image_decoder_returns_28x28_uint8_or_an_input_error(data):
 
 def _stub_classifier():
     info = SimpleNamespace(output_name="logits", num_classes=10, classes=tuple("0123456789"), version="x")
-    return SimpleNamespace(input_spec=InputSpec("images", 1, 28, 28), info=info)
+    return SimpleNamespace(input_spec=InputSpec(name="images", channels=1, height=28, width=28), info=info)
 
 
 @SETTINGS

@@ -31,7 +31,7 @@ MANIFEST = "exports.json"  # beside exported files: their SHA-256, recorded by `
 MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelInfo:
     """What an application needs to use an exported model, read from the model file itself."""
 

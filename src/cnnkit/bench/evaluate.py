@@ -18,14 +18,14 @@ from cnnkit.errors import DataError
 from cnnkit.runtime import Classifier
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ClassAccuracy:
     label: str
     images: int
     accuracy: float | None  # None for a class with no images
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalResult:
     model: str
     model_version: str
@@ -73,24 +73,24 @@ def evaluate(
     np.add.at(confusion, (labels, predicted), 1)
     per_class = [
         ClassAccuracy(
-            clf.classes[k],
-            int(confusion[k].sum()),
-            float(confusion[k, k] / confusion[k].sum()) if confusion[k].sum() else None,
+            label=clf.classes[k],
+            images=int(confusion[k].sum()),
+            accuracy=float(confusion[k, k] / confusion[k].sum()) if confusion[k].sum() else None,
         )
         for k in range(n_classes)
     ]
     return EvalResult(
-        str(model),
-        clf.info.version,
-        clf.info.variant,
-        clf.providers,
-        ds.name,
-        split,
-        len(labels),
-        float(np.trace(confusion) / len(labels)),
-        per_class,
-        confusion.tolist(),
-        seconds,
+        model=str(model),
+        model_version=clf.info.version,
+        variant=clf.info.variant,
+        providers=clf.providers,
+        dataset=ds.name,
+        split=split,
+        images=len(labels),
+        accuracy=float(np.trace(confusion) / len(labels)),
+        per_class=per_class,
+        confusion=confusion.tolist(),
+        seconds=seconds,
     )
 
 

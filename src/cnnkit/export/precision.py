@@ -24,7 +24,7 @@ from cnnkit.errors import CnnkitError, first_line
 INT8_OP_TYPES = ["Conv", "Gemm", "MatMul", "MaxPool", "Relu", "Reshape"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Calibration:
     """The real training images INT8 calibration ran on, and how."""
 
@@ -55,7 +55,7 @@ def calibration_set(ckpt: Any, n: int, seed: int, data_dir: Any = None) -> Calib
     idx = np.sort(np.random.default_rng(seed).choice(len(ds.train_images), n, replace=False))
     c = ckpt.meta.config.in_channels
     images = np.ascontiguousarray(ds.train_images[idx].reshape(n, c, *ds.train_images.shape[1:]))
-    return Calibration(images, ds.name, seed)
+    return Calibration(images=images, dataset=ds.name, seed=seed)
 
 
 @contextlib.contextmanager

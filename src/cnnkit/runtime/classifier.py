@@ -75,7 +75,10 @@ class Classifier:
         self.session, reason, _ = session.open_session(data, self.source, want_cuda, intra_op_threads, options)
         self.info = self._read_info()
         self.input_spec = InputSpec(
-            self.info.input_name, self.info.channels, self.info.image_size, self.info.image_size
+            name=self.info.input_name,
+            channels=self.info.channels,
+            height=self.info.image_size,
+            width=self.info.image_size,
         )
         self._outputs = [self.info.output_name]
         #: why CUDA was asked for but ONNX Runtime runs on the CPU (None when it runs as asked)

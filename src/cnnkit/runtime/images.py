@@ -21,7 +21,7 @@ MAX_FILE_BYTES = 64 * 1024 * 1024  # an image file read from disk
 MAX_PIXELS = 4096 * 4096  # of one image before resizing: far below Pillow's decompression-bomb limit
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Decoded:
     pixels: np.ndarray  # uint8 [size, size]
     inverted: bool
@@ -114,7 +114,7 @@ def decode(
     warning = None
     if int(pixels.max()) - int(pixels.min()) < 16:
         warning = f"{name}: decodes to a blank image (all pixels within 16 levels of {int(pixels.mean())})"
-    return Decoded(pixels, do_invert, original, warning)
+    return Decoded(pixels=pixels, inverted=do_invert, original_size=original, warning=warning)
 
 
 def read_file(path: str | os.PathLike[str], limit: int = MAX_FILE_BYTES) -> bytes:

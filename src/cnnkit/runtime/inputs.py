@@ -10,7 +10,7 @@ import numpy as np
 from cnnkit.errors import InputError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class InputSpec:
     """The model's input: uint8 pixels [N, channels, height, width] under `name`."""
 

@@ -15,7 +15,7 @@ from cnnkit.runtime import images
 from cnnkit.runtime.predictions import predictions
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FilePrediction:
     file: str
     label: str | None = None
@@ -27,7 +27,7 @@ class FilePrediction:
     warning: str | None = None  # e.g. the file decodes to a blank image
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PredictReport:
     model: str
     providers: list[str]
@@ -46,16 +46,27 @@ def predict_files(clf: Classifier, paths: list[str], top_k: int = 1, invert: boo
         try:
             decoded[p] = images.load(p, clf.info.image_size, invert)
         except CnnkitError as exc:
-            results[p] = FilePrediction(p, error=str(exc))
+            results[p] = FilePrediction(file=p, error=str(exc))
     if decoded:
         batch = np.stack([d.pixels for d in decoded.values()])
         probs = clf.probabilities(batch)
         finite = np.isfinite(probs).all(axis=1)
         for (p, d), pred, ok in zip(decoded.items(), predictions(probs, clf.info.classes, top_k), finite):
             if not ok:
-                results[p] = FilePrediction(p, error=f"{p}: the model's output for this image is not finite (NaN)")
+                results[p] = FilePrediction(file=p, error=f"{p}: the model's output for this image is not finite (NaN)")
                 continue
             results[p] = FilePrediction(
-                p, pred.label, pred.index, pred.probability, pred.to_dict()["top_k"], d.inverted, None, d.warning
+                file=p,
+                label=pred.label,
+                index=pred.index,
+                probability=pred.probability,
+                top_k=pred.to_dict()["top_k"],
+                inverted=d.inverted,
+                warning=d.warning,
             )
-    return PredictReport(clf.source, clf.providers, clf.info.version, [results[p] for p in paths])
+    return PredictReport(
+        model=clf.source,
+        providers=clf.providers,
+        model_version=clf.info.version,
+        results=[results[p] for p in paths],
+    )

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Prediction:
     """One image's result: the top class and the `top_k` (class name, probability) pairs."""
 
@@ -42,5 +42,5 @@ def predictions(probs: np.ndarray, classes: Sequence[str], top_k: int = 1) -> li
     out = []
     for row, idx in zip(probs, order):
         top = tuple((classes[j], float(row[j])) for j in idx)
-        out.append(Prediction(int(idx[0]), classes[idx[0]], float(row[idx[0]]), top))
+        out.append(Prediction(index=int(idx[0]), label=classes[idx[0]], probability=float(row[idx[0]]), top_k=top))
     return out

@@ -15,7 +15,7 @@ class BatchFailed(RuntimeError):
     """The model failed on the batch this request was part of."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Item:
     images: np.ndarray
     future: asyncio.Future[np.ndarray]
@@ -58,7 +58,7 @@ class Batcher:
     async def submit(self, images: np.ndarray) -> np.ndarray:
         fut = asyncio.get_running_loop().create_future()
         self.queued_images += len(images)
-        await self.queue.put(_Item(images, fut))
+        await self.queue.put(_Item(images=images, future=fut))
         result: np.ndarray = await fut
         return result
 

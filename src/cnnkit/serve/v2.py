@@ -29,14 +29,14 @@ EXTENSIONS = ["binary_tensor_data", "classification"]
 DTYPES = {"UINT8": np.uint8, "FP32": np.float32, "BYTES": np.object_}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RequestedOutput:
     name: str
     binary: bool
     classification: int  # 0: the logits themselves
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class InferRequest:
     id: str | None
     images: np.ndarray  # uint8 [N, C, H, W]
@@ -116,7 +116,7 @@ def parse_infer(body: bytes, header_length: str | None, clf: Classifier, max_ima
     binary_default = bool(params.get("binary_data_output", False))
     outputs = _outputs(doc.get("outputs"), clf, binary_default)
     rid = doc.get("id")
-    return InferRequest(str(rid) if rid is not None else None, images, outputs)
+    return InferRequest(id=str(rid) if rid is not None else None, images=images, outputs=outputs)
 
 
 def _json_tensor(data: Any, shape: list[int], count: int) -> np.ndarray:
@@ -136,7 +136,7 @@ def _json_tensor(data: Any, shape: list[int], count: int) -> np.ndarray:
 def _outputs(requested: Any, clf: Classifier, binary_default: bool) -> list[RequestedOutput]:
     name = clf.info.output_name
     if requested is None:
-        return [RequestedOutput(name, binary_default, 0)]
+        return [RequestedOutput(name=name, binary=binary_default, classification=0)]
     if not isinstance(requested, list) or not requested:
         raise RequestError('"outputs" must be a non-empty list')
     out = []
@@ -146,7 +146,7 @@ def _outputs(requested: Any, clf: Classifier, binary_default: bool) -> list[Requ
             raise RequestError(f"unknown output {item.get('name')!r}; this model's output is {name!r}")
         p = _obj(item.get("parameters") or {}, f"outputs[{i}].parameters")
         k = _int(p.get("classification", 0), "classification", 0, clf.info.num_classes)
-        out.append(RequestedOutput(name, bool(p.get("binary_data", binary_default)), k))
+        out.append(RequestedOutput(name=name, binary=bool(p.get("binary_data", binary_default)), classification=k))
     return out
 
 

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Augment:
     shift: int = 2  # translation, whole pixels, each way
     rotate: float = 0.0  # degrees, each way

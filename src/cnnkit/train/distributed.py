@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from cnnkit.errors import DeviceError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class World:
     """Where this process stands: rank 0 of 1 outside torchrun."""
 
@@ -42,7 +42,7 @@ def from_env() -> World:
         local = int(os.environ.get("LOCAL_RANK", str(rank)))
     except ValueError as exc:
         raise DeviceError(f"torchrun environment is malformed ({exc})") from None
-    return World(rank, local, size)
+    return World(rank=rank, local_rank=local, size=size)
 
 
 def init(world: World, device_type: str) -> World:

@@ -23,7 +23,7 @@ FORMAT = "cnnkit-train-state/1"
 __all__ = ["RECIPE_FIELDS", "STATE_JSON", "STATE_TENSORS", "TrainState", "load", "mismatch", "save"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainState:
     epoch: int  # last completed epoch
     step: int  # optimizer steps taken

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypedDict
 
 from cnnkit.errors import first_line
+from cnnkit.runtime import cuda_libs
+from cnnkit.runtime.session import CUDA_EP, CUDA_FIX, gpu_visible, open_session
 
 
 class GpuInfo(TypedDict, total=False):
@@ -64,8 +66,6 @@ def installed_version(dist: str) -> str | None:
 
 
 def gpu_info() -> GpuInfo:
-    from cnnkit.runtime.session import gpu_visible
-
     info: GpuInfo = {"visible": gpu_visible(), "nvidia_smi": shutil.which("nvidia-smi")}
     if info["nvidia_smi"]:
         try:
@@ -90,9 +90,6 @@ def gpu_info() -> GpuInfo:
 def cuda_session_check() -> CudaSession:
     import numpy as np
     import onnxruntime as ort
-
-    from cnnkit.runtime import cuda_libs
-    from cnnkit.runtime.session import CUDA_EP, open_session
 
     if CUDA_EP not in ort.get_available_providers():
         return {"attempted": False, "ok": False, "providers": [], "error": "this onnxruntime has no CUDA provider"}
@@ -119,8 +116,6 @@ def cuda_session_check() -> CudaSession:
 
 def diagnose() -> DoctorReport:
     import onnxruntime as ort
-
-    from cnnkit.runtime.session import CUDA_FIX
 
     problems = []
     ort_pkgs = {d: installed_version(d) for d in ("onnxruntime", "onnxruntime-gpu")}

@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 
 from cnnkit.errors import DeviceError, ModelFileError
+from cnnkit.export.artifacts import load_torchscript
 from cnnkit.export.runners import Runner, Step, classifier_runner, torch_runner
 from cnnkit.runtime import Classifier
+from cnnkit.train.checkpoint import deployable
 
 BACKENDS = ("eager", "torchscript", "onnx", "compile", "eager-cudagraph", "onnx-cudagraph")
 CUDA_ONLY = ("eager-cudagraph", "onnx-cudagraph")
@@ -22,8 +24,6 @@ ONNX_BACKENDS = ("onnx", "onnx-cudagraph")
 
 
 def _deployable(ckpt: Any, device: Any) -> Any:
-    from cnnkit.train.checkpoint import deployable
-
     return deployable(ckpt).to(device)
 
 
@@ -32,8 +32,6 @@ def eager(ckpt: Any, device: Any) -> Runner:
 
 
 def torchscript(path: Path | None, device: Any, named: bool = True) -> Runner:
-    from cnnkit.export.artifacts import load_torchscript
-
     if path is None:
         raise ModelFileError("no TorchScript file to benchmark")
     module, info = load_torchscript(path, map_location=device, named=named)

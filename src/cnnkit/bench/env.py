@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cnnkit import __version__
 from cnnkit.doctor import gpu_info, installed_version
 
 
@@ -26,8 +27,6 @@ def environment(device: str, threads: int) -> dict[str, Any]:
     """Versions and hardware; torch's details only where this process already uses torch."""
     import onnxruntime as ort
 
-    import cnnkit
-
     env: dict[str, Any] = {
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
@@ -37,7 +36,7 @@ def environment(device: str, threads: int) -> dict[str, Any]:
         "torch": installed_version("torch"),
         "torch_cuda": None,
         "onnxruntime": ort.__version__,
-        "cnnkit": cnnkit.__version__,
+        "cnnkit": __version__,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     torch = sys.modules.get("torch")

@@ -14,8 +14,11 @@ from typing import Any
 
 from cnnkit import atomic
 from cnnkit.bench.results import BenchResult
+from cnnkit.bench.run import BenchConfig, bench, onnx_labels
 from cnnkit.errors import CnnkitError, first_line
 from cnnkit.export.compare import Gate
+from cnnkit.export.exporter import ExportOptions, export
+from cnnkit.train import checkpoint
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,8 +114,6 @@ def optimize(
 ) -> OptimizeResult:
     """Export, verify and benchmark every candidate; with `options.select`, copy the fastest passing ONNX variant at
     `options.target_batch` to the run's model.onnx."""
-    from cnnkit.train import checkpoint
-
     ckpt_path = checkpoint.resolve(run)
     results, files = _export_candidates(ckpt_path, options, progress)
     device = options.device
@@ -146,8 +147,6 @@ def _export_candidates(
     ckpt_path: Path, options: OptimizeOptions, progress: Callable[[str], None] | None
 ) -> tuple[list[CandidateResult], dict[str, Path]]:
     """Every candidate exported into `candidates/<name>/` and gated; the files of those that passed."""
-    from cnnkit.export.exporter import ExportOptions, export
-
     results: list[CandidateResult] = []
     files: dict[str, Path] = {}
     for cand in CANDIDATES:
@@ -183,8 +182,6 @@ def _bench_candidates(
     ckpt_path: Path, files: dict[str, Path], options: OptimizeOptions, progress: Callable[[str], None] | None
 ) -> tuple[BenchResult, dict[str, str]]:
     """The passing candidates benchmarked side by side; and bench row name -> candidate name."""
-    from cnnkit.bench.run import BenchConfig, bench, onnx_labels
-
     onnx_names = [c.name for c in CANDIDATES if c.format == "onnx" and c.name in files]
     labels = dict(zip(onnx_names, onnx_labels([files[n] for n in onnx_names])))
     paths = [str(ckpt_path)] + [str(files[n]) for n in onnx_names]

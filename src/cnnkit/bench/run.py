@@ -24,8 +24,11 @@ from cnnkit.bench.inputs import Inputs, onnx_labels, resolve_inputs
 from cnnkit.bench.measure import Measurement, cuda_events, torch_context
 from cnnkit.bench.results import BenchResult, BenchRow
 from cnnkit.errors import CnnkitError, DeviceError, ModelFileError, first_line
+from cnnkit.export.exporter import ExportOptions, export
 from cnnkit.export.runners import Runner
 from cnnkit.spec import BENCH_DEVICES
+from cnnkit.train import checkpoint
+from cnnkit.train.device import resolve_torch_device
 
 __all__ = ["BenchConfig", "bench", "onnx_labels"]
 
@@ -78,8 +81,6 @@ def bench(
         dev: Any = None
         ctx: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
         if use_torch:
-            from cnnkit.train.device import resolve_torch_device
-
             dev = resolve_torch_device(config.device)
             ctx = torch_context(dev, config.thread_count, config.tf32)
         with ctx:
@@ -112,8 +113,6 @@ def _needs_export(files: Inputs, config: BenchConfig, paths: list[str]) -> list[
 
 def _export_missing(files: Inputs, needs_export: list[str], tmp: Path) -> list[str]:
     """Export what is missing with the one export function (input spec from the checkpoint); the notes say so."""
-    from cnnkit.export.exporter import ExportOptions, export
-
     assert files.checkpoint is not None  # _needs_export refused otherwise
     made = export(files.checkpoint, tmp, ExportOptions(formats=tuple(needs_export), verify=False))
     if "onnx" in made.artefacts:
@@ -169,8 +168,6 @@ def _run(
     """Open every runner, then measure each batch size; returns the rows and ONNX Runtime's node assignment."""
     ckpt = None
     if files.checkpoint is not None and dev is not None:
-        from cnnkit.train import checkpoint
-
         ckpt = checkpoint.load(files.checkpoint)
     makers = _makers(files, config, ckpt, dev)
     active, broken = _open(makers, progress)

@@ -48,18 +48,6 @@ def recorded_by_export(path: Path) -> dict | None:
     return None
 
 
-def deployable(ckpt, fold: bool = False):
-    """The uint8-in/logits-out wrapper that is exported; `fold` merges fc1 and fc2 into one exact linear layer.
-
-    Unfolded, it is the eager reference every export is verified against.
-    """
-    from cnnkit.train.checkpoint import build_model
-    from cnnkit.train.model import Deployable, FoldedNet
-
-    net = build_model(ckpt)
-    return Deployable(FoldedNet(net) if fold else net, ckpt.meta.mean, ckpt.meta.std).eval()
-
-
 def artefact_kind(path: Path) -> str:
     """'torchscript' for a zip archive (TorchScript's container), else 'onnx'."""
     if not path.is_file():

@@ -11,9 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from cnnkit import contract
 from cnnkit.errors import CnnkitError
+from cnnkit.export import precision
 from cnnkit.export.artifacts import FORMATS, record_exports
 from cnnkit.export.compare import Gate
+from cnnkit.export.formats import fp32_proto, to_torchscript, write_onnx
+from cnnkit.export.verify import verify
 from cnnkit.spec import EXPORT_PRECISIONS
+from cnnkit.train import checkpoint
+from cnnkit.train.checkpoint import deployable
 
 if TYPE_CHECKING:
     from cnnkit.export.precision import Calibration
@@ -112,8 +117,6 @@ def export(
     The metadata records the checkpoint relative to `final_dir` (where the files will live; default `out_dir`), so
     no absolute build path travels with a model.
     """
-    from cnnkit.train import checkpoint
-
     t0 = time.perf_counter()
     ckpt = checkpoint.load(checkpoint_path)
     out = Path(out_dir) if out_dir is not None else ckpt.path.parent
@@ -126,8 +129,6 @@ def export(
         meta, opset_used = _write_staged(ckpt, options, staged, Path(final_dir) if final_dir is not None else out)
         report = None
         if options.verify:
-            from cnnkit.export.verify import verify
-
             names = {str(p): str(final[f]) for f, p in staged.items()}
             report = verify(list(staged.values()), ckpt.path, options.gate, names=names)
         landed = {}
@@ -158,8 +159,6 @@ def _metadata(ckpt: Checkpoint, options: ExportOptions, home: Path, calibration:
     """The metadata every file of this export carries; the checkpoint recorded relative to `home`."""
     import onnx
 
-    from cnnkit.train import checkpoint
-
     variant: dict[str, Any] = {"precision": options.precision, "folded": options.fold}
     if calibration is not None:
         variant["calibration"] = calibration.describe()
@@ -173,10 +172,6 @@ def _write_staged(
 ) -> tuple[dict[str, Any], int | None]:
     """Write each format to its staging path; return the metadata and the ONNX opset written."""
     import torch
-
-    from cnnkit.export import precision
-    from cnnkit.export.formats import fp32_proto, to_torchscript, write_onnx
-    from cnnkit.train.checkpoint import deployable
 
     calibration = None
     if options.precision == "int8":

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnkit.datasets import load_recorded
 from cnnkit.errors import CnnkitError, first_line
 
 # INT8: what static quantization is applied to. Measured on this model: normalisation is best left in fp32, and
@@ -46,8 +47,6 @@ class Calibration:
 
 def calibration_set(ckpt: Any, n: int, seed: int, data_dir: Any = None) -> Calibration:
     """`n` training images of the checkpoint's own dataset, drawn with `seed`."""
-    from cnnkit.datasets import load_recorded
-
     ds = load_recorded(ckpt.meta.dataset, data_dir)
     if n < 1:
         raise CnnkitError(f"calibration needs at least 1 image, got {n}")

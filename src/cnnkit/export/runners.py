@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from cnnkit.runtime import Classifier
+
 Step = Callable[[], object]
 
 
@@ -66,8 +68,6 @@ def onnx_runner(path: str | Path, device: str, name: str = "onnx", **classifier:
 
     A CUDA fall-back is not an error here: `fell_back` and `fallback_reason` say it, and each caller decides.
     """
-    from cnnkit.runtime import Classifier
-
     return classifier_runner(Classifier(path, device=device, fallback="ignore", **classifier), name)
 
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 from cnnkit import contract
 from cnnkit.errors import CnnkitError
+from cnnkit.export.artifacts import read_info
+from cnnkit.export.exporter import export as run_export
 
 if TYPE_CHECKING:
     from cnnkit.export.exporter import ExportOptions, ExportResult
@@ -108,9 +110,6 @@ def write_repository(
     A model folder already in `repo` is replaced only once the new one is complete (built in a staging folder
     inside `repo`, then renamed). Returns the ExportResult, its artefacts pointing into the repository.
     """
-    from cnnkit.export.artifacts import read_info
-    from cnnkit.export.exporter import export as run_export
-
     repo = Path(repo)
     repo.mkdir(parents=True, exist_ok=True)
     formats = ("onnx", "torchscript") if opts.torchscript else ("onnx",)

@@ -32,6 +32,9 @@ from cnnkit.export.compare import (
     compare,
 )
 from cnnkit.export.runners import Runner, onnx_runner, torch_runner
+from cnnkit.train import checkpoint
+from cnnkit.train.checkpoint import deployable
+from cnnkit.train.device import resolve_torch_device
 
 __all__ = ["AccuracyGate", "BackendParity", "CaseResult", "Gate", "ParityReport", "verify"]
 
@@ -90,9 +93,6 @@ class Reference:
 def reference(ckpt: Any, gate: Gate, seed: int = 0) -> Reference:
     import torch
 
-    from cnnkit.train.checkpoint import deployable
-    from cnnkit.train.device import resolve_torch_device
-
     dev = resolve_torch_device(gate.device)
     if dev.type == "cuda":  # fp32 parity means no TF32 on either side
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -117,8 +117,6 @@ def verify(
     `names` shows a staged file under the name it will have; the INT8/fp16 gates need the checkpoint's real test
     split (`gate.data_dir` when it is not where training found it).
     """
-    from cnnkit.train import checkpoint
-
     paths = [Path(a) for a in artefacts]
     if not paths:
         raise ModelFileError("no artefacts to verify; pass .onnx and/or .ts files")

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnkit.errors import CnnkitError, MissingExtraError
+from cnnkit.errors import CnnkitError, MissingExtraError, first_line
+from cnnkit.runtime import Classifier
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,8 +60,6 @@ class TritonEngine:
         from pytriton.decorators import batch
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
         from pytriton.triton import Triton, TritonConfig
-
-        from cnnkit.runtime import Classifier
 
         self.cfg = cfg
         self.classifier = Classifier(cfg.model, device=cfg.device)
@@ -127,8 +126,6 @@ class TritonEngine:
 
 
 def _reason(exc: BaseException, log: Path) -> str:
-    from cnnkit.errors import first_line
-
     try:
         errors = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("E")]
     except OSError:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnkit import atomic
+from cnnkit import __version__, atomic
 from cnnkit.errors import CheckpointError, first_line
 from cnnkit.spec import META_NAME, WEIGHTS_NAME, CheckpointMeta
 
@@ -103,6 +103,4 @@ def versions() -> dict[str, str]:
 
     import torch
 
-    import cnnkit
-
-    return {"cnnkit": cnnkit.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    return {"cnnkit": __version__, "torch": torch.__version__, "python": platform.python_version()}

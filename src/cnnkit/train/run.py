@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 from cnnkit.datasets import Dataset
 from cnnkit.errors import CheckpointError, DataError
 from cnnkit.spec import WEIGHTS_NAME, ModelConfig
-from cnnkit.train import distributed, resume
+from cnnkit.train import checkpoint, distributed, resume
 from cnnkit.train.config import TrainConfig, TrainResult
 from cnnkit.train.data import Split, normalisation, split_validation
+from cnnkit.train.device import choose_precision, resolve_torch_device
 from cnnkit.train.progress import Progress
 from cnnkit.train.rundir import check_out_dir, prepare_out_dir
+from cnnkit.train.steps import measure_step_rate
 
 if TYPE_CHECKING:
     import torch
@@ -107,9 +109,6 @@ def _plan(
     """Device, precision, data split, normalisation and (for a resume) the saved state, checked."""
     import torch
 
-    from cnnkit.train.device import choose_precision, resolve_torch_device
-    from cnnkit.train.steps import measure_step_rate
-
     device = resolve_torch_device(cfg.device)
     if device.type == "cuda" and world.distributed:
         device = torch.device("cuda", world.local_rank)
@@ -141,8 +140,6 @@ def _plan(
 
 def _resumed(out_dir: Path, recipe: dict[str, Any], dataset: Dataset, config: ModelConfig) -> Resumed:
     """The saved state of the run in `out_dir`, when it is the same run as the one asked for."""
-    from cnnkit.train import checkpoint
-
     saved, opt_state = resume.load(out_dir)
     ck = checkpoint.load(out_dir)
     problem = resume.mismatch(saved, recipe, dataset.fingerprint, config.to_dict())

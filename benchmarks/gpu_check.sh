@@ -88,7 +88,7 @@ if [ "$DEVICE" = cuda ]; then
   step nvidia-smi nvidia-smi
   [ "$PHASE" = all ] && step doctor "${CNNKIT[@]}" doctor --json
   # test_runtime.py's CUDA test needs onnxruntime-gpu (PHASE=all)
-  [ "$PHASE" = all ] && step pytest-cuda "$PY" -m pytest -q -m cuda tests/test_runtime.py -p no:cacheprovider
+  [ "$PHASE" = all ] && step pytest-cuda "$PY" -m pytest -q -m cuda tests/integration/test_runtime.py -p no:cacheprovider
 fi
 # accuracy on real digits (bundled sample), then throughput on a 60,000-image MNIST-sized set
 step train-sample "${CNNKIT[@]}" train --dataset sample --device "$DEVICE" --out "$WORK/run" --json

@@ -73,6 +73,15 @@ def exported(trained, tmp_path_factory):
     return export(trained.checkpoint, out, ExportOptions(formats=("onnx", "torchscript"), verify=False))
 
 
+def line_with(stream, marker: bytes) -> bytes:
+    """The first line of a subprocess's `stream` holding `marker` (synchronising on what it says, not on time);
+    fails when the stream ends first."""
+    for line in iter(stream.readline, b""):
+        if marker in line:
+            return line
+    raise AssertionError(f"the process ended without printing {marker!r}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

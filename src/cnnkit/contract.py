@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cnnkit.errors import ModelFileError
-from cnnkit.spec import class_names_problem
+from cnnkit.spec import EXPORT_PRECISIONS, class_names_problem
 
 if TYPE_CHECKING:
     from cnnkit.spec import CheckpointMeta
@@ -77,30 +77,16 @@ class ModelInfo:
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str) -> ModelInfo:
+        """Parse and bounds-check the metadata; ModelFileError naming the field on anything else."""
         try:
             d = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ModelFileError(f"{where}: cnnkit metadata is not valid JSON ({exc})") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise ModelFileError(f"{where}: cnnkit metadata is not valid JSON ({str(exc)[:80]})") from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             got = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise ModelFileError(f"{where}: metadata format {got!r}, expected {FORMAT!r}")
         try:
-            inp, norm = d["input"], d["normalization"]
-            info = cls(
-                classes=tuple(check_labels(d["classes"], where)),
-                image_size=int(inp["shape"][-1]),
-                channels=int(inp["shape"][1]),
-                mean=float(norm["mean"]),
-                std=float(norm["std"]),
-                input_name=inp["name"],
-                output_name=d["output"]["name"],
-                checkpoint_sha256=(d.get("checkpoint") or {}).get("sha256"),
-                checkpoint_path=(d.get("checkpoint") or {}).get("path"),
-                precision=str((d.get("variant") or {}).get("precision", "fp32")),
-                folded=bool((d.get("variant") or {}).get("folded", False)),
-                model_version=d.get("model_version"),
-                raw=d,
-            )
+            info = cls._from_dict(d, where)
         except (KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
             raise ModelFileError(f"{where}: incomplete cnnkit metadata (missing {exc})") from None
         if not 1 <= info.image_size <= MAX_IMAGE_SIDE or info.channels not in (1, 3):
@@ -111,6 +97,60 @@ class ModelInfo:
         if not (math.isfinite(info.mean) and math.isfinite(info.std) and info.std > 0):
             raise ModelFileError(f"{where}: metadata normalisation mean {info.mean}, std {info.std} is not usable")
         return info
+
+    @classmethod
+    def _from_dict(cls, d: dict[str, Any], where: str) -> ModelInfo:
+        inp, norm, out = _object(d, "input", where), _object(d, "normalization", where), _object(d, "output", where)
+        checkpoint = _object(d, "checkpoint", where, optional=True)
+        variant = _object(d, "variant", where, optional=True)
+        _object(d, "dataset", where, optional=True)  # the serving name is made from it
+        shape = inp["shape"]
+        if not isinstance(shape, list) or len(shape) != 4 or not all(_is_int(v) for v in shape[1:]):
+            raise ModelFileError(f"{where}: metadata input shape {str(shape)[:60]} is not [N, C, H, W]")
+        precision = variant.get("precision", "fp32")
+        if precision not in EXPORT_PRECISIONS or not isinstance(variant.get("folded", False), bool):
+            raise ModelFileError(f"{where}: metadata variant {str(variant)[:60]} is not one cnnkit writes")
+        return cls(
+            classes=tuple(check_labels(d["classes"], where)),
+            image_size=int(shape[-1]),
+            channels=int(shape[1]),
+            mean=_number(norm["mean"], "normalization mean", where),
+            std=_number(norm["std"], "normalization std", where),
+            input_name=_text(inp["name"], "input name", where),
+            output_name=_text(out["name"], "output name", where),
+            checkpoint_sha256=_text(checkpoint.get("sha256"), "checkpoint sha256", where, optional=True),
+            checkpoint_path=_text(checkpoint.get("path"), "checkpoint path", where, optional=True),
+            precision=precision,
+            folded=bool(variant.get("folded", False)),
+            model_version=_text(d.get("model_version"), "model_version", where, optional=True),
+            raw=d,
+        )
+
+
+def _object(d: dict[str, Any], key: str, where: str, optional: bool = False) -> dict[str, Any]:
+    value = d.get(key) if optional else d[key]
+    if optional and value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ModelFileError(f"{where}: metadata {key} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any, what: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ModelFileError(f"{where}: metadata {what} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _text(value: Any, what: str, where: str, optional: bool = False) -> Any:
+    """A short string (or None, where `optional`)."""
+    if (value is None and optional) or (isinstance(value, str) and 0 < len(value) <= 4096):
+        return value
+    raise ModelFileError(f"{where}: metadata {what} must be a string, got {str(value)[:40]!r}")
 
 
 def check_labels(classes: Any, where: str) -> list[str]:

@@ -94,7 +94,10 @@ def second_interrupt_exits() -> Iterator[None]:
                 return
             if not data:
                 return
-            seen += data.count(bytes([signal.SIGINT]))
+            count = data.count(bytes([signal.SIGINT]))
+            if seen == 0 and count == 1:
+                os.write(2, b"\nInterrupted: stopping (Ctrl-C again to stop at once).\n")
+            seen += count
             if seen >= 2:
                 os.write(2, b"\nInterrupted again: stopping now.\n")
                 os._exit(130)

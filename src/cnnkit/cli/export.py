@@ -137,7 +137,7 @@ def export(
     else:
         if precision == "fp16" and not as_json:
             click.echo("Note: fp16 is for CUDA; on a CPU it runs no faster than fp32.", err=True)
-        result = run_export(checkpoint, out, options)
+        result = run_export(checkpoint, out, options, progress=lambda line: click.echo(line, err=True))
     click.echo(dumps(result.to_dict()) if as_json else render_export(result))
     sys.exit(0 if result.ok else 1)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,13 +110,14 @@ def export(
     options: ExportOptions = ExportOptions(),
     *,
     final_dir: str | os.PathLike[str] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export a checkpoint into `out_dir` (default: its folder); with `options.verify`, files only land there when
     they pass the gate: fp32 exports must match the unfolded eager model within atol/rtol, INT8 and fp16 exports
     must agree with it on the real test split.
 
     The metadata records the checkpoint relative to `final_dir` (where the files will live; default `out_dir`), so
-    no absolute build path travels with a model.
+    no absolute build path travels with a model. `progress` hears of each step as it starts.
     """
     t0 = time.perf_counter()
     ckpt = checkpoint.load(checkpoint_path)
@@ -126,9 +128,13 @@ def export(
     final = {fmt: out / filename(fmt, options.precision) for fmt in options.formats}
     staged = {fmt: out / f".staging-{os.getpid()}-{path.name}" for fmt, path in final.items()}
     try:
-        meta, opset_used = _write_staged(ckpt, options, staged, Path(final_dir) if final_dir is not None else out)
+        meta, opset_used = _write_staged(
+            ckpt, options, staged, Path(final_dir) if final_dir is not None else out, progress
+        )
         report = None
         if options.verify:
+            if progress:
+                progress(f"verifying against {ckpt.path.name} on {options.gate.device}")
             names = {str(p): str(final[f]) for f, p in staged.items()}
             report = verify(list(staged.values()), ckpt.path, options.gate, names=names)
         landed = {}
@@ -168,7 +174,11 @@ def _metadata(ckpt: Checkpoint, options: ExportOptions, home: Path, calibration:
 
 
 def _write_staged(
-    ckpt: Checkpoint, options: ExportOptions, staged: dict[str, Path], home: Path
+    ckpt: Checkpoint,
+    options: ExportOptions,
+    staged: dict[str, Path],
+    home: Path,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], int | None]:
     """Write each format to its staging path; return the metadata and the ONNX opset written."""
     import torch
@@ -183,6 +193,8 @@ def _write_staged(
     opset_used = None
     with torch.inference_mode(False), torch.no_grad():
         for fmt, path in staged.items():
+            if progress:
+                progress(f"exporting {fmt} ({options.precision}{', folded' if options.fold else ''})")
             if fmt == "torchscript":
                 to_torchscript(module, meta, path)
                 continue

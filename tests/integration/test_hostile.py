@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import onnx
@@ -22,6 +21,7 @@ from cnnkit.errors import CheckpointError, ModelFileError
 from cnnkit.export.artifacts import load_torchscript, torchscript_metadata
 from cnnkit.runtime import Classifier
 from cnnkit.train import checkpoint
+from conftest import line_with as _line_with
 
 
 def rewrite(src, dst, meta=None, nan_bias=False):
@@ -139,9 +139,8 @@ def test_second_ctrl_c_ends_a_torchscript_forward_that_never_returns(exported, t
         stderr=subprocess.PIPE,
     )
     assert proc.stdout.readline().strip() == b"forever: started"  # inside the endless forward (native code)
-    time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)
+    assert b"Ctrl-C again" in _line_with(proc.stderr, b"Interrupted")  # the first one was seen
     proc.send_signal(signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=15)
@@ -206,7 +205,7 @@ def test_ctrl_c_during_export_exits_130_and_leaves_nothing(trained, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    time.sleep(4)  # inside torch.export, which wraps a KeyboardInterrupt in its own error
+    _line_with(proc.stderr, b"exporting onnx")  # torch.export starts now; it wraps a Ctrl-C in its own error
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and b"export failed" not in err, err.decode()[-500:]

@@ -3,6 +3,7 @@ one-line error, never another exception."""
 
 import io
 import json
+import math
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from cnnkit import contract
 from cnnkit.contract import ModelInfo
 from cnnkit.errors import CheckpointError, DataError, InputError, ModelFileError, RequestError
 from cnnkit.idx import read_idx
@@ -20,7 +22,7 @@ from cnnkit.runtime import images
 from cnnkit.runtime.inputs import InputSpec
 from cnnkit.serve import v2
 from cnnkit.serve.reading import top_k
-from cnnkit.spec import CheckpointMeta
+from cnnkit.spec import CONFIG_BOUNDS, CheckpointMeta, ModelConfig, class_names_problem
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 json_values = st.recursive(
@@ -114,23 +116,60 @@ def test_top_k_is_an_integer_in_range_or_a_400(value):
     assert isinstance(k, int) and 1 <= k <= 10
 
 
-@SETTINGS
-@given(json_values)
-def test_model_metadata_parses_or_is_a_model_file_error(doc):
-    try:
-        ModelInfo.from_json(json.dumps({"format": "cnnkit-model/1", **doc} if isinstance(doc, dict) else doc), "m")
-    except ModelFileError:
-        pass
+def _valid_checkpoint_meta() -> dict:
+    return CheckpointMeta(**_meta_kwargs()).to_dict()
+
+
+def _with(doc: dict, path: str, value) -> dict:
+    """`doc` (a deep copy) with the value at a dotted `path` replaced."""
+    doc = json.loads(json.dumps(doc))
+    *parents, last = path.split(".")
+    node = doc
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return doc
+
+
+MODEL_META_PATHS = ["format", "classes", "input.shape", "input.name", "normalization.mean", "normalization.std",
+                    "output.name", "checkpoint", "variant", "model_version", "dataset"]  # fmt: skip
 
 
 @SETTINGS
-@given(st.dictionaries(st.sampled_from(["format", "config", "mean", "std", "classes", "dataset"]), json_values))
-def test_checkpoint_metadata_parses_or_is_a_checkpoint_error(doc):
-    doc = {"format": "cnnkit-checkpoint/1", **doc}
+@given(st.sampled_from(MODEL_META_PATHS), json_values)
+def test_model_metadata_with_any_field_changed_parses_to_usable_facts_or_says_why(path, value):
+    valid = contract.build_metadata(CheckpointMeta(**_meta_kwargs()), "model.safetensors", "ab" * 32, {})
+    doc = _with(valid, path, value)
     try:
-        CheckpointMeta.from_dict(doc, "c")
-    except CheckpointError:
-        pass
+        info = ModelInfo.from_json(json.dumps(doc), "m")
+    except ModelFileError as exc:
+        assert str(exc).startswith("m: ")
+        return
+    assert class_names_problem(list(info.classes)) is None and info.num_classes == len(info.classes)
+    assert 1 <= info.image_size <= contract.MAX_IMAGE_SIDE and info.channels in (1, 3)
+    assert math.isfinite(info.mean) and math.isfinite(info.std) and info.std > 0
+
+
+def _meta_kwargs() -> dict:
+    return {"config": ModelConfig(), "mean": 0.13, "std": 0.31, "classes": tuple("0123456789"), "dataset": {}}
+
+
+CHECKPOINT_PATHS = ["format", "config", "mean", "std", "classes", "dataset", "world_size",
+                    *(f"config.{f}" for f in CONFIG_BOUNDS)]  # fmt: skip
+
+
+@SETTINGS
+@given(st.sampled_from(CHECKPOINT_PATHS), json_values)
+def test_checkpoint_metadata_with_any_field_changed_rebuilds_a_sane_model_or_says_why(path, value):
+    try:
+        meta = CheckpointMeta.from_dict(_with(_valid_checkpoint_meta(), path, value), "c")
+    except CheckpointError as exc:
+        assert str(exc).startswith("c: ")
+        return
+    assert len(meta.classes) == meta.config.num_classes and class_names_problem(list(meta.classes)) is None
+    assert 0 <= meta.mean <= 1 and 0 < meta.std <= 1
+    for name, (low, high) in CONFIG_BOUNDS.items():
+        assert low <= getattr(meta.config, name) <= high
 
 
 @pytest.mark.parametrize("mode", ["I;16", "F", "RGBA-white-strokes"])

@@ -150,9 +150,11 @@ def test_every_error_is_json_and_counted(server, digits):
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as s:  # a client that gives up halfway through its body
         s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n12")
-    time.sleep(0.3)
-    fams = {f.name: f for f in text_string_to_metric_families(httpx.get(server + "/metrics").text)}
-    counted = {s.labels["status"] for s in fams["cnnkit_requests"].samples if s.name == "cnnkit_requests_total"}
+    counted = set()
+    deadline = time.time() + 10
+    while "499" not in counted and time.time() < deadline:  # until the server has seen the client go
+        fams = {f.name: f for f in text_string_to_metric_families(httpx.get(server + "/metrics").text)}
+        counted = {s.labels["status"] for s in fams["cnnkit_requests"].samples if s.name == "cnnkit_requests_total"}
     assert {"400", "404", "405", "499"} <= counted and "500" not in counted
 
 
@@ -220,7 +222,9 @@ def test_sigterm_under_keep_alive_load_loses_no_sent_request(exported, digits):
 
     async def main() -> None:
         async def stop() -> None:
-            await asyncio.sleep(1.0)
+            deadline = time.time() + 3
+            while ok[0] < 64 and time.time() < deadline:  # under load: answers on every keep-alive connection
+                await asyncio.sleep(0.005)
             proc.send_signal(signal.SIGTERM)
 
         await asyncio.gather(stop(), *(client(time.time() + 4) for _ in range(32)))

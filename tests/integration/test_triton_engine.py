@@ -19,6 +19,8 @@ from conftest import free_port
 
 HAVE_PYTRITON = importlib.util.find_spec("pytriton") is not None
 NUMPY_1 = int(np.__version__.split(".")[0]) < 2
+if os.environ.get("CNNKIT_REQUIRE_TRITON") and not (HAVE_PYTRITON and NUMPY_1):  # `make triton-check`: no skip
+    raise RuntimeError(f"CNNKIT_REQUIRE_TRITON: PyTriton {HAVE_PYTRITON}, numpy {np.__version__} (needs <2)")
 engine_only = pytest.mark.skipif(
     not (HAVE_PYTRITON and NUMPY_1),
     reason="PyTriton (the 'triton' extra, numpy<2) is not installed in this interpreter; `make triton-check` runs it",

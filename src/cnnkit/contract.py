@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cnnkit.errors import ModelFileError
-from cnnkit.spec import EXPORT_PRECISIONS, class_names_problem
+from cnnkit.spec import EXPORT_FORMATS, EXPORT_PRECISIONS, class_names_problem
 
 if TYPE_CHECKING:
     from cnnkit.spec import CheckpointMeta
@@ -26,7 +26,7 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 BATCH_DIM = "batch"  # the dynamic batch dimension, named the same in the ONNX graph
 MAX_IMAGE_SIDE = 1024
-FILENAMES = {"onnx": "model.onnx", "torchscript": "model.ts"}  # in a run folder, beside the checkpoint
+FILENAMES = dict(zip(EXPORT_FORMATS, ("model.onnx", "model.ts")))  # in a run folder, beside the checkpoint
 MANIFEST = "exports.json"  # beside exported files: their SHA-256, recorded by `cnnkit export`
 MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 

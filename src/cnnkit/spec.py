@@ -19,6 +19,8 @@ DEVICES = ("auto", "cpu", "cuda")  # --device of train, predict, serve, evaluate
 BENCH_DEVICES = ("cpu", "cuda")  # where a measurement or a parity check runs: never "auto"
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 EXPORT_PRECISIONS = ("fp32", "int8", "fp16")  # an exported file's weights and arithmetic
+EXPORT_FORMATS = ("onnx", "torchscript")
+TRITON_INSTANCE_KINDS = ("auto", "gpu", "cpu")  # where Triton runs a model's instances (auto: a GPU if it has one)
 DATASETS = ("mnist", "fashion-mnist", "sample")
 
 # ------------------------------------------------------------------------------------- class names

@@ -7,7 +7,7 @@ import sys
 import click
 
 from cnnkit.cli.common import Finite, dumps, gate_from, gate_options, int_list, require
-from cnnkit.spec import BENCH_DEVICES, EXPORT_PRECISIONS
+from cnnkit.spec import BENCH_DEVICES, EXPORT_FORMATS, EXPORT_PRECISIONS, TRITON_INSTANCE_KINDS
 
 
 @click.command()
@@ -15,7 +15,7 @@ from cnnkit.spec import BENCH_DEVICES, EXPORT_PRECISIONS
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["onnx", "torchscript", "all", "triton"]),
+    type=click.Choice([*EXPORT_FORMATS, "all", "triton"]),
     default="all",
     show_default=True,
     help="triton: a Triton model repository (config.pbtxt, labels, 1/model.onnx) in --out.",
@@ -71,7 +71,7 @@ from cnnkit.spec import BENCH_DEVICES, EXPORT_PRECISIONS
 @click.option("--queue-delay-us", type=click.IntRange(0, 10_000_000), default=2000, show_default=True, help="triton.")
 @click.option(
     "--instance-kind",
-    type=click.Choice(["auto", "gpu", "cpu"]),
+    type=click.Choice(TRITON_INSTANCE_KINDS),
     default="auto",
     show_default=True,
     help="triton: where instances run (auto: a GPU where Triton has one).",
@@ -104,10 +104,10 @@ def export(
     """Export a checkpoint to ONNX and/or TorchScript (uint8 in, logits out), or a Triton model repository."""
     require("torch", "onnx")
     from cnnkit.cli.render import render_export
-    from cnnkit.export.exporter import FORMATS, ExportOptions
+    from cnnkit.export.exporter import ExportOptions
     from cnnkit.export.exporter import export as run_export
 
-    formats = FORMATS if fmt in ("all", "triton") else (fmt,)
+    formats = EXPORT_FORMATS if fmt in ("all", "triton") else (fmt,)
     if precision != "fp32" and fmt == "all":
         formats = ("onnx",)  # reduced precision is an ONNX variant; the TorchScript file stays fp32
     options = ExportOptions(

@@ -7,7 +7,7 @@ import sys
 import click
 
 from cnnkit.cli.common import check_destinations, emit_json, make_classifier
-from cnnkit.spec import DEVICES
+from cnnkit.spec import DATASETS, DEVICES
 
 
 @click.command()
@@ -60,7 +60,7 @@ def doctor(as_json):
 @click.argument("model", type=click.Path())
 @click.option(
     "--dataset",
-    type=click.Choice(["mnist", "fashion-mnist", "sample"]),
+    type=click.Choice(DATASETS),
     default=None,
     help="Labelled data (default: the dataset the model records, checked by its fingerprint).",
 )

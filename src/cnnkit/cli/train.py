@@ -10,7 +10,7 @@ from click.core import ParameterSource
 
 from cnnkit.cli.common import Finite, emit_json, require
 from cnnkit.errors import CheckpointError
-from cnnkit.spec import DEVICES
+from cnnkit.spec import DATASETS, DEVICES, TRAIN_PRECISIONS
 from cnnkit.train.config import RECIPE_FIELDS, TrainConfig
 
 # options that define the run; with --resume they come from the run, and a different value given is refused
@@ -21,7 +21,7 @@ D = TrainConfig()  # the defaults live in one place
 @click.command()
 @click.option(
     "--dataset",
-    type=click.Choice(["mnist", "fashion-mnist", "sample"]),
+    type=click.Choice(DATASETS),
     default=None,
     help="Dataset (default: MNIST, falling back to the bundled sample when offline).",
 )
@@ -52,7 +52,7 @@ D = TrainConfig()  # the defaults live in one place
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option(
     "--precision",
-    type=click.Choice(["auto", "fp32", "bf16"]),
+    type=click.Choice(TRAIN_PRECISIONS),
     default=D.precision,
     show_default=True,
     help="auto: bf16 autocast where the hardware runs it natively (CUDA 8.0+, CPUs with AMX), else fp32.",

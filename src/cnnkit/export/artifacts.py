@@ -13,7 +13,6 @@ from cnnkit import atomic, contract
 from cnnkit.atomic import sha256_file
 from cnnkit.errors import CheckpointError, ModelFileError, first_line
 
-FORMATS = ("onnx", "torchscript")
 MAX_CHECKPOINT_BYTES = 4 << 30
 
 

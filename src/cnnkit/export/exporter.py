@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 from cnnkit import contract
 from cnnkit.errors import CnnkitError
 from cnnkit.export import precision
-from cnnkit.export.artifacts import FORMATS, record_exports
+from cnnkit.export.artifacts import record_exports
 from cnnkit.export.compare import Gate
 from cnnkit.export.formats import fp32_proto, to_torchscript, write_onnx
 from cnnkit.export.verify import verify
-from cnnkit.spec import EXPORT_PRECISIONS
+from cnnkit.spec import EXPORT_FORMATS, EXPORT_PRECISIONS
 from cnnkit.train import checkpoint
 from cnnkit.train.checkpoint import deployable
 
@@ -26,14 +26,14 @@ if TYPE_CHECKING:
     from cnnkit.export.verify import ParityReport
     from cnnkit.train.checkpoint import Checkpoint
 
-__all__ = ["FORMATS", "ExportOptions", "ExportResult", "export", "filename"]
+__all__ = ["ExportOptions", "ExportResult", "export", "filename"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class ExportOptions:
     """What to export and how it is judged (built once from the CLI)."""
 
-    formats: tuple[str, ...] = FORMATS
+    formats: tuple[str, ...] = EXPORT_FORMATS
     precision: str = "fp32"  # fp32 | int8 | fp16 (ONNX only)
     fold: bool = True  # fc1 and fc2 folded into one exact linear layer; False mirrors the training module
     opset: int | None = None  # default: the exporter's
@@ -45,9 +45,9 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if self.precision not in EXPORT_PRECISIONS:
             raise CnnkitError(f"unknown precision {self.precision!r}; expected one of {', '.join(EXPORT_PRECISIONS)}")
-        unknown = [f for f in self.formats if f not in FORMATS]
+        unknown = [f for f in self.formats if f not in EXPORT_FORMATS]
         if unknown or not self.formats:
-            raise CnnkitError(f"formats {list(self.formats)}: expected some of {', '.join(FORMATS)}")
+            raise CnnkitError(f"formats {list(self.formats)}: expected some of {', '.join(EXPORT_FORMATS)}")
         if self.precision != "fp32" and "torchscript" in self.formats:
             raise CnnkitError(f"--precision {self.precision} applies to ONNX only; use --format onnx")
         if self.calibration_images < 1:

@@ -21,11 +21,12 @@ from cnnkit import contract
 from cnnkit.errors import CnnkitError
 from cnnkit.export.artifacts import read_info
 from cnnkit.export.exporter import export as run_export
+from cnnkit.spec import TRITON_INSTANCE_KINDS
 
 if TYPE_CHECKING:
     from cnnkit.export.exporter import ExportOptions, ExportResult
 
-INSTANCE_KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+INSTANCE_KINDS = {kind: f"KIND_{kind.upper()}" for kind in TRITON_INSTANCE_KINDS}  # Triton's names
 LABELS = "labels.txt"
 # the PyTorch backend names outputs by position (TorchScript outputs have no names): <name>__<index>
 LIBTORCH_OUTPUT = f"{contract.OUTPUT_NAME}__0"

@@ -123,7 +123,7 @@ def bomb_png() -> bytes:
         ),
         ({"json": {"images": [[[0] * 28] * 28], "top_k": 0}}, 400, "top_k must be an integer 1..10"),
         ({"content": b"[" * 100_000, "headers": {"content-type": "application/json"}}, 400, "invalid JSON"),
-        ({"json": {"images": [[[[0] * 28] * 28] * 2]}}, 400, "holds 2 images"),
+        ({"json": {"images": [[[[0] * 28] * 28] * 2]}}, 400, "more than the 784 elements"),
         ({"content": b"--x\r\n", "headers": {"content-type": "multipart/form-data"}}, 400, "multipart body"),
         ({"content": iter([b"\x00" * 65536] * 40), "headers": {"content-type": "image/png"}}, 413, "byte limit"),
         ({"content": bomb_png(), "headers": {"content-type": "image/png"}}, 400, "pixels; the limit is 4,194,304"),

@@ -45,6 +45,20 @@ from cnnkit.spec import DEVICES
     help="After SIGTERM: keep answering this long, with Connection: close and /readyz 503, then shut down.",
 )
 @click.option(
+    "--read-timeout-s",
+    type=Finite(0.1, 300),
+    default=10.0,
+    show_default=True,
+    help="Most time to read and decode one request's body (/v1 and /v2); beyond it, 503.",
+)
+@click.option(
+    "--max-inflight-mb",
+    type=Finite(1, 65_536),
+    default=64.0,
+    show_default=True,
+    help="Request bodies held in memory at once, until decoded; beyond it, new bodies get 503.",
+)
+@click.option(
     "--engine",
     type=click.Choice(["cnnkit", "triton"]),
     default="cnnkit",
@@ -66,6 +80,8 @@ def serve(
     threads,
     max_pixels,
     drain_s,
+    read_timeout_s,
+    max_inflight_mb,
     engine,
     model_name,
     grpc_port,
@@ -112,6 +128,8 @@ def serve(
         drain_s=drain_s,
         max_image_pixels=max_pixels,
         max_request_pixels=max(max_pixels, 4096 * 4096),
+        request_timeout_s=read_timeout_s,
+        max_inflight_bytes=int(max_inflight_mb * 2**20),
     )
     clf = make_classifier(model, device, intra_op_threads=threads, max_batch=max(max_batch, max_images))
     click.echo(

@@ -29,7 +29,7 @@ from cnnkit.runtime import Classifier, predictions, softmax
 from cnnkit.serve import v2
 from cnnkit.serve.batching import Batcher, BatchFailed
 from cnnkit.serve.metrics import Metrics
-from cnnkit.serve.reading import InFlight, Limits, parse_request, read_body
+from cnnkit.serve.reading import InFlight, Limits, Ticket, parse_request, read_body, without_frames
 from cnnkit.serve.shutdown import CloseWhileDraining, ServingState, serve_until_signalled
 
 
@@ -95,19 +95,25 @@ class Service:
 
     # ------------------------------------------------------------------------------------ cnnkit's API
 
+    def refuse(self, endpoint: str, exc: BaseException) -> Response:
+        """The answer to a request that could not be read: its status (400 for input errors, 503 past the time
+        budget) and one line; the exception's frames are dropped so nothing the request held outlives it."""
+        if isinstance(exc, asyncio.TimeoutError):
+            status, message = 503, f"request not read and decoded within {self.cfg.request_timeout_s} s"
+        else:
+            status, message = (exc.status if isinstance(exc, RequestError) else 400), str(exc)
+        without_frames(exc)
+        return self.answer(endpoint, status, {"error": message})
+
     async def predict(self, request: Request) -> Response:
         t0 = time.perf_counter()
         cfg = self.cfg
-        try:
-            read = parse_request(request, self.clf, cfg.limits, self.inflight, self.pool)
-            batch, k = await asyncio.wait_for(read, timeout=cfg.request_timeout_s)
-        except RequestError as exc:
-            return self.answer("predict", exc.status, {"error": str(exc)})
-        except CnnkitError as exc:  # InputError from decoding/validation
-            return self.answer("predict", 400, {"error": str(exc)})
-        except asyncio.TimeoutError:
-            message = f"request not read and decoded within {cfg.request_timeout_s} s"
-            return self.answer("predict", 503, {"error": message})
+        with self.inflight.ticket() as ticket:
+            try:
+                read = parse_request(request, self.clf, cfg.limits, ticket, self.pool)
+                batch, k = await asyncio.wait_for(read, timeout=cfg.request_timeout_s)
+            except (CnnkitError, asyncio.TimeoutError) as exc:  # RequestError, InputError from decoding
+                return self.refuse("predict", exc)
         logits = await self.run_model("predict", batch)
         if isinstance(logits, Response):
             return logits
@@ -178,21 +184,29 @@ class Service:
 
     async def v2_infer(self, request: Request) -> Response:
         t0 = time.perf_counter()
-        try:
-            problem = self.v2_model_problem(request)
-            if problem:
-                raise RequestError(problem)
-            body = await read_body(request, self.cfg.max_body_bytes, self.inflight)
-            req = v2.parse_infer(body, request.headers.get(v2.HEADER_LENGTH), self.clf, self.cfg.max_images)
-        except RequestError as exc:
-            return self.answer("v2_infer", exc.status, {"error": str(exc)})
+        problem = self.v2_model_problem(request)
+        if problem:
+            return self.answer("v2_infer", 400, {"error": problem})
+        loop = asyncio.get_running_loop()
+        with self.inflight.ticket() as ticket:
+            try:
+                req = await asyncio.wait_for(self._read_v2(request, ticket), timeout=self.cfg.request_timeout_s)
+            except (CnnkitError, asyncio.TimeoutError) as exc:
+                return self.refuse("v2_infer", exc)
         logits = await self.run_model("v2_infer", req.images)
         if isinstance(logits, Response):
             return logits
-        content, headers = v2.response(req, logits, self.clf, self.name)
+        content, headers = await loop.run_in_executor(self.pool, v2.response, req, logits, self.clf, self.name)
         self.metrics.latency.observe(time.perf_counter() - t0)
         self.metrics.requests.labels("v2_infer", "200").inc()
         return Response(content, headers=headers)
+
+    async def _read_v2(self, request: Request, ticket: Ticket) -> v2.InferRequest:
+        """The body within its bounds, then parsed in the decode pool (never on the event loop)."""
+        body = await read_body(request, self.cfg.max_body_bytes, ticket)
+        header = request.headers.get(v2.HEADER_LENGTH)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, v2.parse_infer, body, header, self.clf, self.cfg.max_images)
 
     # ------------------------------------------------------------------------------ errors, lifespan
 

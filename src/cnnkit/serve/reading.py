@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from cnnkit.errors import RequestError
 from cnnkit.runtime import Classifier
 from cnnkit.runtime import images as imgs
+from cnnkit.serve.elements import flat_numbers
 
 log = logging.getLogger("uvicorn.error").getChild("cnnkit")  # printed where uvicorn prints
 
@@ -42,11 +44,34 @@ class Limits:
 
 
 class InFlight:
-    """Request-body bytes held in memory by all requests together; beyond `limit`, new bodies get a 503."""
+    """Request-body bytes held in memory by all requests together, counted from the first byte read until the
+    request's body is no longer needed (decoded or parsed); beyond `limit`, a new body gets a 503."""
 
     def __init__(self, limit: int):
         self.limit = limit
         self.bytes = 0
+
+    @contextlib.contextmanager
+    def ticket(self) -> Iterator[Ticket]:
+        """One request's share, given back when the block ends."""
+        ticket = Ticket(self)
+        try:
+            yield ticket
+        finally:
+            self.bytes -= ticket.bytes
+            ticket.bytes = 0
+
+
+class Ticket:
+    def __init__(self, inflight: InFlight):
+        self.inflight = inflight
+        self.bytes = 0
+
+    def take(self, n: int) -> None:
+        if self.inflight.bytes + n > self.inflight.limit:
+            raise RequestError("server busy: too many request bytes in flight; retry", 503)
+        self.inflight.bytes += n
+        self.bytes += n
 
 
 class PixelBudget:
@@ -63,26 +88,21 @@ class PixelBudget:
         return decoded.pixels
 
 
-async def read_body(request: Request, limit: int, inflight: InFlight | None = None) -> bytes:
+async def read_body(request: Request, limit: int, ticket: Ticket | None = None) -> bytes:
     """The request body, at most `limit` bytes whatever the framing (Content-Length or chunked): the limit is
-    enforced while it streams in, so an oversized upload is refused without being stored."""
+    enforced while it streams in, so an oversized upload is refused without being stored. Its bytes count on
+    `ticket` (the server's bytes in flight) until the caller's ticket block ends."""
     declared = request.headers.get("content-length")
     if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise RequestError(f"body of {int(declared)} bytes exceeds the {limit}-byte limit", 413)
     chunks, size = [], 0
-    try:
-        async for chunk in _stream(request):
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(f"body exceeds the {limit}-byte limit", 413)
-            if inflight is not None:
-                if inflight.bytes + len(chunk) > inflight.limit:
-                    raise RequestError("server busy: too many request bytes in flight; retry", 503)
-                inflight.bytes += len(chunk)
-            chunks.append(chunk)
-    finally:
-        if inflight is not None:
-            inflight.bytes -= sum(len(c) for c in chunks)
+    async for chunk in _stream(request):
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"body exceeds the {limit}-byte limit", 413)
+        if ticket is not None:
+            ticket.take(len(chunk))
+        chunks.append(chunk)
     return b"".join(chunks)
 
 
@@ -95,6 +115,19 @@ async def _stream(request: Request) -> AsyncIterator[bytes]:
         client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
         log.info("%s disconnected before sending its whole request body", client)
         raise RequestError("client disconnected", 499) from None
+
+
+def without_frames(exc: BaseException) -> BaseException:
+    """`exc` with its traceback (and those of the exceptions chained to it) dropped: a refusal keeps no frame
+    alive, so nothing a refused request held (its body, a half-built array) waits for the garbage collector."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        cur.__traceback__ = None
+        cur = cur.__cause__ or cur.__context__
+    exc.__context__ = exc.__cause__ = None
+    return exc
 
 
 def top_k(value: Any, num_classes: int) -> int:
@@ -118,9 +151,12 @@ def _json_image(item: Any, clf: Classifier, invert: bool | None, index: int, bud
             raise RequestError(f"images[{index}]: not valid base64") from None
         return budget.decode(data, clf, invert, f"images[{index}]")
     if isinstance(item, list):
+        spec = clf.input_spec
+        # at most one image's numbers, checked one by one before numpy sees the list
+        flat_numbers(item, spec.channels * spec.height * spec.width, 4, f"images[{index}]", integers=False)
         try:
             arr = np.asarray(item, dtype=np.float64) if _has_float(item) else np.asarray(item)
-        except (ValueError, TypeError, OverflowError, RecursionError):
+        except (ValueError, TypeError, OverflowError):
             raise RequestError(f"images[{index}]: pixel rows are ragged or not numbers") from None
         batch = clf.as_batch(arr)
         if len(batch) != 1:
@@ -198,7 +234,7 @@ def _content_type(request: Request) -> str:
 
 
 async def parse_request(
-    request: Request, clf: Classifier, limits: Limits, inflight: InFlight | None = None, pool: Executor | None = None
+    request: Request, clf: Classifier, limits: Limits, ticket: Ticket | None = None, pool: Executor | None = None
 ) -> tuple[np.ndarray, int]:
     """Request -> (uint8 batch [N,C,H,W], top_k). Raises RequestError with the HTTP status to answer.
 
@@ -212,7 +248,7 @@ async def parse_request(
     if invert_text not in INVERT:
         raise RequestError(f"invert must be one of {', '.join(INVERT)}, got {invert_text[:20]!r}")
     invert = INVERT[invert_text]
-    body = await read_body(request, limits.max_body_bytes, inflight)
+    body = await read_body(request, limits.max_body_bytes, ticket)
     budget = PixelBudget(limits.max_request_pixels, limits.max_image_pixels)
 
     def decode_all(items: list[tuple[str, bytes]]) -> list[np.ndarray]:

@@ -23,6 +23,7 @@ import numpy as np
 from cnnkit import __version__
 from cnnkit.errors import RequestError
 from cnnkit.runtime import Classifier
+from cnnkit.serve.elements import flat_numbers
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data", "classification"]
@@ -66,7 +67,8 @@ def _obj(value: Any, what: str) -> dict[str, Any]:
 
 def _int(value: Any, what: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise RequestError(f"{what} must be an integer in {low}..{high}, got {json.dumps(value)[:40]}")
+        shown = f"a {type(value).__name__}" if isinstance(value, (list, dict)) else str(value)[:40]
+        raise RequestError(f"{what} must be an integer in {low}..{high}, got {shown}")
     return value
 
 
@@ -74,7 +76,9 @@ def parse_infer(body: bytes, header_length: str | None, clf: Classifier, max_ima
     """An infer request body -> the uint8 batch and the outputs asked for; RequestError naming what is wrong."""
     if header_length is not None:
         if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
-            raise RequestError(f"{HEADER_LENGTH} {header_length!r} is not a length within the {len(body)}-byte body")
+            raise RequestError(
+                f"{HEADER_LENGTH} {header_length[:20]!r} is not a length within the {len(body)}-byte body"
+            )
         split = int(header_length)
         header, binary = body[:split], body[split:]
     else:
@@ -91,12 +95,12 @@ def parse_infer(body: bytes, header_length: str | None, clf: Classifier, max_ima
         raise RequestError(f'"inputs" must be a list holding the one input tensor "{spec.name}"')
     tensor = _obj(inputs[0], "inputs[0]")
     if tensor.get("name") != spec.name:
-        raise RequestError(f"unknown input {tensor.get('name')!r}; this model's input is {spec.name!r}")
+        raise RequestError(f"unknown input {str(tensor.get('name'))[:40]!r}; this model's input is {spec.name!r}")
     if tensor.get("datatype") != "UINT8":
-        raise RequestError(f"input {spec.name!r} has datatype {tensor.get('datatype')!r}; expected 'UINT8'")
+        raise RequestError(f"input {spec.name!r} has datatype {str(tensor.get('datatype'))[:20]!r}; expected 'UINT8'")
     shape = tensor.get("shape")
     if not isinstance(shape, list) or len(shape) != 4:
-        raise RequestError(f"input shape {shape!r}; expected [N, {', '.join(map(str, spec.image_shape))}]")
+        raise RequestError(f"input shape {str(shape)[:60]}; expected [N, {', '.join(map(str, spec.image_shape))}]")
     n = _int(shape[0], "the batch dimension", 1, max_images)
     if [_int(d, "a dimension", 0, 1 << 20) for d in shape[1:]] != list(spec.image_shape):
         raise RequestError(f"input shape {shape}; expected [N, {', '.join(map(str, spec.image_shape))}]")
@@ -113,41 +117,46 @@ def parse_infer(body: bytes, header_length: str | None, clf: Classifier, max_ima
         if binary:
             raise RequestError("binary data after the header, but the input has no binary_data_size")
         images = _json_tensor(tensor.get("data"), shape, count)
-    binary_default = bool(params.get("binary_data_output", False))
+    binary_default = params.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise RequestError("parameters.binary_data_output must be true or false")
     outputs = _outputs(doc.get("outputs"), clf, binary_default)
     rid = doc.get("id")
     return InferRequest(id=str(rid) if rid is not None else None, images=images, outputs=outputs)
 
 
 def _json_tensor(data: Any, shape: list[int], count: int) -> np.ndarray:
-    if not isinstance(data, list):
+    """`data` (flat or nested) as the uint8 tensor of `shape`: exactly `count` integers 0..255, checked element by
+    element before any array is built."""
+    if data is None:
         raise RequestError('input has neither "data" nor binary_data_size')
-    try:
-        arr = np.asarray(data)
-    except (ValueError, RecursionError):
-        raise RequestError("input data is ragged or too deeply nested") from None
-    if arr.dtype.kind not in "iu" or arr.size != count:
-        raise RequestError(f"input data must be {count} integers 0..255 for shape {shape}, got {arr.size} {arr.dtype}")
+    values = flat_numbers(data, count, len(shape), "input data")
+    if len(values) != count:
+        raise RequestError(f"input data must be {count} integers 0..255 for shape {shape}, got {len(values)}")
+    arr = np.array(values, dtype=np.int64)
     if arr.size and (arr.min() < 0 or arr.max() > 255):
         raise RequestError("UINT8 input data outside 0..255")
     return arr.astype(np.uint8).reshape(shape)
 
 
 def _outputs(requested: Any, clf: Classifier, binary_default: bool) -> list[RequestedOutput]:
+    """The outputs asked for: each of the model's outputs at most once (it has one), else a 400."""
     name = clf.info.output_name
     if requested is None:
         return [RequestedOutput(name=name, binary=binary_default, classification=0)]
     if not isinstance(requested, list) or not requested:
         raise RequestError('"outputs" must be a non-empty list')
-    out = []
-    for i, item in enumerate(requested):
-        item = _obj(item, f"outputs[{i}]")
-        if item.get("name") != name:
-            raise RequestError(f"unknown output {item.get('name')!r}; this model's output is {name!r}")
-        p = _obj(item.get("parameters") or {}, f"outputs[{i}].parameters")
-        k = _int(p.get("classification", 0), "classification", 0, clf.info.num_classes)
-        out.append(RequestedOutput(name=name, binary=bool(p.get("binary_data", binary_default)), classification=k))
-    return out
+    if len(requested) > 1:
+        raise RequestError(f'"outputs" names {len(requested)} outputs; this model has one, {name!r}: ask for it once')
+    item = _obj(requested[0], "outputs[0]")
+    if item.get("name") != name:
+        raise RequestError(f"unknown output {str(item.get('name'))[:40]!r}; this model's output is {name!r}")
+    p = _obj(item.get("parameters") or {}, "outputs[0].parameters")
+    k = _int(p.get("classification", 0), "classification", 0, clf.info.num_classes)
+    binary = p.get("binary_data", binary_default)
+    if not isinstance(binary, bool):
+        raise RequestError("outputs[0].parameters.binary_data must be true or false")
+    return [RequestedOutput(name=name, binary=binary, classification=k)]
 
 
 def _classification(logits: np.ndarray, k: int, classes: tuple[str, ...]) -> np.ndarray:

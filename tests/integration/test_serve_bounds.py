@@ -1,0 +1,161 @@
+"""Memory the server holds is bounded by its limits on every protocol, and the event loop is never what parses:
+oversized or lying V2 bodies, string data, refused requests' arrays, slow bodies, bodies waiting to be decoded."""
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from cnnkit.runtime import Classifier
+from cnnkit.serve import ServeConfig, create_app, v2
+from cnnkit.serve import reading as reading_module
+from conftest import png, start_server
+
+NAME = "cnnkit-mnist-sample"
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """The process's resident memory now (VmRSS) or at its peak so far (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field}")
+
+
+@pytest.fixture(scope="module")
+def big_server(exported):
+    """A server with the default 8 MB body limit (the session's server has 1 MB) and a 1 s read deadline."""
+    proc, url = start_server(exported.artefacts["onnx"], "--read-timeout-s", "1")
+    yield proc, url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def v2_json(data, outputs=None) -> dict:
+    doc = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 1, 28, 28], "data": data}]}
+    if outputs is not None:
+        doc["outputs"] = outputs
+    return doc
+
+
+def test_an_output_asked_for_more_than_once_is_a_400(big_server):
+    _, url = big_server
+    doc = v2_json([0] * 784, outputs=[{"name": "logits"}] * 4000)
+    r = httpx.post(f"{url}/v2/models/{NAME}/infer", json=doc, timeout=10)
+    assert r.status_code == 400 and "ask for it once" in r.json()["error"] and len(r.content) < 500
+
+
+@pytest.mark.parametrize("where", ["v2", "v1"])
+def test_string_data_is_refused_before_any_array_is_built(big_server, where):
+    proc, url = big_server
+    before = rss_mb(proc.pid, "VmHWM")
+    strings = ["x" * 25_000] + ["y"] * 20_000  # as a numpy array: 20,001 x 25,000 characters x 4 bytes = 2 GB
+    if where == "v2":
+        r = httpx.post(f"{url}/v2/models/{NAME}/infer", json=v2_json(strings), timeout=10)
+    else:
+        r = httpx.post(f"{url}/v1/predict", json={"images": [strings]}, timeout=10)
+    assert r.status_code == 400 and ("integers only" in r.json()["error"] or "numbers only" in r.json()["error"])
+    assert rss_mb(proc.pid, "VmHWM") - before < 50  # the peak: on the old parser, 2 GB
+
+
+def test_refused_requests_leave_no_memory_behind(big_server):
+    """20 requests that are each refused after the body was read and partly parsed: RSS stays flat."""
+    proc, url = big_server
+    bad_tail = [0] * (784 * 255) + ["not a number"]  # 255 images' worth of numbers, then a string
+    doc = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [256, 1, 28, 28], "data": bad_tail}]}
+    body = json.dumps(doc).encode()
+    images = {"images": [[[0] * 28] * 28] * 255 + [[["x"] * 28] * 28]}
+    httpx.post(f"{url}/v2/models/{NAME}/infer", content=body, timeout=10)  # the allocator's first growth
+    before = rss_mb(proc.pid)
+    for _ in range(10):
+        assert httpx.post(f"{url}/v2/models/{NAME}/infer", content=body, timeout=10).status_code == 400
+        assert httpx.post(f"{url}/v1/predict", json=images, timeout=10).status_code == 400
+    assert rss_mb(proc.pid) - before < 64, f"RSS grew {rss_mb(proc.pid) - before:.0f} MB across 20 refusals"
+
+
+def _trickle(url: str, path: str) -> tuple[bytes, float]:
+    """POST a body one byte every 0.2 s; (the answer's first bytes, seconds until it came)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        s.sendall(head.encode())
+        t0 = time.monotonic()
+        s.settimeout(0.2)
+        answer = b""
+        while time.monotonic() - t0 < 8 and not answer:
+            try:
+                s.sendall(b" ")
+                answer = s.recv(4096)
+            except TimeoutError:
+                continue
+        return answer, time.monotonic() - t0
+
+
+def test_a_body_that_trickles_in_meets_the_read_deadline_on_both_protocols(big_server):
+    _, url = big_server
+    results = {}
+    threads = [
+        threading.Thread(target=lambda p=p: results.__setitem__(p, _trickle(url, p)))
+        for p in ("/v1/predict", f"/v2/models/{NAME}/infer")
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    for path, (answer, seconds) in results.items():
+        assert answer.startswith(b"HTTP/1.1 503") and b"not read" in answer, (path, answer[:200])
+        assert seconds < 3, (path, seconds)  # the 1 s deadline, not the client's pace
+    assert len(results) == 2
+
+
+def _in_process(exported, **cfg) -> TestClient:
+    clf = Classifier(exported.artefacts["onnx"], device="cpu")
+    return TestClient(create_app(clf, ServeConfig(**cfg)))
+
+
+def test_v2_json_is_parsed_in_the_decode_pool_not_on_the_event_loop(exported, monkeypatch):
+    threads = []
+    parse = v2.parse_infer
+
+    def recording(*args):
+        threads.append(threading.current_thread().name)
+        return parse(*args)
+
+    monkeypatch.setattr(v2, "parse_infer", recording)
+    with _in_process(exported) as client:
+        r = client.post(f"/v2/models/{NAME}/infer", json=v2_json([0] * 784))
+    assert r.status_code == 200 and threads and all(t.startswith("cnnkit-decode") for t in threads)
+
+
+def test_bodies_waiting_for_the_decode_pool_count_as_in_flight(exported, monkeypatch):
+    """A body read but not yet decoded still counts: with it held, a second body over the cap gets a 503."""
+    release, decoding = threading.Event(), threading.Event()
+    decode = reading_module.imgs.decode
+
+    def held(*args, **kwargs):
+        decoding.set()
+        release.wait(10)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(reading_module.imgs, "decode", held)
+    body = png(np.zeros((28, 28), np.uint8)) + b"\0" * 600_000  # PNG ignores trailing bytes
+    results = {}
+    with _in_process(exported, max_inflight_bytes=1_000_000, decode_threads=1) as client:
+
+        def post(name):
+            results[name] = client.post("/v1/predict", content=body, headers={"content-type": "image/png"})
+
+        first = threading.Thread(target=post, args=("first",))
+        first.start()
+        assert decoding.wait(10)  # the first body is read and waits in the decoder
+        post("second")
+        release.set()
+        first.join(10)
+    assert results["second"].status_code == 503 and "in flight" in results["second"].json()["error"]
+    assert results["first"].status_code == 200

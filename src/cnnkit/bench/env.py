@@ -23,12 +23,38 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+RELEVANT_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
+
+
+def cpu_flags() -> list[str]:
+    """The CPU features that decide which kernels run fastest (AVX2, AVX-512, VNNI, AMX), as /proc/cpuinfo has them."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [f for f in RELEVANT_FLAGS if f in present]
+    except OSError:
+        pass
+    return []
+
+
 def environment(device: str, threads: int) -> dict[str, Any]:
     """Versions and hardware; torch's details only where this process already uses torch."""
     import onnxruntime as ort
 
     env: dict[str, Any] = {
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpu_cores": os.cpu_count(),
         "threads": threads,
         "platform": platform.platform(),

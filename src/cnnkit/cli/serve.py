@@ -59,6 +59,13 @@ from cnnkit.spec import DEVICES
     help="Request bodies held in memory at once, until decoded; beyond it, new bodies get 503.",
 )
 @click.option(
+    "--http",
+    type=click.Choice(["h11", "httptools"]),
+    default="httptools",
+    show_default=True,
+    help="HTTP parser: httptools (faster) or h11; both refuse request heads over 64 KB.",
+)
+@click.option(
     "--engine",
     type=click.Choice(["cnnkit", "triton"]),
     default="cnnkit",
@@ -82,6 +89,7 @@ def serve(
     drain_s,
     read_timeout_s,
     max_inflight_mb,
+    http,
     engine,
     model_name,
     grpc_port,
@@ -130,6 +138,7 @@ def serve(
         max_request_pixels=max(max_pixels, 4096 * 4096),
         request_timeout_s=read_timeout_s,
         max_inflight_bytes=int(max_inflight_mb * 2**20),
+        http=http,
     )
     clf = make_classifier(model, device, intra_op_threads=threads, max_batch=max(max_batch, max_images))
     click.echo(

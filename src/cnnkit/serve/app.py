@@ -28,6 +28,7 @@ from cnnkit.errors import CnnkitError, ModelFileError, RequestError
 from cnnkit.runtime import Classifier, predictions, softmax
 from cnnkit.serve import v2
 from cnnkit.serve.batching import Batcher, BatchFailed
+from cnnkit.serve.http import bounded_httptools
 from cnnkit.serve.metrics import Metrics
 from cnnkit.serve.reading import InFlight, Limits, Ticket, parse_request, read_body, without_frames
 from cnnkit.serve.shutdown import CloseWhileDraining, ServingState, serve_until_signalled
@@ -47,6 +48,8 @@ class ServeConfig:
     limit_concurrency: int = 512  # open connections + tasks, uvicorn's limit (503 beyond)
     timeout_keep_alive_s: float = 5.0
     drain_s: float = 1.0  # after SIGTERM: answer, but close connections and fail readyz, before shutting down
+    http: str = "httptools"  # uvicorn's HTTP parser: httptools (bounded by cnnkit) or h11
+    max_header_bytes: int = 64 * 1024  # request line + headers; beyond it, 431
     top_k: int = 3
     model_name: str | None = None  # in the KServe V2 paths; default: the model's serving name
 
@@ -286,6 +289,7 @@ def run(
         timeout_graceful_shutdown=30,
         limit_concurrency=cfg.limit_concurrency,  # beyond it uvicorn answers 503 at once
         timeout_keep_alive=int(max(1, cfg.timeout_keep_alive_s)),
-        h11_max_incomplete_event_size=64 * 1024,  # request line + headers
+        http=bounded_httptools(cfg.max_header_bytes) if cfg.http == "httptools" else "h11",
+        h11_max_incomplete_event_size=cfg.max_header_bytes,  # request line + headers (h11's own limit)
     )
     serve_until_signalled(config, app.state.serving, cfg.drain_s)

@@ -107,7 +107,8 @@ def test_a_failing_backend_is_a_row_and_the_others_still_land(trained, exported,
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(exported.artefacts["onnx"], run / "model.onnx")
-    (run / "model.ts").write_bytes(b"PK\x03\x04 this is not a TorchScript archive")
+    broken = tmp_path / "broken.ts"  # named on the command line, so bench tries to load it
+    broken.write_bytes(b"PK\x03\x04 this is not a TorchScript archive")
     for f in Path(trained.checkpoint).parent.iterdir():
         if f.name in ("model.safetensors", "checkpoint.json"):
             shutil.copy(f, run / f.name)
@@ -117,6 +118,7 @@ def test_a_failing_backend_is_a_row_and_the_others_still_land(trained, exported,
         [
             "bench",
             str(run),
+            str(broken),
             "--batch-sizes",
             "1,2",
             "--warmup",

@@ -99,25 +99,38 @@ def test_exports_record_no_absolute_paths_and_follow_none(exported, tmp_path):
     assert r.exit_code == 1 and "not the checkpoint m.onnx was exported from" in r.stderr
 
 
-def test_torchscript_found_in_a_folder_runs_only_if_export_recorded_it(trained, tmp_path):
+def test_a_torchscript_file_found_in_a_folder_never_runs_even_with_a_forged_record(trained, tmp_path):
+    """Whoever can write a run folder can swap model.ts and re-hash exports.json: bench RUN still never loads it
+    (a fresh one is exported from the checkpoint) unless --trust-torchscript."""
+    from cnnkit.atomic import sha256_file
     from cnnkit.export.exporter import ExportOptions, export
 
     run = tmp_path / "run"
     shutil.copytree(trained.out_dir, run)
     export(run / "model.safetensors", run, ExportOptions(formats=("torchscript",), verify=False))
     ts = run / "model.ts"
-    assert json.loads((run / MANIFEST).read_text())["files"]["model.ts"]["sha256"]
-    load_torchscript(ts, named=False)  # the file export wrote: loads
 
-    class Other(torch.nn.Module):
+    class Forged(torch.nn.Module):
         def forward(self, images: torch.Tensor) -> torch.Tensor:
+            print("FORGED CODE RAN")
             return images.float().mean((1, 2, 3))[:, None].repeat(1, 10)
 
     extra = {"cnnkit.json": json.dumps(torchscript_metadata(ts).raw)}
-    torch.jit.save(torch.jit.script(Other()), str(ts), _extra_files=extra)  # swapped in behind export's back
-    with pytest.raises(ModelFileError, match="TorchScript files run code when loaded"):
-        load_torchscript(ts, named=False)
-    load_torchscript(ts, named=True)  # naming a file explicitly is the user's own trust
+    torch.jit.save(torch.jit.script(Forged()), str(ts), _extra_files=extra)
+    manifest = json.loads((run / MANIFEST).read_text())
+    manifest["files"]["model.ts"]["sha256"] = sha256_file(ts)  # the record forged to match
+    (run / MANIFEST).write_text(json.dumps(manifest))
+    args = ["bench", str(run), "--backends", "torchscript", "--batch-sizes", "2", "--iters", "2", "--warmup", "1"]
+    proc = subprocess.run([sys.executable, "-m", "cnnkit", *args, "--json", "-"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "FORGED" not in proc.stdout + proc.stderr
+    notes = json.loads(proc.stdout)["notes"]
+    assert any("model.ts not loaded" in n for n in notes) and any("torchscript exported" in n for n in notes)
+    trusted = subprocess.run(
+        [sys.executable, "-m", "cnnkit", *args, "--trust-torchscript"], capture_output=True, text=True
+    )
+    assert "FORGED CODE RAN" in trusted.stdout  # the user's explicit choice
+    load_torchscript(ts)  # naming a file explicitly is the user's own trust
 
 
 @pytest.mark.slow

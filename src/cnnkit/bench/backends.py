@@ -31,10 +31,10 @@ def eager(ckpt: Any, device: Any) -> Runner:
     return torch_runner("eager", _deployable(ckpt, device), device)
 
 
-def torchscript(path: Path | None, device: Any, named: bool = True) -> Runner:
+def torchscript(path: Path | None, device: Any) -> Runner:
     if path is None:
         raise ModelFileError("no TorchScript file to benchmark")
-    module, info = load_torchscript(path, map_location=device, named=named)
+    module, info = load_torchscript(path, map_location=device)
     return torch_runner("torchscript", module, device, f"torch.jit {device.type}", info.variant)
 
 

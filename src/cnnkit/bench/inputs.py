@@ -22,7 +22,7 @@ class Inputs:
     checkpoint: Path | None = None
     onnx: list[Path] = field(default_factory=list)
     torchscript: Path | None = None
-    torchscript_named: bool = True  # named by the user, not found in a folder (then exports.json must vouch for it)
+    folder_torchscript: Path | None = None  # found in a run folder: loaded only when trusted explicitly
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -32,33 +32,16 @@ class Inputs:
         }
 
 
-def resolve_inputs(paths: list[str], need_checkpoint: bool) -> Inputs:
-    """Run folders and files -> the checkpoint, every ONNX file given (a folder adds its model.onnx), TorchScript."""
+def resolve_inputs(paths: list[str], need_checkpoint: bool, trust_folder_torchscript: bool = False) -> Inputs:
+    """Run folders and files -> the checkpoint, every ONNX file given (a folder adds its model.onnx), TorchScript.
+
+    A TorchScript file runs code when loaded: one found in a folder is used only with `trust_folder_torchscript`
+    (else the caller exports one from the checkpoint, which holds no code)."""
     found = Inputs()
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            ckpt = p / WEIGHTS_NAME
-            ckpt_sha = sha256_file(ckpt) if ckpt.is_file() else None
-            if ckpt_sha and found.checkpoint is None:
-                found.checkpoint = ckpt
-            for kind in ("onnx", "torchscript"):
-                f = p / FILENAMES[kind]
-                if not f.is_file():
-                    continue
-                try:
-                    made_from = read_info(f).checkpoint_sha256
-                except CnnkitError:  # unreadable: left to its backend, which reports it as a failed row
-                    made_from = ckpt_sha
-                if ckpt_sha and made_from != ckpt_sha:  # a folder's files are compared only if they belong together
-                    raise ModelFileError(
-                        f"{f}: was not exported from {ckpt} (checkpoint SHA-256 {str(made_from)[:12]}... != "
-                        f"{ckpt_sha[:12]}...); re-export, or name the files to bench"
-                    )
-                if kind == "onnx":
-                    found.onnx.append(f)
-                elif found.torchscript is None:
-                    found.torchscript, found.torchscript_named = f, False
+            _add_folder(found, p)
         elif not p.is_file():
             raise ModelFileError(f"{p}: not found")
         elif p.suffix == ".safetensors":
@@ -67,12 +50,39 @@ def resolve_inputs(paths: list[str], need_checkpoint: bool) -> Inputs:
             found.torchscript = p
         else:
             found.onnx.append(p)
+    if trust_folder_torchscript and found.torchscript is None:
+        found.torchscript = found.folder_torchscript
     if found.checkpoint is None and not found.onnx and found.torchscript is None:
         raise ModelFileError(f"no checkpoint or exported model in {', '.join(paths)}; pass a run folder")
     if need_checkpoint and found.checkpoint is None:
         artefacts = found.onnx[:1] + ([found.torchscript] if found.torchscript else [])
         found.checkpoint = find_checkpoint(artefacts)
     return found
+
+
+def _add_folder(found: Inputs, folder: Path) -> None:
+    """A run folder's checkpoint, model.onnx and model.ts, which must belong together."""
+    ckpt = folder / WEIGHTS_NAME
+    ckpt_sha = sha256_file(ckpt) if ckpt.is_file() else None
+    if ckpt_sha and found.checkpoint is None:
+        found.checkpoint = ckpt
+    for kind in ("onnx", "torchscript"):
+        f = folder / FILENAMES[kind]
+        if not f.is_file():
+            continue
+        try:
+            made_from = read_info(f).checkpoint_sha256
+        except CnnkitError:  # unreadable: left to its backend, which reports it as a failed row
+            made_from = ckpt_sha
+        if ckpt_sha and made_from != ckpt_sha:  # a folder's files are compared only if they belong together
+            raise ModelFileError(
+                f"{f}: was not exported from {ckpt} (checkpoint SHA-256 {str(made_from)[:12]}... != "
+                f"{ckpt_sha[:12]}...); re-export, or name the files to bench"
+            )
+        if kind == "onnx":
+            found.onnx.append(f)
+        elif found.folder_torchscript is None:
+            found.folder_torchscript = f
 
 
 def onnx_labels(files: list[Path]) -> list[str]:

@@ -47,6 +47,7 @@ class BenchConfig:
     rounds: int = 5
     seed: int = 0
     tf32: bool = False  # CUDA: TF32 in every backend alike
+    trust_torchscript: bool = False  # load a run folder's model.ts (it runs code); else export one from the checkpoint
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in bk.BACKENDS]
@@ -73,7 +74,7 @@ def bench(
     paths: list[str], config: BenchConfig = BenchConfig(), progress: Callable[[str], None] | None = None
 ) -> BenchResult:
     """Benchmark `config.backends` on the checkpoint and files in `paths` at each batch size."""
-    files = resolve_inputs(paths, need_checkpoint=bool(config.torch_backends))
+    files = resolve_inputs(paths, bool(config.torch_backends), config.trust_torchscript)
     needs_export = _needs_export(files, config, paths)
     use_torch = bool(config.torch_backends or needs_export)
     notes: list[str] = []
@@ -119,7 +120,13 @@ def _export_missing(files: Inputs, needs_export: list[str], tmp: Path) -> list[s
         files.onnx = [Path(made.artefacts["onnx"])]
     if "torchscript" in made.artefacts:
         files.torchscript = Path(made.artefacts["torchscript"])
-    return [f"{k} exported from the checkpoint for this run (no file given)" for k in needs_export]
+    notes = [f"{k} exported from the checkpoint for this run (no file given)" for k in needs_export]
+    if "torchscript" in needs_export and files.folder_torchscript is not None:
+        notes.append(
+            f"{files.folder_torchscript} not loaded: a TorchScript file runs code when loaded; name it, or pass "
+            "--trust-torchscript, to benchmark that file"
+        )
+    return notes
 
 
 def _makers(files: Inputs, config: BenchConfig, ckpt: Any, dev: Any) -> dict[str, Callable[[], Runner]]:
@@ -129,7 +136,7 @@ def _makers(files: Inputs, config: BenchConfig, ckpt: Any, dev: Any) -> dict[str
         if b == "eager":
             makers[b] = functools.partial(bk.eager, ckpt, dev)
         elif b == "torchscript":
-            makers[b] = functools.partial(bk.torchscript, files.torchscript, dev, files.torchscript_named)
+            makers[b] = functools.partial(bk.torchscript, files.torchscript, dev)
         elif b == "compile":
             makers[b] = functools.partial(bk.compiled, ckpt, dev)
         elif b == "eager-cudagraph":

@@ -50,15 +50,34 @@ from cnnkit.spec import BENCH_DEVICES
     help="CUDA: allow TF32 math in every backend (torch and ONNX Runtime alike).",
 )
 @click.option(
+    "--trust-torchscript",
+    is_flag=True,
+    help="Load a run folder's model.ts (TorchScript runs code when loaded); by default one is exported afresh.",
+)
+@click.option(
     "--json", "json_file", type=click.Path(dir_okay=False), default=None, help="Write results as JSON ('-': stdout)."
 )
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False), default=None, help="Write results as CSV.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None, help="Write a PNG plot.")
-def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads, tf32, json_file, csv_file, plot_file):
+def bench(
+    paths,
+    device,
+    backends,
+    batch_sizes,
+    warmup,
+    iters,
+    min_time,
+    threads,
+    tf32,
+    trust_torchscript,
+    json_file,
+    csv_file,
+    plot_file,
+):
     """Benchmark eager vs TorchScript vs ONNX Runtime (latency percentiles, images/s).
 
-    A TorchScript (.ts) file runs code when loaded: one found in a run folder is loaded only if `cnnkit export`
-    recorded its SHA-256 in exports.json there; a .ts file named here is trusted because you named it.
+    A TorchScript (.ts) file runs code when loaded: one found in a run folder is never loaded (a fresh one is
+    exported from the checkpoint) unless --trust-torchscript; a .ts file named here is trusted because you named it.
     """
     from cnnkit.bench import report
     from cnnkit.bench.run import BenchConfig
@@ -77,6 +96,7 @@ def bench(paths, device, backends, batch_sizes, warmup, iters, min_time, threads
         min_time=min_time,
         threads=threads,
         tf32=tf32,
+        trust_torchscript=trust_torchscript,
     )
     check_destinations(json_file, csv_file, plot_file)  # before the minutes of measuring
     result = run_bench(list(paths), config, progress_for(json_file))

@@ -17,8 +17,8 @@ MAX_CHECKPOINT_BYTES = 4 << 30
 
 
 def record_exports(out_dir: Path, files: dict[str, Path], checkpoint_sha256: str, model_version: str) -> None:
-    """Add the exported files to out_dir/exports.json: a TorchScript file is loaded from a run folder only when
-    its SHA-256 is the one recorded here (loading TorchScript runs the code inside it)."""
+    """Add the exported files to out_dir/exports.json: what export wrote, with SHA-256 and model version (a record
+    for people and tools; never a reason to load a file)."""
     path = out_dir / contract.MANIFEST
     entries = read_manifest(out_dir)
     for f in files.values():
@@ -37,14 +37,6 @@ def read_manifest(directory: Path) -> dict:
         return dict(files) if isinstance(files, dict) else {}
     except (OSError, ValueError, UnicodeDecodeError):
         return {}
-
-
-def recorded_by_export(path: Path) -> dict | None:
-    """The manifest entry of `path` when its SHA-256 is the one `cnnkit export` recorded beside it, else None."""
-    entry = read_manifest(path.parent).get(path.name)
-    if isinstance(entry, dict) and entry.get("sha256") == sha256_file(path):
-        return entry
-    return None
 
 
 def artefact_kind(path: Path) -> str:
@@ -108,22 +100,18 @@ def find_checkpoint(artefacts: list[Path]) -> Path:
     return path
 
 
-def load_torchscript(path: str | os.PathLike, map_location=None, named: bool = True):
+def load_torchscript(path: str | os.PathLike, map_location=None):
     """Load a cnnkit TorchScript file; return (module, ModelInfo).
 
-    Loading TorchScript runs code stored in the file. `named=False` (a file found in a folder rather than named by
-    the user) loads it only when its SHA-256 is the one `cnnkit export` recorded in exports.json beside it.
+    Loading TorchScript runs code stored in the file: callers load only files the user named (or explicitly
+    trusted), never one they found in a folder. A record beside a file (exports.json) proves nothing against
+    someone who can write both.
     """
     import torch
 
     p = Path(path)
     if not p.is_file():
         raise ModelFileError(f"{p}: TorchScript file not found")
-    if not named and recorded_by_export(p) is None:
-        raise ModelFileError(
-            f"{p}: not loaded: TorchScript files run code when loaded, and this one is not the file `cnnkit export` "
-            f"recorded in {contract.MANIFEST}; re-export, or name the file explicitly to trust it"
-        )
     extra = {contract.TS_EXTRA_FILE: ""}
     try:
         with warnings.catch_warnings():  # torch.jit.load's deprecation warning

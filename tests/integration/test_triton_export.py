@@ -41,11 +41,32 @@ def test_repository_parses_into_tritons_schema_and_its_onnx_verifies(trained, tm
     r = CliRunner().invoke(main, ["verify", str(onnx_file), "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["passed"] is True, r.output
 
-    # a second export replaces the model folder whole; nothing staged is left behind
-    r = CliRunner().invoke(main, ["export", trained.out_dir, "--format", "triton", "--out", str(repo), "--no-verify"])
-    assert r.exit_code == 0, r.output
+    # a second export is the model's next version, beside the first (Triton serves the latest); nothing deleted,
+    # nothing staged left behind; the config describes the newest
+    first = (repo / name / "1" / "model.onnx").read_bytes()
+    (repo / name / "7").mkdir()  # a version someone else put there
+    (repo / name / "7" / "model.onnx").write_bytes(b"theirs")
+    again = ["export", trained.out_dir, "--format", "triton", "--out", str(repo), "--no-verify", "--json"]
+    assert CliRunner().invoke(main, again).exit_code == 0
+    r = CliRunner().invoke(main, again)
+    assert r.exit_code == 0 and json.loads(r.stdout)["artefacts"]["onnx"].endswith(f"{name}/9/model.onnx")
+    assert sorted(p.name for p in (repo / name).iterdir() if p.is_dir()) == ["1", "7", "8", "9"]
+    assert (repo / name / "1" / "model.onnx").read_bytes() == first
+    assert (repo / name / "7" / "model.onnx").read_bytes() == b"theirs"
     assert not [p for p in repo.iterdir() if p.name.startswith(".")]
     assert parse(repo / name / "config.pbtxt").instance_group[0].kind == mc.ModelInstanceGroup.KIND_AUTO
+
+
+def test_a_model_folder_cnnkit_did_not_write_is_never_touched(trained, tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "theirs" / "1").mkdir(parents=True)
+    (repo / "theirs" / "config.pbtxt").write_text('name: "theirs"\n')
+    (repo / "theirs" / "1" / "model.onnx").write_bytes(b"theirs")
+    args = ["export", trained.out_dir, "--format", "triton", "--out", str(repo), "--model-name", "theirs"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "not written by cnnkit export" in r.stderr and "Traceback" not in r.output
+    assert (repo / "theirs" / "1" / "model.onnx").read_bytes() == b"theirs"
+    assert (repo / "theirs" / "config.pbtxt").read_text() == 'name: "theirs"\n'
 
 
 def test_bad_triton_options_are_one_line(trained, tmp_path):

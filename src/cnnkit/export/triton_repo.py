@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnkit import contract
+from cnnkit import atomic, contract
 from cnnkit.errors import CnnkitError
 from cnnkit.export.artifacts import read_info
 from cnnkit.export.exporter import export as run_export
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 INSTANCE_KINDS = {kind: f"KIND_{kind.upper()}" for kind in TRITON_INSTANCE_KINDS}  # Triton's names
 LABELS = "labels.txt"
+MARKER = "# written by cnnkit export"  # the first line of every config.pbtxt cnnkit writes
 # the PyTorch backend names outputs by position (TorchScript outputs have no names): <name>__<index>
 LIBTORCH_OUTPUT = f"{contract.OUTPUT_NAME}__0"
 
@@ -60,7 +61,7 @@ def config_pbtxt(name: str, platform: str, info: contract.ModelInfo, opts: Trito
     """The model configuration in protobuf text format."""
     dims_in = f"[ {info.channels}, {info.image_size}, {info.image_size} ]"
     preferred = ", ".join(str(b) for b in opts.preferred_batch_sizes)
-    return f"""# written by cnnkit export --format triton; model version {info.version}, {info.variant}
+    return f"""{MARKER} --format triton; model version {info.version}, {info.variant}
 name: {_q(name)}
 platform: {_q(platform)}
 max_batch_size: {opts.max_batch_size}
@@ -94,6 +95,39 @@ version_policy: {{ latest: {{ num_versions: 1 }} }}
 """
 
 
+def _is_cnnkits(model_dir: Path) -> bool:
+    config = model_dir / "config.pbtxt"
+    try:
+        return config.is_file() and config.read_text(errors="replace").startswith(MARKER)
+    except OSError:
+        return False
+
+
+def check_target(repo: Path, name: str) -> None:
+    """Refuse, before any work, a model folder in `repo` that cnnkit did not write."""
+    target = repo / name
+    if target.exists() and not _is_cnnkits(target):
+        raise CnnkitError(
+            f"{target}: exists and was not written by cnnkit export; choose another --model-name or --out "
+            "(cnnkit never replaces or deletes what it did not write)"
+        )
+
+
+def _land(built: Path, target: Path) -> Path:
+    """Move a staged model folder (config, labels, version 1) into the repository: whole where `target` is new,
+    else as the next version of cnnkit's model there; returns the version folder."""
+    if not target.exists():
+        os.replace(built, target)
+        return target / "1"
+    check_target(target.parent, target.name)
+    versions = [int(p.name) for p in target.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit()]
+    version_dir = target / str(max(versions, default=0) + 1)
+    os.replace(built / "1", version_dir)
+    for name in ("config.pbtxt", LABELS):  # describe the newest version (the one Triton serves)
+        atomic.write_bytes(target / name, (built / name).read_bytes())
+    return version_dir
+
+
 def _model_dir(stage: Path, name: str, platform: str, artefact: Path, filename: str, info, opts, output: str) -> Path:
     d = stage / name
     (d / "1").mkdir(parents=True)
@@ -108,10 +142,15 @@ def write_repository(
 ) -> ExportResult:
     """Export (and verify) the checkpoint, then lay the files out as model folders in `repo`.
 
-    A model folder already in `repo` is replaced only once the new one is complete (built in a staging folder
-    inside `repo`, then renamed). Returns the ExportResult, its artefacts pointing into the repository.
+    A new model folder is built in a staging folder inside `repo`, then renamed into place. Where cnnkit already
+    wrote that model, the export becomes its next version beside the others (Triton serves the latest); a folder
+    cnnkit did not write is refused. No version folder is ever deleted. Returns the ExportResult, its artefacts
+    pointing into the repository.
     """
     repo = Path(repo)
+    if opts.model_name:  # refuse before the export's seconds of work where the name is known already
+        for name in (opts.model_name, *([f"{opts.model_name}-libtorch"] if opts.torchscript else [])):
+            check_target(repo, name)
     repo.mkdir(parents=True, exist_ok=True)
     formats = ("onnx", "torchscript") if opts.torchscript else ("onnx",)
     with tempfile.TemporaryDirectory(prefix=".staging-", dir=repo) as tmp:
@@ -134,11 +173,7 @@ def write_repository(
             )
         artefacts = {}
         for fmt, folder in built.items():
-            target = repo / folder.name
-            if target.exists():
-                old = stage / f"replaced-{folder.name}"
-                os.replace(target, old)
-            os.replace(folder, target)
-            artefacts[fmt] = str(target / "1" / ("model.onnx" if fmt == "onnx" else "model.pt"))
-            artefacts[f"{fmt}-config"] = str(target / "config.pbtxt")
+            version_dir = _land(folder, repo / folder.name)
+            artefacts[fmt] = str(version_dir / ("model.onnx" if fmt == "onnx" else "model.pt"))
+            artefacts[f"{fmt}-config"] = str(repo / folder.name / "config.pbtxt")
     return replace(result, artefacts=artefacts)

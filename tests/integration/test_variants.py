@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from cnnkit.atomic import sha256_file
 from cnnkit.cli import main
 from cnnkit.datasets import load_sample
 from cnnkit.export.compare import Gate
@@ -19,6 +20,7 @@ from cnnkit.train import checkpoint
 from cnnkit.train.checkpoint import deployable
 
 LENIENT = Gate(min_agreement=0.99, max_accuracy_drop=1.0)
+LENIENT_FLAGS = ["--min-agreement", "0.99", "--max-accuracy-drop", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +174,11 @@ def test_optimize_picks_a_passing_variant_and_selects_it(trained, tmp_path):
     assert set(out["winners"]) == {"4"} and out["selected"] in passed
     selected = Classifier(run / "model.onnx", device="cpu")
     assert selected.info.variant == out["selected"]
+    # a first-class export: it verifies where it landed, and the run's record matches the file
+    r = CliRunner().invoke(main, ["verify", str(run / "model.onnx"), *LENIENT_FLAGS, "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["passed"], r.output
+    record = json.loads((run / "exports.json").read_text())["files"]["model.onnx"]
+    assert record["sha256"] == sha256_file(run / "model.onnx") and record["model_version"] == selected.info.version
     # the unfolded candidate (export fold=False) mirrors the training module: two linear layers
     unfolded = next(c["file"] for c in out["candidates"] if c["name"] == "fp32")
     assert not Classifier(unfolded, device="cpu").info.folded

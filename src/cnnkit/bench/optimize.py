@@ -12,12 +12,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cnnkit import atomic
 from cnnkit.bench.results import BenchResult
 from cnnkit.bench.run import BenchConfig, bench, onnx_labels
 from cnnkit.errors import CnnkitError, first_line
 from cnnkit.export.compare import Gate
-from cnnkit.export.exporter import ExportOptions, export
+from cnnkit.export.exporter import ExportOptions, export, place
 from cnnkit.train import checkpoint
 
 
@@ -211,12 +210,11 @@ def _fastest(result: BenchResult, batch: int, rows: set[str] | None) -> str | No
 def _select(
     ckpt_path: Path, result: BenchResult, by_row: dict[str, str], files: dict[str, Path], target_batch: int
 ) -> tuple[str, str]:
-    """Copy the fastest passing ONNX candidate at `target_batch` to the run's model.onnx."""
+    """Place the fastest passing ONNX candidate at `target_batch` as the run's model.onnx (a first-class export:
+    its metadata and the run's exports.json say where it lives)."""
     onnx_rows = {row for row, name in by_row.items() if files[name].suffix == ".onnx"}
     best = _fastest(result, target_batch, onnx_rows)
     if best is None:
         raise CnnkitError(f"no passing ONNX candidate was benchmarked at batch {target_batch}; add it to --batch-sizes")
     selected = by_row[best]
-    dest = ckpt_path.parent / "model.onnx"
-    atomic.write_bytes(dest, files[selected].read_bytes())
-    return selected, str(dest)
+    return selected, str(place(files[selected], ckpt_path.parent / "model.onnx"))

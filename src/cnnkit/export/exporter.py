@@ -3,6 +3,7 @@ are staged under hidden names and land only when they pass their gate."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -207,3 +208,21 @@ def _write_staged(
             if options.opset is not None and opset_used != options.opset:
                 raise CnnkitError(f"--opset {options.opset}: the exporter wrote opset {opset_used}; not keeping it")
     return meta, opset_used
+
+
+def place(artefact: Path, dest: Path) -> Path:
+    """An exported ONNX file copied to `dest` as a first-class export there: its metadata names the checkpoint
+    relative to `dest`'s folder (after checking the checkpoint is the one it was exported from), and the folder's
+    exports.json records it. The model version is unchanged: it is the same model."""
+    import onnx
+
+    from cnnkit.export.artifacts import find_checkpoint
+
+    ckpt = find_checkpoint([artefact])
+    proto = onnx.load(str(artefact))
+    props = {p.key: p.value for p in proto.metadata_props}
+    meta = json.loads(props[contract.KEY])
+    meta["checkpoint"]["path"] = os.path.relpath(ckpt.resolve(), dest.parent.resolve())
+    write_onnx(proto, meta, dest)
+    record_exports(dest.parent, {"onnx": dest}, meta["checkpoint"]["sha256"], meta["model_version"])
+    return dest

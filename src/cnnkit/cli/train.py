@@ -11,6 +11,8 @@ from click.core import ParameterSource
 from cnnkit.cli.common import Finite, emit_json, require
 from cnnkit.errors import CheckpointError
 from cnnkit.spec import DATASETS, DEVICES, TRAIN_PRECISIONS
+from cnnkit.train.config import FLOAT_BOUNDS as F
+from cnnkit.train.config import INT_BOUNDS as I
 from cnnkit.train.config import RECIPE_FIELDS, TrainConfig
 
 # options that define the run; with --resume they come from the run, and a different value given is refused
@@ -33,22 +35,22 @@ D = TrainConfig()  # the defaults live in one place
     "(default $CNNKIT_DATA_DIR or ~/.cache/cnnkit).",
 )
 @click.option("--classes", default=None, help="Class names in label order, comma-separated (default: classes.txt).")
-@click.option("--epochs", type=click.IntRange(1, 10_000), default=D.epochs, show_default=True)
+@click.option("--epochs", type=click.IntRange(*I["epochs"]), default=D.epochs, show_default=True)
 @click.option(
     "--batch-size",
-    type=click.IntRange(1, 65_536),
+    type=click.IntRange(*I["batch_size"]),
     default=D.batch_size,
     show_default=True,
     help="Global batch: split across the processes of a torchrun/--nproc run.",
 )
 @click.option(
     "--lr",
-    type=Finite(min=0, max=10, min_open=True),
+    type=Finite(*F["lr"], min_open=True),
     default=D.lr,
     show_default=True,
     help="Peak learning rate of the one-cycle AdamW schedule (the same for any number of processes).",
 )
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=D.seed, show_default=True)
+@click.option("--seed", type=click.IntRange(*I["seed"]), default=D.seed, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option(
     "--precision",
@@ -59,34 +61,34 @@ D = TrainConfig()  # the defaults live in one place
 )
 @click.option(
     "--shift",
-    type=click.IntRange(min=0, max=8),
+    type=click.IntRange(*I["shift"]),
     default=D.shift,
     show_default=True,
     help="Random translation augmentation in pixels (0: off).",
 )
 @click.option(
     "--rotate",
-    type=Finite(0, 45),
+    type=Finite(*F["rotate"]),
     default=D.rotate,
     show_default=True,
     help="Random rotation augmentation, degrees each way (0: off).",
 )
 @click.option(
     "--label-smoothing",
-    type=Finite(0, 0.5),
+    type=Finite(*F["label_smoothing"]),
     default=D.label_smoothing,
     show_default=True,
     help="Cross-entropy label smoothing.",
 )
 @click.option(
     "--val-fraction",
-    type=Finite(0, 0.5),
+    type=Finite(*F["val_fraction"]),
     default=D.val_fraction,
     show_default=True,
     help="Share of the training images held out for validation (a fixed choice, the same for every seed).",
 )
 @click.option(
-    "--max-steps", type=click.IntRange(1, 100_000_000), default=None, help="Stop after this many steps (smoke runs)."
+    "--max-steps", type=click.IntRange(*I["max_steps"]), default=None, help="Stop after this many steps (smoke runs)."
 )
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default: runs/<timestamp>).")
 @click.option("--force", is_flag=True, help="Replace the run in a non-empty --out.")
@@ -149,7 +151,7 @@ def train(ctx, dataset, data_dir, classes, out, force, resume_dir, nproc, device
     cfg = TrainConfig(device=device, **recipe)
     result = run_train(ds, cfg, out_dir, progress=not as_json, resume_run=resume_dir is not None, force=force)
     if result.rank != 0:
-        sys.exit(130 if result.interrupted else 0)  # rank 0 reports for the world
+        sys.exit(130 if result.interrupted else 0)  # rank 0 reports for the world (and its exit code)
     for note in result.warnings:
         click.echo(f"Warning: {note}", err=True)
     if as_json:
@@ -158,6 +160,9 @@ def train(ctx, dataset, data_dir, classes, out, force, resume_dir, nproc, device
         click.echo(render_train(result))
     if result.interrupted:
         sys.exit(130)
+    if result.failure:  # the checkpoint is kept, for a look; the exit code says it is no use
+        click.echo(f"Error: {result.failure}", err=True)
+        sys.exit(1)
 
 
 def _resumed(ctx, run: str, given: dict, data_dir):

@@ -4,14 +4,38 @@ Torch-free, so the CLI reads its defaults without importing torch."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from cnnkit.errors import CnnkitError
+from cnnkit.spec import DEVICES, TRAIN_PRECISIONS
 
 # recipe fields that must match for a resume to continue the same run
 RECIPE_FIELDS = (
     "epochs", "batch_size", "lr", "weight_decay", "seed", "shift", "rotate", "val_fraction", "label_smoothing",
     "max_steps",
 )  # fmt: skip
+
+
+# (low, high) of each numeric option, for the CLI and for a recipe read back from a run (resume): one place
+INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "epochs": (1, 10_000),
+    "batch_size": (1, 65_536),
+    "seed": (0, 2**63 - 1),
+    "max_steps": (1, 100_000_000),
+    "shift": (0, 8),
+    "eval_batch_size": (1, 65_536),
+}
+FLOAT_BOUNDS: dict[str, tuple[float, float]] = {
+    "lr": (0, 10),  # open at 0
+    "weight_decay": (0, 1),
+    "rotate": (0, 45),
+    "val_fraction": (0, 0.5),
+    "label_smoothing": (0, 0.5),
+}
+BOUNDS: dict[str, tuple[float, float]] = {**INT_BOUNDS, **FLOAT_BOUNDS}
+INTEGERS = tuple(INT_BOUNDS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +54,25 @@ class TrainConfig:
     val_fraction: float = 0.1  # of the training images, held out to validate on
     label_smoothing: float = 0.1
     eval_batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in BOUNDS and not (f.name == "max_steps" and value is None):
+                low, high = BOUNDS[f.name]
+                integer = f.name in INTEGERS
+                ok_type = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+                if (
+                    not ok_type
+                    or not math.isfinite(value)
+                    or not low <= value <= high
+                    or (f.name == "lr" and value <= 0)
+                ):
+                    kind = "an integer" if integer else "a number"
+                    raise CnnkitError(f"{f.name} must be {kind} in {low:g}..{high:g}, got {str(value)[:30]!r}")
+        if self.device not in DEVICES or self.precision not in TRAIN_PRECISIONS:
+            raise CnnkitError(f"device {self.device!r} / precision {self.precision!r}: expected one of {DEVICES} / "
+                              f"{TRAIN_PRECISIONS}")  # fmt: skip
 
     def recipe(self, precision: str) -> dict[str, Any]:
         """What makes two runs the same run (resume refuses a difference), with the precision actually used."""
@@ -69,6 +112,7 @@ class TrainResult:
     resumed_from_epoch: int | None = None
     val_size: int = 0
     curves: str | None = None
+    failure: str | None = None  # the run finished, but its result is no use (it did not learn): exit 1
 
     @property
     def test_accuracy(self) -> float | None:

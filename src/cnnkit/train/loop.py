@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from cnnkit import atomic
@@ -23,6 +24,26 @@ from cnnkit.train.progress import Progress
 from cnnkit.train.run import Plan
 from cnnkit.train.rundir import METRICS_NAME
 from cnnkit.train.steps import epoch_data, epoch_seed, evaluate, make_step
+
+EXPLODED = 10.0  # an epoch's loss beyond this many times a uniform guess's has diverged
+JUDGED_AFTER = (3, 100)  # epochs, steps: a run this long that is still at chance on validation did not learn
+
+
+def did_not_learn(history: list[dict[str, Any]], val_labels: Any, steps: int) -> str | None:
+    """Why a finished run failed although its loss stayed finite: validation accuracy no better than always
+    answering the most frequent class (within three standard errors), after a run long enough to judge."""
+    if len(history) < JUDGED_AFTER[0] or steps < JUDGED_AFTER[1] or len(val_labels) == 0:
+        return None
+    accuracy = history[-1].get("val_accuracy")
+    counts = np.bincount(np.asarray(val_labels))
+    chance = float(counts.max() / counts.sum())
+    margin = 3 * math.sqrt(chance * (1 - chance) / len(val_labels))
+    if accuracy is None or accuracy > chance + margin:
+        return None
+    return (
+        f"the model did not learn: validation accuracy {accuracy:.2%} after {len(history)} epochs is no better than "
+        f"always answering the most frequent class ({chance:.2%}); lower --lr, or check that the labels fit the images"
+    )
 
 
 @dataclass(kw_only=True)
@@ -86,6 +107,7 @@ def run(plan: Plan, progress: bool | Progress) -> TrainResult:
         interrupted = True
         reporter.end()
     curves_path = curves.write(plan.out_dir, s.history) if world.is_main else None
+    failure = None if interrupted else did_not_learn(s.history, plan.split.val_labels, s.step)
     device = plan.device
     return TrainResult(
         out_dir=str(plan.out_dir),
@@ -104,6 +126,7 @@ def run(plan: Plan, progress: bool | Progress) -> TrainResult:
         resumed_from_epoch=plan.resumed.state.epoch if plan.resumed is not None else None,
         val_size=len(plan.split.val_labels),
         curves=str(curves_path) if curves_path else None,
+        failure=failure,
     )
 
 
@@ -139,8 +162,7 @@ def setup(plan: Plan) -> Session:
     start_epoch, step, history = 0, 0, []
     if plan.resumed is not None:
         saved = plan.resumed.state
-        opt.load_state_dict(resume.optimizer_state_dict(saved, plan.resumed.optimizer))
-        sched.load_state_dict(saved.scheduler)
+        resume.restore(opt, sched, model, saved, plan.resumed.optimizer)
         start_epoch, step, history = saved.epoch, saved.step, list(saved.history)
     net: torch.nn.Module = model
     if world.distributed:
@@ -193,9 +215,13 @@ def train_epoch(plan: Plan, s: Session, epoch: int, reporter: Progress) -> Epoch
     seconds = time.perf_counter() - t0
     reporter.end()
     train_loss = loss_sum.item() / seen.item()
-    if not math.isfinite(train_loss):
+    guess = math.log(plan.config.num_classes)  # the loss of a uniform guess
+    if not math.isfinite(train_loss) or train_loss > EXPLODED * guess:
         kept = f"kept epoch {epoch - 1} in {plan.out_dir}" if epoch > 1 else "nothing saved"
-        raise TrainingError(f"training diverged in epoch {epoch} (loss {train_loss}); lower --lr ({cfg.lr:g}); {kept}")
+        raise TrainingError(
+            f"training diverged in epoch {epoch} (loss {train_loss:.4g}; a uniform guess scores {guess:.2f}); "
+            f"lower --lr ({cfg.lr:g}); {kept}"
+        )
     return EpochTrain(loss=train_loss, accuracy=correct.item() / seen.item(), images=int(seen.item()), seconds=seconds)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cnnkit import atomic
 from cnnkit.errors import CheckpointError
@@ -62,11 +63,9 @@ def load(directory: Path) -> tuple[TrainState, dict]:
         raise CheckpointError(f"{directory}: no {STATE_JSON} to resume from (was it trained by this cnnkit version?)")
     try:
         body = json.loads(path.read_text())
-        if body.pop("format", None) != FORMAT:
-            raise ValueError(f"format is not {FORMAT}")
-        state = TrainState(**body)
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: corrupt training state ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: corrupt training state ({str(exc)[:80]})") from None
+    state = parse_state(body, str(path))
     opt_state: dict = {}
     try:
         with safe_open(str(directory / STATE_TENSORS), framework="pt") as f:
@@ -74,10 +73,56 @@ def load(directory: Path) -> tuple[TrainState, dict]:
                 raise CheckpointError(f"{directory / STATE_TENSORS}: not from epoch {state.epoch} ({STATE_JSON})")
             for name in f.keys():
                 index, key = name.split(".", 1)
+                if not (index.isascii() and index.isdigit() and len(index) < 6):
+                    raise ValueError(f"tensor name {name[:40]!r} is not <parameter index>.<state>")
                 opt_state.setdefault(int(index), {})[key] = f.get_tensor(name)
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{directory / STATE_TENSORS}: cannot read ({exc})") from None
     return state, opt_state
+
+
+def parse_state(body: Any, where: str) -> TrainState:
+    """train_state.json checked field by field against its schema and bounds; CheckpointError naming the field."""
+    from cnnkit.train import state_schema
+
+    try:
+        return state_schema.parse(body)
+    except state_schema.SchemaError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+
+
+ADAMW_STATE = {"step", "exp_avg", "exp_avg_sq"}
+
+
+def restore(opt: Any, sched: Any, model: Any, saved: TrainState, opt_state: dict[int, dict[str, Any]]) -> None:
+    """Load the saved optimizer and scheduler state into fresh ones, after checking every tensor against the
+    parameter it belongs to; CheckpointError naming what does not fit."""
+    params = list(model.parameters())
+    if sorted(opt_state) != list(range(len(params))):
+        raise CheckpointError(
+            f"{STATE_TENSORS}: optimizer state for {len(opt_state)} tensors, the model has {len(params)}"
+        )
+    for i, p in enumerate(params):
+        state = opt_state[i]
+        if set(state) != ADAMW_STATE:
+            raise CheckpointError(
+                f"{STATE_TENSORS}: parameter {i} has state {sorted(state)}, expected {sorted(ADAMW_STATE)}"
+            )
+        for key in ("exp_avg", "exp_avg_sq"):
+            if tuple(state[key].shape) != tuple(p.shape) or state[key].dtype != p.dtype:
+                raise CheckpointError(
+                    f"{STATE_TENSORS}: {i}.{key} is {state[key].dtype} {list(state[key].shape)}, the parameter is "
+                    f"{p.dtype} {list(p.shape)}"
+                )
+        if state["step"].numel() != 1 or float(state["step"]) != saved.step:
+            raise CheckpointError(f"{STATE_TENSORS}: {i}.step is not the run's step {saved.step}")
+    try:
+        opt.load_state_dict(optimizer_state_dict(saved, opt_state))
+        sched.load_state_dict(saved.scheduler)
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{STATE_JSON}: the optimizer or scheduler state does not load ({str(exc)[:100]})"
+        ) from None
 
 
 def optimizer_state_dict(state: TrainState, opt_state: dict) -> dict:

@@ -120,6 +120,8 @@ def _plan(
     mean, std = normalisation(split.train_images)
     recipe = cfg.recipe(precision)
     resumed = _resumed(out_dir, recipe, dataset, config) if resume_run else None
+    if resumed is not None:
+        _check_progress(resumed.state, cfg, len(split.train_labels), out_dir)
     return Plan(
         dataset=dataset,
         cfg=cfg,
@@ -136,6 +138,17 @@ def _plan(
         resumed=resumed,
         t_start=t_start,
     )
+
+
+def _check_progress(saved: resume.TrainState, cfg: TrainConfig, n_train: int, out_dir: Path) -> None:
+    """The saved epoch and step are where this recipe on this data puts a run after that epoch, or it was edited."""
+    per_epoch = distributed.steps_per_epoch(n_train, cfg.batch_size, saved.world_size)
+    expected = min(saved.epoch * per_epoch, cfg.max_steps or saved.epoch * per_epoch)
+    if saved.epoch > cfg.epochs or saved.step != expected:
+        raise CheckpointError(
+            f"cannot resume {out_dir}: {resume.STATE_JSON} says epoch {saved.epoch}, step {saved.step}; this recipe "
+            f"reaches step {expected} after epoch {saved.epoch} of {cfg.epochs}"
+        )
 
 
 def _resumed(out_dir: Path, recipe: dict[str, Any], dataset: Dataset, config: ModelConfig) -> Resumed:

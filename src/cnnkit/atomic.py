@@ -34,12 +34,13 @@ def _umask() -> int:
 
 
 def check_writable(path: str | os.PathLike[str]) -> None:
-    """Raise OSError now if `path` could not be written later (its folder cannot be made or written to), so a
-    long job does not find out only at its end."""
+    """Raise OSError now if `path` could not be written later (its folder is missing or not writable), so a long
+    job does not find out only at its end. A report's folder is not made for it: a mistyped path fails here."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(21, "Is a directory", str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(2, "No such folder for the output file", str(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
     os.close(fd)
     os.unlink(tmp)

@@ -1,12 +1,14 @@
 """Untrusted files and careless options: each gets one line and a non-zero exit (or a 4xx), never a traceback, and
 nothing is run, read or kept that should not be."""
 
+import functools
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -82,14 +84,28 @@ def test_exports_record_no_absolute_paths_and_follow_none(exported, tmp_path):
     assert not os.path.isabs(info.checkpoint_path)
     text = json.dumps(info.raw)
     assert "/tmp/" not in text and str(tmp_path.parent) not in text
-    # metadata naming another file: resolved beside the model, used only if its SHA-256 matches
+    # the exporter's node metadata (stack traces naming this machine's folders) is stripped
+    model = onnx.load(exported.artefacts["onnx"])
+    assert not [n for n in model.graph.node if n.metadata_props]
+    raw = Path(exported.artefacts["onnx"]).read_bytes()
+    assert str(Path(__file__).parents[2]).encode() not in raw and b"/tmp/" not in raw
+    # metadata naming another file: only a .safetensors path at most 3 folders up, used only if its SHA-256 matches,
+    # and a refused path gets the same answer whether or not something is there
     victim = tmp_path / "secret.safetensors"
     victim.write_bytes(b"not yours")
-    lying = rewrite(
-        exported.artefacts["onnx"], tmp_path / "m.onnx", meta=lambda d: d["checkpoint"].update(path="/etc/passwd")
-    )
-    r = CliRunner().invoke(main, ["verify", str(lying)])
-    assert r.exit_code == 1 and "passwd: the source checkpoint recorded" in r.stderr
+    answers = set()
+    for recorded in (
+        "/etc/passwd",
+        "../../../../etc/passwd",
+        "../../../../../nowhere",
+        "../x/../../../../a.safetensors",
+    ):
+        edit = functools.partial(lambda d, p: d["checkpoint"].update(path=p), p=recorded)
+        lying = rewrite(exported.artefacts["onnx"], tmp_path / "m.onnx", meta=edit)
+        r = CliRunner().invoke(main, ["verify", str(lying)])
+        assert r.exit_code == 1 and "not one cnnkit export writes" in r.stderr, (recorded, r.stderr)
+        answers.add(r.stderr)
+    assert len(answers) == 1
     lying = rewrite(
         exported.artefacts["onnx"],
         tmp_path / "m.onnx",
@@ -97,6 +113,40 @@ def test_exports_record_no_absolute_paths_and_follow_none(exported, tmp_path):
     )
     r = CliRunner().invoke(main, ["verify", str(lying)])
     assert r.exit_code == 1 and "not the checkpoint m.onnx was exported from" in r.stderr
+
+
+def test_metadata_of_the_wrong_type_or_depth_is_one_line(onnx_file, tmp_path):
+    wrong = rewrite(onnx_file, tmp_path / "w.onnx", meta=lambda d: d["checkpoint"].update(path=12345))
+    r = CliRunner().invoke(main, ["verify", str(wrong)])
+    assert r.exit_code == 1 and "checkpoint path must be a string" in r.stderr and "Traceback" not in r.output
+    proto = onnx.load(onnx_file)
+    next(p for p in proto.metadata_props if p.key == "cnnkit").value = "[" * 100_000
+    deep = tmp_path / "deep.onnx"
+    onnx.save(proto, str(deep))
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        Classifier(deep, device="cpu")
+    r = CliRunner().invoke(main, ["predict", str(deep), str(tmp_path / "x.png")])
+    assert r.exit_code == 1 and "not valid JSON" in r.stderr and "Traceback" not in r.output
+
+
+def test_bench_where_every_backend_fails_is_rows_not_a_crash(trained, tmp_path):
+    broken = tmp_path / "broken.ts"
+    broken.write_bytes(b"PK\x03\x04 not TorchScript")
+    args = ["bench", trained.out_dir, str(broken), "--backends", "torchscript", "--batch-sizes", "2", "--iters", "2"]
+    r = CliRunner().invoke(main, [*args, "--json", str(tmp_path / "b.json")])
+    assert r.exit_code == 1 and "Traceback" not in r.output and "backend(s) torchscript failed" in r.stderr
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [(x["backend"], x["latency"]) for x in rows] == [("torchscript", None)] and rows[0]["error"]
+
+
+def test_report_destinations_in_missing_folders_are_refused_before_work(onnx_file, tmp_path):
+    missing = tmp_path / "nowhere" / "confusion.png"
+    r = CliRunner().invoke(main, ["evaluate", onnx_file, "--plot", str(missing)])
+    assert r.exit_code == 1 and "No such folder" in r.stderr and not missing.parent.exists()
+    r = CliRunner().invoke(
+        main, ["bench", onnx_file, "--backends", "onnx", "--json", str(missing.with_suffix(".json"))]
+    )
+    assert r.exit_code == 1 and "No such folder" in r.stderr and not missing.parent.exists()
 
 
 def test_a_torchscript_file_found_in_a_folder_never_runs_even_with_a_forged_record(trained, tmp_path):

@@ -64,6 +64,8 @@ def test_out_folder_of_an_earlier_run_is_not_overwritten(tmp_path):
     base = ["train", "--data-dir", str(data), "--max-steps", "2", "--device", "cpu", "--out", str(run)]
     assert CliRunner().invoke(main, base).exit_code == 0
     (run / "model.onnx").write_bytes(b"an export of the old checkpoint")
+    for stale in ("exports.json", "bench.json", "bench.png"):
+        (run / stale).write_text("of the old run")
     (run / "notes.txt").write_text("mine")
     before = (run / "model.safetensors").read_bytes()
     r = CliRunner().invoke(main, base)
@@ -73,6 +75,7 @@ def test_out_folder_of_an_earlier_run_is_not_overwritten(tmp_path):
     assert r.exit_code == 0, r.output
     assert (run / "model.safetensors").read_bytes() != before
     assert not (run / "model.onnx").exists()  # a stale export would not match the new checkpoint
+    assert not [f for f in ("exports.json", "bench.json", "bench.png") if (run / f).exists()]  # nor its records
     assert (run / "notes.txt").read_text() == "mine"  # not cnnkit's: left alone
 
 

@@ -91,10 +91,27 @@ def fp32_proto(ckpt: Any, module: Any, fold: bool, opset: int | None) -> Any:
     return proto
 
 
+def strip_debug_info(proto: Any) -> None:
+    """Drop the exporter's per-node and per-value metadata (Python stack traces with the exporting machine's paths,
+    module names) and doc strings: an exported file carries cnnkit's metadata and nothing about where it was made."""
+    graphs = [proto.graph, *(f for f in proto.functions)]
+    for graph in graphs:
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+        for values in ("input", "output", "value_info", "initializer"):
+            for value in getattr(graph, values, []):
+                if hasattr(value, "metadata_props"):
+                    del value.metadata_props[:]
+                if hasattr(value, "doc_string"):
+                    value.doc_string = ""
+
+
 def write_onnx(proto: Any, meta: dict, path: Path) -> int:
     """Put the metadata into `proto`, check it, write it atomically; return its opset."""
     import onnx
 
+    strip_debug_info(proto)
     del proto.metadata_props[:]
     proto.metadata_props.add(key=contract.KEY, value=json.dumps(meta, sort_keys=True))
     proto.doc_string = "cnnkit export: uint8 images [batch,C,H,W] -> float32 logits [batch,classes]"

@@ -36,6 +36,12 @@ def run_files() -> tuple[str, ...]:
         curves.CURVES_NAME,
         MANIFEST,
         *FILENAMES.values(),
+        "model.int8.onnx",
+        "model.fp16.onnx",
+        "bench.json",  # what `make demo` and the docs write beside a run
+        "bench.csv",
+        "bench.png",
+        "candidates",  # cnnkit optimize's exports
     )
 
 

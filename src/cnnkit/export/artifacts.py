@@ -14,7 +14,6 @@ from cnnkit.atomic import sha256_file
 from cnnkit.errors import CheckpointError, ModelFileError, first_line
 
 MAX_CHECKPOINT_BYTES = 4 << 30
-MAX_UP = 3  # the deepest layout cnnkit writes: REPO/<model>/<version>/model.onnx in a run's triton/ folder
 
 
 def record_exports(out_dir: Path, files: dict[str, Path], checkpoint_sha256: str, model_version: str) -> None:
@@ -89,12 +88,11 @@ def find_checkpoint(artefacts: list[Path]) -> Path:
         raise CheckpointError(f"{artefact}: metadata names no source checkpoint and SHA-256; pass --checkpoint")
     recorded = PurePosixPath(info.checkpoint_path.replace("\\", "/"))
     relative = PurePosixPath(recorded.name) if recorded.is_absolute() else PurePosixPath(os.path.normpath(recorded))
-    ups = sum(part == ".." for part in relative.parts)
-    if relative.suffix != ".safetensors" or ups > MAX_UP or ".." in relative.parts[ups:]:
+    if relative.suffix != ".safetensors" or relative.name != recorded.name:
         # not a path cnnkit writes: followed nowhere, and nothing said about what is there
         raise CheckpointError(
-            f"{artefact}: the checkpoint path in its metadata is not one cnnkit export writes (a .safetensors file at "
-            f"most {MAX_UP} folders up); pass --checkpoint"
+            f"{artefact}: the checkpoint path in its metadata is not one cnnkit export writes (a relative path to a "
+            ".safetensors file); pass --checkpoint"
         )
     path = Path(os.path.normpath(artefact.parent / relative))
     if not path.is_file():

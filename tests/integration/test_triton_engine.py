@@ -7,10 +7,13 @@ saying why, and the missing-extra message is tested instead.
 
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,7 +68,10 @@ def test_triton_engine_serves_the_same_logits_as_cnnkit_serve(onnx_model):
     http, grpc, metrics = free_port(), free_port(), free_port()
     cmd = [sys.executable, "-m", "cnnkit", "serve", onnx_model, "--engine", "triton", "--device", "cpu"]
     cmd += ["--port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--model-name", "digits"]
-    triton = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # the engine's temporary folders (gone after SIGTERM); a short path: Triton puts Unix sockets there
+    workspace = Path(tempfile.mkdtemp(prefix="ct", dir="/tmp"))
+    env = {**os.environ, "TMPDIR": str(workspace)}
+    triton = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     own, own_url = start_server(onnx_model, "--model-name", "digits")
     try:
         client = th.InferenceServerClient(f"127.0.0.1:{http}")
@@ -99,11 +105,18 @@ def test_triton_engine_serves_the_same_logits_as_cnnkit_serve(onnx_model):
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
         assert 'nv_inference_request_success{model="digits"' in text
         client.close()
+        # stopped as Docker, Kubernetes and systemd stop it: exit 0, nothing left behind
+        triton.send_signal(signal.SIGTERM)
+        assert triton.wait(timeout=60) == 0, triton.stdout.read().decode()[-2000:]
+        left = [p.name for p in workspace.iterdir() if p.is_dir()]  # (Triton's binary leaves a 51-byte .ses file)
+        assert left == [], left
+        shutil.rmtree(workspace)
     finally:
         own.terminate()
         own.wait(timeout=30)
-        triton.send_signal(signal.SIGINT)
-        try:
-            triton.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            triton.kill()
+        if triton.poll() is None:
+            triton.send_signal(signal.SIGINT)
+            try:
+                triton.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                triton.kill()

@@ -12,6 +12,7 @@ stub (`'_thread.RLock' object has no attribute '_recursion_count'`). docs/DEPLOY
 from __future__ import annotations
 
 import importlib.util
+import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,12 +111,17 @@ class TritonEngine:
             raise CnnkitError(f"Triton did not start ({_reason(exc, self.log_file)})") from None
 
     def serve(self) -> None:
-        """Start and block until SIGINT/SIGTERM."""
+        """Start and block until SIGINT or SIGTERM; then stop Triton, clean the workspace up and return.
+
+        PyTriton stops cleanly on a KeyboardInterrupt (SIGINT) only; Docker, Kubernetes and systemd stop with
+        SIGTERM, so SIGTERM is made to raise the same while serving."""
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             self._triton.serve()
         except Exception as exc:
             raise CnnkitError(f"Triton stopped ({_reason(exc, self.log_file)})") from None
         finally:
+            signal.signal(signal.SIGTERM, previous)
             self.close()
 
     def close(self) -> None:

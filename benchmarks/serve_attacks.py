@@ -211,7 +211,9 @@ async def _v2_big_json(host: str, port: int, deadline: float, count, statuses: d
 
 
 async def _trickle(host: str, port: int, path: str, deadline: float, count) -> None:
-    """A body of 1,000 declared bytes sent one byte a second."""
+    """A body of 1,000 declared bytes sent one byte a second, until the server answers (its read deadline is 10 s)
+    or 15 s have passed, whatever the attack's own length."""
+    deadline = max(deadline, time.perf_counter() + 15)
     try:
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode())
@@ -319,11 +321,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--only", default=None, help="run the attacks whose name holds this text (no results file)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = a.model or ensure_model(Path(tmp)) / "model.onnx"
         results = {}
-        for name in ["idle", *ATTACKS]:  # a fresh server for each, so the memory peaks do not add up
+        names = [n for n in ["idle", *ATTACKS] if a.only is None or a.only in n]
+        for name in names:  # a fresh server for each, so the memory peaks do not add up
             proc, url = start(model, [])
             try:
                 results[name] = asyncio.run(one(name, url, proc.pid, a.seconds))
@@ -331,6 +335,8 @@ def main() -> None:
             finally:
                 proc.terminate()
                 proc.wait(timeout=60)
+    if a.only is not None:
+        return
     save(
         "serve_attacks.json",
         {

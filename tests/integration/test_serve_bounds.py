@@ -129,11 +129,11 @@ def test_request_heads_are_bounded(big_server, size, status):
     with socket.create_connection((host, int(port)), timeout=10) as s:
         try:
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
-        except ConnectionResetError:  # refused while still sending: what was read is answered below
+        except (ConnectionResetError, BrokenPipeError):  # refused while still sending: answered below
             pass
         try:
             answer = s.recv(200)
-        except ConnectionResetError:  # the kernel may drop the 431 when the reset overtakes it
+        except ConnectionError:  # the kernel may drop the 431 when the reset overtakes it
             answer = b"reset"
     assert answer.startswith(f"HTTP/1.1 {status}".encode()) or (status == 431 and answer == b"reset")
     assert httpx.get(url + "/healthz").status_code == 200

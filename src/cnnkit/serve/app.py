@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -73,7 +74,9 @@ class Service:
         self.state = ServingState()
         self.batcher = Batcher(clf.logits, cfg.max_batch, cfg.max_delay_ms, self.metrics.on_batch)
         self.inflight = InFlight(cfg.max_inflight_bytes)
-        self.pool = ThreadPoolExecutor(max_workers=cfg.decode_threads, thread_name_prefix="cnnkit-decode")
+        self.pool = ThreadPoolExecutor(
+            max_workers=cfg.decode_threads, thread_name_prefix="cnnkit-decode", initializer=_yield_to_the_event_loop
+        )
         self.name = cfg.model_name or clf.info.serving_name
 
     def answer(
@@ -106,7 +109,10 @@ class Service:
         else:
             status, message = (exc.status if isinstance(exc, RequestError) else 400), str(exc)
         without_frames(exc)
-        return self.answer(endpoint, status, {"error": message})
+        # refused before its body was read to the end (too large, too many bytes in flight, too slow): close the
+        # connection, so the rest of the upload is dropped by the kernel instead of read and thrown away
+        headers = {"connection": "close"} if status in (413, 503) else None
+        return self.answer(endpoint, status, {"error": message}, headers)
 
     async def predict(self, request: Request) -> Response:
         t0 = time.perf_counter()
@@ -251,6 +257,19 @@ class Service:
             Route("/v2/models/{name}/infer", self.v2_infer, methods=["POST"]),
             Route("/v2/models/{name}/versions/{version}/infer", self.v2_infer, methods=["POST"]),
         ]
+
+
+DECODE_NICENESS = 10
+
+
+def _yield_to_the_event_loop() -> None:
+    """Run this decode thread at a lower CPU priority than the event loop's: when uploads keep every core busy
+    decoding, /healthz and the model's answers still get the CPU first (Linux schedules threads by their own nice
+    value). Where that is not possible, nothing changes."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODE_NICENESS)
+    except (AttributeError, OSError):
+        pass
 
 
 def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:

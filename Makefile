@@ -15,11 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-demo: install
+demo: install  # bench names the model.ts it just exported: a TorchScript file is loaded only when named
 	$(BIN)/cnnkit train --out $(RUN) --force
 	$(BIN)/cnnkit export $(RUN) --format all
 	$(BIN)/cnnkit verify $(RUN)/model.onnx $(RUN)/model.ts
-	$(BIN)/cnnkit bench $(RUN) --json $(RUN)/bench.json --plot $(RUN)/bench.png
+	$(BIN)/cnnkit bench $(RUN) $(RUN)/model.ts --json $(RUN)/bench.json --plot $(RUN)/bench.png
 
 test: install
 	$(BIN)/python -m pytest -q

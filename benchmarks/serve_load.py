@@ -29,6 +29,7 @@ from _common import ensure_model, machine, save
 MODES = {
     "batching_on": ["--max-batch", "64", "--max-delay-ms", "2"],
     "batching_off": ["--max-batch", "1", "--max-delay-ms", "0"],
+    "batching_on_no_delay": ["--max-batch", "64", "--max-delay-ms", "0"],
     "batching_on_h11": ["--max-batch", "64", "--max-delay-ms", "2", "--http", "h11"],
 }
 

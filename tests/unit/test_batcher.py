@@ -110,6 +110,21 @@ def test_an_idle_batcher_with_no_delay_runs_a_lone_request_at_once():
     assert run(main()).ravel().tolist() == [7] and model.batches == [1]
 
 
+def test_a_lone_request_never_waits_out_the_delay():
+    """At one client there is nobody to wait for: with a 60 s max delay, lone requests still run at once (the
+    batcher's delay applies only while calls carry several requests)."""
+    model = Model()
+
+    async def main():
+        batcher = Batcher(model, max_batch=64, max_delay_ms=60_000)
+        batcher.start()
+        outs = [await asyncio.wait_for(batcher.submit(images(i)), timeout=10) for i in range(3)]
+        await batcher.stop()
+        return outs
+
+    assert [o.item() for o in run(main())] == [0, 1, 2] and model.batches == [1, 1, 1]
+
+
 @pytest.mark.parametrize("max_batch", [1, 3])
 def test_stop_finishes_what_is_queued(max_batch):
     model = Model()

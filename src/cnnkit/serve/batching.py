@@ -22,10 +22,13 @@ class _Item:
 
 
 class Batcher:
-    """Collects queued image batches up to `max_batch` images or `max_delay_ms`, runs them in one call.
+    """Runs queued image batches together, up to `max_batch` images, in one model call.
 
-    `infer` runs in a single worker thread so the event loop keeps accepting requests meanwhile; one
-    request larger than `max_batch` runs as a batch of its own (it is never split or reordered).
+    It never waits for nobody: a request that finds the model idle and alone runs at once; what arrives while the
+    model is busy queues and runs together in the next call. Only while calls carry several requests (others are
+    arriving) does a batch wait, at most `max_delay_ms`, for more. `infer` runs in a single worker thread so the
+    event loop keeps accepting requests meanwhile; one request larger than `max_batch` runs as a batch of its own
+    (it is never split or reordered).
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class Batcher:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnkit-infer")
         self._task: asyncio.Task[None] | None = None
         self.queued_images = 0
+        self._last_requests = 0  # requests in the last model call: more than one means others are arriving
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -72,12 +76,13 @@ class Batcher:
             if first is None:
                 break
             items, count = [first], len(first.images)
-            deadline = loop.time() + self.max_delay
+            linger = self.max_delay if self._last_requests > 1 else 0.0  # wait for company only under load
+            deadline = loop.time() + linger
             while count < self.max_batch:
                 try:
                     nxt = (
                         self.queue.get_nowait()
-                        if self.max_delay == 0
+                        if linger == 0
                         else await asyncio.wait_for(self.queue.get(), timeout=max(0.0, deadline - loop.time()))
                     )
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
@@ -90,6 +95,7 @@ class Batcher:
                     break
                 items.append(nxt)
                 count += len(nxt.images)
+            self._last_requests = len(items)
             await self._run(loop, items, count)
         if pending is not None:
             await self._run(loop, [pending], len(pending.images))

@@ -23,9 +23,10 @@ from cnnkit.spec import DEVICES
 @click.option(
     "--max-delay-ms",
     type=Finite(0, 1000),
-    default=2.0,
+    default=0.0,
     show_default=True,
-    help="Longest wait for a batch to fill.",
+    help="Longest a batch may wait for more requests, and only while requests arrive together (0: never wait; what "
+    "queues while the model runs is batched anyway: measured fastest on CPUs, benchmarks/results/serve_load.json).",
 )
 @click.option("--max-body-mb", type=Finite(0.01, 1024), default=8.0, show_default=True)
 @click.option("--max-images", type=click.IntRange(1, 4096), default=256, show_default=True, help="Per request.")

@@ -38,7 +38,7 @@ from cnnkit.serve.shutdown import CloseWhileDraining, ServingState, serve_until_
 @dataclass(frozen=True, kw_only=True)
 class ServeConfig:
     max_batch: int = 64
-    max_delay_ms: float = 2.0
+    max_delay_ms: float = 0.0  # see Batcher: what queues while the model runs is batched without any wait
     max_body_bytes: int = 8 * 1024 * 1024
     max_images: int = 256  # per request
     max_image_pixels: int = 2048 * 2048  # per decoded image file, before it is resized

@@ -32,7 +32,7 @@ class TritonEngineConfig:
     metrics_port: int = 8002
     device: str = "auto"
     max_batch: int = 64
-    max_delay_ms: float = 2.0
+    max_delay_ms: float = 0.0
     log_verbose: int = 0
 
 

@@ -106,3 +106,31 @@ def test_client_mistakes_are_400_with_the_protocol_error_body(client, server):
         assert r.status_code == 400 and r.json()["error"], r.text
     assert httpx.get(f"{server}/v2/models/other/ready").status_code == 400
     assert client.is_server_live()  # and the server is still up
+
+
+def test_tritons_client_tools_get_config_index_and_statistics(client, clf):
+    """What perf_analyzer and tritonclient ask for beyond the core protocol, in Triton's own schema."""
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    config = client.get_model_config(NAME)
+    parsed = json_format.ParseDict(config, mc.ModelConfig(), ignore_unknown_fields=False)
+    assert parsed.name == NAME and parsed.platform == "onnxruntime_onnx" and parsed.max_batch_size == 16
+    (inp,) = parsed.input
+    assert (inp.name, inp.data_type, list(inp.dims)) == ("images", mc.TYPE_UINT8, [1, 28, 28])
+    (out,) = parsed.output
+    assert (out.name, out.data_type, list(out.dims)) == ("logits", mc.TYPE_FP32, [10])
+    assert client.get_model_repository_index() == [
+        {"name": NAME, "version": clf.info.version, "state": "READY", "reason": ""}
+    ]
+
+    before = client.get_inference_statistics(NAME)["model_stats"][0]
+    x = np.zeros((3, 1, 28, 28), np.uint8)
+    infer(client, x, binary=True)
+    after = client.get_inference_statistics(NAME)["model_stats"][0]
+    assert after["name"] == NAME and after["version"] == clf.info.version
+    assert after["inference_count"] - before["inference_count"] == 3
+    assert after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] == 1
+    assert client.get_inference_statistics()["model_stats"][0]["name"] == NAME  # all models: this one
+    with pytest.raises(InferenceServerException):
+        client.get_model_config("other")

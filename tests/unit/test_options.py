@@ -6,8 +6,8 @@ from cnnkit.bench.optimize import OptimizeOptions
 from cnnkit.bench.run import BenchConfig
 from cnnkit.errors import CheckpointError, CnnkitError, DeviceError
 from cnnkit.export.exporter import ExportOptions
-from cnnkit.export.triton_repo import TritonOptions
 from cnnkit.spec import ModelConfig, class_names_problem
+from cnnkit.triton_config import TritonOptions
 
 
 @pytest.mark.parametrize(

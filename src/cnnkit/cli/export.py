@@ -121,8 +121,9 @@ def export(
         gate=gate_from(atol=atol, rtol=rtol, **gates),
     )
     if fmt == "triton":
-        from cnnkit.export.triton_repo import TritonOptions, write_repository
+        from cnnkit.export.triton_repo import write_repository
         from cnnkit.train.checkpoint import resolve
+        from cnnkit.triton_config import TritonOptions
 
         opts = TritonOptions(
             model_name=model_name,

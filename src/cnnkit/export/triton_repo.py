@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,78 +21,21 @@ from cnnkit import atomic, contract
 from cnnkit.errors import CnnkitError
 from cnnkit.export.artifacts import read_info
 from cnnkit.export.exporter import export as run_export
-from cnnkit.spec import TRITON_INSTANCE_KINDS
+from cnnkit.triton_config import LABELS, TritonOptions, model_config, to_pbtxt
 
 if TYPE_CHECKING:
     from cnnkit.export.exporter import ExportOptions, ExportResult
 
-INSTANCE_KINDS = {kind: f"KIND_{kind.upper()}" for kind in TRITON_INSTANCE_KINDS}  # Triton's names
-LABELS = "labels.txt"
 MARKER = "# written by cnnkit export"  # the first line of every config.pbtxt cnnkit writes
 # the PyTorch backend names outputs by position (TorchScript outputs have no names): <name>__<index>
 LIBTORCH_OUTPUT = f"{contract.OUTPUT_NAME}__0"
-
-
-@dataclass(frozen=True, kw_only=True)
-class TritonOptions:
-    model_name: str | None = None  # default: the model's serving name (contract.ModelInfo.serving_name)
-    max_batch_size: int = 256
-    preferred_batch_sizes: tuple[int, ...] = (16, 64)
-    max_queue_delay_us: int = 2000
-    instance_kind: str = "auto"  # auto (GPU where Triton has one), gpu, cpu
-    instances: int = 1
-    torchscript: bool = False  # also a pytorch_libtorch model beside the ONNX one
-
-    def __post_init__(self) -> None:
-        if self.instance_kind not in INSTANCE_KINDS:
-            raise CnnkitError(f"instance kind {self.instance_kind!r}; expected one of {', '.join(INSTANCE_KINDS)}")
-        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
-        if bad:
-            raise CnnkitError(f"preferred batch sizes {bad} are not within 1..max batch size {self.max_batch_size}")
-        if self.model_name is not None:
-            contract.valid_model_name(self.model_name)
-
-
-def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+__all__ = ["check_target", "config_pbtxt", "write_repository"]
 
 
 def config_pbtxt(name: str, platform: str, info: contract.ModelInfo, opts: TritonOptions, output_name: str) -> str:
-    """The model configuration in protobuf text format."""
-    dims_in = f"[ {info.channels}, {info.image_size}, {info.image_size} ]"
-    preferred = ", ".join(str(b) for b in opts.preferred_batch_sizes)
-    return f"""{MARKER} --format triton; model version {info.version}, {info.variant}
-name: {_q(name)}
-platform: {_q(platform)}
-max_batch_size: {opts.max_batch_size}
-input [
-  {{
-    name: {_q(info.input_name)}
-    data_type: TYPE_UINT8
-    format: FORMAT_NCHW
-    dims: {dims_in}
-  }}
-]
-output [
-  {{
-    name: {_q(output_name)}
-    data_type: TYPE_FP32
-    dims: [ {info.num_classes} ]
-    label_filename: {_q(LABELS)}
-  }}
-]
-dynamic_batching {{
-  preferred_batch_size: [ {preferred} ]
-  max_queue_delay_microseconds: {opts.max_queue_delay_us}
-}}
-instance_group [
-  {{
-    count: {opts.instances}
-    kind: {INSTANCE_KINDS[opts.instance_kind]}
-  }}
-]
-version_policy: {{ latest: {{ num_versions: 1 }} }}
-"""
+    """The model configuration in protobuf text format, from the one `triton_config.model_config`."""
+    head = f"{MARKER} --format triton; model version {info.version}, {info.variant}\n"
+    return head + to_pbtxt(model_config(name, platform, info, opts, output_name))
 
 
 def _is_cnnkits(model_dir: Path) -> bool:

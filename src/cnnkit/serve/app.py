@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from cnnkit.errors import CnnkitError, ModelFileError, RequestError
 from cnnkit.runtime import Classifier, predictions, softmax
-from cnnkit.serve import v2
+from cnnkit.serve import triton_api, v2
 from cnnkit.serve.batching import Batcher, BatchFailed
 from cnnkit.serve.http import bounded_httptools
 from cnnkit.serve.metrics import Metrics
@@ -72,12 +72,17 @@ class Service:
         self.clf, self.cfg = clf, cfg
         self.metrics = Metrics()
         self.state = ServingState()
-        self.batcher = Batcher(clf.logits, cfg.max_batch, cfg.max_delay_ms, self.metrics.on_batch)
+        self.stats = triton_api.Statistics()
+        self.batcher = Batcher(clf.logits, cfg.max_batch, cfg.max_delay_ms, self._on_batch)
         self.inflight = InFlight(cfg.max_inflight_bytes)
         self.pool = ThreadPoolExecutor(
             max_workers=cfg.decode_threads, thread_name_prefix="cnnkit-decode", initializer=_yield_to_the_event_loop
         )
         self.name = cfg.model_name or clf.info.serving_name
+
+    def _on_batch(self, images: int, seconds: float) -> None:
+        self.metrics.on_batch(images, seconds)
+        self.stats.model_call(images, seconds)
 
     def answer(
         self, endpoint: str, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
@@ -109,6 +114,7 @@ class Service:
         else:
             status, message = (exc.status if isinstance(exc, RequestError) else 400), str(exc)
         without_frames(exc)
+        self.stats.request(False, 0.0)
         # refused before its body was read to the end (too large, too many bytes in flight, too slow): close the
         # connection, so the rest of the upload is dropped by the kernel instead of read and thrown away
         headers = {"connection": "close"} if status in (413, 503) else None
@@ -132,6 +138,7 @@ class Service:
             for p, row in zip(predictions(probs, self.clf.info.classes, k), probs)
         ]
         self.metrics.latency.observe(time.perf_counter() - t0)
+        self.stats.request(True, time.perf_counter() - t0)
         return self.answer("predict", 200, {"model_version": self.clf.info.version, "predictions": preds})
 
     async def healthz(self, request: Request) -> Response:
@@ -191,6 +198,24 @@ class Service:
         ready = self.state.ready
         return self.answer("v2_health", 200 if ready else 503, {"name": self.name, "ready": ready})
 
+    async def v2_config(self, request: Request) -> Response:
+        problem = self.v2_model_problem(request)
+        if problem:
+            return self.answer("v2_metadata", 400, {"error": problem})
+        cfg = self.cfg
+        return self.answer("v2_metadata", 200, triton_api.config(self.clf, self.name, cfg.max_batch, cfg.max_delay_ms))
+
+    async def v2_index(self, request: Request) -> Response:
+        index = triton_api.repository_index(self.name, self.clf.info.version, self.state.ready)
+        self.metrics.requests.labels("v2_metadata", "200").inc()
+        return JSONResponse(index)
+
+    async def v2_stats(self, request: Request) -> Response:
+        problem = self.v2_model_problem(request) if "name" in request.path_params else None
+        if problem:
+            return self.answer("v2_metadata", 400, {"error": problem})
+        return self.answer("v2_metadata", 200, self.stats.to_json(self.name, self.clf.info.version))
+
     async def v2_infer(self, request: Request) -> Response:
         t0 = time.perf_counter()
         problem = self.v2_model_problem(request)
@@ -207,6 +232,7 @@ class Service:
             return logits
         content, headers = await loop.run_in_executor(self.pool, v2.response, req, logits, self.clf, self.name)
         self.metrics.latency.observe(time.perf_counter() - t0)
+        self.stats.request(True, time.perf_counter() - t0)
         self.metrics.requests.labels("v2_infer", "200").inc()
         return Response(content, headers=headers)
 
@@ -250,10 +276,16 @@ class Service:
             Route("/v2/health/live", self.v2_live),
             Route("/v2/health/ready", self.v2_ready),
             Route("/v2", self.v2_server),
+            Route("/v2/models/stats", self.v2_stats),  # before /v2/models/{name}, which would take "stats" for a name
             Route("/v2/models/{name}", self.v2_model),
             Route("/v2/models/{name}/versions/{version}", self.v2_model),
             Route("/v2/models/{name}/ready", self.v2_model_ready),
             Route("/v2/models/{name}/versions/{version}/ready", self.v2_model_ready),
+            Route("/v2/models/{name}/config", self.v2_config),
+            Route("/v2/models/{name}/versions/{version}/config", self.v2_config),
+            Route("/v2/models/{name}/stats", self.v2_stats),
+            Route("/v2/models/{name}/versions/{version}/stats", self.v2_stats),
+            Route("/v2/repository/index", self.v2_index, methods=["POST"]),
             Route("/v2/models/{name}/infer", self.v2_infer, methods=["POST"]),
             Route("/v2/models/{name}/versions/{version}/infer", self.v2_infer, methods=["POST"]),
         ]

@@ -68,6 +68,7 @@ def test_triton_engine_serves_the_same_logits_as_cnnkit_serve(onnx_model):
     http, grpc, metrics = free_port(), free_port(), free_port()
     cmd = [sys.executable, "-m", "cnnkit", "serve", onnx_model, "--engine", "triton", "--device", "cpu"]
     cmd += ["--port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--model-name", "digits"]
+    cmd += ["--open-statistics"]  # as perf_analyzer needs it
     # the engine's temporary folders (gone after SIGTERM); a short path: Triton puts Unix sockets there
     workspace = Path(tempfile.mkdtemp(prefix="ct", dir="/tmp"))
     env = {**os.environ, "TMPDIR": str(workspace)}
@@ -91,6 +92,8 @@ def test_triton_engine_serves_the_same_logits_as_cnnkit_serve(onnx_model):
             b = classify(own_url.removeprefix("http://"), x, binary, "digits")
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
         assert client.get_model_metadata("digits")["inputs"][0]["datatype"] == "UINT8"
+        stats = client.get_inference_statistics("digits")["model_stats"][0]  # no token needed with --open-statistics
+        assert stats["name"] == "digits" and stats["inference_count"] >= 12
         try:
             import tritonclient.grpc as tg
         except ImportError:

@@ -74,6 +74,11 @@ from cnnkit.spec import DEVICES
     help="triton: a real Triton Inference Server through PyTriton (the 'triton' extra; HTTP on --port).",
 )
 @click.option("--model-name", default=None, help="The model's name in /v2 paths (default: cnnkit-<dataset>).")
+@click.option(
+    "--open-statistics",
+    is_flag=True,
+    help="triton engine: serve Triton's statistics API without PyTriton's access token (perf_analyzer reads it).",
+)
 @click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True, help="triton engine.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=8002, show_default=True, help="triton engine.")
 def serve(
@@ -93,6 +98,7 @@ def serve(
     http,
     engine,
     model_name,
+    open_statistics,
     grpc_port,
     metrics_port,
 ):
@@ -117,6 +123,7 @@ def serve(
                 device=device,
                 max_batch=max_batch,
                 max_delay_ms=max_delay_ms,
+                open_statistics=open_statistics,
             )
         )
         click.echo(
@@ -124,6 +131,12 @@ def serve(
             f"HTTP {host}:{port}, gRPC {host}:{grpc_port}, metrics {host}:{metrics_port}",
             err=True,
         )
+        if triton.access_token and triton.restricted:
+            click.echo(
+                f"access token for Triton's {', '.join(triton.restricted)} APIs (header triton-access-token): "
+                f"{triton.access_token}",
+                err=True,
+            )
         triton.serve()
         return
     from cnnkit.serve import ServeConfig, run  # the serve extra; the CLI names it when it is missing

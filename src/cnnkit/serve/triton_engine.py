@@ -34,6 +34,7 @@ class TritonEngineConfig:
     max_batch: int = 64
     max_delay_ms: float = 0.0
     log_verbose: int = 0
+    open_statistics: bool = False  # serve Triton's statistics API without PyTriton's access token (local use)
 
 
 def check_available() -> None:
@@ -86,7 +87,12 @@ class TritonEngine:
             log_verbose=cfg.log_verbose,
             log_file=Path(self._workspace.name) / "triton.log",
         )
-        self._triton = Triton(config=triton_cfg, workspace=Path(self._workspace.name) / "workspace")
+        security = _security(cfg.open_statistics)
+        #: the token PyTriton requires (header `triton-access-token`) on the endpoints it restricts, or None
+        self.access_token: str | None = getattr(security, "access_token", None)
+        self.restricted: list[str] = list(getattr(security, "restricted_endpoints", None) or [])
+        kwargs = {"security_config": security} if security is not None else {}
+        self._triton = Triton(config=triton_cfg, workspace=Path(self._workspace.name) / "workspace", **kwargs)
         self._triton.bind(
             model_name=self.model_name,
             infer_func=infer,
@@ -129,6 +135,17 @@ class TritonEngine:
             self._triton.stop()
         finally:
             self._workspace.cleanup()
+
+
+def _security(open_statistics: bool) -> Any:
+    """PyTriton's access restriction (a random token on the statistics, repository, trace, logging and shared-memory
+    APIs): as PyTriton sets it, or with statistics open; None where this PyTriton predates it."""
+    try:
+        from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, TritonSecurityConfig
+    except ImportError:
+        return None
+    endpoints = [e for e in DEFAULT_PROTECTED_ENDPOINTS if not (open_statistics and e == "statistics")]
+    return TritonSecurityConfig(restricted_endpoints=endpoints)
 
 
 def _reason(exc: BaseException, log: Path) -> str:

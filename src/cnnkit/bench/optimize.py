@@ -120,8 +120,9 @@ def optimize(
         return OptimizeResult(
             checkpoint=str(ckpt_path), device=device, candidates=results, bench=None, target_batch=options.target_batch
         )
-    result, by_row = _bench_candidates(ckpt_path, files, options, progress)
-    results = [replace(r, row=next((k for k, v in by_row.items() if v == r.name), None)) for r in results]
+    result, labels = _bench_candidates(ckpt_path, files, options, progress)
+    by_row = {row: name for name, row in labels.items()}
+    results = [replace(r, row=labels.get(r.name)) for r in results]
     winners: dict[int, str] = {}
     for bs in options.batch_sizes:
         best = _fastest(result, bs, None)
@@ -180,7 +181,7 @@ def _export_candidates(
 def _bench_candidates(
     ckpt_path: Path, files: dict[str, Path], options: OptimizeOptions, progress: Callable[[str], None] | None
 ) -> tuple[BenchResult, dict[str, str]]:
-    """The passing candidates benchmarked side by side; and bench row name -> candidate name."""
+    """The passing candidates benchmarked side by side; and candidate name -> its bench row name."""
     onnx_names = [c.name for c in CANDIDATES if c.format == "onnx" and c.name in files]
     labels = dict(zip(onnx_names, onnx_labels([files[n] for n in onnx_names])))
     paths = [str(ckpt_path)] + [str(files[n]) for n in onnx_names]
@@ -194,7 +195,7 @@ def _bench_candidates(
     config = BenchConfig(
         device=options.device, backends=backends, batch_sizes=options.batch_sizes, min_time=options.min_time
     )
-    return bench(paths, config, progress), {v: k for k, v in labels.items()}
+    return bench(paths, config, progress), labels
 
 
 def _fastest(result: BenchResult, batch: int, rows: set[str] | None) -> str | None:

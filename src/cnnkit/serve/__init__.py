@@ -12,6 +12,10 @@ __all__ = ["ServeConfig", "create_app", "run"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "ServeConfig":
+        from cnnkit.serve import config
+
+        return config.ServeConfig
     if name in __all__:
         from cnnkit.serve import app
 

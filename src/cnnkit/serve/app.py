@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,40 +28,11 @@ from cnnkit.errors import CnnkitError, ModelFileError, RequestError
 from cnnkit.runtime import Classifier, predictions, softmax
 from cnnkit.serve import triton_api, v2
 from cnnkit.serve.batching import Batcher, BatchFailed
+from cnnkit.serve.config import ServeConfig
 from cnnkit.serve.http import bounded_httptools
 from cnnkit.serve.metrics import Metrics
-from cnnkit.serve.reading import InFlight, Limits, Ticket, parse_request, read_body, without_frames
+from cnnkit.serve.reading import InFlight, Ticket, parse_request, read_body, without_frames
 from cnnkit.serve.shutdown import CloseWhileDraining, ServingState, serve_until_signalled
-
-
-@dataclass(frozen=True, kw_only=True)
-class ServeConfig:
-    max_batch: int = 64
-    max_delay_ms: float = 0.0  # see Batcher: what queues while the model runs is batched without any wait
-    max_body_bytes: int = 8 * 1024 * 1024
-    max_images: int = 256  # per request
-    max_image_pixels: int = 2048 * 2048  # per decoded image file, before it is resized
-    max_request_pixels: int = 4096 * 4096  # all image files of one request together
-    max_inflight_bytes: int = 64 * 1024 * 1024  # request bodies held in memory at once; beyond: 503
-    decode_threads: int = 2
-    request_timeout_s: float = 10.0  # reading and decoding one request; beyond: 503
-    limit_concurrency: int = 512  # open connections + tasks, uvicorn's limit (503 beyond)
-    timeout_keep_alive_s: float = 5.0
-    drain_s: float = 1.0  # after SIGTERM: answer, but close connections and fail readyz, before shutting down
-    http: str = "httptools"  # uvicorn's HTTP parser: httptools (bounded by cnnkit) or h11
-    max_header_bytes: int = 64 * 1024  # request line + headers; beyond it, 431
-    top_k: int = 3
-    model_name: str | None = None  # in the KServe V2 paths; default: the model's serving name
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(
-            max_body_bytes=self.max_body_bytes,
-            max_images=self.max_images,
-            max_image_pixels=self.max_image_pixels,
-            max_request_pixels=self.max_request_pixels,
-            top_k=self.top_k,
-        )
 
 
 class Service:
@@ -94,14 +64,18 @@ class Service:
     async def run_model(self, endpoint: str, images: np.ndarray) -> np.ndarray | Response:
         """The batch's logits, or the 500 to answer (the model failed, or gave NaN/inf)."""
         self.metrics.queue_depth.set(self.batcher.queued_images + len(images))
+        problem = None
         try:
             logits = await self.batcher.submit(images)
         except BatchFailed as exc:
-            return self.answer(endpoint, 500, {"error": str(exc)})
+            problem = str(exc)
         finally:
             self.metrics.queue_depth.set(self.batcher.queued_images)
-        if not np.isfinite(logits).all():
-            return self.answer(endpoint, 500, {"error": "the model produced non-finite logits"})
+        if problem is None and not np.isfinite(logits).all():
+            problem = "the model produced non-finite logits"
+        if problem is not None:
+            self.stats.request(False, 0.0)  # a failure in Triton's statistics too
+            return self.answer(endpoint, 500, {"error": problem})
         return logits
 
     # ------------------------------------------------------------------------------------ cnnkit's API

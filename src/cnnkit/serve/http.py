@@ -2,8 +2,8 @@
 headers of any size, so a client could hold megabytes per connection. While a head is incomplete, data is fed to
 the parser in slices and counted; past the limit the connection gets a 431 and is closed.
 
-(uvicorn's h11 parser bounds the head itself, but serves about a fifth fewer requests per second here:
-benchmarks/results/serve_load_http.json.)"""
+(uvicorn's h11 parser bounds the head itself, but served fewer requests per second in the same run:
+benchmarks/results/serve_load.json and serve_load_1client.json, mode "h11".)"""
 
 from __future__ import annotations
 

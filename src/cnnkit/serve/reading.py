@@ -153,9 +153,9 @@ def _json_image(item: Any, clf: Classifier, invert: bool | None, index: int, bud
     if isinstance(item, list):
         spec = clf.input_spec
         # at most one image's numbers, checked one by one before numpy sees the list
-        flat_numbers(item, spec.channels * spec.height * spec.width, 4, f"images[{index}]", integers=False)
+        values = flat_numbers(item, spec.channels * spec.height * spec.width, 4, f"images[{index}]", integers=False)
         try:
-            arr = np.asarray(item, dtype=np.float64) if _has_float(item) else np.asarray(item)
+            arr = np.asarray(item, dtype=np.float64) if any(isinstance(v, float) for v in values) else np.asarray(item)
         except (ValueError, TypeError, OverflowError):
             raise RequestError(f"images[{index}]: pixel rows are ragged or not numbers") from None
         batch = clf.as_batch(arr)
@@ -164,13 +164,6 @@ def _json_image(item: Any, clf: Classifier, invert: bool | None, index: int, bud
         pixels: np.ndarray = batch[0]
         return pixels
     raise RequestError(f"images[{index}]: expected a base64 string or a list of pixel rows")
-
-
-def _has_float(rows: Any) -> bool:
-    flat = rows
-    while isinstance(flat, list) and flat and isinstance(flat[0], list):
-        flat = flat[0]
-    return isinstance(flat, list) and any(isinstance(v, float) for v in flat)
 
 
 def _replay(body: bytes) -> Any:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cnnkit.idx import write_idx
+from cnnkit.train.progress import Progress
 
 
 def pytest_collection_modifyitems(config, items):
@@ -137,3 +138,17 @@ def server(exported):
     yield url
     proc.terminate()
     proc.wait(timeout=30)
+
+
+class StopAfter(Progress):
+    """A progress reporter that presses Ctrl-C once `epochs` epochs are saved (their line is printed after)."""
+
+    def __init__(self, epochs: int):
+        super().__init__(enabled=False)
+        self.left = epochs
+
+    def line(self, text: str) -> None:
+        if text.startswith("epoch "):
+            self.left -= 1
+            if self.left == 0:
+                raise KeyboardInterrupt

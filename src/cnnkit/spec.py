@@ -126,6 +126,7 @@ class CheckpointMeta:
     train_args: dict[str, Any] = field(default_factory=dict)
     world_size: int = 1  # processes that trained it (torchrun)
     precision_reason: str = ""
+    tuning: dict[str, Any] = field(default_factory=dict)  # how `--recipe auto` chose the recipe (empty: not tuned)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -151,6 +152,7 @@ class CheckpointMeta:
                 train_args=dict(d.get("train_args") or {}),
                 world_size=int(d.get("world_size", 1)),
                 precision_reason=str(d.get("precision_reason", "")),
+                tuning=dict(d.get("tuning") or {}),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CheckpointError(f"{where}: incomplete checkpoint metadata ({exc})") from None

@@ -16,7 +16,7 @@ from cnnkit.datasets import load_idx_dir
 from cnnkit.errors import TrainingError
 from cnnkit.train.config import TrainConfig
 from cnnkit.train.run import train
-from conftest import write_idx_dataset
+from conftest import StopAfter, write_idx_dataset
 
 ARGS = ["--epochs", "3", "--batch-size", "64", "--device", "cpu", "--precision", "fp32"]
 
@@ -86,3 +86,30 @@ def test_diverged_run_stops_with_one_line_and_keeps_nothing_broken(tmp_path):
     assert not (tmp_path / "run" / "model.safetensors").exists()
     r = CliRunner().invoke(main, ["train", "--data-dir", str(tmp_path / "idx"), "--lr", "inf"])
     assert r.exit_code == 2 and "--lr" in r.stderr  # refused by the option's bounds before any work
+
+
+def test_early_stopping_keeps_the_best_epoch_and_resumes_exactly(tmp_path):
+    """Random labels: validation stops improving, the run ends `patience` epochs after its best one, the checkpoint
+    holds the best epoch's weights, and a run stopped in between and resumed ends bitwise the same."""
+    from cnnkit.train.config import best_epoch
+
+    ds = load_idx_dir(write_idx_dataset(tmp_path / "idx", n_train=320, n_test=32), "idx")
+    cfg = TrainConfig(epochs=12, batch_size=32, patience=2, val_fraction=0.2, device="cpu", precision="fp32")
+    full = train(ds, cfg, tmp_path / "a", False)
+    history = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    best = best_epoch(history)
+    assert full.stopped_early and full.best_epoch == best and history[-1]["epoch"] == best + 2 < 12
+    assert json.loads((tmp_path / "a" / "checkpoint.json").read_text())["metrics"]["epoch"] == best
+    assert full.test_accuracy == history[best - 1]["test_accuracy"]
+    ckpt, last = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "a" / "train_state.safetensors")
+    assert not all(torch.equal(ckpt[k], last["model." + k]) for k in ckpt)  # the best, not the last, is deployed
+
+    stopped = train(ds, cfg, tmp_path / "b", StopAfter(best + 1))  # after the best epoch, before the stop
+    assert stopped.interrupted and stopped.best_epoch == best
+    resumed = train(ds, cfg, tmp_path / "b", False, resume_run=True)
+    assert resumed.resumed_from_epoch == best + 1 and resumed.stopped_early and resumed.best_epoch == best
+    for name in ("model.safetensors", "train_state.safetensors"):
+        a, b = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    again = train(ds, cfg, tmp_path / "b", False, resume_run=True)  # a run that stopped has nothing left to do
+    assert again.epochs[-1].epoch == best + 2 and again.train_seconds == 0

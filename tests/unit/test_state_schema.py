@@ -28,6 +28,7 @@ VALID = {
     "history": [EPOCH],
     "weights_sha256": "b" * 64,
     "world_size": 1,
+    "best_epoch": 1,
 }
 FIELDS = [*VALID, "recipe.shift", "recipe.lr", "recipe.precision", "history.0.epoch", "history.0.val_loss",
           "param_groups.0.betas", "param_groups.0.params", "model.hidden", "scheduler.last_epoch"]  # fmt: skip
@@ -35,7 +36,29 @@ FIELDS = [*VALID, "recipe.shift", "recipe.lr", "recipe.precision", "history.0.ep
 
 def test_the_valid_state_parses():
     state = state_schema.parse(copy.deepcopy(VALID))
-    assert (state.epoch, state.step, len(state.history)) == (1, 8, 1)
+    assert (state.epoch, state.step, len(state.history), state.best_epoch) == (1, 8, 1, 1)
+
+
+def test_a_best_epoch_that_is_not_the_best_on_validation_is_refused():
+    doc = copy.deepcopy(VALID)
+    doc["epoch"], doc["history"] = 2, [EPOCH, {**EPOCH, "epoch": 2, "val_accuracy": 0.8}]
+    state_schema.parse(copy.deepcopy(doc))  # best_epoch 1: the better validation accuracy
+    doc["best_epoch"] = 2
+    try:
+        state_schema.parse(doc)
+    except state_schema.SchemaError as exc:
+        assert "best_epoch 2 is not the best epoch on validation" in str(exc)
+    else:
+        raise AssertionError("a checkpoint epoch that is not the best was accepted")
+
+
+def test_a_state_from_the_previous_format_is_refused_saying_so():
+    try:
+        state_schema.parse({**VALID, "format": "cnnkit-train-state/1"})
+    except state_schema.SchemaError as exc:
+        assert "older cnnkit" in str(exc)
+    else:
+        raise AssertionError("an old-format state was accepted")
 
 
 @SETTINGS

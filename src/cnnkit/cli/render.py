@@ -18,6 +18,8 @@ def table(headers: list[str], rows: list[list], align: str | None = None) -> str
 
 
 def render_train(r) -> str:
+    from cnnkit.train.tune import describe
+
     lines = []
     if r.epochs:
         rows = [
@@ -37,9 +39,16 @@ def render_train(r) -> str:
         lines.append(table(head, rows))
         lines.append("")
         val = f"; validation {r.val_accuracy:.2%} ({r.val_size:,} held-out training images)" if r.val_size else ""
+        kept = f"epoch {r.best_epoch} (best on validation): " if r.best_epoch != r.epochs[-1].epoch else ""
         lines.append(
-            f"test accuracy {r.test_accuracy:.2%} on {r.dataset['name']} ({r.dataset['test_size']:,} images){val}"
+            f"{kept}test accuracy {r.test_accuracy:.2%} on {r.dataset['name']} ({r.dataset['test_size']:,} images){val}"
         )
+        if r.tuning:
+            scores = ", ".join(f"{t['name']} {t['val_accuracy']:.2%}" for t in r.tuning["trials"])
+            chosen = describe(r.tuning["settings"])
+            lines.append(f"recipe {r.tuning['chosen']!r} ({chosen}), chosen on validation (trials: {scores})")
+        if r.stopped_early:
+            lines.append(f"stopped early after epoch {r.epochs[-1].epoch}: no better validation accuracy since")
         procs = f", {r.world_size} processes" if r.world_size > 1 else ""
         lines.append(
             f"device {r.device}{procs}, {r.precision} ({r.precision_reason}); {r.elapsed_s:.1f} s total, "
@@ -47,7 +56,7 @@ def render_train(r) -> str:
         )
     if r.interrupted:
         lines.append(
-            "interrupted: " + (f"kept epoch {len(r.epochs)}" if r.epochs else "no epoch completed, nothing saved")
+            "interrupted: " + (f"kept epoch {r.best_epoch}" if r.epochs else "no epoch completed, nothing saved")
         )
     if r.resumed_from_epoch is not None:
         lines.append(f"resumed after epoch {r.resumed_from_epoch}")

@@ -35,6 +35,16 @@ D = TrainConfig()  # the defaults live in one place
     "(default $CNNKIT_DATA_DIR or ~/.cache/cnnkit).",
 )
 @click.option("--classes", default=None, help="Class names in label order, comma-separated (default: classes.txt).")
+@click.option(
+    "--recipe",
+    "recipe_mode",
+    type=click.Choice(["auto", "default"]),
+    default="auto",
+    show_default=True,
+    help="auto: short trials of a few regularisation strengths (augmentation, label smoothing, dropout) on the "
+    "validation split pick the recipe, then it trains in full; default: the fixed default recipe. Options given "
+    "explicitly are never changed.",
+)
 @click.option("--epochs", type=click.IntRange(*I["epochs"]), default=D.epochs, show_default=True)
 @click.option(
     "--batch-size",
@@ -81,11 +91,32 @@ D = TrainConfig()  # the defaults live in one place
     help="Cross-entropy label smoothing.",
 )
 @click.option(
+    "--flip/--no-flip",
+    default=D.flip,
+    show_default=True,
+    help="Random left-right mirroring (for mirror-symmetric classes such as clothes; not digits).",
+)
+@click.option(
+    "--dropout",
+    type=Finite(*F["dropout"]),
+    default=D.dropout,
+    show_default=True,
+    help="Dropout before the fully connected layers.",
+)
+@click.option(
     "--val-fraction",
     type=Finite(*F["val_fraction"]),
     default=D.val_fraction,
     show_default=True,
     help="Share of the training images held out for validation (a fixed choice, the same for every seed).",
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(*I["patience"]),
+    default=D.patience,
+    show_default=True,
+    help="Early stopping: end after this many epochs without a better validation accuracy (0: run every epoch). "
+    "The checkpoint always holds the best epoch on validation.",
 )
 @click.option(
     "--max-steps", type=click.IntRange(*I["max_steps"]), default=None, help="Stop after this many steps (smoke runs)."
@@ -107,7 +138,7 @@ D = TrainConfig()  # the defaults live in one place
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def train(ctx, dataset, data_dir, classes, out, force, resume_dir, nproc, device, as_json, **recipe):
+def train(ctx, dataset, data_dir, classes, out, force, resume_dir, nproc, device, as_json, recipe_mode, **recipe):
     """Train the CNN and write a checkpoint (plus resume state, metrics.jsonl and curves.png)."""
     import importlib.util
 
@@ -125,7 +156,6 @@ def train(ctx, dataset, data_dir, classes, out, force, resume_dir, nproc, device
                 args += ["--out", out]
         sys.exit(distributed.launch(nproc, args))
 
-    from cnnkit.cli.render import render_train
     from cnnkit.datasets import load_dataset, parse_classes, with_classes
     from cnnkit.train.run import train as run_train
 
@@ -149,9 +179,22 @@ def train(ctx, dataset, data_dir, classes, out, force, resume_dir, nproc, device
             err=True,
         )
     cfg = TrainConfig(device=device, **recipe)
-    result = run_train(ds, cfg, out_dir, progress=not as_json, resume_run=resume_dir is not None, force=force)
+    tuning = None
+    if recipe_mode == "auto" and resume_dir is None:
+        explicit = {k: v for k, v in recipe.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+        cfg, tuning = _tuned(ds, cfg, explicit, out_dir, force, quiet=as_json)
+    result = run_train(
+        ds, cfg, out_dir, progress=not as_json, resume_run=resume_dir is not None, force=force, tuning=tuning
+    )
+    _report(result, warning, as_json)
+
+
+def _report(result, warning: str | None, as_json: bool) -> None:
+    """The result (rank 0 reports for the world), and the exit code: 130 interrupted, 1 did not learn."""
+    from cnnkit.cli.render import render_train
+
     if result.rank != 0:
-        sys.exit(130 if result.interrupted else 0)  # rank 0 reports for the world (and its exit code)
+        sys.exit(130 if result.interrupted else 0)
     for note in result.warnings:
         click.echo(f"Warning: {note}", err=True)
     if as_json:
@@ -163,6 +206,26 @@ def train(ctx, dataset, data_dir, classes, out, force, resume_dir, nproc, device
     if result.failure:  # the checkpoint is kept, for a look; the exit code says it is no use
         click.echo(f"Error: {result.failure}", err=True)
         sys.exit(1)
+
+
+def _tuned(ds, cfg: TrainConfig, explicit: dict, out_dir, force: bool, quiet: bool):
+    """`--recipe auto`: the recipe chosen on validation (and how), or the fixed one with the reason said."""
+    from dataclasses import replace
+
+    from cnnkit.train import distributed, tune
+    from cnnkit.train.rundir import check_out_dir
+
+    world = distributed.from_env()
+    say = (lambda line: None) if quiet or not world.is_main else (lambda line: click.echo(line, err=True))
+    reason = tune.why_not(cfg, explicit, world.size)
+    if reason:
+        say(f"recipe auto: {reason}; training the default recipe")
+        return cfg, None
+    check_out_dir(Path(out_dir), force)  # a user mistake is refused before the trials, not after them
+    say(tune.cost_line(ds, cfg, len(tune.candidates(explicit))))
+    chosen = tune.choose(ds, cfg, explicit, report=say)
+    say(f"recipe auto: chose {chosen.chosen!r} on validation in {chosen.seconds:.0f} s; training it in full")
+    return replace(cfg, **chosen.settings), chosen.to_dict()
 
 
 def _resumed(ctx, run: str, given: dict, data_dir):

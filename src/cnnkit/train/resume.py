@@ -1,6 +1,7 @@
 """Exact resume: the optimizer and scheduler state of the last completed epoch, saved without pickle.
 
-Beside the checkpoint, a run folder holds `train_state.safetensors` (the optimizer's tensors) and
+Beside the checkpoint (the best epoch on validation), a run folder holds `train_state.safetensors` (the last
+epoch's weights and the optimizer's tensors) and
 `train_state.json` (everything else: epoch, step, scheduler, optimizer hyper-parameters, the recipe, the data's
 fingerprint, the metrics so far). Randomness needs no saved state: each epoch's permutation, augmentation and
 dropout are seeded from (seed, epoch, rank), so epoch e draws the same numbers whether or not the run stopped
@@ -20,7 +21,8 @@ from cnnkit.train.config import RECIPE_FIELDS
 
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
-FORMAT = "cnnkit-train-state/1"
+FORMAT = "cnnkit-train-state/2"
+MODEL_PREFIX = "model."  # the last epoch's weights in STATE_TENSORS
 __all__ = ["RECIPE_FIELDS", "STATE_JSON", "STATE_TENSORS", "TrainState", "load", "mismatch", "save"]
 
 
@@ -35,11 +37,12 @@ class TrainState:
     scheduler: dict
     param_groups: list[dict]
     history: list[dict] = field(default_factory=list)  # EpochMetrics as dicts
-    weights_sha256: str = ""
+    weights_sha256: str = ""  # of the checkpoint: the best epoch's weights
     world_size: int = 1
+    best_epoch: int = 0  # the epoch the checkpoint holds
 
 
-def save(directory: Path, state: TrainState, optimizer_state: dict) -> None:
+def save(directory: Path, state: TrainState, optimizer_state: dict, model_state: dict) -> None:
     """Write both files atomically (tensors first: the JSON names the epoch they belong to)."""
     from safetensors.torch import save as st_save
 
@@ -48,14 +51,15 @@ def save(directory: Path, state: TrainState, optimizer_state: dict) -> None:
         for index, per_param in optimizer_state.items()
         for key, value in per_param.items()
     }
+    tensors.update({MODEL_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in model_state.items()})
     atomic.write_bytes(directory / STATE_TENSORS, st_save(tensors, metadata={"epoch": str(state.epoch)}))
     body = {"format": FORMAT, **state.__dict__}
     atomic.write_text(directory / STATE_JSON, json.dumps(body, indent=2, allow_nan=False) + "\n")
 
 
-def load(directory: Path) -> tuple[TrainState, dict]:
-    """The saved state and the optimizer's `state` dict ({param index: {name: tensor}}); CheckpointError if absent
-    or inconsistent."""
+def load(directory: Path) -> tuple[TrainState, dict, dict]:
+    """The saved state, the optimizer's `state` dict ({param index: {name: tensor}}) and the last epoch's model
+    weights; CheckpointError if absent or inconsistent."""
     from safetensors import SafetensorError, safe_open
 
     path = directory / STATE_JSON
@@ -67,18 +71,24 @@ def load(directory: Path) -> tuple[TrainState, dict]:
         raise CheckpointError(f"{path}: corrupt training state ({str(exc)[:80]})") from None
     state = parse_state(body, str(path))
     opt_state: dict = {}
+    model_state: dict = {}
     try:
         with safe_open(str(directory / STATE_TENSORS), framework="pt") as f:
             if (f.metadata() or {}).get("epoch") != str(state.epoch):
                 raise CheckpointError(f"{directory / STATE_TENSORS}: not from epoch {state.epoch} ({STATE_JSON})")
             for name in f.keys():
+                if name.startswith(MODEL_PREFIX):
+                    model_state[name[len(MODEL_PREFIX) :]] = f.get_tensor(name)
+                    continue
                 index, key = name.split(".", 1)
                 if not (index.isascii() and index.isdigit() and len(index) < 6):
                     raise ValueError(f"tensor name {name[:40]!r} is not <parameter index>.<state>")
                 opt_state.setdefault(int(index), {})[key] = f.get_tensor(name)
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{directory / STATE_TENSORS}: cannot read ({exc})") from None
-    return state, opt_state
+    if not model_state:
+        raise CheckpointError(f"{directory / STATE_TENSORS}: holds no model weights")
+    return state, opt_state, model_state
 
 
 def parse_state(body: Any, where: str) -> TrainState:

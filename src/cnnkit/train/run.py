@@ -32,7 +32,8 @@ class Resumed:
 
     state: resume.TrainState
     optimizer: dict[int, dict[str, Any]]  # the optimizer's tensors
-    checkpoint: Checkpoint
+    weights: dict[str, Any]  # the last epoch's model weights
+    checkpoint: Checkpoint  # the best epoch's
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +54,8 @@ class Plan:
     recipe: dict[str, Any]
     resumed: Resumed | None
     t_start: float
+    tuning: dict[str, Any]  # how `--recipe auto` chose the recipe (empty: not tuned)
+    plot: bool = True  # write curves.png (a tuning trial does not)
 
 
 def train(
@@ -62,21 +65,28 @@ def train(
     progress: bool | Progress = True,
     resume_run: bool = False,
     force: bool = False,
+    tuning: dict[str, Any] | None = None,
+    plot: bool = True,
 ) -> TrainResult:
     """Train the seed CNN on `dataset`; checkpoint after every epoch; Ctrl-C keeps the last completed epoch.
 
     Under torchrun (WORLD_SIZE > 1) this runs on every rank: DDP over NCCL (CUDA) or gloo (CPU), rank 0 writing.
     `resume_run` continues the run in `out_dir` from its last completed epoch (the same recipe and data, or
-    CheckpointError); otherwise `out_dir` must be empty unless `force`.
+    CheckpointError); otherwise `out_dir` must be empty unless `force`. `tuning` (how the recipe was chosen, see
+    `train.tune`) is recorded in the checkpoint; a resumed run keeps its own. `plot=False`: no curves.png.
     """
     from cnnkit.train import loop
 
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
+    cfg = cfg.sized(len(dataset.train_labels))  # epochs None: the default budget for this much data
     world = distributed.from_env()
     if world.is_main and not resume_run:
         check_out_dir(out_dir, force)  # refuse early; the folder itself is made once the inputs are checked
     plan = _plan(dataset, cfg, out_dir, world, resume_run, t_start)
+    plan = replace(plan, plot=plot)
+    if plan.resumed is None:
+        plan = replace(plan, tuning=dict(tuning or {}))
     created = world.is_main and not resume_run and not out_dir.exists()
     if world.is_main and not resume_run:
         prepare_out_dir(out_dir, force)
@@ -100,7 +110,7 @@ def _check_inputs(dataset: Dataset, cfg: TrainConfig, world: distributed.World) 
         raise DataError(
             f"{dataset.source}: images are {h}x{w}; the model needs square images with a side divisible by 4"
         )
-    return ModelConfig(num_classes=len(dataset.classes), image_size=h)
+    return ModelConfig(num_classes=len(dataset.classes), image_size=h, dropout=cfg.dropout)
 
 
 def _plan(
@@ -137,6 +147,7 @@ def _plan(
         recipe=recipe,
         resumed=resumed,
         t_start=t_start,
+        tuning=resumed.checkpoint.meta.tuning if resumed is not None else {},
     )
 
 
@@ -144,20 +155,20 @@ def _check_progress(saved: resume.TrainState, cfg: TrainConfig, n_train: int, ou
     """The saved epoch and step are where this recipe on this data puts a run after that epoch, or it was edited."""
     per_epoch = distributed.steps_per_epoch(n_train, cfg.batch_size, saved.world_size)
     expected = min(saved.epoch * per_epoch, cfg.max_steps or saved.epoch * per_epoch)
-    if saved.epoch > cfg.epochs or saved.step != expected:
+    if saved.epoch > cfg.n_epochs or saved.step != expected:
         raise CheckpointError(
             f"cannot resume {out_dir}: {resume.STATE_JSON} says epoch {saved.epoch}, step {saved.step}; this recipe "
-            f"reaches step {expected} after epoch {saved.epoch} of {cfg.epochs}"
+            f"reaches step {expected} after epoch {saved.epoch} of {cfg.n_epochs}"
         )
 
 
 def _resumed(out_dir: Path, recipe: dict[str, Any], dataset: Dataset, config: ModelConfig) -> Resumed:
     """The saved state of the run in `out_dir`, when it is the same run as the one asked for."""
-    saved, opt_state = resume.load(out_dir)
+    saved, opt_state, weights = resume.load(out_dir)
     ck = checkpoint.load(out_dir)
     problem = resume.mismatch(saved, recipe, dataset.fingerprint, config.to_dict())
     if problem:
         raise CheckpointError(f"cannot resume {out_dir}: {problem}")
     if ck.sha256 != saved.weights_sha256:
-        raise CheckpointError(f"cannot resume {out_dir}: {WEIGHTS_NAME} is not from epoch {saved.epoch}")
-    return Resumed(state=saved, optimizer=opt_state, checkpoint=ck)
+        raise CheckpointError(f"cannot resume {out_dir}: {WEIGHTS_NAME} is not from epoch {saved.best_epoch}")
+    return Resumed(state=saved, optimizer=opt_state, weights=weights, checkpoint=ck)

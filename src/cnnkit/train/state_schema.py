@@ -10,11 +10,11 @@ from typing import Any
 
 from cnnkit.errors import CheckpointError, CnnkitError
 from cnnkit.spec import ModelConfig, class_names_problem
-from cnnkit.train.config import RECIPE_FIELDS, EpochMetrics, TrainConfig
+from cnnkit.train.config import RECIPE_FIELDS, EpochMetrics, TrainConfig, best_epoch
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 MAX_STEPS = 10**10
-FORMAT = "cnnkit-train-state/1"
+FORMAT = "cnnkit-train-state/2"
 
 
 class SchemaError(ValueError):
@@ -64,7 +64,7 @@ def _history(value: Any, epoch: int) -> list[dict[str, Any]]:
             raise SchemaError(f"history[{i - 1}] must hold exactly {names}")
         _int(entry["epoch"], f"history[{i - 1}].epoch", i, i)
         for name in names[1:]:
-            _number(entry[name], f"history[{i - 1}].{name}", optional=name.startswith("val_"))
+            _number(entry[name], f"history[{i - 1}].{name}", optional=name.startswith(("val_", "test_")))
     return value
 
 
@@ -101,6 +101,8 @@ def parse(body: Any) -> Any:
     from cnnkit.train.resume import TrainState
 
     names = {f.name for f in fields(TrainState)}
+    if isinstance(body, dict) and body.get("format") == "cnnkit-train-state/1":
+        raise SchemaError("written by an older cnnkit (format cnnkit-train-state/1); this version cannot resume it")
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         raise SchemaError(f"not a cnnkit training state (format is not {FORMAT})")
     unknown = sorted(set(body) - names - {"format"})
@@ -128,4 +130,14 @@ def parse(body: Any) -> Any:
         history=_history(body["history"], epoch),
         weights_sha256=_hex(body["weights_sha256"], "weights_sha256"),
         world_size=_int(body["world_size"], "world_size", 1, 65_536),
+        best_epoch=_best(body, epoch),
     )
+
+
+def _best(body: dict[str, Any], epoch: int) -> int:
+    """The checkpoint's epoch: in range, and the best of the history when it has validation scores."""
+    best = _int(body["best_epoch"], "best_epoch", 1, epoch)
+    expected = best_epoch(body["history"])
+    if expected is not None and best != expected:
+        raise SchemaError(f"best_epoch {best} is not the best epoch on validation in the history ({expected})")
+    return best

@@ -39,7 +39,7 @@ def ensure_model(run_dir: Path) -> Path:
     if not onnx.is_file():
         cnnkit = [sys.executable, "-m", "cnnkit"]
         subprocess.run(
-            [*cnnkit, "train", "--dataset", "sample", "--out", str(run_dir), "--json"],
+            [*cnnkit, "train", "--dataset", "sample", "--recipe", "default", "--out", str(run_dir), "--json"],
             check=True,
             stdout=subprocess.DEVNULL,
         )

@@ -93,9 +93,9 @@ fi
 # accuracy on real digits (bundled sample), then throughput on a 60,000-image MNIST-sized set
 step train-sample "${CNNKIT[@]}" train --dataset sample --device "$DEVICE" --out "$WORK/run" --json
 step synthetic "$PY" benchmarks/make_synthetic_idx.py "$WORK/synthetic" --train "$TRAIN_N"
-step train-synthetic "${CNNKIT[@]}" train --data-dir "$WORK/synthetic" --device "$DEVICE" --epochs "$EPOCHS" \
+step train-synthetic "${CNNKIT[@]}" train --data-dir "$WORK/synthetic" --device "$DEVICE" --epochs "$EPOCHS" --recipe default \
   --out "$WORK/run60k" --json
-step train-synthetic-bf16 "${CNNKIT[@]}" train --data-dir "$WORK/synthetic" --device "$DEVICE" --epochs "$EPOCHS" \
+step train-synthetic-bf16 "${CNNKIT[@]}" train --data-dir "$WORK/synthetic" --device "$DEVICE" --epochs "$EPOCHS" --recipe default \
   --precision bf16 --out "$WORK/run60k-bf16" --json
 step export "${CNNKIT[@]}" export "$WORK/run" --format all --json
 BACKENDS=eager,torchscript,compile

@@ -21,7 +21,18 @@ from _common import machine, save
 
 
 def run(procs: int, threads: int, epochs: int, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "cnnkit", "train", "--dataset", "sample", "--epochs", str(epochs)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cnnkit",
+        "train",
+        "--dataset",
+        "sample",
+        "--recipe",
+        "default",
+        "--epochs",
+        str(epochs),
+    ]
     cmd += ["--device", "cpu", "--out", str(out), "--json"]
     if procs > 1:
         cmd += ["--nproc", str(procs)]

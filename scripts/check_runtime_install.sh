@@ -26,7 +26,7 @@ done
 echo "import torch there: $("$RT/bin/python" -c 'import torch' 2>&1 | tail -1)"
 
 echo "== a model exported in the full environment"
-"$FULL" -m cnnkit train --dataset sample --epochs 1 --device cpu --out "$WORK/run" --json > /dev/null
+"$FULL" -m cnnkit train --dataset sample --recipe default --epochs 1 --device cpu --out "$WORK/run" --json > /dev/null
 "$FULL" -m cnnkit export "$WORK/run" --format onnx --json > /dev/null
 "$FULL" - "$WORK" <<'PY'
 import sys

@@ -29,7 +29,7 @@ pip_quiet "$VENV" '.[serve,triton]' 'tritonclient[http,grpc]>=2.40' 'pytest>=8' 
 "$VENV/bin/python" -c "import numpy, pytriton; print('numpy', numpy.__version__, '- pytriton ok')"
 
 echo "== a model exported in the full environment"
-.venv/bin/python -m cnnkit train --dataset sample --epochs 1 --device cpu --out "$WORK/run" --json > /dev/null
+.venv/bin/python -m cnnkit train --dataset sample --recipe default --epochs 1 --device cpu --out "$WORK/run" --json > /dev/null
 .venv/bin/python -m cnnkit export "$WORK/run" --format onnx --json > /dev/null
 
 echo "== tests/integration/test_triton_engine.py in $VENV"

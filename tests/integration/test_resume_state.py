@@ -18,7 +18,19 @@ def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     data = write_idx_dataset(root / "idx", n_train=128, n_test=32)
     run = root / "run"
-    args = ["train", "--data-dir", str(data), "--epochs", "2", "--batch-size", "32", "--device", "cpu"]
+    args = [
+        "train",
+        "--data-dir",
+        str(data),
+        "--recipe",
+        "default",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+    ]
     r = CliRunner().invoke(main, [*args, "--precision", "fp32", "--out", str(run), "--json"])
     assert r.exit_code == 0, r.output
     return run
@@ -81,7 +93,19 @@ def test_a_run_that_stays_at_chance_exits_1_and_keeps_its_checkpoint(tmp_path):
     """Random labels cannot be learnt: after 3 epochs and 100+ steps, validation is at chance, and the exit says so."""
     data = write_idx_dataset(tmp_path / "idx", n_train=1100, n_test=32)
     run = tmp_path / "run"
-    args = ["train", "--data-dir", str(data), "--epochs", "3", "--batch-size", "16", "--device", "cpu"]
+    args = [
+        "train",
+        "--data-dir",
+        str(data),
+        "--recipe",
+        "default",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+    ]
     r = CliRunner().invoke(main, [*args, "--shift", "0", "--rotate", "0", "--out", str(run)])
     assert r.exit_code == 1 and "the model did not learn: validation accuracy" in r.stderr, r.output
     assert (run / "model.safetensors").is_file()

@@ -18,7 +18,7 @@ from cnnkit.train.config import TrainConfig
 from cnnkit.train.run import train
 from conftest import StopAfter, write_idx_dataset
 
-ARGS = ["--epochs", "3", "--batch-size", "64", "--device", "cpu", "--precision", "fp32"]
+ARGS = ["--recipe", "default", "--epochs", "3", "--batch-size", "64", "--device", "cpu", "--precision", "fp32"]
 
 
 @pytest.mark.slow

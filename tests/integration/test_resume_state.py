@@ -18,22 +18,16 @@ def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     data = write_idx_dataset(root / "idx", n_train=128, n_test=32)
     run = root / "run"
-    args = [
-        "train",
-        "--data-dir",
-        str(data),
-        "--recipe",
-        "default",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "32",
-        "--device",
-        "cpu",
-    ]
+    args = _fixed_recipe(data, epochs=2, batch_size=32)
     r = CliRunner().invoke(main, [*args, "--precision", "fp32", "--out", str(run), "--json"])
     assert r.exit_code == 0, r.output
     return run
+
+
+def _fixed_recipe(data, epochs: int, batch_size: int) -> list[str]:
+    """`cnnkit train` on `data` with the fixed recipe (no trials), on the CPU."""
+    return ["train", "--data-dir", str(data), "--recipe", "default", "--epochs", str(epochs), "--batch-size",
+            str(batch_size), "--device", "cpu"]  # fmt: skip
 
 
 def _copy(run, tmp_path):
@@ -93,19 +87,7 @@ def test_a_run_that_stays_at_chance_exits_1_and_keeps_its_checkpoint(tmp_path):
     """Random labels cannot be learnt: after 3 epochs and 100+ steps, validation is at chance, and the exit says so."""
     data = write_idx_dataset(tmp_path / "idx", n_train=1100, n_test=32)
     run = tmp_path / "run"
-    args = [
-        "train",
-        "--data-dir",
-        str(data),
-        "--recipe",
-        "default",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "16",
-        "--device",
-        "cpu",
-    ]
+    args = _fixed_recipe(data, epochs=3, batch_size=16)
     r = CliRunner().invoke(main, [*args, "--shift", "0", "--rotate", "0", "--out", str(run)])
     assert r.exit_code == 1 and "the model did not learn: validation accuracy" in r.stderr, r.output
     assert (run / "model.safetensors").is_file()

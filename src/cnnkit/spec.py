@@ -20,6 +20,8 @@ BENCH_DEVICES = ("cpu", "cuda")  # where a measurement or a parity check runs: n
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 EXPORT_PRECISIONS = ("fp32", "int8", "fp16")  # an exported file's weights and arithmetic
 EXPORT_FORMATS = ("onnx", "torchscript")
+ENGINES = ("onnxruntime", "openvino")  # what runs an exported .onnx file; --engine also takes "auto"
+INFERENCE_PRECISIONS = ("fp32", "bf16")  # the float arithmetic an engine runs a file with
 TRITON_INSTANCE_KINDS = ("auto", "gpu", "cpu")  # where Triton runs a model's instances (auto: a GPU if it has one)
 DATASETS = ("mnist", "fashion-mnist", "sample")
 

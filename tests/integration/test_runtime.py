@@ -10,7 +10,7 @@ import torch
 from cnnkit import contract, runtime
 from cnnkit.datasets import load_sample
 from cnnkit.errors import DeviceError, InputError, ModelFileError
-from cnnkit.runtime import Classifier, ProviderFallbackWarning
+from cnnkit.runtime import Classifier, CudaOptions, ProviderFallbackWarning
 from cnnkit.train import checkpoint
 from cnnkit.train.checkpoint import deployable
 
@@ -166,7 +166,7 @@ def test_cuda_io_binding_and_graph(exported):
     c.logits_on_device(x.cuda(), out=out)
     np.testing.assert_allclose(out.cpu().numpy(), ref, atol=1e-4)
     np.testing.assert_allclose(c.logits_on_device(x.cuda()).numpy(), ref, atol=1e-4)
-    g = Classifier(exported.artefacts["onnx"], device="cuda", fallback="raise", enable_cuda_graph=True)
+    g = Classifier(exported.artefacts["onnx"], device="cuda", fallback="raise", cuda=CudaOptions(cuda_graph=True))
     runner = g.cuda_graph_runner(16)
     for _ in range(3):
         np.testing.assert_allclose(runner.run(x.numpy()), ref, atol=1e-4)

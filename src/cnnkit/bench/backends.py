@@ -15,7 +15,7 @@ import numpy as np
 from cnnkit.errors import DeviceError, ModelFileError
 from cnnkit.export.artifacts import load_torchscript
 from cnnkit.export.runners import Runner, Step, classifier_runner, torch_runner
-from cnnkit.runtime import Classifier
+from cnnkit.runtime import Classifier, CudaOptions
 from cnnkit.train.checkpoint import deployable
 
 BACKENDS = ("eager", "torchscript", "onnx", "compile", "eager-cudagraph", "onnx-cudagraph")
@@ -98,11 +98,11 @@ def onnx(
     clf = Classifier(
         path,
         device=device,
+        engine="onnxruntime",
         intra_op_threads=threads,
         max_batch=1 << 20,
-        tf32=tf32,
         fallback="ignore",
-        compute_stream=_torch_stream(torch_device),
+        cuda=CudaOptions(tf32=tf32, compute_stream=_torch_stream(torch_device)),
     )
     runner = classifier_runner(clf, name)
     if device != "cuda" or runner.fell_back:
@@ -135,10 +135,9 @@ def onnx_cudagraph(path: Path, tf32: bool = False, torch_device: Any = None, nam
         return Classifier(
             path,
             device="cuda",
-            enable_cuda_graph=True,
-            tf32=tf32,
+            engine="onnxruntime",
             fallback="ignore",
-            compute_stream=_torch_stream(torch_device),
+            cuda=CudaOptions(tf32=tf32, cuda_graph=True, compute_stream=_torch_stream(torch_device)),
         )
 
     clf = session()

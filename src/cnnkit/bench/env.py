@@ -11,17 +11,7 @@ from typing import Any
 
 from cnnkit import __version__
 from cnnkit.doctor import gpu_info, installed_version
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
+from cnnkit.runtime.plan import cpu_model
 
 RELEVANT_FLAGS = (
     "avx2",

@@ -136,7 +136,7 @@ def open_runner(path: Path, kind: str, ref: Reference) -> tuple[Runner, str | No
     if kind == "torchscript":
         module, info = load_torchscript(path, map_location=dev)
         return torch_runner("torchscript", module, dev, variant=info.variant), None
-    runner = onnx_runner(path, dev.type, tf32=False)  # a fall-back is reported as a failure, not a warning
+    runner = onnx_runner(path, dev.type)  # a fall-back is reported as a failure, not a warning
     problem = None
     classes = len(ref.ckpt.meta.classes)
     if runner.fell_back:

@@ -1,4 +1,5 @@
-"""`Classifier`: an exported cnnkit model in an ONNX Runtime session. Imports numpy and onnxruntime only."""
+"""`Classifier`: an exported cnnkit model in ONNX Runtime or OpenVINO. Imports numpy and onnxruntime (and OpenVINO
+when it is asked for) only."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from cnnkit import contract
-from cnnkit.errors import DeviceError, ModelFileError
-from cnnkit.runtime import cuda, session
+from cnnkit.errors import CnnkitError, DeviceError
+from cnnkit.runtime import cuda, plan, session
+from cnnkit.runtime.facts import read_info
 from cnnkit.runtime.inputs import InputSpec
+from cnnkit.runtime.options import CudaOptions, EngineChoice
+from cnnkit.runtime.ort_engine import OrtEngine
 from cnnkit.runtime.predictions import Prediction, predictions, softmax
-from cnnkit.spec import DEVICES
+from cnnkit.spec import DEVICES, ENGINES
 
 Fallback = Literal["warn", "raise", "ignore"]
 FALLBACKS = ("warn", "raise", "ignore")
@@ -25,24 +28,25 @@ class ProviderFallbackWarning(RuntimeWarning):
 
 
 class Classifier:
-    """A cnnkit ONNX model in an ONNX Runtime session, ready for thread-safe batch inference.
+    """A cnnkit ONNX model in an inference engine, ready for thread-safe batch inference.
 
     Args:
         model: path to the .onnx file, or its bytes.
         device: "cpu", "cuda" (CUDA provider, CPU for what it cannot run) or "auto" (CUDA where a GPU is visible).
+        engine: "onnxruntime", "openvino" (the `openvino` extra; CPU only), an `EngineChoice` (engine, streams,
+            float precision), or "auto": on the CPU, what `cnnkit optimize` measured fastest at each batch size for
+            this file on this CPU (`runtime.json` beside it; see `plan`), else ONNX Runtime.
         fallback: what happens when CUDA was asked for and ONNX Runtime runs on the CPU instead: "warn"
             (a ProviderFallbackWarning, once), "raise" (DeviceError) or "ignore" (read `fallback_reason`).
-        intra_op_threads: CPU threads per inference (default: ONNX Runtime's choice, one per core).
+        intra_op_threads: CPU threads per inference, shared by the streams (default: one per core).
         max_batch: larger inputs are run in chunks of this many images.
-        tf32: allow TF32 math on the CUDA provider (faster, less exact; off by default).
-        enable_cuda_graph: capture a CUDA graph (fixed shapes; use `cuda_graph_runner`).
-        device_id: the CUDA device.
-        compute_stream: a CUDA stream handle (e.g. `torch.cuda.current_stream().cuda_stream`) for ONNX Runtime
-            to run on, so that GPU inputs produced on that stream are ordered before the model reads them.
+        cuda: ONNX Runtime's CUDA provider options (`CudaOptions`: TF32, CUDA graph, device, stream).
 
     Raises:
         ModelFileError: the file is missing, not ONNX, or not a cnnkit model.
-        DeviceError: an unknown device, or a CUDA fall-back with `fallback="raise"`.
+        DeviceError: an unknown device, a CUDA fall-back with `fallback="raise"`, OpenVINO asked to run on CUDA,
+            or bf16 on a CPU without it.
+        MissingExtraError: engine "openvino" without OpenVINO installed.
     """
 
     def __init__(
@@ -50,13 +54,11 @@ class Classifier:
         model: str | os.PathLike[str] | bytes,
         device: str = "auto",
         *,
+        engine: str | EngineChoice = "auto",
         fallback: Fallback = "warn",
         intra_op_threads: int | None = None,
         max_batch: int = 256,
-        tf32: bool = False,
-        enable_cuda_graph: bool = False,
-        device_id: int = 0,
-        compute_stream: int | None = None,
+        cuda: CudaOptions = CudaOptions(),
     ):
         if device not in DEVICES:
             raise DeviceError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
@@ -67,71 +69,60 @@ class Classifier:
         data, self.source = session.read_model(model)
         self.requested_device = device
         self.max_batch = int(max_batch)
-        self.device_id = device_id
+        self.device_id = cuda.device_id
         want_cuda = device == "cuda" or (
             device == "auto" and session.gpu_visible() and session.CUDA_EP in ort.get_available_providers()
         )
-        options = session.cuda_provider_options(device_id, tf32, enable_cuda_graph, compute_stream)
-        self.session, reason, _ = session.open_session(data, self.source, want_cuda, intra_op_threads, options)
-        self.info = self._read_info()
+        #: the engine choice for each batch size, and where it came from
+        self.plan = _plan(model, engine, want_cuda)
+        if want_cuda and any(c.engine != "onnxruntime" for c in self.plan.choices):
+            raise DeviceError("OpenVINO runs on the CPU here; use --engine onnxruntime for CUDA")
+        self._engines = {c: _open(data, self.source, c, want_cuda, intra_op_threads, cuda) for c in self.plan.choices}
+        first = next(iter(self._engines.values()))
+        #: the ONNX Runtime session (None when only OpenVINO runs the model)
+        self.session = next((e.session for e in self._engines.values() if e.session is not None), None)
+        self.info = read_info(first.facts(), self.source)
+        for e in self._engines.values():
+            e.select_output(self.info.output_name)
         self.input_spec = InputSpec(
             name=self.info.input_name,
             channels=self.info.channels,
             height=self.info.image_size,
             width=self.info.image_size,
         )
-        self._outputs = [self.info.output_name]
         #: why CUDA was asked for but ONNX Runtime runs on the CPU (None when it runs as asked)
-        self.fallback_reason: str | None = reason
+        self.fallback_reason: str | None = first.fallback_reason
+        reason = self.fallback_reason
         if reason and device == "cuda" and fallback != "ignore":
             if fallback == "raise":
                 raise DeviceError(self.fallback_message)
             warnings.warn(self.fallback_message or reason, ProviderFallbackWarning, stacklevel=2)
 
-    def _read_info(self) -> contract.ModelInfo:
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if contract.KEY not in meta:
-            raise ModelFileError(
-                f"{self.source}: not a cnnkit model (no '{contract.KEY}' metadata); export it with `cnnkit export`"
-            )
-        info = contract.ModelInfo.from_json(meta[contract.KEY], self.source)
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = {o.name: o for o in self.session.get_outputs()}
-        if info.input_name not in inputs or info.output_name not in outputs:
-            raise ModelFileError(
-                f"{self.source}: graph inputs {sorted(inputs)} / outputs {sorted(outputs)} do not "
-                f"match the metadata ('{info.input_name}' -> '{info.output_name}')"
-            )
-        if inputs[info.input_name].type != "tensor(uint8)":
-            raise ModelFileError(
-                f"{self.source}: input '{info.input_name}' is {inputs[info.input_name].type}, expected tensor(uint8)"
-            )
-        in_shape = list(inputs[info.input_name].shape or [])
-        expected = [info.channels, info.image_size, info.image_size]
-        if len(in_shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(in_shape[1:], expected)):
-            raise ModelFileError(
-                f"{self.source}: input '{info.input_name}' has shape {in_shape}, but the metadata says "
-                f"[N, {', '.join(map(str, expected))}]"
-            )
-        out = outputs[info.output_name]
-        if out.type != "tensor(float)" or len(out.shape or []) != 2:
-            raise ModelFileError(
-                f"{self.source}: output '{info.output_name}' is {out.type} of shape {out.shape}; "
-                "expected float32 logits [N, classes]"
-            )
-        width = out.shape[-1]
-        if isinstance(width, int) and width != info.num_classes:
-            raise ModelFileError(
-                f"{self.source}: the model has {width} outputs but its metadata names {info.num_classes} classes"
-            )
-        return info
-
     # ----------------------------------------------------------------------------------------- facts
 
     @property
     def providers(self) -> list[str]:
-        """The execution providers the session really uses, in priority order."""
-        return list(self.session.get_providers())
+        """What really runs the model: ONNX Runtime's execution providers in priority order, or 'OpenVINO CPU'
+        (both, for a plan that uses both engines)."""
+        return list(dict.fromkeys(p for e in self._engines.values() for p in e.providers))
+
+    @property
+    def engine(self) -> str:
+        """The engine(s) that run the model: 'onnxruntime', 'openvino', or both joined by '+'."""
+        return "+".join(dict.fromkeys(c.engine for c in self._engines))
+
+    @property
+    def precision(self) -> str:
+        """The float precision the engines really compute in (as they report it; an INT8 file's quantized layers
+        run in INT8 whatever this says)."""
+        return "+".join(dict.fromkeys(e.precision for e in self._engines.values()))
+
+    def runs_on(self) -> list[dict[str, object]]:
+        """The plan as data: from which batch size which engine, streams and precision run, and what runs."""
+        return [
+            {"from_batch": size, **c.to_dict(), "precision_run": self._engines[c].precision, "label": c.label}
+            for size, c in self.plan.routes
+        ]
 
     @property
     def device(self) -> str:
@@ -155,7 +146,7 @@ class Classifier:
 
         None where this onnxruntime cannot say (before 1.31). A CUDA graph needs every node on CUDA.
         """
-        return session.node_assignment(self.session)
+        return session.node_assignment(self.session) if self.session is not None else None
 
     # ------------------------------------------------------------------------------------- inference
 
@@ -168,12 +159,12 @@ class Classifier:
         # Fast path: a ready uint8 NCHW batch skips conversion (keeps per-call overhead to microseconds).
         x = images if self.input_spec.is_ready(images) else self.input_spec.batch(images)
         n = x.shape[0]
-        feed = self.input_spec.name
         if n <= self.max_batch:
-            return np.asarray(self.session.run(self._outputs, {feed: x})[0])
-        return np.concatenate(
-            [self.session.run(self._outputs, {feed: x[i : i + self.max_batch]})[0] for i in range(0, n, self.max_batch)]
-        )
+            return self._run(x)
+        return np.concatenate([self._run(x[i : i + self.max_batch]) for i in range(0, n, self.max_batch)])
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self._engines[self.plan.choice_for(len(x))].run(x))
 
     def probabilities(self, images: Any) -> np.ndarray:
         """Softmax probabilities [N, classes]."""
@@ -186,7 +177,7 @@ class Classifier:
     # ------------------------------------------------------------------------------ CUDA, IO binding
 
     def _require_cuda(self, what: str) -> None:
-        if self.device != "cuda":
+        if self.device != "cuda" or self.session is None:
             raise DeviceError(f"{what} needs the CUDA provider, but this session runs on {self.providers}")
 
     def logits_on_device(self, images: Any, out: Any = None) -> Any:
@@ -207,9 +198,30 @@ class Classifier:
         return cuda.DeviceRunner(self._io(), batch_size)
 
     def cuda_graph_runner(self, batch_size: int) -> cuda.DeviceRunner:
-        """A fixed-shape runner for a session made with `enable_cuda_graph=True`: each run replays the graph."""
+        """A fixed-shape runner for a session made with `cuda=CudaOptions(cuda_graph=True)`: each run replays the graph."""
         self._require_cuda("cuda_graph_runner")
         return cuda.DeviceRunner(self._io(), batch_size)
 
     def _io(self) -> cuda.ModelIO:
+        assert self.session is not None  # _require_cuda
         return cuda.ModelIO(self.session, self.input_spec, self.info.output_name, self.info.num_classes, self.device_id)
+
+
+def _plan(model: Any, engine: str | EngineChoice, want_cuda: bool) -> plan.Plan:
+    if isinstance(engine, EngineChoice):
+        return plan.Plan(routes=((1, engine),), source="asked for")
+    if engine == "auto":
+        return plan.load(model, "cuda" if want_cuda else "cpu")
+    if engine not in ENGINES:
+        raise CnnkitError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)} or auto")
+    return plan.Plan(routes=((1, EngineChoice(engine=engine)),), source="asked for")
+
+
+def _open(
+    data: bytes, source: str, choice: EngineChoice, want_cuda: bool, threads: int | None, cuda_opts: CudaOptions
+) -> Any:
+    if choice.engine == "openvino":
+        from cnnkit.runtime.openvino_engine import OpenVinoEngine
+
+        return OpenVinoEngine(data, source, choice, threads)
+    return OrtEngine(data, source, choice, want_cuda, threads, cuda_opts)

@@ -1,0 +1,118 @@
+"""OpenVINO as a runtime engine (the `openvino` extra): the same .onnx file, read by OpenVINO's ONNX frontend and
+compiled for the CPU with an explicit float precision, so it never runs bf16 unless asked (OpenVINO's own default on
+CPUs with AMX or AVX512-BF16 is bf16). Imported only when the openvino engine is asked for."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+import numpy as np
+
+from cnnkit import contract
+from cnnkit.errors import DeviceError, MissingExtraError, ModelFileError, first_line
+from cnnkit.runtime.facts import ModelFacts, Tensor
+from cnnkit.runtime.options import EngineChoice
+from cnnkit.runtime.streams import Streams
+
+OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # cnnkit's names -> OpenVINO's INFERENCE_PRECISION_HINT
+FROM_OV = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+INSTALL = "pip install 'cnnkit[openvino]'"
+
+
+def available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def capabilities() -> list[str]:
+    """OpenVINO's CPU optimisation capabilities here (FP32, INT8, BF16, ...), or [] without OpenVINO."""
+    if not available():
+        return []
+    import openvino as ov
+
+    return [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
+def _tensor(port: Any) -> Tensor:
+    dims = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+    return Tensor(np.dtype(port.get_element_type().to_dtype()).name, dims)
+
+
+class OpenVinoEngine:
+    """The model compiled by OpenVINO for the CPU; `run(x)` gives float32 logits for a uint8 batch."""
+
+    name = "openvino"
+
+    def __init__(self, data: bytes, source: str, choice: EngineChoice, threads: int | None):
+        if not available():
+            raise MissingExtraError(f"the openvino engine needs OpenVINO, which is not installed: {INSTALL}")
+        import openvino as ov
+
+        core = ov.Core()
+        if choice.precision == "bf16" and "BF16" not in capabilities():
+            raise DeviceError(
+                "bf16 needs a CPU with AVX512-BF16 or AMX; OpenVINO finds only "
+                f"{', '.join(capabilities())} here: use fp32"
+            )
+        try:
+            self._model = core.read_model(data)
+        except Exception as exc:  # OpenVINO raises RuntimeError / its own GeneralFailure for unreadable models
+            raise ModelFileError(f"{source}: OpenVINO cannot read this model ({_reason(exc)})") from None
+        props: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": OV_PRECISIONS[choice.precision],
+            "INFERENCE_NUM_THREADS": int(threads or os.cpu_count() or 1),
+        }
+        if choice.streams > 1:
+            props["NUM_STREAMS"] = choice.streams
+        else:
+            props["PERFORMANCE_HINT"] = "LATENCY"
+        try:
+            self._compiled = core.compile_model(self._model, "CPU", props)
+        except Exception as exc:
+            raise ModelFileError(f"{source}: OpenVINO cannot compile this model ({_reason(exc)})") from None
+        self.choice = choice
+        self.fallback_reason: str | None = None
+        self.session = None  # no ONNX Runtime session: IO binding and CUDA graphs are ONNX Runtime's
+        self._output = 0
+        requests = [self._compiled.create_infer_request() for _ in range(choice.streams)]
+        runs = [self._runner(r) for r in requests]
+        self.run = Streams(runs)
+
+    def select_output(self, name: str) -> None:
+        self._output = next(i for i, o in enumerate(self._compiled.outputs) if name in o.get_names())
+
+    def _runner(self, request: Any) -> Any:
+        def run(x: np.ndarray) -> np.ndarray:
+            request.infer({0: x})
+            return np.array(request.get_output_tensor(self._output).data, dtype=np.float32)
+
+        return run
+
+    def facts(self) -> ModelFacts:
+        m = self._model
+        meta: dict[str, str] = {}
+        if m.has_rt_info(["framework", contract.KEY]):
+            meta[contract.KEY] = m.get_rt_info(["framework", contract.KEY]).astype(str)
+        return ModelFacts(
+            metadata=meta,
+            inputs={n: _tensor(p) for p in m.inputs for n in p.get_names()},
+            outputs={n: _tensor(p) for p in m.outputs for n in p.get_names()},
+        )
+
+    @property
+    def providers(self) -> list[str]:
+        return ["OpenVINO CPU"]
+
+    @property
+    def precision(self) -> str:
+        """The float precision OpenVINO compiled the model with, as it reports it."""
+        hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        name = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+        return FROM_OV.get(name, name)
+
+
+def _reason(exc: BaseException) -> str:
+    """OpenVINO's message without its 'Exception from <source file>' lines."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("Exception from")]
+    return lines[0] if lines else first_line(exc)

@@ -1,0 +1,96 @@
+"""What `engine="auto"` runs: the engine choice `cnnkit optimize` measured fastest at each batch size for this very
+file on this very CPU (`runtime.json` beside the model), or ONNX Runtime, one stream, where nothing applies.
+
+The record names the file's SHA-256 and the CPU model it was measured on; a record for another file or another CPU
+is not used (and the Classifier says why)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cnnkit.atomic import sha256_file, write_text
+from cnnkit.runtime.options import EngineChoice
+
+RECORD = "runtime.json"
+FORMAT = "cnnkit-runtime/1"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """Engine choices by batch size: a batch of n images runs on the choice for the largest size <= n (the
+    smallest size's choice below it)."""
+
+    routes: tuple[tuple[int, EngineChoice], ...]
+    source: str  # where the plan came from, for messages and `doctor`
+    note: str | None = None  # why a record beside the model was not used
+
+    def choice_for(self, n: int) -> EngineChoice:
+        fitting = [c for size, c in self.routes if size <= n]
+        return fitting[-1] if fitting else self.routes[0][1]
+
+    @property
+    def choices(self) -> list[EngineChoice]:
+        return list(dict.fromkeys(c for _, c in self.routes))
+
+
+DEFAULT = Plan(routes=((1, EngineChoice()),), source="default")
+
+
+def record_path(model: Path) -> Path:
+    return model.parent / RECORD
+
+
+def load(model: str | Path | bytes, device: str) -> Plan:
+    """The plan for `model` on `device` ('cpu' or 'cuda'): the record's, where it applies, else the default."""
+    if isinstance(model, (bytes, bytearray, memoryview)) or device == "cuda":
+        return DEFAULT
+    path = record_path(Path(model))
+    if not path.is_file():
+        return DEFAULT
+    try:
+        record = json.loads(path.read_text())
+        entry = record["models"][Path(model).name]
+        if entry["sha256"] != sha256_file(model):
+            return Plan(routes=DEFAULT.routes, source="default", note=f"{path} was measured for another file")
+        if record["cpu"] != cpu_model():
+            return Plan(routes=DEFAULT.routes, source="default", note=f"{path} was measured on a {record['cpu']}")
+        routes = sorted((int(size), EngineChoice(**c)) for size, c in entry["winners"].items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return Plan(routes=DEFAULT.routes, source="default", note=f"{path} is unreadable ({type(exc).__name__})")
+    except Exception as exc:  # an EngineChoice the record names that this cnnkit does not accept
+        return Plan(routes=DEFAULT.routes, source="default", note=f"{path}: {exc}")
+    return Plan(routes=tuple(routes), source=str(path))
+
+
+def save(model: Path, winners: dict[int, EngineChoice], measured: dict[str, Any]) -> Path:
+    """Record `winners` (batch size -> choice) for `model` beside it, keeping other files' entries."""
+    path = record_path(model)
+    record: dict[str, Any] = {"format": FORMAT, "cpu": cpu_model(), "models": {}}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+            if old.get("cpu") == record["cpu"]:
+                record["models"] = dict(old.get("models", {}))
+        except (OSError, ValueError, AttributeError):
+            pass
+    record["models"][model.name] = {
+        "sha256": sha256_file(model),
+        "winners": {str(b): c.to_dict() for b, c in sorted(winners.items())},
+        "measured": measured,
+    }
+    write_text(path, json.dumps(record, indent=2) + "\n")
+    return path

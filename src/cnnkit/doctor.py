@@ -40,6 +40,7 @@ class DoctorReport:
     gpu: GpuInfo
     onnxruntime: dict[str, Any]
     cuda_session: CudaSession
+    engines: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     fix: str | None = None
 
@@ -114,7 +115,8 @@ def cuda_session_check() -> CudaSession:
     }
 
 
-def diagnose() -> DoctorReport:
+def diagnose(model: str | None = None) -> DoctorReport:
+    """The report; with `model`, also what `--engine auto` runs it with."""
     import onnxruntime as ort
 
     problems = []
@@ -157,6 +159,7 @@ def diagnose() -> DoctorReport:
     elif not gpu["visible"]:
         problems.append("no NVIDIA GPU visible: cnnkit runs on the CPU (expected on a machine without one)")
     return DoctorReport(
+        engines=engines_info(model),
         python=platform.python_version(),
         platform=platform.platform(),
         torch=torch_info,
@@ -166,3 +169,24 @@ def diagnose() -> DoctorReport:
         problems=problems,
         fix=fix,
     )
+
+
+def engines_info(model: str | None = None) -> dict[str, Any]:
+    """Which engines are installed (OpenVINO with its CPU capabilities: BF16 and INT8 say what it can run fast), and
+    what `--engine auto` runs: for `model`, its plan; without one, the rule."""
+    from cnnkit.runtime import openvino_engine, plan
+
+    info: dict[str, Any] = {
+        "onnxruntime": installed_version("onnxruntime-gpu") or installed_version("onnxruntime"),
+        "openvino": installed_version("openvino"),
+        "openvino_cpu": openvino_engine.capabilities(),
+    }
+    if model is None:
+        info["auto"] = "onnxruntime, unless `cnnkit optimize --select` recorded faster choices beside the model"
+        return info
+    chosen = plan.load(model, "cpu")
+    info["auto"] = [{"from_batch": size, **c.to_dict()} for size, c in chosen.routes]
+    info["auto_source"] = chosen.source
+    if chosen.note:
+        info["auto_note"] = chosen.note
+    return info

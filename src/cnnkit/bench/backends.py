@@ -15,12 +15,18 @@ import numpy as np
 from cnnkit.errors import DeviceError, ModelFileError
 from cnnkit.export.artifacts import load_torchscript
 from cnnkit.export.runners import Runner, Step, classifier_runner, torch_runner
-from cnnkit.runtime import Classifier, CudaOptions
+from cnnkit.runtime import Classifier, CudaOptions, EngineChoice
 from cnnkit.train.checkpoint import deployable
 
-BACKENDS = ("eager", "torchscript", "onnx", "compile", "eager-cudagraph", "onnx-cudagraph")
+BACKENDS = ("eager", "torchscript", "onnx", "openvino", "openvino-bf16", "compile", "eager-cudagraph", "onnx-cudagraph")
 CUDA_ONLY = ("eager-cudagraph", "onnx-cudagraph")
-ONNX_BACKENDS = ("onnx", "onnx-cudagraph")
+CPU_ONLY = ("openvino", "openvino-bf16")
+ENGINE_BACKENDS = {  # a backend that runs an .onnx file in the runtime -> its engine choice (streams added per row)
+    "onnx": EngineChoice(engine="onnxruntime"),
+    "openvino": EngineChoice(engine="openvino"),
+    "openvino-bf16": EngineChoice(engine="openvino", precision="bf16"),
+}
+ONNX_BACKENDS = (*ENGINE_BACKENDS, "onnx-cudagraph")
 
 
 def _deployable(ckpt: Any, device: Any) -> Any:
@@ -127,6 +133,16 @@ def onnx(
         return lambda: clf.logits_on_device(xt, out=out)
 
     runner.prepare = prepare_torch
+    return runner
+
+
+def engine(path: Path, choice: EngineChoice, threads: int | None, name: str) -> Runner:
+    """An .onnx file on the CPU in one engine choice (OpenVINO, or several streams); what runs is in `ran_on`."""
+    clf = Classifier(path, device="cpu", engine=choice, intra_op_threads=threads, max_batch=1 << 20)
+    runner = classifier_runner(clf, name)
+    streams = f", {choice.streams} streams" if choice.streams > 1 else ""
+    int8 = "int8 + " if clf.info.variant.startswith("int8") else ""
+    runner.ran_on = f"{clf.providers[0]} ({int8}{clf.precision}{streams})"
     return runner
 
 

@@ -38,6 +38,8 @@ class EvalResult:
     per_class: list[ClassAccuracy]
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     seconds: float
+    engine: str = "onnxruntime"
+    precision: str = "fp32"  # the float precision the engine computed in
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,9 +52,10 @@ def evaluate(
     device: str = "auto",
     split: str = "test",
     batch: int = 512,
+    engine: Any = "auto",
 ) -> EvalResult:
     """Classify every image of `split` ("test" or "train"); the model's own recorded dataset by default."""
-    clf = Classifier(model, device=device, fallback="ignore", max_batch=batch)
+    clf = Classifier(model, device=device, engine=engine, fallback="ignore", max_batch=batch)
     if dataset is None and data_dir is None:
         recorded = clf.info.raw.get("dataset")
         if not isinstance(recorded, dict):
@@ -84,6 +87,8 @@ def evaluate(
         model_version=clf.info.version,
         variant=clf.info.variant,
         providers=clf.providers,
+        engine=clf.engine,
+        precision=clf.precision,
         dataset=ds.name,
         split=split,
         images=len(labels),

@@ -44,6 +44,7 @@ class BenchConfig:
     iters: int | None = None  # timed calls per backend and batch size; None: `min_time` seconds
     min_time: float = 1.5
     threads: int | None = None  # CPU threads for every backend (None: all cores)
+    streams: tuple[int, ...] = (1,)  # engine backends: rows for each number of parallel single-threaded streams
     rounds: int = 5
     seed: int = 0
     tf32: bool = False  # CUDA: TF32 in every backend alike
@@ -58,6 +59,11 @@ class BenchConfig:
         cuda_only = [b for b in self.backends if b in bk.CUDA_ONLY]
         if self.device != "cuda" and cuda_only:
             raise DeviceError(f"{', '.join(cuda_only)} need --device cuda")
+        cpu_only = [b for b in self.backends if b in bk.CPU_ONLY]
+        if self.device != "cpu" and (cpu_only or self.streams != (1,)):
+            raise DeviceError(f"{', '.join(cpu_only) or 'streams'} run on the CPU: use --device cpu")
+        if not self.streams or min(self.streams) < 1:
+            raise CnnkitError(f"streams must be at least 1, got {list(self.streams)}")
         if not self.batch_sizes or min(self.batch_sizes) < 1 or self.rounds < 1 or self.warmup < 0:
             raise CnnkitError("batch sizes and rounds must be at least 1, warm-up at least 0")
 
@@ -143,13 +149,23 @@ def _makers(files: Inputs, config: BenchConfig, ckpt: Any, dev: Any) -> dict[str
             makers[b] = functools.partial(bk.eager_cudagraph, ckpt, dev)
         else:
             for label, path in zip(onnx_labels(files.onnx), files.onnx):
-                key = label.replace("onnx", b, 1)
-                if b == "onnx":
-                    makers[key] = functools.partial(
-                        bk.onnx, path, config.device, config.thread_count, config.tf32, dev, key
-                    )
-                else:
-                    makers[key] = functools.partial(bk.onnx_cudagraph, path, config.tf32, dev, key)
+                makers.update(_file_makers(b, label, path, config, dev))
+    return makers
+
+
+def _file_makers(b: str, label: str, path: Path, config: BenchConfig, dev: Any) -> dict[str, Callable[[], Runner]]:
+    """Row name -> runner maker for one ONNX file in backend `b`: one row per stream count for the engines."""
+    if b == "onnx-cudagraph":
+        key = label.replace("onnx", b, 1)
+        return {key: functools.partial(bk.onnx_cudagraph, path, config.tf32, dev, key)}
+    makers: dict[str, Callable[[], Runner]] = {}
+    for streams in config.streams:
+        choice = replace(bk.ENGINE_BACKENDS[b], streams=streams)
+        key = label.replace("onnx", choice.label, 1)
+        if b == "onnx" and streams == 1:  # ONNX Runtime on either device, with IO binding on CUDA
+            makers[key] = functools.partial(bk.onnx, path, config.device, config.thread_count, config.tf32, dev, key)
+        else:
+            makers[key] = functools.partial(bk.engine, path, choice, config.thread_count, key)
     return makers
 
 
@@ -234,6 +250,7 @@ def _settings(config: BenchConfig, files: Inputs) -> dict[str, Any]:
         "min_time_s": config.min_time,
         "rounds": config.rounds,
         "threads": config.thread_count,
+        "streams": list(config.streams),
         "tf32": config.tf32 if config.device == "cuda" else None,
         "inputs": files.describe(),
     }

@@ -24,9 +24,16 @@ from cnnkit.spec import BENCH_DEVICES
 @click.option("--device", type=click.Choice(BENCH_DEVICES), default="cpu", show_default=True)
 @click.option(
     "--backends",
-    default="eager,torchscript,onnx",
+    default=None,
+    help="Comma-separated: eager, torchscript, onnx, openvino, openvino-bf16, compile, eager-cudagraph, "
+    "onnx-cudagraph. Default: eager,torchscript,onnx, and openvino on the CPU where it is installed.",
+)
+@click.option(
+    "--streams",
+    default="1",
     show_default=True,
-    help="Comma-separated: eager, torchscript, onnx, compile, eager-cudagraph, onnx-cudagraph.",
+    callback=int_list,
+    help="onnx/openvino rows for each count of parallel single-threaded streams, e.g. 1,2.",
 )
 @click.option("--batch-sizes", default="1,8,64,256", show_default=True, callback=int_list)
 @click.option("--warmup", type=click.IntRange(1, 1_000_000), default=10, show_default=True, help="Untimed iterations.")
@@ -63,6 +70,7 @@ def bench(
     paths,
     device,
     backends,
+    streams,
     batch_sizes,
     warmup,
     iters,
@@ -84,6 +92,10 @@ def bench(
     from cnnkit.bench.run import bench as run_bench
     from cnnkit.cli.render import render_bench
 
+    if backends is None:
+        from cnnkit.runtime import openvino_engine
+
+        backends = "eager,torchscript,onnx" + (",openvino" if device == "cpu" and openvino_engine.available() else "")
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
     if not names:
         raise click.BadParameter(f"no backend named in {backends!r}", param_hint="--backends")
@@ -95,6 +107,7 @@ def bench(
         iters=iters,
         min_time=min_time,
         threads=threads,
+        streams=streams,
         tf32=tf32,
         trust_torchscript=trust_torchscript,
     )

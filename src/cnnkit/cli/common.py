@@ -91,6 +91,27 @@ def gate_options(f):
     return f
 
 
+def gate_engine_options(f):
+    """Which engine the gate runs an .onnx file in, and its float precision: the numbers judged are the ones that
+    engine will produce when it serves the file (export and verify)."""
+    from cnnkit.spec import ENGINES, INFERENCE_PRECISIONS
+
+    f = click.option(
+        "--engine-precision",
+        type=click.Choice(INFERENCE_PRECISIONS),
+        default="fp32",
+        show_default=True,
+        help="The engine's float arithmetic; bf16 (OpenVINO, on CPUs with AVX512-BF16 or AMX) is gated like fp16.",
+    )(f)
+    return click.option(
+        "--engine",
+        type=click.Choice(ENGINES),
+        default="onnxruntime",
+        show_default=True,
+        help="Check the .onnx file as this engine runs it (openvino: the 'openvino' extra, CPU).",
+    )(f)
+
+
 def gate_from(**settings: Any) -> Any:
     """The one `Gate` of a command, from its options (atol, rtol, device, data_dir, min_agreement, ...)."""
     from cnnkit.export.compare import Gate
@@ -117,11 +138,58 @@ def emit_json(data: Any) -> None:
     click.echo(dumps(data))
 
 
+ENGINE_HELP = (
+    "What runs the model: onnxruntime, openvino (the 'openvino' extra; CPU), or auto: what `cnnkit optimize` "
+    "measured fastest for this file on this CPU (runtime.json beside it), else onnxruntime."
+)
+
+
+def engine_options(extra: tuple[str, ...] = (), more_help: str = "") -> Callable[[Any], Any]:
+    """--engine (with `extra` choices, e.g. serve's triton) and --streams, shared by predict, evaluate and serve."""
+    from cnnkit.spec import ENGINES
+
+    def decorate(f: Any) -> Any:
+        f = click.option(
+            "--streams",
+            type=click.IntRange(1, 64),
+            default=None,
+            help="Split each batch over N parallel single-threaded executors (with --engine onnxruntime/openvino).",
+        )(f)
+        choices = click.Choice(("auto", *ENGINES, *extra))
+        return click.option("--engine", type=choices, default="auto", show_default=True, help=ENGINE_HELP + more_help)(
+            f
+        )
+
+    return decorate
+
+
+def engine_arg(engine: str, streams: int | None) -> Any:
+    """The runtime's `engine=` argument from --engine and --streams."""
+    if streams is None:
+        return engine
+    if engine == "auto":
+        raise click.BadParameter("--streams needs --engine onnxruntime or openvino", param_hint="--streams")
+    from cnnkit.runtime import EngineChoice
+
+    return EngineChoice(engine=engine, streams=streams)
+
+
 def make_classifier(model: str, device: str, **kwargs: Any) -> Any:
-    """A runtime Classifier; a CUDA fall-back is said as one `Warning:` line on stderr."""
+    """A runtime Classifier; a CUDA fall-back, or an engine record beside the model that does not apply, is said as
+    one `Warning:` line on stderr."""
     from cnnkit.runtime import Classifier
 
     clf = Classifier(model, device=device, fallback="ignore", **kwargs)
     if clf.fallback_message and device == "cuda":
         click.echo(f"Warning: {clf.fallback_message}", err=True)
+    if clf.plan.note:
+        click.echo(f"Warning: {clf.plan.note}; engine auto runs onnxruntime", err=True)
     return clf
+
+
+def runs_on(clf: Any) -> str:
+    """'CPUExecutionProvider', or the engine plan: 'openvino (OpenVINO CPU, fp32)', 'onnx from batch 1, ...'."""
+    plan = clf.runs_on()
+    if len(plan) == 1 and plan[0]["engine"] == "onnxruntime" and plan[0]["streams"] == 1:
+        return str(clf.providers[0])
+    return ", ".join(f"{p['label']} ({p['precision_run']}) from batch {p['from_batch']}" for p in plan)

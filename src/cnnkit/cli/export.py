@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cnnkit.cli.common import Finite, dumps, gate_from, gate_options, int_list, require
+from cnnkit.cli.common import Finite, dumps, gate_engine_options, gate_from, gate_options, int_list, require
 from cnnkit.spec import BENCH_DEVICES, EXPORT_FORMATS, EXPORT_PRECISIONS, TRITON_INSTANCE_KINDS
 
 
@@ -59,6 +59,7 @@ from cnnkit.spec import BENCH_DEVICES, EXPORT_FORMATS, EXPORT_PRECISIONS, TRITON
     "--calibration-seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="INT8: which images."
 )
 @gate_options
+@gate_engine_options
 @click.option("--model-name", default=None, help="triton: the model's name (default: cnnkit-<dataset>).")
 @click.option("--max-batch-size", type=click.IntRange(1, 65_536), default=256, show_default=True, help="triton.")
 @click.option(
@@ -155,6 +156,7 @@ def export(
 @click.option("--rtol", type=Finite(0, 1), default=1e-3, show_default=True)
 @click.option("--device", type=click.Choice(BENCH_DEVICES), default="cpu", show_default=True)
 @gate_options
+@gate_engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(artefacts, checkpoint, atol, rtol, device, as_json, **gates):
     """Check eager PyTorch vs TorchScript vs ONNX Runtime parity; exit 1 on any mismatch.

@@ -159,7 +159,7 @@ def render_predict(r) -> str:
         others = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in p.top_k[1:])
         rows.append([p.file, p.label, f"{p.probability:.1%}", "yes" if p.inverted else "no", others])
     out = table(["file", "label", "prob", "inverted", "next"], rows, "llrll")
-    return out + f"\nmodel {r.model} (version {r.model_version}) on {r.providers[0]}"
+    return out + f"\nmodel {r.model} (version {r.model_version}) on {r.engine} ({r.providers[0]}, {r.precision})"
 
 
 def render_doctor(r) -> str:
@@ -182,6 +182,13 @@ def render_doctor(r) -> str:
             else f"FAILED ({s['error']}); ran on {s['providers'][:1] or 'nothing'}"
         ),
     ]
+    e = r.engines
+    ov = f"{e['openvino']} (CPU: {', '.join(e['openvino_cpu'])})" if e.get("openvino") else "not installed"
+    auto = e.get("auto")
+    if isinstance(auto, list):
+        auto = ", ".join(f"{a['engine']} x{a['streams']} {a['precision']} from batch {a['from_batch']}" for a in auto)
+        auto += f" ({e['auto_source']})" + (f"; {e['auto_note']}" if e.get("auto_note") else "")
+    lines += [f"engines       onnxruntime {e.get('onnxruntime')}, openvino {ov}", f"engine auto   {auto}"]
     lines += [f"note: {p}" for p in r.problems]
     if r.fix:
         lines.append(f"fix: {r.fix}")
@@ -262,7 +269,8 @@ def render_evaluate(r) -> str:
             *matrix,
             "",
             f"accuracy {r.accuracy:.2%} on {r.images:,} {r.dataset} {r.split} images; model {r.model} "
-            f"({r.variant}, version {r.model_version}) on {r.providers[0]}, {r.seconds:.2f} s",
+            f"({r.variant}, version {r.model_version}) on {r.engine} ({r.providers[0]}, {r.precision}), "
+            f"{r.seconds:.2f} s",
         ]
     )
 

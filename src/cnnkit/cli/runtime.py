@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cnnkit.cli.common import check_destinations, emit_json, make_classifier
+from cnnkit.cli.common import check_destinations, emit_json, engine_arg, engine_options, make_classifier
 from cnnkit.spec import DATASETS, DEVICES
 
 
@@ -20,15 +20,17 @@ from cnnkit.spec import DATASETS, DEVICES
     default=None,
     help="Force (or forbid) inverting dark-on-light images; default: detect and say so.",
 )
+@engine_options()
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def predict(model, images, device, top_k, invert, as_json):
+def predict(model, images, device, top_k, invert, engine, streams, as_json):
     """Classify image files (PNG, JPEG, PGM) with an exported ONNX model."""
     from dataclasses import asdict
 
     from cnnkit.cli.render import render_predict
     from cnnkit.runtime.predict import predict_files
 
-    report = predict_files(make_classifier(model, device), list(images), top_k=top_k, invert=invert)
+    clf = make_classifier(model, device, engine=engine_arg(engine, streams))
+    report = predict_files(clf, list(images), top_k=top_k, invert=invert)
     if as_json:
         emit_json({**asdict(report), "failed": report.failed})
     else:
@@ -42,13 +44,16 @@ def predict(model, images, device, top_k, invert, as_json):
 
 
 @click.command()
+@click.argument("model", required=False, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def doctor(as_json):
-    """Check Python, torch, GPU and ONNX Runtime's CUDA provider; say how to fix what fails."""
+def doctor(model, as_json):
+    """Check Python, torch, GPU, ONNX Runtime's CUDA provider and the engines; say how to fix what fails.
+
+    With MODEL (an .onnx file), also say what --engine auto runs it with."""
     from cnnkit.cli.render import render_doctor
     from cnnkit.doctor import diagnose
 
-    report = diagnose()
+    report = diagnose(model)
     if as_json:
         emit_json(report.to_dict())
     else:
@@ -70,14 +75,15 @@ def doctor(as_json):
 @click.option(
     "--plot", "plot_file", type=click.Path(dir_okay=False), default=None, help="Write the confusion matrix as a PNG."
 )
+@engine_options()
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def evaluate(model, dataset, data_dir, split, device, plot_file, as_json):
+def evaluate(model, dataset, data_dir, split, device, engine, streams, plot_file, as_json):
     """Accuracy, per-class accuracy and confusion matrix of an exported model on labelled images."""
     from cnnkit.bench.evaluate import evaluate as run_evaluate
     from cnnkit.cli.render import render_evaluate
 
     check_destinations(plot_file)
-    result = run_evaluate(model, dataset, data_dir, device=device, split=split)
+    result = run_evaluate(model, dataset, data_dir, device=device, split=split, engine=engine_arg(engine, streams))
     if as_json:
         emit_json(result.to_dict())
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cnnkit.cli.common import Finite, make_classifier
+from cnnkit.cli.common import Finite, engine_arg, engine_options, make_classifier, runs_on
 from cnnkit.spec import DEVICES
 
 
@@ -66,12 +66,10 @@ from cnnkit.spec import DEVICES
     show_default=True,
     help="HTTP parser: httptools (faster) or h11; both refuse request heads over 64 KB.",
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["cnnkit", "triton"]),
-    default="cnnkit",
-    show_default=True,
-    help="triton: a real Triton Inference Server through PyTriton (the 'triton' extra; HTTP on --port).",
+@engine_options(
+    ("triton",),
+    " triton: a real Triton Inference Server through PyTriton (the 'triton' extra; HTTP on --port), running the "
+    "model with engine auto.",
 )
 @click.option("--model-name", default=None, help="The model's name in /v2 paths (default: cnnkit-<dataset>).")
 @click.option(
@@ -97,6 +95,7 @@ def serve(
     max_inflight_mb,
     http,
     engine,
+    streams,
     model_name,
     open_statistics,
     grpc_port,
@@ -154,8 +153,12 @@ def serve(
         max_inflight_bytes=int(max_inflight_mb * 2**20),
         http=http,
     )
-    clf = make_classifier(model, device, intra_op_threads=threads, max_batch=max(max_batch, max_images))
-    click.echo(
-        f"cnnkit serve: {model} on {clf.providers[0]}, max batch {max_batch}, max delay {max_delay_ms} ms", err=True
+    clf = make_classifier(
+        model,
+        device,
+        engine=engine_arg(engine, streams),
+        intra_op_threads=threads,
+        max_batch=max(max_batch, max_images),
     )
+    click.echo(f"cnnkit serve: {model} on {runs_on(clf)}, max batch {max_batch}, max delay {max_delay_ms} ms", err=True)
     run(clf, host, port, cfg)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from cnnkit.errors import CnnkitError
-from cnnkit.spec import BENCH_DEVICES
+from cnnkit.spec import BENCH_DEVICES, ENGINES, INFERENCE_PRECISIONS
 
 REL_FLOOR = 1e-3  # relative error uses max(|reference|, REL_FLOOR) so logits near zero don't explode it
 
@@ -26,6 +26,8 @@ class Gate:
     max_accuracy_drop: float = 0.3  # percentage points
     device: str = "cpu"  # where the reference and the file run
     data_dir: str | None = None  # the checkpoint's dataset, when it is not where training found it
+    engine: str = "onnxruntime"  # what runs an .onnx file: the numbers judged are that engine's
+    engine_precision: str = "fp32"  # the engine's float arithmetic; bf16 is judged like fp16, on the real test split
 
     def __post_init__(self) -> None:
         for name, low, high in (("atol", 0, 1), ("rtol", 0, 1), ("min_agreement", 0, 1), ("max_accuracy_drop", 0, 100)):
@@ -34,6 +36,15 @@ class Gate:
                 raise CnnkitError(f"gate {name} must be a number in {low}..{high}, got {value!r}")
         if self.device not in BENCH_DEVICES:
             raise CnnkitError(f"gate device must be one of {', '.join(BENCH_DEVICES)}, got {self.device!r}")
+        if self.engine not in ENGINES or self.engine_precision not in INFERENCE_PRECISIONS:
+            raise CnnkitError(f"gate engine/precision {self.engine!r}/{self.engine_precision!r} unknown")
+        if self.engine != "onnxruntime" and self.device != "cpu":
+            raise CnnkitError(f"the {self.engine} engine runs on the CPU: verify it with --device cpu")
+
+    @property
+    def reduced(self) -> bool:
+        """The engine computes below fp32: judged on the real test split, not value by value."""
+        return self.engine_precision != "fp32"
 
 
 @dataclass(frozen=True, kw_only=True)

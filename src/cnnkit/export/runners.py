@@ -73,9 +73,10 @@ def onnx_runner(path: str | Path, device: str, name: str = "onnx", **classifier:
 
 def classifier_runner(clf: Any, name: str = "onnx") -> Runner:
     """A runner on an open runtime Classifier (`prepare` left for the caller to specialise, e.g. IO binding)."""
+    ran_on = clf.providers[0] if clf.precision == "fp32" else f"{clf.providers[0]} ({clf.precision})"
     return Runner(
         name=name,
-        ran_on=clf.providers[0],
+        ran_on=ran_on,
         infer=clf.logits,
         variant=clf.info.variant,
         fell_back=clf.requested_device == "cuda" and clf.device != "cuda",

@@ -32,6 +32,7 @@ from cnnkit.export.compare import (
     compare,
 )
 from cnnkit.export.runners import Runner, onnx_runner, torch_runner
+from cnnkit.runtime import EngineChoice
 from cnnkit.train import checkpoint
 from cnnkit.train.checkpoint import deployable
 from cnnkit.train.device import resolve_torch_device
@@ -130,13 +131,15 @@ def verify(
     )  # fmt: skip
 
 
-def open_runner(path: Path, kind: str, ref: Reference) -> tuple[Runner, str | None]:
-    """The artefact's runner on the reference's device, and what disqualifies it before any comparison."""
+def open_runner(path: Path, kind: str, ref: Reference, gate: Gate) -> tuple[Runner, str | None]:
+    """The artefact's runner on the reference's device (an .onnx file in the gate's engine), and what disqualifies
+    it before any comparison."""
     dev = ref.device
     if kind == "torchscript":
         module, info = load_torchscript(path, map_location=dev)
         return torch_runner("torchscript", module, dev, variant=info.variant), None
-    runner = onnx_runner(path, dev.type)  # a fall-back is reported as a failure, not a warning
+    choice = EngineChoice(engine=gate.engine, precision=gate.engine_precision)
+    runner = onnx_runner(path, dev.type, engine=choice)  # a fall-back is reported as a failure, not a warning
     problem = None
     classes = len(ref.ckpt.meta.classes)
     if runner.fell_back:
@@ -153,11 +156,11 @@ def check_artefact(path: Path, shown: str, ref: Reference, gate: Gate) -> Backen
     except ModelFileError as exc:
         return BackendParity(backend="?", artefact=shown, ran_on="-", error=str(exc))
     try:
-        runner, problem = open_runner(path, kind, ref)
+        runner, problem = open_runner(path, kind, ref, gate)
     except CnnkitError as exc:
         return BackendParity(backend=kind, artefact=shown, ran_on="-", error=str(exc))
     common: dict[str, Any] = {"backend": kind, "artefact": shown, "ran_on": runner.ran_on, "nodes": runner.nodes}
-    if not runner.variant.startswith("fp32"):
+    if not runner.variant.startswith("fp32") or (kind == "onnx" and gate.reduced):
         result, error = _gated(runner, ref, gate)
         return BackendParity(**common, error=problem or error, variant=runner.variant, gate=result)
     results = []
@@ -172,7 +175,8 @@ def check_artefact(path: Path, shown: str, ref: Reference, gate: Gate) -> Backen
 def _gated(runner: Runner, ref: Reference, gate: Gate) -> tuple[AccuracyGate | None, str | None]:
     """A reduced-precision runner through the accuracy gate on the real test split, or why it could not be."""
     if ref.ds is None:
-        return None, f"{runner.variant} is judged on the real test split, which is not at hand ({ref.missing})"
+        what = f"{runner.variant} on {runner.ran_on}"
+        return None, f"{what} is judged on the real test split, which is not at hand ({ref.missing})"
     x_all, ref_all = ref.test_split
     try:
         return accuracy_gate(ref_all, in_chunks(runner.infer, x_all), ref.ds.test_labels, gate), None

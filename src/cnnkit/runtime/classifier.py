@@ -198,7 +198,8 @@ class Classifier:
         return cuda.DeviceRunner(self._io(), batch_size)
 
     def cuda_graph_runner(self, batch_size: int) -> cuda.DeviceRunner:
-        """A fixed-shape runner for a session made with `cuda=CudaOptions(cuda_graph=True)`: each run replays the graph."""
+        """A fixed-shape runner for a session made with `cuda=CudaOptions(cuda_graph=True)`: each run replays
+        the graph."""
         self._require_cuda("cuda_graph_runner")
         return cuda.DeviceRunner(self._io(), batch_size)
 

@@ -61,7 +61,8 @@ def run_on_device(io: ModelIO, images: Any, out: Any = None) -> Any:
 
 class DeviceRunner:
     """A fixed batch size on the GPU: preallocated input and output buffers, IO-bound once, inputs updated in
-    place. In a session made with `CudaOptions(cuda_graph=True)` every run replays ONNX Runtime's captured CUDA graph."""
+    place. In a session made with `CudaOptions(cuda_graph=True)` every run replays ONNX Runtime's captured CUDA
+    graph."""
 
     def __init__(self, io: ModelIO, batch_size: int):
         self.io = io

@@ -33,6 +33,8 @@ class PredictReport:
     providers: list[str]
     model_version: str
     results: list[FilePrediction]
+    engine: str = "onnxruntime"
+    precision: str = "fp32"  # the float precision the engine computed in
 
     @property
     def failed(self) -> int:
@@ -69,4 +71,6 @@ def predict_files(clf: Classifier, paths: list[str], top_k: int = 1, invert: boo
         providers=clf.providers,
         model_version=clf.info.version,
         results=[results[p] for p in paths],
+        engine=clf.engine,
+        precision=clf.precision,
     )

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from cnnkit.bench.results import summarize
 from cnnkit.cli import main
+from cnnkit.runtime import openvino_engine
 
 
 def test_summarize_known_data():
@@ -49,15 +50,17 @@ def test_bench_end_to_end_tiny(trained, exported, tmp_path):
     for key in ("cpu", "cpu_cores", "torch", "onnxruntime", "cnnkit", "python"):
         assert data["environment"][key]
     rows = data["rows"]
+    engines = ("onnx", "openvino") if openvino_engine.available() else ("onnx",)  # the default: every engine here
     assert {(x["backend"], x["batch_size"]) for x in rows} == {
-        (b, n) for b in ("eager", "torchscript", "onnx") for n in (1, 4)
+        (b, n) for b in ("eager", "torchscript", *engines) for n in (1, 4)
     }
     for x in rows:
         assert x["latency"]["n"] == 5 and 0 < x["latency"]["p50_ms"] <= x["latency"]["p99_ms"]
         assert x["images_per_s"] > 0 and x["speedup_vs_eager"] > 0 and not x["fell_back"]
     assert {x["ran_on"] for x in rows if x["backend"] == "onnx"} == {"CPUExecutionProvider"}
     assert [x["speedup_vs_eager"] for x in rows if x["backend"] == "eager"] == [1.0, 1.0]
-    assert len(list(csv.DictReader(out_csv.open()))) == 6
+    assert {x["ran_on"] for x in rows if x["backend"] == "openvino"} <= {"OpenVINO CPU (fp32)"}
+    assert len(list(csv.DictReader(out_csv.open()))) == 2 * (2 + len(engines))
     assert out_png.read_bytes()[:4] == b"\x89PNG"
     assert "p50 ms" in r.stdout and "onnx" in r.stdout
 
@@ -119,6 +122,8 @@ def test_a_failing_backend_is_a_row_and_the_others_still_land(trained, exported,
             "bench",
             str(run),
             str(broken),
+            "--backends",
+            "eager,torchscript,onnx",
             "--batch-sizes",
             "1,2",
             "--warmup",

@@ -12,11 +12,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cnnkit.bench import engine_choices as ec
 from cnnkit.bench.results import BenchResult
 from cnnkit.bench.run import BenchConfig, bench, onnx_labels
 from cnnkit.errors import CnnkitError, first_line
 from cnnkit.export.compare import Gate
 from cnnkit.export.exporter import ExportOptions, export, place
+from cnnkit.runtime import EngineChoice
 from cnnkit.train import checkpoint
 
 
@@ -78,7 +80,9 @@ class OptimizeResult:
     device: str
     candidates: list[CandidateResult]
     bench: BenchResult | None
-    winners: dict[int, str] = field(default_factory=dict)  # batch size -> fastest passing candidate
+    engine_checks: list[ec.EngineCheck] = field(default_factory=list)  # each ONNX candidate in each other engine
+    winners: dict[int, str] = field(default_factory=dict)  # batch size -> fastest passing '<candidate> on <choice>'
+    records: dict[str, str] = field(default_factory=dict)  # candidate -> the runtime.json written beside its file
     selected: str | None = None
     selected_file: str | None = None
     target_batch: int | None = None
@@ -111,8 +115,9 @@ def optimize(
     options: OptimizeOptions = OptimizeOptions(),
     progress: Callable[[str], None] | None = None,
 ) -> OptimizeResult:
-    """Export, verify and benchmark every candidate; with `options.select`, copy the fastest passing ONNX variant at
-    `options.target_batch` to the run's model.onnx."""
+    """Export every candidate, verify each in every engine that would run it, benchmark the passing (file, engine,
+    precision, streams) combinations side by side, record the fastest per batch size beside each file (runtime.json,
+    read by `--engine auto`); with `options.select`, place the fastest at `options.target_batch` as model.onnx."""
     ckpt_path = checkpoint.resolve(run)
     results, files = _export_candidates(ckpt_path, options, progress)
     device = options.device
@@ -120,23 +125,28 @@ def optimize(
         return OptimizeResult(
             checkpoint=str(ckpt_path), device=device, candidates=results, bench=None, target_batch=options.target_batch
         )
-    result, labels = _bench_candidates(ckpt_path, files, options, progress)
-    by_row = {row: name for name, row in labels.items()}
-    results = [replace(r, row=labels.get(r.name)) for r in results]
-    winners: dict[int, str] = {}
-    for bs in options.batch_sizes:
-        best = _fastest(result, bs, None)
-        if best:
-            winners[bs] = by_row.get(best, best)
+    choices = ec.engine_choices(device)
+    checks = ec.check_on_engines(ckpt_path, files, choices, options.gate, progress)
+    result, rows, ts_row = _bench_candidates(ckpt_path, files, choices, checks, options, progress)
+    results = [replace(r, row=_row_of(r.name, rows, ts_row)) for r in results]
+    winners = {bs: w for bs in options.batch_sizes if (w := _winner(result, rows, ts_row, bs))}
+    records = {
+        name: str(path)
+        for name in files
+        if files[name].suffix == ".onnx"
+        and (path := ec.record(result, rows, name, files[name], options.batch_sizes)) is not None
+    }
     selected = selected_file = None
     if options.select:
-        selected, selected_file = _select(ckpt_path, result, by_row, files, options.target_batch)
+        selected, selected_file = _select(ckpt_path, result, rows, files, options)
     return OptimizeResult(
         checkpoint=str(ckpt_path),
         device=device,
         candidates=results,
+        engine_checks=checks,
         bench=result,
         winners=winners,
+        records=records,
         selected=selected,
         selected_file=selected_file,
         target_batch=options.target_batch,
@@ -178,44 +188,82 @@ def _export_candidates(
     return results, files
 
 
+Rows = dict[str, tuple[str, EngineChoice]]  # bench row -> (candidate, engine choice)
+
+
 def _bench_candidates(
-    ckpt_path: Path, files: dict[str, Path], options: OptimizeOptions, progress: Callable[[str], None] | None
-) -> tuple[BenchResult, dict[str, str]]:
-    """The passing candidates benchmarked side by side; and candidate name -> its bench row name."""
+    ckpt_path: Path,
+    files: dict[str, Path],
+    choices: list[EngineChoice],
+    checks: list[ec.EngineCheck],
+    options: OptimizeOptions,
+    progress: Callable[[str], None] | None,
+) -> tuple[BenchResult, Rows, str | None]:
+    """The passing candidates benchmarked side by side in every engine choice; the ONNX rows that passed their
+    engine's check, and the TorchScript row's name (if any)."""
     onnx_names = [c.name for c in CANDIDATES if c.format == "onnx" and c.name in files]
     labels = dict(zip(onnx_names, onnx_labels([files[n] for n in onnx_names])))
+    rows: Rows = {
+        labels[name].replace("onnx", choice.label, 1): (name, choice)
+        for name in onnx_names
+        for choice in choices
+        if ec.passed(checks, name, choice)
+    }
     paths = [str(ckpt_path)] + [str(files[n]) for n in onnx_names]
-    backends: tuple[str, ...] = ("onnx",) if onnx_names else ()
+    kinds = {c.engine if c.precision == "fp32" else f"{c.engine}-{c.precision}" for c in choices}
+    wanted = ("onnx", "openvino", "openvino-bf16")
+    backends: tuple[str, ...] = tuple(b for b in wanted if onnx_names and (b in kinds or b == "onnx"))
+    ts_row = None
     if "torchscript-folded" in files:
-        labels["torchscript-folded"] = "torchscript"
+        ts_row = "torchscript"
         paths.append(str(files["torchscript-folded"]))
         backends += ("torchscript",)
     if progress:
-        progress(f"benchmarking {', '.join(files)} on {options.device}")
+        progress(f"benchmarking {', '.join(files)} in {', '.join(sorted({c.label for c in choices}))}")
     config = BenchConfig(
-        device=options.device, backends=backends, batch_sizes=options.batch_sizes, min_time=options.min_time
+        device=options.device,
+        backends=backends,
+        batch_sizes=options.batch_sizes,
+        min_time=options.min_time,
+        streams=tuple(sorted({c.streams for c in choices})),
     )
-    return bench(paths, config, progress), labels
+    return bench(paths, config, progress), rows, ts_row
 
 
-def _fastest(result: BenchResult, batch: int, rows: set[str] | None) -> str | None:
-    """The bench row with the most images/s at `batch` (among `rows`), not counting CPU fall-backs."""
+def _row_of(name: str, rows: Rows, ts_row: str | None) -> str | None:
+    """The candidate's ONNX Runtime row (one stream), or the TorchScript row."""
+    if name == "torchscript-folded":
+        return ts_row
+    return next((row for row, (cand, c) in rows.items() if cand == name and c == EngineChoice()), None)
+
+
+def _winner(result: BenchResult, rows: Rows, ts_row: str | None, batch: int) -> str | None:
+    """'<candidate> on <engine choice>' (or the TorchScript candidate) with the most images/s at `batch`."""
     timed = [
         r
         for r in result.rows
-        if r.batch_size == batch and r.images_per_s and not r.fell_back and (rows is None or r.backend in rows)
+        if r.batch_size == batch and r.images_per_s and not r.fell_back and (r.backend in rows or r.backend == ts_row)
     ]
-    return max(timed, key=lambda r: r.images_per_s or 0.0).backend if timed else None
+    if not timed:
+        return None
+    best = max(timed, key=lambda r: r.images_per_s or 0.0).backend
+    if best == ts_row:
+        return "torchscript-folded"
+    name, choice = rows[best]
+    return f"{name} on {choice.label}"
 
 
 def _select(
-    ckpt_path: Path, result: BenchResult, by_row: dict[str, str], files: dict[str, Path], target_batch: int
+    ckpt_path: Path, result: BenchResult, rows: Rows, files: dict[str, Path], options: OptimizeOptions
 ) -> tuple[str, str]:
-    """Place the fastest passing ONNX candidate at `target_batch` as the run's model.onnx (a first-class export:
-    its metadata and the run's exports.json say where it lives)."""
-    onnx_rows = {row for row, name in by_row.items() if files[name].suffix == ".onnx"}
-    best = _fastest(result, target_batch, onnx_rows)
+    """Place the fastest passing ONNX candidate at the target batch as the run's model.onnx (a first-class export:
+    its metadata and the run's exports.json say where it lives), with its engine record beside it."""
+    best = ec.fastest(result, rows, options.target_batch)
     if best is None:
-        raise CnnkitError(f"no passing ONNX candidate was benchmarked at batch {target_batch}; add it to --batch-sizes")
-    selected = by_row[best]
-    return selected, str(place(files[selected], ckpt_path.parent / "model.onnx"))
+        raise CnnkitError(
+            f"no passing ONNX candidate was benchmarked at batch {options.target_batch}; add it to --batch-sizes"
+        )
+    name = best[0]
+    dest = place(files[name], ckpt_path.parent / "model.onnx")
+    ec.record(result, rows, name, dest, options.batch_sizes)
+    return f"{name} on {best[1].label}", str(dest)

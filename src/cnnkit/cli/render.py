@@ -285,9 +285,17 @@ def render_optimize(r) -> str:
         table(["candidate", "check", "measured", "file"], rows, "llll"),
         "",
     ]
+    if r.engine_checks:
+        checks = [[c.candidate, c.choice, "PASS" if c.passed else "FAIL", c.check] for c in r.engine_checks]
+        lines += [
+            "each ONNX candidate as the other engines run it",
+            table(["candidate", "engine", "check", "measured"], checks, "llll"),
+            "",
+        ]
     if r.bench is not None:
         lines += [render_bench(r.bench), ""]
         lines += [f"fastest at batch {bs}: {name}" for bs, name in r.winners.items()]
+        lines += [f"engine record for {name}: {path} (read by --engine auto)" for name, path in r.records.items()]
     if r.selected:
         lines.append(
             f"selected {r.selected} (fastest passing ONNX variant at batch {r.target_batch}) -> {r.selected_file}"

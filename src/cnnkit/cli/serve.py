@@ -108,35 +108,11 @@ def serve(
     if model_name is not None:
         valid_model_name(model_name)
     if engine == "triton":
-        from cnnkit.serve.triton_engine import TritonEngine, TritonEngineConfig, check_available
+        from cnnkit.serve.triton_engine import TritonEngineConfig
 
-        check_available()
-        triton = TritonEngine(
-            TritonEngineConfig(
-                model=model,
-                model_name=model_name,
-                host=host,
-                http_port=port,
-                grpc_port=grpc_port,
-                metrics_port=metrics_port,
-                device=device,
-                max_batch=max_batch,
-                max_delay_ms=max_delay_ms,
-                open_statistics=open_statistics,
-            )
-        )
-        click.echo(
-            f"cnnkit serve --engine triton: {model} as {triton.model_name!r} on {triton.classifier.providers[0]}; "
-            f"HTTP {host}:{port}, gRPC {host}:{grpc_port}, metrics {host}:{metrics_port}",
-            err=True,
-        )
-        if triton.access_token and triton.restricted:
-            click.echo(
-                f"access token for Triton's {', '.join(triton.restricted)} APIs (header triton-access-token): "
-                f"{triton.access_token}",
-                err=True,
-            )
-        triton.serve()
+        ports = {"http_port": port, "grpc_port": grpc_port, "metrics_port": metrics_port}
+        _serve_triton(TritonEngineConfig(model=model, model_name=model_name, host=host, device=device, **ports,
+                      max_batch=max_batch, max_delay_ms=max_delay_ms, open_statistics=open_statistics))  # fmt: skip
         return
     from cnnkit.serve import ServeConfig, run  # the serve extra; the CLI names it when it is missing
 
@@ -162,3 +138,23 @@ def serve(
     )
     click.echo(f"cnnkit serve: {model} on {runs_on(clf)}, max batch {max_batch}, max delay {max_delay_ms} ms", err=True)
     run(clf, host, port, cfg)
+
+
+def _serve_triton(cfg) -> None:
+    """`--engine triton`: start Triton through PyTriton, say where (and the access token, if any), block."""
+    from cnnkit.serve.triton_engine import TritonEngine, check_available
+
+    check_available()
+    triton = TritonEngine(cfg)
+    click.echo(
+        f"cnnkit serve --engine triton: {cfg.model} as {triton.model_name!r} on {triton.classifier.providers[0]}; "
+        f"HTTP {cfg.host}:{cfg.http_port}, gRPC {cfg.host}:{cfg.grpc_port}, metrics {cfg.host}:{cfg.metrics_port}",
+        err=True,
+    )
+    if triton.access_token and triton.restricted:
+        click.echo(
+            f"access token for Triton's {', '.join(triton.restricted)} APIs (header triton-access-token): "
+            f"{triton.access_token}",
+            err=True,
+        )
+    triton.serve()

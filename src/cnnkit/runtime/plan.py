@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnkit.atomic import sha256_file, write_text
+from cnnkit.runtime import openvino_engine
 from cnnkit.runtime.options import EngineChoice
 
 RECORD = "runtime.json"
@@ -73,6 +74,8 @@ def load(model: str | Path | bytes, device: str) -> Plan:
         return Plan(routes=DEFAULT.routes, source="default", note=f"{path} is unreadable ({type(exc).__name__})")
     except Exception as exc:  # an EngineChoice the record names that this cnnkit does not accept
         return Plan(routes=DEFAULT.routes, source="default", note=f"{path}: {exc}")
+    if any(c.engine == "openvino" for _, c in routes) and not openvino_engine.available():
+        return Plan(routes=DEFAULT.routes, source="default", note=f"{path} names OpenVINO, which is not installed")
     return Plan(routes=tuple(routes), source=str(path))
 
 

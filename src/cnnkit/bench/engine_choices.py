@@ -1,0 +1,113 @@
+"""The engine side of `cnnkit optimize`: which engine choices to try on this machine (engines x float precisions x
+streams), each passing ONNX candidate checked in every engine that would run it (the numbers judged are that
+engine's), and the fastest passing choice per batch size recorded beside the file for `--engine auto`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from cnnkit.bench.results import BenchResult
+from cnnkit.export.compare import Gate
+from cnnkit.runtime import EngineChoice, openvino_engine, plan
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineCheck:
+    candidate: str
+    choice: str  # EngineChoice.label without streams: onnx, openvino, openvino-bf16
+    passed: bool
+    check: str
+
+
+def engine_choices(device: str) -> list[EngineChoice]:
+    """What optimize measures: ONNX Runtime, and on the CPU OpenVINO (fp32; bf16 where the CPU has it), each as one
+    stream on every core and, on a machine with several cores, as two single-threaded streams."""
+    if device != "cpu":
+        return [EngineChoice()]
+    kinds = [EngineChoice()]
+    if openvino_engine.available():
+        kinds.append(EngineChoice(engine="openvino"))
+        if "BF16" in openvino_engine.capabilities():
+            kinds.append(EngineChoice(engine="openvino", precision="bf16"))
+    streams = (1, 2) if (os.cpu_count() or 1) >= 2 else (1,)
+    return [replace(k, streams=s) for k in kinds for s in streams]
+
+
+def check_on_engines(
+    ckpt_path: Path,
+    files: dict[str, Path],
+    choices: list[EngineChoice],
+    gate: Gate,
+    progress: Callable[[str], None] | None,
+) -> list[EngineCheck]:
+    """Every ONNX candidate verified in every (engine, precision) beyond ONNX Runtime fp32 (export checked that one):
+    fp32 value by value, INT8 files and bf16 arithmetic on the real test split."""
+    from cnnkit.export.verify import verify
+
+    checks = []
+    kinds = list(
+        dict.fromkeys(replace(c, streams=1) for c in choices if c.engine != "onnxruntime" or c.precision != "fp32")
+    )
+    for name, path in files.items():
+        if path.suffix != ".onnx":
+            continue
+        for kind in kinds:
+            if progress:
+                progress(f"verifying {name} on {kind.label}")
+            report = verify([path], ckpt_path, replace(gate, engine=kind.engine, engine_precision=kind.precision))
+            b = report.backends[0]
+            summary = b.error or (
+                f"agreement {b.gate.agreement:.2%}, accuracy {b.gate.accuracy_change:+.2f} points"
+                if b.gate
+                else f"max |Δ| {b.max_abs:.1e}"
+            )
+            checks.append(EngineCheck(candidate=name, choice=kind.label, passed=bool(report), check=summary))
+    return checks
+
+
+def passed(checks: list[EngineCheck], candidate: str, choice: EngineChoice) -> bool:
+    """ONNX Runtime fp32 was checked at export; any other (engine, precision) needs its own passing check."""
+    if choice.engine == "onnxruntime" and choice.precision == "fp32":
+        return True
+    label = replace(choice, streams=1).label
+    return any(c.passed for c in checks if c.candidate == candidate and c.choice == label)
+
+
+def fastest(
+    result: BenchResult, rows: dict[str, tuple[str, EngineChoice]], batch: int
+) -> tuple[str, EngineChoice] | None:
+    """The (candidate, choice) of the bench row with the most images/s at `batch` among `rows`."""
+    timed = [
+        r for r in result.rows if r.batch_size == batch and r.images_per_s and not r.fell_back and r.backend in rows
+    ]
+    if not timed:
+        return None
+    return rows[max(timed, key=lambda r: r.images_per_s or 0.0).backend]
+
+
+def record(
+    result: BenchResult,
+    rows: dict[str, tuple[str, EngineChoice]],
+    candidate: str,
+    file: Path,
+    batch_sizes: tuple[int, ...],
+) -> Path | None:
+    """Write the fastest passing choice per batch size for `candidate`'s rows beside `file` (runtime.json)."""
+    mine = {row: rc for row, rc in rows.items() if rc[0] == candidate}
+    winners: dict[int, EngineChoice] = {}
+    measured: dict[str, dict[str, float]] = {}
+    for bs in batch_sizes:
+        best = fastest(result, mine, bs)
+        if best is not None:
+            winners[bs] = best[1]
+        measured[str(bs)] = {
+            mine[r.backend][1].label: round(r.images_per_s, 1)
+            for r in result.rows
+            if r.batch_size == bs and r.backend in mine and r.images_per_s
+        }
+    if not winners:
+        return None
+    return plan.save(file, winners, {"images_per_s": measured, "threads": result.settings.get("threads")})

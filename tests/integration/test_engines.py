@@ -1,0 +1,157 @@
+"""The runtime's engines: OpenVINO beside ONNX Runtime on the same file, streams, the plan `--engine auto` reads
+(runtime.json), what happens when an engine cannot run, the gate in the engine that runs, and a served request on
+each engine."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cnnkit.datasets import load_sample
+from cnnkit.errors import CnnkitError, DeviceError, MissingExtraError
+from cnnkit.runtime import Classifier, EngineChoice, openvino_engine, plan
+from conftest import png
+
+needs_openvino = pytest.mark.skipif(not openvino_engine.available(), reason="the openvino extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def onnx_file(exported):
+    return exported.artefacts["onnx"]
+
+
+@pytest.fixture(scope="module")
+def images():
+    return load_sample().test_images[:200].reshape(-1, 1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def ort_logits(onnx_file, images):
+    return Classifier(onnx_file, device="cpu", engine="onnxruntime").logits(images)
+
+
+@needs_openvino
+def test_openvino_runs_the_same_file_to_the_same_answers_and_says_so(onnx_file, images, ort_logits):
+    clf = Classifier(onnx_file, device="cpu", engine="openvino")
+    assert clf.engine == "openvino" and clf.providers == ["OpenVINO CPU"]
+    assert clf.precision == "fp32"  # asked for explicitly, never OpenVINO's silent bf16
+    assert clf.classes == tuple("0123456789") and clf.info.version  # the same metadata, read by OpenVINO
+    out = clf.logits(images)
+    assert out.dtype == np.float32 and out.shape == ort_logits.shape
+    np.testing.assert_allclose(out, ort_logits, atol=1e-4, rtol=1e-3)
+    assert (out.argmax(1) == ort_logits.argmax(1)).all()
+    assert clf.node_assignment is None and clf.session is None  # no ONNX Runtime session behind it
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", pytest.param("openvino", marks=needs_openvino)])
+def test_streams_keep_every_row_in_its_place(onnx_file, images, ort_logits, engine):
+    clf = Classifier(onnx_file, device="cpu", engine=EngineChoice(engine=engine, streams=3))
+    for n in (1, 2, 37, 200):  # fewer images than streams, uneven parts, a whole batch
+        np.testing.assert_allclose(clf.logits(images[:n]), ort_logits[:n], atol=1e-4, rtol=1e-3)
+
+
+def test_the_runtime_never_imports_openvino_unless_asked(onnx_file):
+    code = (
+        "import sys; from cnnkit.runtime import Classifier; "
+        f"Classifier({onnx_file!r}, device='cpu').logits(__import__('numpy').zeros((1, 1, 28, 28), 'uint8')); "
+        "assert 'openvino' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_engine_that_cannot_run_is_a_clear_error_not_a_silent_switch(onnx_file, monkeypatch):
+    with pytest.raises(DeviceError, match="OpenVINO runs on the CPU"):
+        Classifier(onnx_file, device="cuda", engine="openvino", fallback="ignore")
+    with pytest.raises(CnnkitError, match="no bf16"):
+        EngineChoice(engine="onnxruntime", precision="bf16")
+    with pytest.raises(CnnkitError, match="unknown engine"):
+        Classifier(onnx_file, device="cpu", engine="tensorflow")
+    monkeypatch.setattr(openvino_engine, "capabilities", lambda: ["FP32", "INT8"])
+    if openvino_engine.available():
+        with pytest.raises(DeviceError, match="bf16 needs a CPU"):
+            Classifier(onnx_file, device="cpu", engine=EngineChoice(engine="openvino", precision="bf16"))
+    monkeypatch.setattr(openvino_engine, "available", lambda: False)
+    with pytest.raises(MissingExtraError, match=r"cnnkit\[openvino\]"):
+        Classifier(onnx_file, device="cpu", engine="openvino")
+
+
+@pytest.fixture
+def model_copy(onnx_file, tmp_path):
+    dest = tmp_path / "model.onnx"
+    shutil.copy(onnx_file, dest)
+    return dest
+
+
+@needs_openvino
+def test_auto_runs_the_recorded_choice_for_each_batch_size(model_copy, images, ort_logits):
+    ov = Classifier(model_copy, device="cpu", engine="openvino").logits(images[:64])
+    plan.save(model_copy, {1: EngineChoice(), 8: EngineChoice(engine="openvino")}, {})
+    clf = Classifier(model_copy, device="cpu")  # engine="auto"
+    assert clf.engine == "onnxruntime+openvino" and clf.plan.source.endswith("runtime.json")
+    # the engines differ in the last bits: which one ran each batch shows in the numbers themselves
+    assert np.array_equal(clf.logits(images[:1]), ort_logits[:1])
+    assert np.array_equal(clf.logits(images[:7]), ort_logits[:7])
+    assert np.array_equal(clf.logits(images[:64]), ov)
+
+
+def test_auto_ignores_a_record_for_another_file_another_cpu_or_a_broken_one(model_copy):
+    plan.save(model_copy, {1: EngineChoice(streams=2)}, {})
+    assert Classifier(model_copy, device="cpu").runs_on()[0]["streams"] == 2
+    record = plan.record_path(model_copy)
+    data = json.loads(record.read_text())
+
+    for change, note in [
+        (lambda d: d["models"]["model.onnx"].update(sha256="0" * 64), "another file"),
+        (lambda d: d.update(cpu="Some Other CPU"), "Some Other CPU"),
+        (lambda d: d["models"]["model.onnx"]["winners"].update({"1": {"engine": "tensorflow"}}), "unknown engine"),
+    ]:
+        changed = json.loads(json.dumps(data))
+        change(changed)
+        record.write_text(json.dumps(changed))
+        clf = Classifier(model_copy, device="cpu")
+        assert clf.engine == "onnxruntime" and clf.runs_on()[0]["streams"] == 1
+        assert note in (clf.plan.note or "")
+    record.write_text("{not json")
+    assert "unreadable" in (Classifier(model_copy, device="cpu").plan.note or "")
+
+
+def test_cli_engine_options(onnx_file, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from cnnkit.cli import main
+
+    runner = CliRunner()
+    img = tmp_path / "seven.png"
+    Image.fromarray(load_sample().test_images[0]).save(img)
+    r = runner.invoke(main, ["predict", onnx_file, str(img), "--device", "cpu", "--streams", "2"])
+    assert r.exit_code == 2 and "--streams needs --engine" in r.output
+    r = runner.invoke(main, ["predict", onnx_file, str(img), "--device", "cpu", "--engine", "onnxruntime", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["engine"] == "onnxruntime"
+    if openvino_engine.available():
+        r = runner.invoke(main, ["predict", onnx_file, str(img), "--device", "cpu", "--engine", "openvino"])
+        assert r.exit_code == 0 and "on openvino (OpenVINO CPU, fp32)" in r.output
+
+
+@needs_openvino
+def test_a_served_request_on_openvino(onnx_file):
+    from starlette.testclient import TestClient
+
+    from cnnkit.serve import create_app
+
+    img = load_sample().test_images[0]
+    answers = {}
+    for engine in ("onnxruntime", "openvino"):
+        app = create_app(Classifier(onnx_file, device="cpu", engine=engine))
+        with TestClient(app) as client:
+            assert client.get("/readyz").json()["providers"] == Classifier(onnx_file, engine=engine).providers
+            r = client.post("/v1/predict", files={"file": ("x.png", png(img), "image/png")})
+            assert r.status_code == 200
+            answers[engine] = r.json()["predictions"][0]
+    assert answers["openvino"]["label"] == answers["onnxruntime"]["label"]
+    np.testing.assert_allclose(answers["openvino"]["probabilities"], answers["onnxruntime"]["probabilities"], atol=1e-5)

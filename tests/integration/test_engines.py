@@ -155,3 +155,21 @@ def test_a_served_request_on_openvino(onnx_file):
             answers[engine] = r.json()["predictions"][0]
     assert answers["openvino"]["label"] == answers["onnxruntime"]["label"]
     np.testing.assert_allclose(answers["openvino"]["probabilities"], answers["onnxruntime"]["probabilities"], atol=1e-5)
+
+
+@needs_openvino
+def test_verify_judges_the_numbers_of_the_engine_that_will_run_the_file(onnx_file):
+    from click.testing import CliRunner
+
+    from cnnkit.cli import main
+
+    r = CliRunner().invoke(main, ["verify", onnx_file, "--engine", "openvino", "--json"])
+    report = json.loads(r.stdout)
+    assert r.exit_code == 0 and report["passed"], r.output
+    assert report["backends"][0]["ran_on"] == "OpenVINO CPU"
+    r = CliRunner().invoke(main, ["verify", onnx_file, "--engine", "openvino", "--engine-precision", "bf16", "--json"])
+    report = json.loads(r.stdout)["backends"][0]
+    if "BF16" in openvino_engine.capabilities():  # judged like fp16: on the real test split
+        assert report["gate"] is not None and "bf16" in report["ran_on"]
+    else:  # refused, in one line, as a failed check
+        assert r.exit_code == 1 and "bf16 needs a CPU" in report["error"]

@@ -15,7 +15,7 @@ from cnnkit.cli import main
 from cnnkit.datasets import load_sample
 from cnnkit.export.compare import Gate
 from cnnkit.export.exporter import ExportOptions, export
-from cnnkit.runtime import Classifier
+from cnnkit.runtime import Classifier, openvino_engine
 from cnnkit.train import checkpoint
 from cnnkit.train.checkpoint import deployable
 
@@ -171,9 +171,16 @@ def test_optimize_picks_a_passing_variant_and_selects_it(trained, tmp_path):
     passed = {c["name"] for c in out["candidates"] if c["passed"]}
     assert {"fp32", "fp32-folded", "int8-folded", "torchscript-folded"} <= passed
     assert {c["name"]: c["check"] for c in out["candidates"]}["fp16-folded"].startswith("skipped")
-    assert set(out["winners"]) == {"4"} and out["selected"] in passed
+    name, _, engine_label = out["selected"].partition(" on ")
+    assert set(out["winners"]) == {"4"} and name in passed
     selected = Classifier(run / "model.onnx", device="cpu")
-    assert selected.info.variant == out["selected"]
+    assert selected.info.variant == name
+    # every ONNX candidate was checked in each other engine that would run it, and the choice travels with the file
+    if openvino_engine.available():
+        checked = {(c["candidate"], c["choice"]) for c in out["engine_checks"] if c["passed"]}
+        assert {("fp32-folded", "openvino"), ("int8-folded", "openvino")} <= checked
+    assert selected.plan.source == str(run / "runtime.json")
+    assert selected.plan.choice_for(4).label == engine_label
     # a first-class export: it verifies where it landed, and the run's record matches the file
     r = CliRunner().invoke(main, ["verify", str(run / "model.onnx"), *LENIENT_FLAGS, "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["passed"], r.output

@@ -35,17 +35,16 @@ def onnx_model(request):
     return os.environ.get("CNNKIT_TEST_ONNX") or request.getfixturevalue("exported").artefacts["onnx"]
 
 
-def classify(url: str, x: np.ndarray, binary: bool, name: str) -> np.ndarray:
-    """The same client code for either engine."""
+def classify(url: str, x: np.ndarray, binary: bool, name: str, top: int = 0) -> np.ndarray:
+    """The same client code for either engine: the logits, or with `top` Triton's classification answers."""
     import tritonclient.http as th
 
     client = th.InferenceServerClient(url)
     try:
         i = th.InferInput("images", list(x.shape), "UINT8")
         i.set_data_from_numpy(x, binary_data=binary)
-        return client.infer(name, [i], outputs=[th.InferRequestedOutput("logits", binary_data=binary)]).as_numpy(
-            "logits"
-        )
+        out = th.InferRequestedOutput("logits", binary_data=binary, class_count=top)
+        return client.infer(name, [i], outputs=[out]).as_numpy("logits")
     finally:
         client.close()
 
@@ -91,6 +90,16 @@ def test_triton_engine_serves_the_same_logits_as_cnnkit_serve(onnx_model):
             a = classify(f"127.0.0.1:{http}", x, binary, "digits")
             b = classify(own_url.removeprefix("http://"), x, binary, "digits")
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        # the classification extension answers the same, labels included ("score:index:label")
+        tops = [classify(u, x, True, "digits", top=3) for u in (f"127.0.0.1:{http}", own_url.removeprefix("http://"))]
+        assert [[e.decode().split(":")[1:] for e in row] for row in tops[0]] == [
+            [e.decode().split(":")[1:] for e in row] for row in tops[1]
+        ]
+        assert all(len(e.decode().split(":")) == 3 for e in tops[0].ravel())
+        for url in (f"127.0.0.1:{http}", own_url.removeprefix("http://")):  # Triton's config: the labels file named
+            c = th.InferenceServerClient(url)
+            assert c.get_model_config("digits")["output"][0]["label_filename"] == "labels.txt"
+            c.close()
         assert client.get_model_metadata("digits")["inputs"][0]["datatype"] == "UINT8"
         stats = client.get_inference_statistics("digits")["model_stats"][0]  # no token needed with --open-statistics
         assert stats["name"] == "digits" and stats["inference_count"] >= 12

@@ -11,15 +11,18 @@ stub (`'_thread.RLock' object has no attribute '_recursion_count'`). docs/DEPLOY
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import signal
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cnnkit.errors import CnnkitError, MissingExtraError, first_line
 from cnnkit.runtime import Classifier
+from cnnkit.triton_config import LABELS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,9 +115,14 @@ class TritonEngine:
     def start(self) -> None:
         """Start the server and wait until the model is ready (raises CnnkitError with Triton's reason if not)."""
         try:
-            self._triton.run()
+            with self._labelled():
+                self._triton.run()
         except Exception as exc:  # PyTriton raises its own exception types; the log says why
             raise CnnkitError(f"Triton did not start ({_reason(exc, self.log_file)})") from None
+
+    def _labelled(self) -> contextlib.AbstractContextManager[None]:
+        info = self.classifier.info
+        return with_labels(self.model_name, info.output_name, info.classes)
 
     def serve(self) -> None:
         """Start and block until SIGINT or SIGTERM; then stop Triton, clean the workspace up and return.
@@ -123,7 +131,8 @@ class TritonEngine:
         SIGTERM, so SIGTERM is made to raise the same while serving."""
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
-            self._triton.serve()
+            with self._labelled():
+                self._triton.serve()
         except Exception as exc:
             raise CnnkitError(f"Triton stopped ({_reason(exc, self.log_file)})") from None
         finally:
@@ -135,6 +144,54 @@ class TritonEngine:
             self._triton.stop()
         finally:
             self._workspace.cleanup()
+
+
+@contextlib.contextmanager
+def with_labels(model_name: str, output_name: str, classes: tuple[str, ...]) -> Iterator[None]:
+    """While Triton loads the model, its config names a labels file (one class per line, written beside it), so
+    Triton's classification extension answers "score:index:label" as `cnnkit serve` and `export --format triton` do.
+
+    PyTriton writes the model's config.pbtxt itself and offers no label option: its config generator and model
+    writer are wrapped for this one model (a PyTriton without them serves answers without labels)."""
+    try:
+        from pytriton.model_config.generator import ModelConfigGenerator
+        from pytriton.models.model import Model
+    except ImportError:
+        yield
+        return
+    get_config, generate_model = ModelConfigGenerator.get_config, Model.generate_model
+    proxy_files = Model.get_proxy_model_files
+    labels = "".join(f"{c}\n" for c in classes)
+
+    def labelled_config(self: Any) -> dict[str, Any]:
+        config: dict[str, Any] = get_config(self)
+        if config.get("name") == model_name:
+            for out in config.get("output", []):
+                if out.get("name") == output_name:
+                    out["label_filename"] = LABELS
+        return config
+
+    def generate_with_labels(self: Any, model_repository: Path) -> None:  # a model store on this disk
+        generate_model(self, model_repository)
+        if self.model_name == model_name:
+            (Path(model_repository) / model_name / LABELS).write_text(labels)
+
+    def files_with_labels(self: Any) -> dict[str, bytes]:  # files sent with the load request
+        files: dict[str, bytes] = proxy_files(self)
+        if self.model_name == model_name:
+            files[f"file:{LABELS}"] = labels.encode()
+        return files
+
+    patched = (labelled_config, generate_with_labels, files_with_labels)
+    ModelConfigGenerator.get_config, Model.generate_model, Model.get_proxy_model_files = patched
+    try:
+        yield
+    finally:
+        ModelConfigGenerator.get_config, Model.generate_model, Model.get_proxy_model_files = (
+            get_config,
+            generate_model,
+            proxy_files,
+        )
 
 
 def _security(open_statistics: bool) -> Any:

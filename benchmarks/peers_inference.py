@@ -1,0 +1,185 @@
+"""cnnkit's best (what `cnnkit optimize --select` chose, run by `--engine auto`) against what a user would run
+instead on the same files, the same threads and the same batches: plain ONNX Runtime, OpenVINO as it comes (its
+default precision hint, whatever that is on this CPU) on cnnkit's fp32 and INT8 files, and OpenVINO with an INT8
+model from NNCF's post-training quantization (512 training images, as many as cnnkit's INT8 export calibrates on).
+
+    bash benchmarks/peers.sh            (makes the peer venv and the optimized run, then runs this)
+    python benchmarks/peers_inference.py RUN [--rounds 7] [--seconds 0.4] [--batch-sizes 1,64,256]
+
+Runs in benchmarks/.venv-peers (numpy, onnxruntime, openvino, nncf; cnnkit's runtime from src/ on PYTHONPATH,
+no torch). Timed in alternating rounds: every configuration once per round, at each batch size; medians across
+rounds. Accuracy of every configuration on the bundled sample's 1,000 test images. Writes
+benchmarks/results/peers_inference_cpu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine, save
+
+Run = Callable[[np.ndarray], np.ndarray]
+SAMPLE = Path(__file__).resolve().parents[1] / "src" / "cnnkit" / "resources" / "mnist_sample.npz"
+
+
+def sample() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(calibration images: the first 512 training images, test images, test labels) as uint8 NCHW."""
+    data = np.load(SAMPLE)
+    calibration = data["train_images"][:512].reshape(-1, 1, 28, 28)
+    return calibration, data["test_images"].reshape(-1, 1, 28, 28), data["test_labels"]
+
+
+def ort_session(path: Path, threads: int) -> Run:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    return lambda x: s.run(None, {name: x})[0]
+
+
+def ov_compiled(model: object, threads: int) -> tuple[Run, str]:
+    """OpenVINO as it comes: only the thread count set (the precision hint left at OpenVINO's default)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads})
+    request = compiled.create_infer_request()
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+
+    def run(x: np.ndarray) -> np.ndarray:
+        request.infer({0: x})
+        return request.get_output_tensor(0).data.copy()
+
+    return run, hint.to_string() if hasattr(hint, "to_string") else str(hint)
+
+
+def nncf_int8(path: Path, calibration: np.ndarray) -> object:
+    """NNCF's default post-training quantization of the fp32 ONNX model read by OpenVINO."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(path))
+    batches = [calibration[i : i + 1] for i in range(len(calibration))]
+    return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
+
+
+def configurations(run: Path, threads: int, calibration: np.ndarray) -> dict[str, tuple[Run, str]]:
+    from cnnkit.runtime import Classifier
+
+    cand = run / "candidates"
+    fp32, fp32_folded, int8 = (
+        cand / "fp32" / "model.onnx",
+        cand / "fp32-folded" / "model.onnx",
+        cand / "int8-folded" / "model.int8.onnx",
+    )
+    best = Classifier(run / "model.onnx", device="cpu", intra_op_threads=threads, max_batch=1 << 20)
+    plan = ", ".join(f"{p['label']} from batch {p['from_batch']}" for p in best.runs_on())
+    configs: dict[str, tuple[Run, str]] = {
+        "cnnkit (optimize --select, engine auto)": (best.logits, f"{best.info.variant}: {plan}"),
+        "onnxruntime, fp32 export": (ort_session(fp32, threads), "ONNX Runtime defaults, fp32"),
+        "onnxruntime, cnnkit int8 file": (ort_session(int8, threads), "ONNX Runtime defaults, int8"),
+    }
+    for name, path in (("fp32 export", fp32), ("cnnkit fp32-folded file", fp32_folded), ("cnnkit int8 file", int8)):
+        fn, hint = ov_compiled(str(path), threads)
+        configs[f"openvino default, {name}"] = (fn, f"OpenVINO defaults (precision hint {hint})")
+    fn, hint = ov_compiled(nncf_int8(fp32, calibration), threads)
+    configs["openvino + nncf int8 (512 images)"] = (fn, f"NNCF PTQ defaults, OpenVINO hint {hint}")
+    return configs
+
+
+def rate(fn: Run, x: np.ndarray, seconds: float) -> tuple[float, list[float]]:
+    """(images/s, per-call seconds) over about `seconds`."""
+    times = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 3:
+        t0 = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t0)
+    return len(x) * len(times) / sum(times), times
+
+
+def measure(configs: dict[str, tuple[Run, str]], batches: list[int], rounds: int, seconds: float) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for bs in batches:
+        x = rng.integers(0, 256, (bs, 1, 28, 28), dtype=np.uint8)
+        for fn, _ in configs.values():  # warm-up, untimed
+            rate(fn, x, 0.2)
+        rates: dict[str, list[float]] = {n: [] for n in configs}
+        calls: dict[str, list[float]] = {n: [] for n in configs}
+        for r in range(rounds):
+            order = list(configs) if r % 2 == 0 else list(reversed(configs))  # alternate who goes first
+            for name in order:
+                ips, times = rate(configs[name][0], x, seconds)
+                rates[name].append(ips)
+                calls[name] += times
+        best_peer = max(statistics.median(rates[n]) for n in configs if not n.startswith("cnnkit"))
+        for name in configs:
+            med = statistics.median(rates[name])
+            rows.append(
+                {
+                    "config": name,
+                    "batch_size": bs,
+                    "images_per_s": round(med, 1),
+                    "images_per_s_rounds": [round(v, 1) for v in rates[name]],
+                    "p50_ms": round(1000 * float(np.percentile(calls[name], 50)), 4),
+                    "p99_ms": round(1000 * float(np.percentile(calls[name], 99)), 4),
+                    "vs_fastest_peer": round(med / best_peer, 3),
+                }
+            )
+            print(bs, name, rows[-1]["images_per_s"], rows[-1]["p50_ms"], rows[-1]["vs_fastest_peer"], flush=True)
+    return rows
+
+
+def accuracy(configs: dict[str, tuple[Run, str]], images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    out = {}
+    for name, (fn, _) in configs.items():
+        pred = np.concatenate([fn(images[i : i + 100]) for i in range(0, len(images), 100)]).argmax(1)
+        out[name] = round(100 * float((pred == labels).mean()), 2)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path, help="a run folder after `cnnkit optimize RUN --select`")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--seconds", type=float, default=0.4)
+    ap.add_argument("--batch-sizes", default="1,64,256")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    a = ap.parse_args()
+    calibration, test_images, test_labels = sample()
+    configs = configurations(a.run, a.threads, calibration)
+    acc = accuracy(configs, test_images, test_labels)
+    print("accuracy", acc, flush=True)
+    rows = measure(configs, [int(b) for b in a.batch_sizes.split(",")], a.rounds, a.seconds)
+    import onnxruntime
+    import openvino
+
+    save(
+        "peers_inference_cpu.json",
+        {
+            "machine": machine(),
+            "command": "bash benchmarks/peers.sh (python benchmarks/peers_inference.py " + " ".join(sys.argv[1:]) + ")",
+            "threads": a.threads,
+            "versions": {"onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__},
+            "what_runs": {n: d for n, (_, d) in configs.items()},
+            "accuracy_percent": acc,
+            "rows": rows,
+            "method": f"{a.rounds} alternating rounds of {a.seconds} s per configuration and batch size; medians; "
+            "p50/p99 over every timed call; vs_fastest_peer: images/s over the fastest non-cnnkit configuration",
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -4,7 +4,7 @@ default precision hint, whatever that is on this CPU) on cnnkit's fp32 and INT8 
 model from NNCF's post-training quantization (512 training images, as many as cnnkit's INT8 export calibrates on).
 
     bash benchmarks/peers.sh            (makes the peer venv and the optimized run, then runs this)
-    python benchmarks/peers_inference.py RUN [--rounds 7] [--seconds 0.4] [--batch-sizes 1,64,256]
+    python benchmarks/peers_inference.py RUN [--rounds 15] [--seconds 0.3] [--batch-sizes 1,64,256]
 
 Runs in benchmarks/.venv-peers (numpy, onnxruntime, openvino, nncf; cnnkit's runtime from src/ on PYTHONPATH,
 no torch). Timed in alternating rounds: every configuration once per round, at each batch size; medians across
@@ -152,8 +152,8 @@ def accuracy(configs: dict[str, tuple[Run, str]], images: np.ndarray, labels: np
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path, help="a run folder after `cnnkit optimize RUN --select`")
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--seconds", type=float, default=0.4)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--seconds", type=float, default=0.3)
     ap.add_argument("--batch-sizes", default="1,64,256")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     a = ap.parse_args()

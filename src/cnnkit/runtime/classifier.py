@@ -3,6 +3,7 @@ when it is asked for) only."""
 
 from __future__ import annotations
 
+import bisect
 import os
 import warnings
 from typing import Any, Literal
@@ -84,6 +85,8 @@ class Classifier:
         self.info = read_info(first.facts(), self.source)
         for e in self._engines.values():
             e.select_output(self.info.output_name)
+        self._from_sizes = [size for size, _ in self.plan.routes]
+        self._runs = [self._engines[c].run for _, c in self.plan.routes]
         self.input_spec = InputSpec(
             name=self.info.input_name,
             channels=self.info.channels,
@@ -164,7 +167,10 @@ class Classifier:
         return np.concatenate([self._run(x[i : i + self.max_batch]) for i in range(0, n, self.max_batch)])
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self._engines[self.plan.choice_for(len(x))].run(x))
+        if len(self._runs) == 1:
+            return np.asarray(self._runs[0](x))
+        i = bisect.bisect_right(self._from_sizes, len(x)) - 1  # the plan's choice for this batch size
+        return np.asarray(self._runs[max(i, 0)](x))
 
     def probabilities(self, images: Any) -> np.ndarray:
         """Softmax probabilities [N, classes]."""

@@ -83,9 +83,14 @@ class OpenVinoEngine:
         self._output = next(i for i, o in enumerate(self._compiled.outputs) if name in o.get_names())
 
     def _runner(self, request: Any) -> Any:
+        import openvino as ov
+
         def run(x: np.ndarray) -> np.ndarray:
-            request.infer({0: x})
-            return np.array(request.get_output_tensor(self._output).data, dtype=np.float32)
+            # the batch is read in place (a C-contiguous uint8 array, alive for the call); the logits are copied out
+            request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x), shared_memory=True))
+            request.infer()
+            out: np.ndarray = request.get_output_tensor(self._output).data.copy()
+            return out
 
         return run
 

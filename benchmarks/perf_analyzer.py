@@ -28,11 +28,11 @@ SERVERS = {"cnnkit serve (defaults)": [], "cnnkit serve --max-batch 1 (no batchi
 NAME = "cnnkit-mnist-sample"
 
 
-def measure(url: str, concurrency: list[int], interval_ms: int, tmp: Path) -> list[dict]:
+def measure(url: str, concurrency: list[int], interval_ms: int, tmp: Path, name: str = NAME) -> list[dict]:
     rows = []
     for c in concurrency:
         out = tmp / f"c{c}.csv"
-        cmd = ["bash", TOOL, "-m", NAME, "-u", url.removeprefix("http://"), "-i", "http", "--concurrency-range",
+        cmd = ["bash", TOOL, "-m", name, "-u", url.removeprefix("http://"), "-i", "http", "--concurrency-range",
                f"{c}:{c}", "--measurement-interval", str(interval_ms), "-f", str(out)]  # fmt: skip
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         (row,) = list(csv.DictReader(out.open()))

@@ -3,7 +3,7 @@
 # OpenVINO as it comes and OpenVINO + NNCF INT8. The peers install in their own venv (benchmarks/.venv-peers: numpy,
 # onnxruntime, openvino, nncf), never in cnnkit's; cnnkit's runtime runs there from src/ (it needs no torch).
 #   bash benchmarks/peers.sh [RUN [ARGS]]   (RUN: a run folder to reuse, default: trained and optimized afresh;
-#                                            ARGS go to peers_inference.py, e.g. --rounds 15)
+#                                            ARGS go to peers_inference.py, e.g. --rounds 40)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=benchmarks/.venv-peers

@@ -5,8 +5,9 @@ ModelServer wrapping the same ONNX file, at 1/4/16/64 concurrent clients.
     python benchmarks/peers_serving.py RUN [--clients 1,4,16,64] [--seconds 3] [--rounds 3]
 
 Two load generators. (1) The same asyncio client for all three servers (keep-alive connections, one 28x28 digit
-per request as a binary UINT8 V2 tensor, the framing tritonclient uses), in alternating rounds with every server up
-at once; medians over rounds. (2) NVIDIA's perf_analyzer, unchanged, against `cnnkit serve` and the Triton engine
+per request as a binary UINT8 V2 tensor, the framing tritonclient uses), in alternating rounds, every server up
+at once but the others stopped (SIGSTOP) while one is measured; medians over rounds. (2) NVIDIA's perf_analyzer,
+unchanged, against `cnnkit serve` and the Triton engine
 (KServe cannot be measured by it: it answers 404 to the model-configuration request perf_analyzer starts with).
 Client and servers share this machine's cores. Writes benchmarks/results/peers_serving_cpu.json.
 """
@@ -15,11 +16,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -66,15 +71,48 @@ def spawn(cmd: list[str], ready: str) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"{cmd[:4]} did not become ready")
 
 
-def sweep(urls: dict[str, str], requests: list[bytes], clients: list[int], seconds: float, rounds: int) -> dict:
-    for url in urls.values():
-        asyncio.run(load(url, requests[:20], 4, 1.0))  # warm-up, not reported
+@contextlib.contextmanager
+def alone(procs: dict[str, list[int]], name: str) -> Iterator[None]:
+    """Only `name`'s processes run meanwhile: the others are stopped (SIGSTOP), so an idle server's spinning
+    threads take no CPU from the one measured, then continued (SIGCONT)."""
+    others = [pid for n, pids in procs.items() if n != name for pid in pids]
+    for pid in others:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in others:
+            os.kill(pid, signal.SIGCONT)
+
+
+def tree(pid: int) -> list[int]:
+    """A process and all its descendants (Triton's server and Python backend stub are children)."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.split()
+    children: dict[int, list[int]] = {}
+    for child, parent in zip(map(int, out[::2]), map(int, out[1::2])):
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += children.get(p, [])
+    return found
+
+
+def sweep(
+    urls: dict[str, str], procs: dict[str, list[int]], requests: list[bytes], clients: list[int], seconds: float,
+    rounds: int,
+) -> dict:  # fmt: skip
+    for name, url in urls.items():
+        with alone(procs, name):
+            asyncio.run(load(url, requests[:20], 4, 1.0))  # warm-up, not reported
     raw: dict[str, dict[int, list[dict]]] = {n: {c: [] for c in clients} for n in urls}
     for r in range(rounds):
         for c in clients:
             order = list(urls) if (r + c) % 2 == 0 else list(reversed(urls))
             for name in order:
-                raw[name][c].append(asyncio.run(load(urls[name], requests, c, seconds)))
+                with alone(procs, name):
+                    raw[name][c].append(asyncio.run(load(urls[name], requests, c, seconds)))
                 row = raw[name][c][-1]
                 print(r, c, name, round(row["requests_per_s"]), round(row["p99_ms"] or 0, 2), row["errors"], flush=True)
     return {
@@ -127,9 +165,13 @@ def main() -> None:
     try:
         for name, (cmd, ready) in servers(a.run / "model.onnx", a.triton_python).items():
             procs[name], urls[name] = spawn(cmd, ready)
-        results = sweep(urls, requests, clients, a.seconds, a.rounds)
+        pids = {n: tree(p.pid) for n, p in procs.items()}
+        results = sweep(urls, pids, requests, clients, a.seconds, a.rounds)
+        pa = {}
         with tempfile.TemporaryDirectory() as tmp:
-            pa = {n: perf_analyzer(urls[n], clients, a.interval_ms, Path(tmp), NAME) for n in list(urls)[:2]}
+            for n in list(urls)[:2]:
+                with alone(pids, n):
+                    pa[n] = perf_analyzer(urls[n], clients, a.interval_ms, Path(tmp), NAME)
     finally:
         for p in procs.values():
             p.terminate()
@@ -146,7 +188,8 @@ def main() -> None:
             "ratios_asyncio_client": ratios(results, clients),
             "perf_analyzer": pa,
             "method": f"{a.rounds} alternating rounds of {a.seconds} s per server and client count, every server "
-            "up at once; medians over rounds. perf_analyzer: -i http, binary UINT8, one image per request, "
+            "up at once, the others stopped (SIGSTOP) while one is measured; medians over rounds. perf_analyzer: "
+            "-i http, binary UINT8, one image per request, "
             f"--measurement-interval {a.interval_ms}. KServe: latency logging off, otherwise its defaults "
             "(uvicorn access log on); no batching of its own.",
             "note": "client and servers share this machine's cores",

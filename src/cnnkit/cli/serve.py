@@ -135,6 +135,7 @@ def serve(
         engine=engine_arg(engine, streams),
         intra_op_threads=threads,
         max_batch=max(max_batch, max_images),
+        spin=False,  # the event loop and the decoders need the cores between model calls
     )
     click.echo(f"cnnkit serve: {model} on {runs_on(clf)}, max batch {max_batch}, max delay {max_delay_ms} ms", err=True)
     run(clf, host, port, cfg)

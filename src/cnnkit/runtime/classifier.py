@@ -42,6 +42,8 @@ class Classifier:
         intra_op_threads: CPU threads per inference, shared by the streams (default: one per core).
         max_batch: larger inputs are run in chunks of this many images.
         cuda: ONNX Runtime's CUDA provider options (`CudaOptions`: TF32, CUDA graph, device, stream).
+        spin: let ONNX Runtime's CPU threads spin between calls (lowest latency for back-to-back calls); False
+            lets them sleep, leaving the cores to the rest of the process (`cnnkit serve` does).
 
     Raises:
         ModelFileError: the file is missing, not ONNX, or not a cnnkit model.
@@ -60,6 +62,7 @@ class Classifier:
         intra_op_threads: int | None = None,
         max_batch: int = 256,
         cuda: CudaOptions = CudaOptions(),
+        spin: bool = True,
     ):
         if device not in DEVICES:
             raise DeviceError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
@@ -78,7 +81,9 @@ class Classifier:
         self.plan = _plan(model, engine, want_cuda)
         if want_cuda and any(c.engine != "onnxruntime" for c in self.plan.choices):
             raise DeviceError("OpenVINO runs on the CPU here; use --engine onnxruntime for CUDA")
-        self._engines = {c: _open(data, self.source, c, want_cuda, intra_op_threads, cuda) for c in self.plan.choices}
+        self._engines = {
+            c: _open(data, self.source, c, want_cuda, (intra_op_threads, spin), cuda) for c in self.plan.choices
+        }
         first = next(iter(self._engines.values()))
         #: the ONNX Runtime session (None when only OpenVINO runs the model)
         self.session = next((e.session for e in self._engines.values() if e.session is not None), None)
@@ -225,10 +230,16 @@ def _plan(model: Any, engine: str | EngineChoice, want_cuda: bool) -> plan.Plan:
 
 
 def _open(
-    data: bytes, source: str, choice: EngineChoice, want_cuda: bool, threads: int | None, cuda_opts: CudaOptions
+    data: bytes,
+    source: str,
+    choice: EngineChoice,
+    want_cuda: bool,
+    cpu: tuple[int | None, bool],  # (threads, spin)
+    cuda_opts: CudaOptions,
 ) -> Any:
+    threads, spin = cpu
     if choice.engine == "openvino":
         from cnnkit.runtime.openvino_engine import OpenVinoEngine
 
         return OpenVinoEngine(data, source, choice, threads)
-    return OrtEngine(data, source, choice, want_cuda, threads, cuda_opts)
+    return OrtEngine(data, source, choice, want_cuda, threads, cuda_opts, spin)

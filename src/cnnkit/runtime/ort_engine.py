@@ -29,7 +29,14 @@ class OrtEngine:
     name = "onnxruntime"
 
     def __init__(
-        self, data: bytes, source: str, choice: EngineChoice, want_cuda: bool, threads: int | None, cuda: CudaOptions
+        self,
+        data: bytes,
+        source: str,
+        choice: EngineChoice,
+        want_cuda: bool,
+        threads: int | None,
+        cuda: CudaOptions,
+        spin: bool = True,
     ):
         if want_cuda and choice.streams > 1:
             raise DeviceError("streams split a batch over CPU sessions; on CUDA use one stream")
@@ -37,7 +44,9 @@ class OrtEngine:
         if choice.streams > 1:
             per_stream = max(1, (threads or os.cpu_count() or 1) // choice.streams)
         options = session.cuda_provider_options(cuda.device_id, cuda.tf32, cuda.cuda_graph, cuda.compute_stream)
-        opened = [session.open_session(data, source, want_cuda, per_stream, options) for _ in range(choice.streams)]
+        opened = [
+            session.open_session(data, source, want_cuda, per_stream, options, spin) for _ in range(choice.streams)
+        ]
         self.choice = choice
         self.session = opened[0].session
         self.fallback_reason = opened[0].fallback_reason

@@ -40,9 +40,12 @@ def cuda_fallback_reason(ort_log: str = "") -> str:
     return "the CUDA provider failed to load (usually missing or mismatched CUDA/cuDNN libraries)"
 
 
-def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
-    """Graph optimisation ALL, errors-only logging, and the record of which provider runs each node."""
+def session_options(intra_op_threads: int | None = None, spin: bool = True) -> ort.SessionOptions:
+    """Graph optimisation ALL, errors-only logging, and the record of which provider runs each node. `spin=False`
+    lets the intra-op threads sleep between calls instead of spinning (a server's event loop needs those cores)."""
     so = ort.SessionOptions()
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")  # older releases ignore it
     if intra_op_threads:
@@ -94,6 +97,7 @@ def open_session(
     want_cuda: bool,
     intra_op_threads: int | None = None,
     cuda_options: dict[str, str] | None = None,
+    spin: bool = True,
 ) -> OpenedSession:
     """An InferenceSession, and what became of a request for CUDA.
 
@@ -107,7 +111,9 @@ def open_session(
     log = cuda_libs.capture_stderr_fd() if want_cuda else contextlib.nullcontext(cuda_libs.Captured())
     try:
         with log as captured:
-            session = ort.InferenceSession(data, sess_options=session_options(intra_op_threads), providers=providers)
+            session = ort.InferenceSession(
+                data, sess_options=session_options(intra_op_threads, spin), providers=providers
+            )
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf types
         sys.stderr.write(cuda_libs.passthrough(captured.text, fell_back=False))
         raise ModelFileError(f"{source}: ONNX Runtime cannot load this model ({first_line(exc)})") from None

@@ -76,13 +76,17 @@ def alone(procs: dict[str, list[int]], name: str) -> Iterator[None]:
     """Only `name`'s processes run meanwhile: the others are stopped (SIGSTOP), so an idle server's spinning
     threads take no CPU from the one measured, then continued (SIGCONT)."""
     others = [pid for n, pids in procs.items() if n != name for pid in pids]
-    for pid in others:
-        os.kill(pid, signal.SIGSTOP)
+    _signal(others, signal.SIGSTOP)
     try:
         yield
     finally:
-        for pid in others:
-            os.kill(pid, signal.SIGCONT)
+        _signal(others, signal.SIGCONT)
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # a helper process that has since ended
+            os.kill(pid, sig)
 
 
 def tree(pid: int) -> list[int]:
@@ -174,6 +178,7 @@ def main() -> None:
                     pa[n] = perf_analyzer(urls[n], clients, a.interval_ms, Path(tmp), NAME)
     finally:
         for p in procs.values():
+            _signal(tree(p.pid), signal.SIGCONT)  # a stopped process would not see SIGTERM
             p.terminate()
             p.wait(timeout=60)
     save(

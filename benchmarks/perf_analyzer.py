@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TOOL = os.environ.get("PERF_ANALYZER", str(ROOT.parent / "shared" / "tools" / "perf-analyzer.sh"))
 SERVERS = {"cnnkit serve (defaults)": [], "cnnkit serve --max-batch 1 (no batching)": ["--max-batch", "1"]}
 NAME = "cnnkit-mnist-sample"
+# perf_analyzer's default (3 windows within 10% of each other, at most 10 windows) fails outright on this shared
+# machine at low loads; 25% over at most 20 windows: the figure is the average of the last 3 windows either way
+STABILITY = ["--stability-percentage", "25", "--max-trials", "20"]
 
 
 def measure(url: str, concurrency: list[int], interval_ms: int, tmp: Path, name: str = NAME) -> list[dict]:
@@ -33,7 +36,7 @@ def measure(url: str, concurrency: list[int], interval_ms: int, tmp: Path, name:
     for c in concurrency:
         out = tmp / f"c{c}.csv"
         cmd = ["bash", TOOL, "-m", name, "-u", url.removeprefix("http://"), "-i", "http", "--concurrency-range",
-               f"{c}:{c}", "--measurement-interval", str(interval_ms), "-f", str(out)]  # fmt: skip
+               f"{c}:{c}", "--measurement-interval", str(interval_ms), "-f", str(out), *STABILITY]  # fmt: skip
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         (row,) = list(csv.DictReader(out.open()))
         rows.append(

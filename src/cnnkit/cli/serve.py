@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from cnnkit.cli.common import Finite, engine_arg, engine_options, make_classifier, runs_on
@@ -30,7 +32,12 @@ from cnnkit.spec import DEVICES
 )
 @click.option("--max-body-mb", type=Finite(0.01, 1024), default=8.0, show_default=True)
 @click.option("--max-images", type=click.IntRange(1, 4096), default=256, show_default=True, help="Per request.")
-@click.option("--threads", type=click.IntRange(1, 512), default=None, help="ONNX Runtime intra-op threads.")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 512),
+    default=None,
+    help="Inference threads (default: one per core but one, which the HTTP side keeps for itself).",
+)
 @click.option(
     "--max-pixels",
     type=click.IntRange(1, 100_000_000),
@@ -133,7 +140,7 @@ def serve(
         model,
         device,
         engine=engine_arg(engine, streams),
-        intra_op_threads=threads,
+        intra_op_threads=threads or max(1, (os.cpu_count() or 1) - 1),
         max_batch=max(max_batch, max_images),
         spin=False,  # the event loop and the decoders need the cores between model calls
     )

@@ -144,7 +144,9 @@ def _in_process(exported, **cfg) -> TestClient:
     return TestClient(create_app(clf, ServeConfig(**cfg)))
 
 
-def test_v2_json_is_parsed_in_the_decode_pool_not_on_the_event_loop(exported, monkeypatch):
+def test_v2_bodies_beyond_a_few_kilobytes_are_parsed_in_the_decode_pool_not_on_the_event_loop(exported, monkeypatch):
+    from cnnkit.serve.app import INLINE_BYTES
+
     threads = []
     parse = v2.parse_infer
 
@@ -153,9 +155,32 @@ def test_v2_json_is_parsed_in_the_decode_pool_not_on_the_event_loop(exported, mo
         return parse(*args)
 
     monkeypatch.setattr(v2, "parse_infer", recording)
+    big = v2_json([0] * 784 * 16)
+    big["inputs"][0]["shape"] = [16, 1, 28, 28]
+    assert len(json.dumps(big)) > INLINE_BYTES
     with _in_process(exported) as client:
-        r = client.post(f"/v2/models/{NAME}/infer", json=v2_json([0] * 784))
-    assert r.status_code == 200 and threads and all(t.startswith("cnnkit-decode") for t in threads)
+        r = client.post(f"/v2/models/{NAME}/infer", json=big)
+        assert r.status_code == 200 and threads[-1].startswith("cnnkit-decode")
+        small = np.zeros((1, 1, 28, 28), np.uint8)
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "images",
+                        "datatype": "UINT8",
+                        "shape": [1, 1, 28, 28],
+                        "parameters": {"binary_data_size": 784},
+                    }
+                ]
+            }  # fmt: skip
+        ).encode()
+        r = client.post(
+            f"/v2/models/{NAME}/infer",
+            content=header + small.tobytes(),
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
+        # a binary image (under 1 KB) is parsed where it is read: a hand-off to the pool would cost more
+        assert r.status_code == 200 and not threads[-1].startswith("cnnkit-decode")
 
 
 def test_bodies_waiting_for_the_decode_pool_count_as_in_flight(exported, monkeypatch):

@@ -108,6 +108,14 @@ def rate(fn: Run, x: np.ndarray, seconds: float) -> tuple[float, list[float]]:
     return len(x) * len(times) / sum(times), times
 
 
+def settle(fn: Run, x: np.ndarray) -> None:
+    """Let the previous configuration's threads go idle (ONNX Runtime's spin after each call for a while, taking
+    the cores from whatever runs next), then three untimed calls of this one."""
+    time.sleep(0.05)
+    for _ in range(3):
+        fn(x)
+
+
 def measure(configs: dict[str, tuple[Run, str]], batches: list[int], rounds: int, seconds: float) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
@@ -120,6 +128,7 @@ def measure(configs: dict[str, tuple[Run, str]], batches: list[int], rounds: int
         for r in range(rounds):
             order = list(configs) if r % 2 == 0 else list(reversed(configs))  # alternate who goes first
             for name in order:
+                settle(configs[name][0], x)
                 ips, times = rate(configs[name][0], x, seconds)
                 rates[name].append(ips)
                 calls[name] += times
@@ -178,7 +187,9 @@ def main() -> None:
             "what_runs": {n: d for n, (_, d) in configs.items()},
             "accuracy_percent": acc,
             "rows": rows,
-            "method": f"{a.rounds} alternating rounds of {a.seconds} s per configuration and batch size; images/s: "
+            "method": f"{a.rounds} alternating rounds of {a.seconds} s per configuration and batch size, each after "
+            "50 ms idle and 3 untimed calls (ONNX Runtime's spinning threads otherwise slow whatever runs next); "
+            "images/s: "
             "median over rounds; p50/p99 over every timed call; vs_fastest_peer: the median over rounds of this "
             "configuration's images/s over the fastest peer's (the non-cnnkit configuration with the highest median) "
             "in the same round",

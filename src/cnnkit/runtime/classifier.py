@@ -81,8 +81,11 @@ class Classifier:
         self.plan = _plan(model, engine, want_cuda)
         if want_cuda and any(c.engine != "onnxruntime" for c in self.plan.choices):
             raise DeviceError("OpenVINO runs on the CPU here; use --engine onnxruntime for CUDA")
+        # ONNX Runtime's threads spin after a call: where a plan also runs OpenVINO, they would take its cores
+        mixed = len({c.engine for c in self.plan.choices}) > 1
         self._engines = {
-            c: _open(data, self.source, c, want_cuda, (intra_op_threads, spin), cuda) for c in self.plan.choices
+            c: _open(data, self.source, c, want_cuda, (intra_op_threads, spin and not mixed), cuda)
+            for c in self.plan.choices
         }
         first = next(iter(self._engines.values()))
         #: the ONNX Runtime session (None when only OpenVINO runs the model)

@@ -113,6 +113,19 @@ def start_server(model: str, *args: str) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("server did not become ready")
 
 
+def v2_binary_header(n: int = 1) -> bytes:
+    """The JSON header of a V2 request carrying `n` 28x28 uint8 images as binary data (tritonclient's framing)."""
+    import json
+
+    tensor = {
+        "name": "images",
+        "datatype": "UINT8",
+        "shape": [n, 1, 28, 28],
+        "parameters": {"binary_data_size": 784 * n},
+    }
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
 def png(img: np.ndarray) -> bytes:
     from PIL import Image
 

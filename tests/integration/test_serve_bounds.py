@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from cnnkit.runtime import Classifier
 from cnnkit.serve import ServeConfig, create_app, v2
 from cnnkit.serve import reading as reading_module
-from conftest import png, start_server
+from conftest import png, start_server, v2_binary_header
 
 NAME = "cnnkit-mnist-sample"
 
@@ -162,18 +162,7 @@ def test_v2_bodies_beyond_a_few_kilobytes_are_parsed_in_the_decode_pool_not_on_t
         r = client.post(f"/v2/models/{NAME}/infer", json=big)
         assert r.status_code == 200 and threads[-1].startswith("cnnkit-decode")
         small = np.zeros((1, 1, 28, 28), np.uint8)
-        header = json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "images",
-                        "datatype": "UINT8",
-                        "shape": [1, 1, 28, 28],
-                        "parameters": {"binary_data_size": 784},
-                    }
-                ]
-            }  # fmt: skip
-        ).encode()
+        header = v2_binary_header()
         r = client.post(
             f"/v2/models/{NAME}/infer",
             content=header + small.tobytes(),

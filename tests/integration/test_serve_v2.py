@@ -10,6 +10,7 @@ from tritonclient.utils import InferenceServerException
 
 from cnnkit.datasets import load_sample
 from cnnkit.runtime import Classifier
+from conftest import v2_binary_header
 
 NAME = "cnnkit-mnist-sample"  # the serving name of a model trained on the bundled sample
 
@@ -87,18 +88,7 @@ def test_client_mistakes_are_400_with_the_protocol_error_body(client, server):
     for doc, match in bad:
         r = httpx.post(f"{server}/v2/models/{NAME}/infer", content=json.dumps(doc))
         assert r.status_code == 400 and match in r.json()["error"], (match, r.text)
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "images",
-                    "datatype": "UINT8",
-                    "shape": [1, 1, 28, 28],
-                    "parameters": {"binary_data_size": 784},
-                }
-            ]
-        }
-    ).encode()
+    header = v2_binary_header()
     for body, length in ((header + b"\0" * 700, str(len(header))), (header, "99999"), (b"[" * 5000, "5000")):
         r = httpx.post(
             f"{server}/v2/models/{NAME}/infer", content=body, headers={"Inference-Header-Content-Length": length}

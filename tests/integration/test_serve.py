@@ -160,6 +160,7 @@ def test_every_error_is_json_and_counted(server, digits):
 def test_model_and_metrics_endpoints(server, clf):
     info = httpx.get(server + "/v1/model").json()
     assert info["metadata"]["classes"] == list(clf.classes) and info["providers"] == ["CPUExecutionProvider"]
+    assert [(e["from_batch"], e["engine"], e["precision_run"]) for e in info["engines"]] == [(1, "onnxruntime", "fp32")]
     fams = {f.name: f for f in text_string_to_metric_families(httpx.get(server + "/metrics").text)}
     assert {
         "cnnkit_requests",

@@ -76,7 +76,8 @@ def load(model: str | Path | bytes, device: str) -> Plan:
         return Plan(routes=DEFAULT.routes, source="default", note=f"{path}: {exc}")
     if any(c.engine == "openvino" for _, c in routes) and not openvino_engine.available():
         return Plan(routes=DEFAULT.routes, source="default", note=f"{path} names OpenVINO, which is not installed")
-    return Plan(routes=tuple(routes), source=str(path))
+    kept = [r for i, r in enumerate(routes) if i == 0 or r[1] != routes[i - 1][1]]  # one route per change
+    return Plan(routes=tuple(kept), source=str(path))
 
 
 def save(model: Path, winners: dict[int, EngineChoice], measured: dict[str, Any]) -> Path:

@@ -129,6 +129,7 @@ class Service:
             "version": clf.info.version,
             "source": os.path.basename(clf.source),  # not the server's folders
             "providers": clf.providers,
+            "engines": clf.runs_on(),  # from which batch size which engine, streams and precision run
             "max_batch": self.cfg.max_batch,
             "max_delay_ms": self.cfg.max_delay_ms,
             "metadata": clf.info.raw,

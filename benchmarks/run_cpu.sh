@@ -18,3 +18,8 @@ trap 'rm -rf "$(dirname "$RUN")"' EXIT
 "$PY" benchmarks/train_scaling.py
 "$PY" benchmarks/serve_protocols.py --model "$RUN/model.onnx"
 "$PY" benchmarks/serve_attacks.py --model "$RUN/model.onnx"
+"$PY" benchmarks/perf_analyzer.py --model "$RUN/model.onnx"
+# engines and peers: their own venvs, one optimized run shared by the three
+bash benchmarks/peers.sh "$RUN.peers"
+"$PY" benchmarks/optimize_record.py "$RUN.peers"
+bash benchmarks/peers_serving.sh "$RUN.peers" --rounds 5 --seconds 2

@@ -94,7 +94,7 @@ def _torch_stream(torch_device: Any) -> int | None:
 
 def onnx_input_shape(path: Path) -> tuple[int, int, int]:
     """(channels, height, width) from an exported model's own metadata."""
-    return Classifier(path, device="cpu").input_spec.image_shape
+    return Classifier(path, device="cpu", engine="onnxruntime").input_spec.image_shape
 
 
 def onnx(

@@ -92,7 +92,7 @@ def onnx_labels(files: list[Path]) -> list[str]:
     variants = []
     for f in files:
         try:
-            variants.append(Classifier(f, device="cpu").info.variant)
+            variants.append(Classifier(f, device="cpu", engine="onnxruntime").info.variant)
         except CnnkitError:
             variants.append(f.name)
     if len(set(variants)) < len(variants):

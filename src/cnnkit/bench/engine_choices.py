@@ -5,13 +5,16 @@ engine's), and the fastest passing choice per batch size recorded beside the fil
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 from cnnkit.bench.results import BenchResult
-from cnnkit.export.compare import Gate
+from cnnkit.export.compare import Gate, ParityReport
 from cnnkit.runtime import EngineChoice, openvino_engine, plan
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,14 +61,24 @@ def check_on_engines(
             if progress:
                 progress(f"verifying {name} on {kind.label}")
             report = verify([path], ckpt_path, replace(gate, engine=kind.engine, engine_precision=kind.precision))
-            b = report.backends[0]
-            summary = b.error or (
-                f"agreement {b.gate.agreement:.2%}, accuracy {b.gate.accuracy_change:+.2f} points"
-                if b.gate
-                else f"max |Δ| {b.max_abs:.1e}"
-            )
-            checks.append(EngineCheck(candidate=name, choice=kind.label, passed=bool(report), check=summary))
+            ok, summary = check_summary(report)
+            checks.append(EngineCheck(candidate=name, choice=kind.label, passed=ok, check=summary))
     return checks
+
+
+def check_summary(report: ParityReport | None) -> tuple[bool, str]:
+    """(passed, one line) from a parity report (None: the file was not verified)."""
+    if report is None:
+        return True, "not verified"
+    parts = []
+    for b in report.backends:
+        if b.gate is not None:
+            parts.append(f"agreement {b.gate.agreement:.2%}, accuracy {b.gate.accuracy_change:+.2f} points")
+        elif b.cases:
+            parts.append(f"max |Δ| {b.max_abs:.1e}")
+        if b.error:
+            parts.append(b.error)
+    return bool(report), "; ".join(parts) or "no result"
 
 
 def passed(checks: list[EngineCheck], candidate: str, choice: EngineChoice) -> bool:
@@ -76,10 +89,9 @@ def passed(checks: list[EngineCheck], candidate: str, choice: EngineChoice) -> b
     return any(c.passed for c in checks if c.candidate == candidate and c.choice == label)
 
 
-def fastest(
-    result: BenchResult, rows: dict[str, tuple[str, EngineChoice]], batch: int
-) -> tuple[str, EngineChoice] | None:
-    """The (candidate, choice) of the bench row with the most images/s at `batch` among `rows`."""
+def fastest(result: BenchResult, rows: Mapping[str, T], batch: int) -> T | None:
+    """What `rows` (bench row -> anything) gives for the row with the most images/s at `batch`, CPU fall-backs
+    not counted."""
     timed = [
         r for r in result.rows if r.batch_size == batch and r.images_per_s and not r.fell_back and r.backend in rows
     ]

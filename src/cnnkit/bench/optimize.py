@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cnnkit.bench import backends as bk
 from cnnkit.bench import engine_choices as ec
 from cnnkit.bench.results import BenchResult
 from cnnkit.bench.run import BenchConfig, bench, onnx_labels
@@ -93,23 +94,6 @@ class OptimizeResult:
         return d
 
 
-def _check_summary(result: Any) -> tuple[bool, str]:
-    """(passed, one line) from an ExportResult."""
-    report = result.parity
-    if report is None:
-        return True, "not verified"
-    parts = []
-    for b in report.backends:
-        if b.gate is not None:
-            g = b.gate
-            parts.append(f"agreement {g.agreement:.2%}, accuracy {g.accuracy_change:+.2f} points")
-        elif b.cases:
-            parts.append(f"max |Δ| {b.max_abs:.1e}")
-        if b.error:
-            parts.append(b.error)
-    return bool(report), "; ".join(parts) or "no result"
-
-
 def optimize(
     run: str | os.PathLike[str],
     options: OptimizeOptions = OptimizeOptions(),
@@ -180,7 +164,7 @@ def _export_candidates(
                 CandidateResult(name=cand.name, file=None, passed=False, check=f"export failed: {first_line(exc)}")
             )
             continue
-        passed, check = _check_summary(made)
+        passed, check = ec.check_summary(made.parity)
         file = made.artefacts.get(cand.format)
         if passed and file:
             files[cand.name] = Path(file)
@@ -210,9 +194,8 @@ def _bench_candidates(
         if ec.passed(checks, name, choice)
     }
     paths = [str(ckpt_path)] + [str(files[n]) for n in onnx_names]
-    kinds = {c.engine if c.precision == "fp32" else f"{c.engine}-{c.precision}" for c in choices}
-    wanted = ("onnx", "openvino", "openvino-bf16")
-    backends: tuple[str, ...] = tuple(b for b in wanted if onnx_names and (b in kinds or b == "onnx"))
+    kinds = {replace(c, streams=1) for c in choices}
+    backends: tuple[str, ...] = tuple(b for b, kind in bk.ENGINE_BACKENDS.items() if onnx_names and kind in kinds)
     ts_row = None
     if "torchscript-folded" in files:
         ts_row = "torchscript"
@@ -239,18 +222,10 @@ def _row_of(name: str, rows: Rows, ts_row: str | None) -> str | None:
 
 def _winner(result: BenchResult, rows: Rows, ts_row: str | None, batch: int) -> str | None:
     """'<candidate> on <engine choice>' (or the TorchScript candidate) with the most images/s at `batch`."""
-    timed = [
-        r
-        for r in result.rows
-        if r.batch_size == batch and r.images_per_s and not r.fell_back and (r.backend in rows or r.backend == ts_row)
-    ]
-    if not timed:
-        return None
-    best = max(timed, key=lambda r: r.images_per_s or 0.0).backend
-    if best == ts_row:
-        return "torchscript-folded"
-    name, choice = rows[best]
-    return f"{name} on {choice.label}"
+    names = {row: f"{name} on {choice.label}" for row, (name, choice) in rows.items()}
+    if ts_row is not None:
+        names[ts_row] = "torchscript-folded"
+    return ec.fastest(result, names, batch)
 
 
 def _select(

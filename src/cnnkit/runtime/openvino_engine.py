@@ -25,18 +25,32 @@ def available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def capabilities() -> list[str]:
+def capabilities(core: Any = None) -> list[str]:
     """OpenVINO's CPU optimisation capabilities here (FP32, INT8, BF16, ...), or [] without OpenVINO."""
-    if not available():
-        return []
-    import openvino as ov
+    if core is None:
+        if not available():
+            return []
+        import openvino as ov
 
-    return [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+        core = ov.Core()
+    return [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
 
 
 def _tensor(port: Any) -> Tensor:
     dims = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
     return Tensor(np.dtype(port.get_element_type().to_dtype()).name, dims)
+
+
+def _facts(m: Any) -> ModelFacts:
+    """The cnnkit metadata (OpenVINO keeps an ONNX file's metadata_props under rt_info "framework") and tensors."""
+    meta: dict[str, str] = {}
+    if m.has_rt_info(["framework", contract.KEY]):
+        meta[contract.KEY] = m.get_rt_info(["framework", contract.KEY]).astype(str)
+    return ModelFacts(
+        metadata=meta,
+        inputs={n: _tensor(p) for p in m.inputs for n in p.get_names()},
+        outputs={n: _tensor(p) for p in m.outputs for n in p.get_names()},
+    )
 
 
 class OpenVinoEngine:
@@ -50,13 +64,13 @@ class OpenVinoEngine:
         import openvino as ov
 
         core = ov.Core()
-        if choice.precision == "bf16" and "BF16" not in capabilities():
+        caps = capabilities(core)
+        if choice.precision == "bf16" and "BF16" not in caps:
             raise DeviceError(
-                "bf16 needs a CPU with AVX512-BF16 or AMX; OpenVINO finds only "
-                f"{', '.join(capabilities())} here: use fp32"
+                f"bf16 needs a CPU with AVX512-BF16 or AMX; OpenVINO finds only {', '.join(caps)} here: use fp32"
             )
         try:
-            self._model = core.read_model(data)
+            model = core.read_model(data)
         except Exception as exc:  # OpenVINO raises RuntimeError / its own GeneralFailure for unreadable models
             raise ModelFileError(f"{source}: OpenVINO cannot read this model ({_reason(exc)})") from None
         props: dict[str, Any] = {
@@ -68,10 +82,11 @@ class OpenVinoEngine:
         else:
             props["PERFORMANCE_HINT"] = "LATENCY"
         try:
-            self._compiled = core.compile_model(self._model, "CPU", props)
+            self._compiled = core.compile_model(model, "CPU", props)
         except Exception as exc:
             raise ModelFileError(f"{source}: OpenVINO cannot compile this model ({_reason(exc)})") from None
         self.choice = choice
+        self._facts = _facts(model)  # read now: the ov.Model itself is not kept once compiled
         self.fallback_reason: str | None = None
         self.session = None  # no ONNX Runtime session: IO binding and CUDA graphs are ONNX Runtime's
         self._output = 0
@@ -95,15 +110,7 @@ class OpenVinoEngine:
         return run
 
     def facts(self) -> ModelFacts:
-        m = self._model
-        meta: dict[str, str] = {}
-        if m.has_rt_info(["framework", contract.KEY]):
-            meta[contract.KEY] = m.get_rt_info(["framework", contract.KEY]).astype(str)
-        return ModelFacts(
-            metadata=meta,
-            inputs={n: _tensor(p) for p in m.inputs for n in p.get_names()},
-            outputs={n: _tensor(p) for p in m.outputs for n in p.get_names()},
-        )
+        return self._facts
 
     @property
     def providers(self) -> list[str]:

@@ -115,6 +115,8 @@ def serve(
     if model_name is not None:
         valid_model_name(model_name)
     if engine == "triton":
+        if streams is not None:
+            raise click.BadParameter("--engine triton runs the model with engine auto; --streams does not apply")
         from cnnkit.serve.triton_engine import TritonEngineConfig
 
         ports = {"http_port": port, "grpc_port": grpc_port, "metrics_port": metrics_port}

@@ -42,9 +42,9 @@ class Classifier:
         intra_op_threads: CPU threads per inference, shared by the streams (default: one per core).
         max_batch: larger inputs are run in chunks of this many images.
         cuda: ONNX Runtime's CUDA provider options (`CudaOptions`: TF32, CUDA graph, device, stream).
-        spin: let ONNX Runtime's CPU threads spin between calls (lowest latency for back-to-back calls: +13% images/s
-            at batch 1 here); False lets them sleep, leaving the cores to the rest of the process (`cnnkit serve`
-            does), and to OpenVINO where a plan runs both (spinning, they cost its next batch ~15% here).
+        spin: let ONNX Runtime's CPU threads spin between calls (lowest latency for back-to-back calls); False
+            lets them sleep, leaving the cores to the rest of the process (`cnnkit serve` does), and to OpenVINO
+            where a plan runs both (spinning threads slow OpenVINO's next batch).
 
     Raises:
         ModelFileError: the file is missing, not ONNX, or not a cnnkit model.

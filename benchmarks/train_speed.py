@@ -121,7 +121,7 @@ def cnnkit_stepper(ds, precision: str, seed: int, batch_size: int = 128):
     from cnnkit.train.config import TrainConfig
     from cnnkit.train.data import normalisation
     from cnnkit.train.model import Net, normalize
-    from cnnkit.train.steps import make_step
+    from cnnkit.train.stepper import Steps
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -130,7 +130,7 @@ def cnnkit_stepper(ds, precision: str, seed: int, batch_size: int = 128):
     model = Net().to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=TrainConfig.lr)
     mean, std = normalisation(ds.train_images)
-    train_step = make_step(model, opt, precision)
+    train_step = Steps(net=model, opt=opt, sched=None, precision=precision, label_smoothing=0.0, device="cpu")
     aug = augment.Augment(shift=TrainConfig.shift, rotate=TrainConfig.rotate)
 
     def step() -> int:

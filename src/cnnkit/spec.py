@@ -18,6 +18,7 @@ from cnnkit.errors import CheckpointError
 DEVICES = ("auto", "cpu", "cuda")  # --device of train, predict, serve, evaluate; the runtime's `device=`
 BENCH_DEVICES = ("cpu", "cuda")  # where a measurement or a parity check runs: never "auto"
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
+CUDA_GRAPH = ("auto", "on", "off")  # train --cuda-graph
 EXPORT_PRECISIONS = ("fp32", "int8", "fp16")  # an exported file's weights and arithmetic
 EXPORT_FORMATS = ("onnx", "torchscript")
 ENGINES = ("onnxruntime", "openvino")  # what runs an exported .onnx file; --engine also takes "auto"

@@ -96,6 +96,31 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, trained):
     assert checkpoint.build_model(ck)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)  # the usual format
 
 
+@pytest.mark.slow
+def test_torchrun_with_one_process_trains_in_a_process_group(tmp_path):
+    """`--nproc 1`: torchrun's one process still joins a process group (gloo here, NCCL on a GPU) and runs DDP."""
+    run = tmp_path / "one"
+    cmd = [sys.executable, "-m", "cnnkit", "train", "--nproc", "1", "--dataset", "sample", "--recipe", "default"]
+    cmd += ["--epochs", "1", "--max-steps", "5", "--device", "cpu", "--out", str(run), "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["process_group"] == "gloo" and result["world_size"] == 1 and result["cuda_graph"] is False
+    assert json.loads((run / "checkpoint.json").read_text())["world_size"] == 1
+
+
+def test_torchrun_environment_is_a_process_group_even_for_one_process(monkeypatch):
+    from cnnkit.train.distributed import from_env
+
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not from_env().distributed
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    world = from_env()
+    assert world.distributed and world.size == 1 and world.is_main
+
+
 def test_curves_png(trained):
     path = checkpoint.resolve(trained.out_dir).parent / "curves.png"
     assert trained.curves == str(path) and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -10,7 +10,7 @@ from click.core import ParameterSource
 
 from cnnkit.cli.common import Finite, emit_json, require
 from cnnkit.errors import CheckpointError
-from cnnkit.spec import DATASETS, DEVICES, TRAIN_PRECISIONS
+from cnnkit.spec import CUDA_GRAPH, DATASETS, DEVICES, TRAIN_PRECISIONS
 from cnnkit.train.config import FLOAT_BOUNDS as F
 from cnnkit.train.config import INT_BOUNDS as I
 from cnnkit.train.config import RECIPE_FIELDS, TrainConfig
@@ -68,6 +68,14 @@ D = TrainConfig()  # the defaults live in one place
     default=D.precision,
     show_default=True,
     help="auto: bf16 autocast where the hardware runs it natively (CUDA 8.0+, CPUs with AMX), else fp32.",
+)
+@click.option(
+    "--cuda-graph",
+    type=click.Choice(CUDA_GRAPH),
+    default=D.cuda_graph,
+    show_default=True,
+    help="Replay each training step from a captured CUDA graph (forward, backward; AdamW and the schedule run as "
+    "usual). auto: on CUDA in one process; on: fail where it cannot be used; off: eager steps.",
 )
 @click.option(
     "--shift",
@@ -138,7 +146,9 @@ D = TrainConfig()  # the defaults live in one place
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def train(ctx, dataset, data_dir, classes, out, force, resume_dir, nproc, device, as_json, recipe_mode, **recipe):
+def train(
+    ctx, dataset, data_dir, classes, out, force, resume_dir, nproc, device, cuda_graph, as_json, recipe_mode, **recipe
+):
     """Train the CNN and write a checkpoint (plus resume state, metrics.jsonl and curves.png)."""
     import importlib.util
 
@@ -178,7 +188,7 @@ def train(ctx, dataset, data_dir, classes, out, force, resume_dir, nproc, device
             f"Training on {ds.name} ({len(ds.train_labels):,} train / {len(ds.test_labels):,} test) -> {out_dir}",
             err=True,
         )
-    cfg = TrainConfig(device=device, **recipe)
+    cfg = TrainConfig(device=device, cuda_graph=cuda_graph, **recipe)
     tuning = None
     if recipe_mode == "auto" and resume_dir is None:
         explicit = {k: v for k, v in recipe.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}

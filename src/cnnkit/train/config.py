@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from cnnkit.errors import CnnkitError
-from cnnkit.spec import DEVICES, TRAIN_PRECISIONS
+from cnnkit.spec import CUDA_GRAPH, DEVICES, TRAIN_PRECISIONS
 
 # recipe fields that must match for a resume to continue the same run
 RECIPE_FIELDS = (
@@ -61,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    cuda_graph: str = "auto"  # capture the training step in a CUDA graph (auto: on CUDA, one process); train.stepper
     max_steps: int | None = None  # cap for smoke runs
     shift: int = 2  # random translation augmentation, in pixels (0 turns it off)
     rotate: float = 10.0  # random rotation augmentation, degrees each way (0 turns it off)
@@ -90,6 +91,8 @@ class TrainConfig:
                     raise CnnkitError(f"{f.name} must be {kind} in {low:g}..{high:g}, got {str(value)[:30]!r}")
         if not isinstance(self.flip, bool):
             raise CnnkitError(f"flip must be true or false, got {str(self.flip)[:30]!r}")
+        if self.cuda_graph not in CUDA_GRAPH:
+            raise CnnkitError(f"cuda_graph {self.cuda_graph!r}: expected one of {CUDA_GRAPH}")
         if self.device not in DEVICES or self.precision not in TRAIN_PRECISIONS:
             raise CnnkitError(f"device {self.device!r} / precision {self.precision!r}: expected one of {DEVICES} / "
                               f"{TRAIN_PRECISIONS}")  # fmt: skip
@@ -135,6 +138,8 @@ class TrainResult:
     precision: str
     precision_reason: str
     dataset: dict[str, Any]
+    cuda_graph: bool = False  # the steps replayed a CUDA graph (train.stepper)
+    steps_reason: str = ""  # why the steps ran as they did
     epochs: list[EpochMetrics] = field(default_factory=list)
     elapsed_s: float = 0.0
     train_seconds: float = 0.0
@@ -142,6 +147,7 @@ class TrainResult:
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)
     world_size: int = 1
+    process_group: str | None = None  # the torch.distributed backend under torchrun (nccl, gloo)
     rank: int = 0
     resumed_from_epoch: int | None = None
     val_size: int = 0

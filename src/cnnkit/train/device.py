@@ -27,13 +27,16 @@ def resolve_torch_device(name: str):
     return torch.device(name)
 
 
-def choose_precision(requested: str, device, measure: Callable[[str], float] | None = None) -> tuple[str, str]:
+def choose_precision(
+    requested: str, device, measure: Callable[[str], float] | None = None, steps: str = "eager"
+) -> tuple[str, str]:
     """The training precision for `--precision auto|fp32|bf16` on `device`, and why (printed and checkpointed).
 
     auto picks bf16 autocast only where the hardware has bf16 matrix units and it trains faster:
     - CPUs with AMX (Sapphire Rapids and later): known (measured 2.2x fp32's images/s, same accuracy);
     - CUDA compute capability 8.0+: measured once per GPU model and torch version with `measure(precision)` ->
-      images/s (cached in the data cache folder), because this small model's step is host-bound on a fast GPU and
+      images/s (cached in the data cache folder, per kind of `steps`: "eager" or "cuda-graph"), because this
+      small model's step is host-bound on a fast GPU and
       bf16's casts made it slower on an H200 (1.31 s vs 1.05 s per 60,000-image epoch). bf16 must win by 10%.
     CPUs with only AVX512-BF16 or no bf16 units train in fp32: nothing here shows bf16 to be faster there.
     """
@@ -65,7 +68,7 @@ def choose_precision(requested: str, device, measure: Callable[[str], float] | N
         return "bf16", f"auto: {hw} runs bf16 natively (measured 2.2x fp32's steady-state step rate on Sapphire Rapids)"
     if measure is None:
         return "bf16", f"auto: {hw} runs bf16 natively (not measured)"
-    key = f"{torch.cuda.get_device_name(device)} | torch {torch.__version__}"
+    key = f"{torch.cuda.get_device_name(device)} | torch {torch.__version__} | {steps} steps"
     rates = _cached_rates().get(key)
     if not rates:
         rates = {p: measure(p) for p in ("fp32", "bf16")}

@@ -24,6 +24,7 @@ class World:
     rank: int = 0
     local_rank: int = 0
     size: int = 1
+    torchrun: bool = False  # started by torchrun (its environment is set), even as its only process
 
     @property
     def is_main(self) -> bool:
@@ -31,18 +32,20 @@ class World:
 
     @property
     def distributed(self) -> bool:
-        return self.size > 1
+        """In a process group with DDP: several processes, or one that torchrun started (`--nproc-per-node 1`
+        runs the same NCCL/gloo path as many, so it can be tried on one GPU)."""
+        return self.size > 1 or self.torchrun
 
 
 def from_env() -> World:
-    """The world torchrun describes in the environment (one process when WORLD_SIZE is unset or 1)."""
+    """The world torchrun describes in the environment (one plain process when WORLD_SIZE is unset)."""
     try:
         size = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", str(rank)))
     except ValueError as exc:
         raise DeviceError(f"torchrun environment is malformed ({exc})") from None
-    return World(rank=rank, local_rank=local, size=size)
+    return World(rank=rank, local_rank=local, size=size, torchrun="TORCHELASTIC_RUN_ID" in os.environ)
 
 
 def init(world: World, device_type: str) -> World:
@@ -63,6 +66,13 @@ def init(world: World, device_type: str) -> World:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return world
+
+
+def backend() -> str | None:
+    """The process group's backend (nccl, gloo), or None outside one."""
+    import torch.distributed as dist
+
+    return str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else None
 
 
 def shutdown(world: World) -> None:

@@ -23,7 +23,8 @@ from cnnkit.train.model import Net
 from cnnkit.train.progress import Progress
 from cnnkit.train.run import Plan
 from cnnkit.train.rundir import METRICS_NAME
-from cnnkit.train.steps import epoch_data, epoch_seed, evaluate, make_step
+from cnnkit.train.stepper import Steps, ready_steps
+from cnnkit.train.steps import epoch_data, epoch_seed, evaluate
 
 EXPLODED = 10.0  # an epoch's loss beyond this many times a uniform guess's has diverged
 JUDGED_AFTER = (3, 100)  # epochs, steps: a run this long that is still at chance on validation did not learn
@@ -54,7 +55,8 @@ class Session:
     net: torch.nn.Module  # `model`, or DDP around it
     opt: torch.optim.Optimizer
     sched: Any  # torch.optim.lr_scheduler.LRScheduler
-    step_fn: Any
+    steps: Steps  # runs one optimisation step and keeps the epoch's running sums (train.stepper)
+    steps_reason: str
     aug: augment.Augment
     data: dict[str, tuple[torch.Tensor, torch.Tensor]]  # "train", "val", "test" -> (uint8 images, labels)
     steps_per_epoch: int
@@ -82,6 +84,8 @@ def run(plan: Plan, progress: bool | Progress) -> TrainResult:
         f"{plan.precision} ({plan.precision_reason}); {world.size} process(es), global batch {cfg.batch_size}"
         + (f"; resuming after epoch {s.start_epoch}" if plan.resumed is not None else "")
     )
+    if plan.device.type == "cuda":
+        reporter.line(f"steps: {s.steps_reason}")
     epochs = [EpochMetrics(**h) for h in s.history]
     ckpt_path = str(checkpoint.resolve(plan.out_dir)) if plan.resumed is not None else None
     interrupted, train_seconds, images_seen = False, 0.0, 0
@@ -119,12 +123,15 @@ def run(plan: Plan, progress: bool | Progress) -> TrainResult:
         precision=plan.precision,
         precision_reason=plan.precision_reason,
         dataset=plan.dataset.identity(),
+        cuda_graph=s.steps.graph,
+        steps_reason=s.steps_reason,
         epochs=epochs,
         elapsed_s=time.perf_counter() - plan.t_start,
         train_seconds=train_seconds,
         images_per_s=images_seen / train_seconds if train_seconds else 0.0,
         interrupted=interrupted,
         world_size=world.size,
+        process_group=distributed.backend(),
         rank=world.rank,
         resumed_from_epoch=plan.resumed.state.epoch if plan.resumed is not None else None,
         val_size=len(plan.split.val_labels),
@@ -187,12 +194,14 @@ def setup(plan: Plan) -> Session:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    steps, steps_reason = _steps(plan, net, opt, sched)
     return Session(
         model=model,
         net=net,
         opt=opt,
         sched=sched,
-        step_fn=make_step(net, opt, plan.precision, sched, cfg.label_smoothing),
+        steps=steps,
+        steps_reason=steps_reason,
         aug=augment.Augment(shift=cfg.shift, rotate=cfg.rotate, flip=cfg.flip),
         data=data,
         steps_per_epoch=steps_per_epoch,
@@ -201,6 +210,13 @@ def setup(plan: Plan) -> Session:
         step=step,
         history=history,
     )
+
+
+def _steps(plan: Plan, net: torch.nn.Module, opt: Any, sched: Any) -> tuple[Steps, str]:
+    c, h = plan.config.in_channels, plan.config.image_size
+    kwargs = dict(net=net, opt=opt, sched=sched, precision=plan.precision, device=plan.device,
+                  label_smoothing=plan.cfg.label_smoothing)  # fmt: skip
+    return ready_steps(plan.cuda_graph, plan.cfg.cuda_graph, plan.steps_reason, (plan.cfg.batch_size, c, h, h), kwargs)
 
 
 def train_epoch(plan: Plan, s: Session, epoch: int, reporter: Progress) -> EpochTrain:
@@ -213,20 +229,18 @@ def train_epoch(plan: Plan, s: Session, epoch: int, reporter: Progress) -> Epoch
     x_epoch, y_epoch, sizes = epoch_data(
         x_train, y_train, cfg.seed, epoch, s.aug, cfg.batch_size, world, (plan.mean, plan.std)
     )
-    loss_sum, correct, seen = (torch.zeros((), device=device, dtype=torch.float64) for _ in range(3))
+    s.steps.reset()
     steps_now = min(s.steps_per_epoch, s.total_steps - s.step)
     reporter.start(f"epoch {epoch}/{cfg.n_epochs}", steps_now)
     offset = 0
     for i in range(steps_now):
         size = sizes[i]
-        xb, yb = x_epoch[offset : offset + size], y_epoch[offset : offset + size]
+        s.steps(x_epoch[offset : offset + size], y_epoch[offset : offset + size])
         offset += size
-        loss, out = s.step_fn(xb, yb)
         s.step += 1
-        seen += size
-        loss_sum += loss * size
-        correct += (out.argmax(1) == yb).sum()
-        reporter.update(i + 1, functools.partial(_running, loss_sum, correct, seen, t0, world.size))
+        reporter.update(i + 1, functools.partial(_running, s.steps, offset, t0, world.size))
+    loss_sum, correct = s.steps.loss_sum.clone(), s.steps.correct.clone()
+    seen = torch.tensor(float(offset), device=device, dtype=torch.float64)
     distributed.all_sum(world, loss_sum, correct, seen)  # the epoch's figures over every rank
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -263,12 +277,11 @@ def evaluate_epoch(plan: Plan, s: Session, epoch: int, done: EpochTrain) -> Epoc
     )
 
 
-def _running(loss_sum: Any, correct: Any, seen: Any, t0: float, world_size: int) -> dict[str, str]:
+def _running(steps: Steps, n: int, t0: float, world_size: int) -> dict[str, str]:
     """The progress figures of the epoch so far (reading them waits for the GPU: called a few times a second)."""
-    n = seen.item()
     return {
-        "loss": f"{loss_sum.item() / n:.4f}",
-        "acc": f"{correct.item() / n:.4f}",
+        "loss": f"{steps.loss_sum.item() / n:.4f}",
+        "acc": f"{steps.correct.item() / n:.4f}",
         "img/s": f"{n * world_size / max(time.perf_counter() - t0, 1e-9):,.0f}",
     }
 

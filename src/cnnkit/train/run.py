@@ -18,7 +18,7 @@ from cnnkit.train.data import Split, normalisation, split_validation
 from cnnkit.train.device import choose_precision, resolve_torch_device
 from cnnkit.train.progress import Progress
 from cnnkit.train.rundir import check_out_dir, prepare_out_dir
-from cnnkit.train.steps import measure_step_rate
+from cnnkit.train.stepper import choose_graph, measure_step_rate
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +47,8 @@ class Plan:
     device: torch.device
     precision: str
     precision_reason: str
+    cuda_graph: bool  # capture the steps in a CUDA graph (train.stepper)
+    steps_reason: str
     split: Split
     mean: float
     std: float
@@ -124,9 +126,10 @@ def _plan(
         device = torch.device("cuda", world.local_rank)
     config = _check_inputs(dataset, cfg, world)
     per_rank = max(1, cfg.batch_size // world.size)
-    measure = functools.partial(measure_step_rate, config, device, per_rank)
-    precision, precision_reason = choose_precision(cfg.precision, device, measure)
     split = split_validation(dataset, cfg.val_fraction)
+    graph, steps_reason = choose_graph(cfg.cuda_graph, device, world.distributed, per_rank, len(split.train_labels))
+    measure = functools.partial(measure_step_rate, config, device, per_rank, graph=graph)
+    precision, precision_reason = choose_precision(cfg.precision, device, measure, "cuda-graph" if graph else "eager")
     mean, std = normalisation(split.train_images)
     recipe = cfg.recipe(precision)
     resumed = _resumed(out_dir, recipe, dataset, config) if resume_run else None
@@ -140,6 +143,8 @@ def _plan(
         device=device,
         precision=precision,
         precision_reason=precision_reason,
+        cuda_graph=graph,
+        steps_reason=steps_reason,
         split=split,
         mean=mean,
         std=std,

@@ -1,5 +1,5 @@
-"""The pieces of a training epoch: its data (permuted, sharded, augmented, normalised on the device), one
-optimisation step, and evaluation. The whole dataset lives once on the device as uint8."""
+"""The pieces of a training epoch: its data (permuted, sharded, augmented, normalised on the device) and
+evaluation (the optimisation steps: `train.stepper`). The whole dataset lives once on the device as uint8."""
 
 from __future__ import annotations
 
@@ -14,10 +14,13 @@ def epoch_seed(seed: int, *keys: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def autocast(device, precision: str):
+def autocast(device, precision: str, cache: bool = True):
+    """bf16 autocast for precision "bf16" (else a no-op context); `cache=False` inside a CUDA graph capture."""
     import torch
 
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=cache
+    )
 
 
 def epoch_data(images, labels, seed: int, epoch: int, aug: augment.Augment, batch_size: int, world, norm):
@@ -42,27 +45,6 @@ def epoch_data(images, labels, seed: int, epoch: int, aug: augment.Augment, batc
     return x, labels[index], sizes
 
 
-def make_step(model, opt, precision: str = "fp32", sched=None, label_smoothing: float = 0.0):
-    """One optimisation step on a prepared (normalised, on-device) batch: forward, backward, step.
-
-    Returns a function `step(images [B,1,H,W] float32, labels [B]) -> (loss, logits)`, both detached.
-    """
-    import torch.nn.functional as F
-
-    def step(images, labels):
-        with autocast(images.device, precision):
-            out = model(images)
-            loss = F.cross_entropy(out.float(), labels, label_smoothing=label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-        return loss.detach(), out.detach()
-
-    return step
-
-
 def evaluate(
     model, images, labels, mean: float, std: float, batch_size: int, precision: str = "fp32"
 ) -> tuple[float, float]:
@@ -83,31 +65,3 @@ def evaluate(
             correct += (out.argmax(1) == y).sum()
     n = len(images)
     return loss_sum.item() / n, correct.item() / n
-
-
-def measure_step_rate(config, device, batch_size: int, precision: str, steps: int = 20) -> float:
-    """Training images/s of one optimisation step of a fresh model at `precision` on `device` (for auto precision).
-
-    The weights are thrown away; 5 untimed steps first (cuDNN autotuning, allocations).
-    """
-    import time
-
-    import torch
-
-    from cnnkit.train.model import Net
-
-    model = Net(config).to(device).to(memory_format=torch.channels_last).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
-    step = make_step(model, opt, precision)
-    c, s = config.in_channels, config.image_size
-    x = torch.randn(batch_size, c, s, s, device=device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, config.num_classes, (batch_size,), device=device)
-    for i in range(5 + steps):
-        if i == 5:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-        step(x, y)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return batch_size * steps / (time.perf_counter() - t0)

@@ -85,13 +85,15 @@ def cost_line(dataset: Dataset, cfg: TrainConfig, n_candidates: int) -> str:
     times the trials' and the full run's images (evaluation not counted)."""
     from cnnkit.spec import ModelConfig
     from cnnkit.train.device import resolve_torch_device
-    from cnnkit.train.steps import measure_step_rate
+    from cnnkit.train.stepper import choose_graph, measure_step_rate
 
     h = dataset.train_images.shape[1]
     config = ModelConfig(num_classes=len(dataset.classes), image_size=h, dropout=cfg.dropout)
     precision = "bf16" if cfg.precision == "bf16" else "fp32"
-    rate = measure_step_rate(config, resolve_torch_device(cfg.device), cfg.batch_size, precision)
     epochs, n_fit = _plan(dataset, cfg)
+    device = resolve_torch_device(cfg.device)
+    graph, _ = choose_graph(cfg.cuda_graph, device, False, cfg.batch_size, n_fit)
+    rate = measure_step_rate(config, device, cfg.batch_size, precision, graph)
     per_epoch = n_fit / rate
     trial = trial_epochs(epochs, n_fit)
     return (

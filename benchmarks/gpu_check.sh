@@ -1,31 +1,43 @@
 #!/usr/bin/env bash
-# Prove the CUDA paths on a machine with an NVIDIA GPU. Run from the repository root:
+# The GPU proof of today's code: every CUDA path, run in one call on a machine with an NVIDIA GPU, summed up in
+# benchmarks/results/cuda/summary.json (by benchmarks/gpu_summary.py). Run from the repository root:
 #
-#   OUT=/path/to/out PHASE=all bash benchmarks/gpu_check.sh
+#   OUT=/path/to/out bash benchmarks/gpu_check.sh
 #
-# PHASE=torch   skips what needs onnxruntime-gpu (torch paths only)
-# PHASE=all     everything, ONNX Runtime's CUDA provider included
 # ORT_PARTS=DIR the parts made by benchmarks/ort_gpu_pack.sh, gathered in DIR: checked, unpacked into
 #               /tmp/ort-site and put first on PYTHONPATH (for a machine whose image has the CPU onnxruntime only)
-# Each step's stdout (the --json report, where the command has one) goes to $WORK/NAME.log, its stderr to NAME.err.
-# Works from an installed cnnkit or from the tree (PYTHONPATH=src). Everything (models, data, logs) is written
-# to $WORK (default: a fresh folder in /tmp); $OUT receives only what is worth bringing back: steps.log,
-# bench_$DEVICE.{json,csv,png} and gpu_check.tar.gz (every log, JSON and metrics file; no models, no data).
-# Each step is logged and the script goes on after a failure; it exits non-zero if any step failed.
-# DEVICE=cpu TRAIN_N=2000 EPOCHS=1 MIN_TIME=0.2 checks the script's plumbing on a machine without a GPU.
+# WHEELS=DIR    wheels to install into /tmp/site first (benchmarks/gpu_wheels.sh: the serve extra, perf_analyzer)
+# PHASE=torch   skips what needs onnxruntime-gpu (torch paths only); PHASE=all (default) runs everything
+# DEVICE=cpu TRAIN_N=3000 QUICK=1 checks the script's plumbing on a machine without a GPU.
+#
+# Steps, in this order (the training target first, the long test run last): environment, doctor, a profile of the
+# training step (eager vs CUDA graph), the default recipe on TRAIN_N MNIST-shaped images (precision auto, steps as
+# `auto` runs them) and the same with eager steps, the bundled digits (the model the later steps use), torchrun with
+# one process (NCCL), exports (folded fp32 ONNX, TorchScript, fp16, INT8), verify on the device, evaluate, optimize
+# --select, bench (every backend, CUDA graphs, TF32 on and off), the torch-free runtime, predict, serve under load,
+# the CUDA-marked tests. Each step's stdout goes to $WORK/NAME.log, stderr to NAME.err; a step that fails is logged
+# and the script goes on; it exits non-zero if any failed. $OUT receives summary.json, steps.log, train_profile.md,
+# bench_$DEVICE.json and gpu_check.tar.gz (every log, JSON and metrics file; no models, no data).
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 WORK=${WORK:-$(mktemp -d /tmp/cnnkit-gpu-check.XXXXXX)}
 PHASE=${PHASE:-all}
 DEVICE=${DEVICE:-cuda}
 TRAIN_N=${TRAIN_N:-60000}
-EPOCHS=${EPOCHS:-3}
-MIN_TIME=${MIN_TIME:-1.0}
-STEP_TIMEOUT=${STEP_TIMEOUT:-300}  # seconds; a step that hangs must not cost the steps after it
+QUICK=${QUICK:-}           # plumbing: fewer epochs, steps and seconds
+STEP_TIMEOUT=${STEP_TIMEOUT:-240}  # seconds; a step that hangs must not cost the steps after it
 PY=${PYTHON:-python3}
 mkdir -p "$OUT" "$WORK"
 OUT=$(cd "$OUT" && pwd)
+WORK=$(cd "$WORK" && pwd)
 : > "$OUT/steps.log"
+if [ -n "${WHEELS:-}" ]; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
+    || { echo "could not install the wheels in $WHEELS" | tee -a "$OUT/steps.log"; exit 2; }
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  pa=/tmp/site/perf_analyzer/bin/perf_analyzer
+  [ -f "$pa" ] && chmod +x "$pa" && export PERF_ANALYZER=${PERF_ANALYZER:-$pa}
+fi
 if [ -n "${ORT_PARTS:-}" ]; then
   (cd "$ORT_PARTS" && cat part.* > /tmp/ort.tar.xz && echo "$(cat SHA256)  /tmp/ort.tar.xz" | sha256sum -c --quiet - \
     && "$PY" -c "import tarfile; tarfile.open('/tmp/ort.tar.xz').extractall('/tmp/ort-site', filter='tar')" \
@@ -34,10 +46,12 @@ if [ -n "${ORT_PARTS:-}" ]; then
   export PYTHONPATH="/tmp/ort-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)/src"
-export CNNKIT_DATA_DIR="$WORK/cache"
-PLOT=()
-"$PY" -c "import matplotlib" 2>/dev/null && PLOT=(--plot "$WORK/bench_$DEVICE.png")  # else: benchmarks/plot_bench.py
+export CNNKIT_DATA_DIR="$WORK/cache" PYTHONUNBUFFERED=1
 failed=()
+MIN_TIME=1.0; PROFILE_STEPS=300; SERVE_S=3; EPOCHS=(); EAGER_EPOCHS=2; SAMPLE_EPOCHS=()
+if [ -n "$QUICK" ]; then
+  MIN_TIME=0.1; PROFILE_STEPS=20; SERVE_S=1; EPOCHS=(--epochs 1); EAGER_EPOCHS=1; SAMPLE_EPOCHS=(--epochs 1)
+fi
 
 step() {  # step NAME COMMAND...: run (under a timeout), log to $WORK/NAME.log, remember failures
   local name=$1; shift
@@ -46,77 +60,97 @@ step() {  # step NAME COMMAND...: run (under a timeout), log to $WORK/NAME.log, 
   timeout -k 10 "$STEP_TIMEOUT" "$@" > "$WORK/$name.log" 2> "$WORK/$name.err"
   local rc=$?
   echo "   rc=$rc in $((SECONDS - t0)) s" | tee -a "$OUT/steps.log"
-  tail -n 12 "$WORK/$name.log" "$WORK/$name.err"
+  echo "$name $rc $((SECONDS - t0))" >> "$WORK/steps.tsv"
+  tail -n 6 "$WORK/$name.log" "$WORK/$name.err"
   [ $rc -eq 0 ] || failed+=("$name")
+}
+skip() {  # skip NAME REASON: a step that did not run, and why (summary.json's not_run)
+  echo "== $1: not run: $2" | tee -a "$OUT/steps.log"
+  printf '%s\t%s\n' "$1" "$2" >> "$WORK/not_run.tsv"
 }
 
 CNNKIT=("$PY" -m cnnkit)
+RUN=$WORK/run
+ORT_GPU=$([ "$PHASE" = all ] && echo 1)
 
-# In a process that never imports torch: the runtime must find the CUDA libraries by itself.
-RUNTIME_TORCH_FREE=$(cat <<'PY'
-import json, sys
-import numpy as np
-from cnnkit.datasets import load_sample
-from cnnkit.runtime import Classifier
-model, device = sys.argv[1], sys.argv[2]
-clf = Classifier(model, device=device, fallback="raise")
-x = load_sample().test_images[:256]
-y = clf.logits(x)
-ref = Classifier(model, device="cpu").logits(x)
-print(json.dumps({"providers": clf.providers, "nodes": clf.node_assignment, "batch": len(x),
-                  "max_abs_vs_cpu": float(np.abs(y - ref).max()),
-                  "top1_agreement_vs_cpu": float((y.argmax(1) == ref.argmax(1)).mean()),
-                  "torch_imported": "torch" in sys.modules}, indent=2))
-assert "torch" not in sys.modules, "the runtime imported torch"
-PY
-)
-
-# a few bundled test digits as PNG files, for `cnnkit predict`
-SAMPLE_PNGS=$(cat <<'PY'
-import sys
-from pathlib import Path
-from PIL import Image
-from cnnkit.datasets import load_sample
-ds, out = load_sample(), Path(sys.argv[1])
-out.mkdir(parents=True, exist_ok=True)
-for i in range(8):
-    Image.fromarray(ds.test_images[i]).save(out / f"digit{i}_label{ds.test_labels[i]}.png")
-PY
-)
-
+step env "$PY" benchmarks/gpu_summary.py --environment
 if [ "$DEVICE" = cuda ]; then
   step nvidia-smi nvidia-smi
-  [ "$PHASE" = all ] && step doctor "${CNNKIT[@]}" doctor --json
-  # test_runtime.py's CUDA test needs onnxruntime-gpu (PHASE=all)
-  [ "$PHASE" = all ] && step pytest-cuda "$PY" -m pytest -q -m cuda tests/integration/test_runtime.py -p no:cacheprovider
-fi
-# accuracy on real digits (bundled sample), then throughput on a 60,000-image MNIST-sized set
-step train-sample "${CNNKIT[@]}" train --dataset sample --device "$DEVICE" --out "$WORK/run" --json
-step synthetic "$PY" benchmarks/make_synthetic_idx.py "$WORK/synthetic" --train "$TRAIN_N"
-step train-synthetic "${CNNKIT[@]}" train --data-dir "$WORK/synthetic" --device "$DEVICE" --epochs "$EPOCHS" --recipe default \
-  --out "$WORK/run60k" --json
-step train-synthetic-bf16 "${CNNKIT[@]}" train --data-dir "$WORK/synthetic" --device "$DEVICE" --epochs "$EPOCHS" --recipe default \
-  --precision bf16 --out "$WORK/run60k-bf16" --json
-step export "${CNNKIT[@]}" export "$WORK/run" --format all --json
-BACKENDS=eager,torchscript,compile
-[ "$DEVICE" = cuda ] && BACKENDS=$BACKENDS,eager-cudagraph
-if [ "$PHASE" = all ]; then
-  step verify "${CNNKIT[@]}" verify "$WORK/run/model.onnx" "$WORK/run/model.ts" --device "$DEVICE" --json
-  step runtime-torch-free "$PY" -c "$RUNTIME_TORCH_FREE" "$WORK/run/model.onnx" "$DEVICE"
-  "$PY" -c "$SAMPLE_PNGS" "$WORK/digits"
-  step predict "${CNNKIT[@]}" predict "$WORK/run/model.onnx" "$WORK"/digits/*.png --device "$DEVICE" --top-k 2 --json
-  BACKENDS=$BACKENDS,onnx
-  [ "$DEVICE" = cuda ] && BACKENDS=$BACKENDS,onnx-cudagraph
 else
-  step verify-torch "${CNNKIT[@]}" verify "$WORK/run/model.ts" --device "$DEVICE" --json
+  skip nvidia-smi "DEVICE=cpu (plumbing run)"
 fi
-step bench "${CNNKIT[@]}" bench "$WORK/run" --device "$DEVICE" --backends "$BACKENDS" --batch-sizes 1,8,64,256 \
-  --min-time "$MIN_TIME" --json "$WORK/bench_$DEVICE.json" --csv "$WORK/bench_$DEVICE.csv" "${PLOT[@]}"
+step doctor "${CNNKIT[@]}" doctor --json
+
+# training: where a step's time goes, then the default recipe on 60,000 MNIST-shaped images
+step train-profile "$PY" benchmarks/train_profile.py --device "$DEVICE" --steps "$PROFILE_STEPS" --out "$WORK/profile"
+step synthetic "$PY" benchmarks/make_synthetic_idx.py "$WORK/synthetic" --train "$TRAIN_N"
+step train-60k "${CNNKIT[@]}" train --data-dir "$WORK/synthetic" --recipe default "${EPOCHS[@]}" --device "$DEVICE" \
+  --out "$WORK/run60k" --json
+step train-60k-eager "${CNNKIT[@]}" train --data-dir "$WORK/synthetic" --recipe default --epochs "$EAGER_EPOCHS" \
+  --cuda-graph off --precision fp32 --device "$DEVICE" --out "$WORK/run60k-eager" --json
+# real digits (the bundled sample): the model every later step exports, verifies, benchmarks and serves
+step train-sample "${CNNKIT[@]}" train --dataset sample --recipe default "${SAMPLE_EPOCHS[@]}" --device "$DEVICE" \
+  --out "$RUN" --json
+step torchrun-1 "${CNNKIT[@]}" train --nproc 1 --dataset sample --recipe default --epochs 2 --device "$DEVICE" \
+  --out "$WORK/run-torchrun" --json
+step torchrun-1-export "${CNNKIT[@]}" export "$WORK/run-torchrun" --format onnx --json
+
+# exports and their checks
+step export "${CNNKIT[@]}" export "$RUN" --format all --json
+step export-fp16 "${CNNKIT[@]}" export "$RUN" --precision fp16 --json
+step export-int8 "${CNNKIT[@]}" export "$RUN" --precision int8 --json
+if [ -n "$ORT_GPU" ]; then
+  step verify "${CNNKIT[@]}" verify "$RUN/model.onnx" "$RUN/model.ts" --device "$DEVICE" --json
+  step verify-fp16 "${CNNKIT[@]}" verify "$RUN/model.fp16.onnx" --device "$DEVICE" --json
+  step verify-int8 "${CNNKIT[@]}" verify "$RUN/model.int8.onnx" --device "$DEVICE" --json
+  step nodes "$PY" benchmarks/gpu_summary.py --nodes "$DEVICE" "$RUN/model.onnx" "$RUN/model.fp16.onnx" \
+    "$RUN/model.int8.onnx"
+  step evaluate "${CNNKIT[@]}" evaluate "$RUN/model.onnx" --dataset sample --device "$DEVICE" --json
+  cp -r "$RUN" "$WORK/run-opt"  # --select replaces model.onnx: the fp32 one stays in $RUN for bench
+  step optimize "${CNNKIT[@]}" optimize "$WORK/run-opt" --device "$DEVICE" --select --min-time "$MIN_TIME" \
+    --json "$WORK/optimize.json"
+else
+  step verify-torch "${CNNKIT[@]}" verify "$RUN/model.ts" --device "$DEVICE" --json
+  for s in verify verify-fp16 verify-int8 nodes evaluate optimize; do skip "$s" "PHASE=torch: no onnxruntime-gpu"; done
+fi
+
+# speed: every backend (CUDA graphs included) with TF32 off, then the CUDA ones with TF32 on
+BACKENDS=eager,torchscript,compile
+[ -n "$ORT_GPU" ] && BACKENDS=$BACKENDS,onnx
+if [ "$DEVICE" = cuda ]; then
+  BACKENDS=$BACKENDS,eager-cudagraph
+  [ -n "$ORT_GPU" ] && BACKENDS=$BACKENDS,onnx-cudagraph
+fi
+step bench "${CNNKIT[@]}" bench "$RUN" --device "$DEVICE" --backends "$BACKENDS" \
+  --batch-sizes 1,8,64,256 --min-time "$MIN_TIME" --json "$WORK/bench_$DEVICE.json" --csv "$WORK/bench_$DEVICE.csv"
+if [ "$DEVICE" = cuda ]; then
+  step bench-tf32 "${CNNKIT[@]}" bench "$RUN" --device cuda --tf32 \
+    --backends "eager,eager-cudagraph${ORT_GPU:+,onnx,onnx-cudagraph}" --batch-sizes 1,256 --min-time "$MIN_TIME" \
+    --json "$WORK/bench_tf32.json"
+else
+  skip bench-tf32 "DEVICE=cpu: TF32 is a CUDA setting"
+fi
+if [ -n "$ORT_GPU" ]; then
+  step bench-variants "${CNNKIT[@]}" bench "$RUN/model.fp16.onnx" "$RUN/model.int8.onnx" --device "$DEVICE" \
+    --backends "onnx$([ "$DEVICE" = cuda ] && echo ,onnx-cudagraph)" --batch-sizes 1,256 --min-time "$MIN_TIME" \
+    --json "$WORK/bench_variants.json"
+  step runtime-torch-free "$PY" benchmarks/gpu_summary.py --torch-free "$RUN/model.onnx" "$DEVICE"
+  "$PY" benchmarks/gpu_summary.py --pngs "$WORK/digits"
+  step predict "${CNNKIT[@]}" predict "$RUN/model.onnx" "$WORK"/digits/*.png --device "$DEVICE" --top-k 2 --json
+  step serve "$PY" benchmarks/serve_device.py "$WORK/run-opt/model.onnx" --device "$DEVICE" --clients 1,16,64 \
+    --seconds "$SERVE_S" --out "$WORK/serve.json"
+  step pytest-cuda "$PY" -m pytest -q -m cuda tests -p no:cacheprovider --junitxml "$WORK/pytest-cuda.xml"
+else
+  for s in bench-variants runtime-torch-free predict serve pytest-cuda; do skip "$s" "PHASE=torch: no onnxruntime-gpu"; done
+fi
 
 echo "failed steps: ${failed[*]:-none}" | tee -a "$OUT/steps.log"
-for f in "$WORK/bench_$DEVICE".{json,csv,png}; do [ -f "$f" ] && cp "$f" "$OUT/"; done
-# logs, JSON reports, checkpoint metadata and per-epoch metrics; no weights, models or data
-(cd "$WORK" && find . \( -name '*.log' -o -name '*.err' -o -name '*.json' -o -name '*.jsonl' -o -name '*.csv' \) \
-  -not -path './cache/*' -not -path './synthetic/*' -print0 | tar --null -czf "$OUT/gpu_check.tar.gz" -T -)
 cp "$OUT/steps.log" "$WORK/steps.log"
+"$PY" benchmarks/gpu_summary.py --summary "$WORK" --device "$DEVICE" --out "$WORK/summary.json" \
+  || echo "gpu_summary.py failed" | tee -a "$OUT/steps.log"
+for f in summary.json profile/train_profile.md "bench_$DEVICE.json"; do [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/"; done
+# logs, JSON reports, checkpoint metadata and per-epoch metrics; no weights, models or data
+(cd "$WORK" && find . \( -name '*.log' -o -name '*.err' -o -name '*.json' -o -name '*.jsonl' -o -name '*.csv' \
+  -o -name '*.md' -o -name '*.tsv' -o -name '*.xml' \) -not -path './cache/*' -not -path './synthetic/*' -print0 \
+  | tar --null -czf "$OUT/gpu_check.tar.gz" -T -)
 [ ${#failed[@]} -eq 0 ]

@@ -3,9 +3,10 @@ unchanged: it reads the model's configuration from /v2/models/<name>/config and 
 
     python benchmarks/perf_analyzer.py [--model M.onnx] [--concurrency 1,4,16,64] [--interval-ms 3000]
 
-perf_analyzer runs through ../shared/tools/perf-analyzer.sh (PERF_ANALYZER overrides: its binary needs a newer glibc
-than Debian 12's). Each server configuration is its own process on 127.0.0.1; load generator and server share the
-machine's cores. Writes benchmarks/results/perf_analyzer.json.
+perf_analyzer runs through ../shared/tools/perf-analyzer.sh (its binary needs a newer glibc than Debian 12's);
+PERF_ANALYZER names another script or the binary itself (where the glibc is new enough, as on the GPU machine).
+Each server configuration is its own process on 127.0.0.1; load generator and server share the machine's cores.
+Writes benchmarks/results/perf_analyzer.json.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def measure(url: str, concurrency: list[int], interval_ms: int, tmp: Path, name:
     rows = []
     for c in concurrency:
         out = tmp / f"c{c}.csv"
-        cmd = ["bash", TOOL, "-m", name, "-u", url.removeprefix("http://"), "-i", "http", "--concurrency-range",
+        cmd = [*(["bash"] if TOOL.endswith(".sh") else []), TOOL, "-m", name, "-u", url.removeprefix("http://"),
+               "-i", "http", "--concurrency-range",
                f"{c}:{c}", "--measurement-interval", str(interval_ms), "-f", str(out), *STABILITY]  # fmt: skip
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         (row,) = list(csv.DictReader(out.open()))

@@ -41,11 +41,11 @@ def free_port() -> int:
 
 
 def start(
-    model: Path, args: list[str], python: str = sys.executable, ready_path: str = "/readyz"
+    model: Path, args: list[str], python: str = sys.executable, ready_path: str = "/readyz", device: str = "cpu"
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
-        [python, "-m", "cnnkit", "serve", str(model), "--port", str(port), "--device", "cpu", *args],
+        [python, "-m", "cnnkit", "serve", str(model), "--port", str(port), "--device", device, *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -37,7 +37,8 @@ def choose_precision(
     - CUDA compute capability 8.0+: measured once per GPU model and torch version with `measure(precision)` ->
       images/s (cached in the data cache folder, per kind of `steps`: "eager" or "cuda-graph"), because this
       small model's step is host-bound on a fast GPU and
-      bf16's casts made it slower on an H200 (1.31 s vs 1.05 s per 60,000-image epoch). bf16 must win by 10%.
+      bf16's casts made it slower on an H200 (1.31 s vs 1.05 s per 60,000-image epoch with the code of commit
+      e36c43f). bf16 must win by 10%.
     CPUs with only AVX512-BF16 or no bf16 units train in fp32: nothing here shows bf16 to be faster there.
     """
     import torch

@@ -8,6 +8,8 @@
 #               /tmp/ort-site and put first on PYTHONPATH (for a machine whose image has the CPU onnxruntime only)
 # WHEELS=DIR    wheels to install into /tmp/site first (benchmarks/gpu_wheels.sh: the serve extra, perf_analyzer)
 # PHASE=torch   skips what needs onnxruntime-gpu (torch paths only); PHASE=all (default) runs everything
+# BUDGET=480   seconds for every step together (each step's timeout is capped by what is left; the summary is
+#               always written): run it under `timeout` of BUDGET + 60 or more
 # DEVICE=cpu TRAIN_N=3000 QUICK=1 checks the script's plumbing on a machine without a GPU.
 #
 # Steps, in this order (the training target first, the long test run last): environment, doctor, a profile of the
@@ -26,6 +28,8 @@ DEVICE=${DEVICE:-cuda}
 TRAIN_N=${TRAIN_N:-60000}
 QUICK=${QUICK:-}           # plumbing: fewer epochs, steps and seconds
 STEP_TIMEOUT=${STEP_TIMEOUT:-240}  # seconds; a step that hangs must not cost the steps after it
+BUDGET=${BUDGET:-480}  # seconds for all steps: what is left when a step starts caps its timeout (30 s kept for the
+                       # summary and the archive); a step with under 20 s left is skipped (not_run), not started
 PY=${PYTHON:-python3}
 mkdir -p "$OUT" "$WORK"
 OUT=$(cd "$OUT" && pwd)
@@ -55,9 +59,11 @@ fi
 
 step() {  # step NAME COMMAND...: run (under a timeout), log to $WORK/NAME.log, remember failures
   local name=$1; shift
+  local left=$((BUDGET - 30 - SECONDS))
+  if [ "$left" -lt 20 ]; then skip "$name" "no time left in the ${BUDGET} s budget"; return; fi
   echo "== $name: $(printf '%s ' "$@" | tr '\n' ' ' | cut -c1-240)" | tee -a "$OUT/steps.log"
   local t0=$SECONDS
-  timeout -k 10 "$STEP_TIMEOUT" "$@" > "$WORK/$name.log" 2> "$WORK/$name.err"
+  timeout -k 5 "$((left < STEP_TIMEOUT ? left : STEP_TIMEOUT))" "$@" > "$WORK/$name.log" 2> "$WORK/$name.err"
   local rc=$?
   echo "   rc=$rc in $((SECONDS - t0)) s" | tee -a "$OUT/steps.log"
   echo "$name $rc $((SECONDS - t0))" >> "$WORK/steps.tsv"

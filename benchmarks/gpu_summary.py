@@ -43,6 +43,7 @@ def environment() -> dict[str, Any]:
             return None
 
     gpu = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
+    ldd = _run(["ldd", "--version"])
     env: dict[str, Any] = {
         "gpu": dict(zip(("name", "driver", "memory"), [x.strip() for x in gpu.split(",")], strict=False))
         if gpu
@@ -50,7 +51,7 @@ def environment() -> dict[str, Any]:
         "commit": _run(["git", "-C", str(ROOT), "rev-parse", "HEAD"]),
         "uncommitted_changes": bool(_run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"])),
         "python": platform.python_version(),
-        "glibc": _run(["ldd", "--version"]).splitlines()[0] if _run(["ldd", "--version"]) else None,
+        "glibc": ldd.splitlines()[0] if ldd else None,
         "cpu_cores": __import__("os").cpu_count(),
         "packages": {
             n: version(n)
@@ -210,20 +211,29 @@ def _parity(work: Path) -> dict[str, Any]:
     return out
 
 
-def _not_run(work: Path) -> list[dict[str, str]]:
+def _steps(work: Path) -> dict[str, dict[str, int]]:
+    """Each step that ran: its exit status and seconds (steps.tsv, written by gpu_check.sh's `step`)."""
+    steps = {}
+    if (work / "steps.tsv").is_file():
+        for line in (work / "steps.tsv").read_text().splitlines():
+            step, rc, seconds = line.split(" ")
+            steps[step] = {"exit": int(rc), "seconds": int(seconds)}
+    return steps
+
+
+def _not_run(work: Path, steps: dict[str, dict[str, int]]) -> list[dict[str, str]]:
     rows = []
     if (work / "not_run.tsv").is_file():
         for line in (work / "not_run.tsv").read_text().splitlines():
             step, _, why = line.partition("\t")
             rows.append({"step": step, "why": why})
-    if (work / "steps.tsv").is_file():
-        for line in (work / "steps.tsv").read_text().splitlines():
-            step, rc, _ = line.split(" ")
-            if rc != "0":
-                err = (work / f"{step}.err").read_text(errors="replace").strip().splitlines() if (
-                    work / f"{step}.err").is_file() else []  # fmt: skip
-                why = f"failed (exit {rc}{', timed out' if rc in ('124', '137') else ''}): {(err or [''])[-1][:300]}"
-                rows.append({"step": step, "why": why})
+    for step, ran in steps.items():
+        rc = ran["exit"]
+        if rc != 0:
+            err_file = work / f"{step}.err"
+            err = err_file.read_text(errors="replace").strip().splitlines() if err_file.is_file() else []
+            why = f"failed (exit {rc}{', timed out' if rc in (124, 137) else ''}): {(err or [''])[-1][:300]}"
+            rows.append({"step": step, "why": why})
     return rows
 
 
@@ -242,11 +252,7 @@ def _tests(work: Path) -> dict[str, Any] | None:
 
 def summary(work: Path, device: str) -> dict[str, Any]:
     env = _json(work / "env.log") or {}
-    steps = {}
-    if (work / "steps.tsv").is_file():
-        for line in (work / "steps.tsv").read_text().splitlines():
-            step, rc, seconds = line.split(" ")
-            steps[step] = {"exit": int(rc), "seconds": int(seconds)}
+    steps = _steps(work)
     train = _train(_json(work / "train-60k.log"), work / "run60k")
     profile = _json(work / "profile" / "train_profile.json")
     optimize = _json(work / "optimize.json")
@@ -303,7 +309,7 @@ def summary(work: Path, device: str) -> dict[str, Any]:
         "runtime_torch_free": _json(work / "runtime-torch-free.log"),
         "tests": _tests(work),
         "steps": steps,
-        "not_run": _not_run(work),
+        "not_run": _not_run(work, steps),
     }
 
 

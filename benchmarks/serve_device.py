@@ -30,16 +30,9 @@ from serve_load import load, start
 
 def v2_requests(name: str, n: int = 64) -> list[bytes]:
     from cnnkit.datasets import load_sample
-    from serve_load import http_post
+    from serve_protocols import v2_request
 
-    header = json.dumps({
-        "inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 1, 28, 28],
-                    "parameters": {"binary_data_size": 784}}],
-        "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
-    }).encode()  # fmt: skip
-    heads = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
-    images = load_sample().test_images[:n]
-    return [http_post(f"/v2/models/{name}/infer", header + img.tobytes(), heads) for img in images]
+    return [v2_request(img, name) for img in load_sample().test_images[:n]]
 
 
 def main() -> None:

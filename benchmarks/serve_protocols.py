@@ -31,7 +31,7 @@ LIMITS = ["--max-batch", "64", "--max-delay-ms", "2"]
 NAME = "bench"
 
 
-def v2_request(pixels) -> bytes:
+def v2_request(pixels, name: str = NAME) -> bytes:
     header = json.dumps(
         {
             "inputs": [
@@ -46,7 +46,7 @@ def v2_request(pixels) -> bytes:
         }
     ).encode()
     return http_post(
-        f"/v2/models/{NAME}/infer",
+        f"/v2/models/{name}/infer",
         header + pixels.tobytes(),
         {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))},
     )

@@ -2,6 +2,7 @@
 nothing is run, read or kept that should not be."""
 
 import functools
+import importlib.util
 import json
 import os
 import shutil
@@ -282,3 +283,24 @@ def test_the_onnx_path_never_loads_torchscript(exported, tmp_path):
         Classifier(ts, device="cpu")
     r = CliRunner().invoke(main, ["serve", ts, "--port", "0"])
     assert r.exit_code == 1 and r.stderr.startswith("Error: ") and "Traceback" not in r.output
+
+
+def test_a_model_pointing_at_external_data_is_refused_in_every_engine_from_any_folder(onnx_file, tmp_path, monkeypatch):
+    """A relative external-data location would be resolved against the working directory, not the model's folder:
+    no such model is read, from its own folder or from another, whatever the file named holds."""
+    proto = onnx.load(str(onnx_file))
+    model_dir, elsewhere = tmp_path / "model", tmp_path / "elsewhere"
+    model_dir.mkdir()
+    elsewhere.mkdir()
+    onnx.save_model(proto, str(model_dir / "ext.onnx"), save_as_external_data=True, location="w.bin", size_threshold=0)
+    shutil.copy(model_dir / "w.bin", elsewhere / "w.bin")  # the "secret" a crafted model would hand back
+    engines = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    for cwd in (model_dir, elsewhere):
+        monkeypatch.chdir(cwd)
+        for engine in engines:
+            r = CliRunner().invoke(main, ["predict", str(model_dir / "ext.onnx"), str(onnx_file), "--engine", engine])
+            assert r.exit_code == 1, (cwd, engine, r.output)
+            assert r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1, r.stderr
+            assert "keeps its data in an external file" in r.stderr
+    with pytest.raises(ModelFileError, match="external file"):
+        Classifier((model_dir / "ext.onnx").read_bytes(), device="cpu")

@@ -141,6 +141,9 @@ def test_bad_model_files(tmp_path):
         Classifier(tmp_path / "missing.onnx")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
+    with pytest.raises(ModelFileError, match="not an ONNX model file"):
+        Classifier(bad)
+    bad.write_bytes(b"\x08\x07")  # protobuf, but no graph an engine can load
     with pytest.raises(ModelFileError, match="cannot load"):
         Classifier(bad)
 

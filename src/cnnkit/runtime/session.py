@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import onnxruntime as ort
 
 from cnnkit.errors import ModelFileError, first_line
-from cnnkit.runtime import cuda_libs
+from cnnkit.runtime import cuda_libs, self_contained
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
@@ -76,13 +76,16 @@ def cuda_provider_options(
 
 
 def read_model(source: str | os.PathLike[str] | bytes) -> tuple[bytes, str]:
-    """The model's bytes and a name for messages."""
+    """The model's bytes and a name for messages; a model that keeps tensors in external files is refused."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source), "<bytes>"
-    p = Path(source)
-    if not p.is_file():
-        raise ModelFileError(f"{p}: ONNX model not found")
-    return p.read_bytes(), str(p)
+        data, name = bytes(source), "<bytes>"
+    else:
+        p = Path(source)
+        if not p.is_file():
+            raise ModelFileError(f"{p}: ONNX model not found")
+        data, name = p.read_bytes(), str(p)
+    self_contained.check(data, name)
+    return data, name
 
 
 class OpenedSession(NamedTuple):

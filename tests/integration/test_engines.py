@@ -162,3 +162,46 @@ def test_verify_judges_the_numbers_of_the_engine_that_will_run_the_file(onnx_fil
         assert report["gate"] is not None and "bf16" in report["ran_on"]
     else:  # refused, in one line, as a failed check
         assert r.exit_code == 1 and "bf16 needs a CPU" in report["error"]
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", pytest.param("openvino", marks=needs_openvino)])
+def test_every_engine_takes_read_only_strided_and_borrowed_batches(onnx_file, images, ort_logits, engine):
+    """What the protocols deliver: a read-only buffer (np.frombuffer of a V2 body), a strided view, a view into a
+    larger buffer; the same logits as a plain array."""
+    clf = Classifier(onnx_file, device="cpu", engine=engine)
+    read_only = np.frombuffer(images[:8].tobytes(), np.uint8).reshape(8, 1, 28, 28)
+    assert not read_only.flags.writeable
+    strided = np.repeat(images[:8], 2, axis=0)[::2]
+    borrowed = np.frombuffer(b"\0" * 100 + images[:8].tobytes(), np.uint8, offset=100).reshape(8, 1, 28, 28)
+    for batch in (read_only, strided, borrowed, read_only[:1]):
+        np.testing.assert_allclose(clf.logits(batch), ort_logits[: len(batch)], atol=1e-4)
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", pytest.param("openvino", marks=needs_openvino)])
+def test_binary_and_json_v2_requests_are_served_on_every_engine(onnx_file, images, ort_logits, engine):
+    from starlette.testclient import TestClient
+
+    from cnnkit.serve import create_app
+    from conftest import v2_binary_header
+
+    clf = Classifier(onnx_file, device="cpu", engine=engine)
+    with TestClient(create_app(clf)) as client:
+        name = clf.info.serving_name
+        for n in (1, 8, 64):
+            header = v2_binary_header(n)
+            r = client.post(
+                f"/v2/models/{name}/infer",
+                content=header + images[:n].tobytes(),
+                headers={"Inference-Header-Content-Length": str(len(header))},
+            )
+            assert r.status_code == 200, (n, r.text[:300])
+            got = json.loads(r.content)["outputs"][0]["data"]
+            np.testing.assert_allclose(np.reshape(got, (n, 10)), ort_logits[:n], atol=1e-4)
+        doc = {
+            "inputs": [
+                {"name": "images", "datatype": "UINT8", "shape": [1, 1, 28, 28], "data": images[0].ravel().tolist()}
+            ]
+        }
+        r = client.post(f"/v2/models/{name}/infer", json=doc)
+        assert r.status_code == 200
+        np.testing.assert_allclose(np.reshape(r.json()["outputs"][0]["data"], (1, 10)), ort_logits[:1], atol=1e-4)

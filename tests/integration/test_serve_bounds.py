@@ -1,7 +1,9 @@
 """Memory the server holds is bounded by its limits on every protocol, and the event loop is never what parses:
 oversized or lying V2 bodies, string data, refused requests' arrays, slow bodies, bodies waiting to be decoded."""
 
+import io
 import json
+import re
 import socket
 import threading
 import time
@@ -10,6 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 from starlette.testclient import TestClient
 
 from cnnkit.runtime import Classifier
@@ -30,7 +33,17 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 @pytest.fixture(scope="module")
 def big_server(exported):
-    """A server with the default 8 MB body limit (the session's server has 1 MB) and a 1 s read deadline."""
+    """A server with the default 8 MB body limit (the session's server has 1 MB) and the default read deadline
+    (a shorter one would make the tests below depend on the machine being idle)."""
+    proc, url = start_server(exported.artefacts["onnx"])
+    yield proc, url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def short_deadline_server(exported):
+    """A server with a 1 s read deadline, for the tests of that deadline only."""
     proc, url = start_server(exported.artefacts["onnx"], "--read-timeout-s", "1")
     yield proc, url
     proc.terminate()
@@ -104,8 +117,8 @@ def _trickle(url: str, path: str) -> tuple[bytes, float]:
         return answer, seconds
 
 
-def test_a_body_that_trickles_in_meets_the_read_deadline_on_both_protocols(big_server):
-    _, url = big_server
+def test_a_body_that_trickles_in_meets_the_read_deadline_on_both_protocols(short_deadline_server):
+    _, url = short_deadline_server
     results = {}
     threads = [
         threading.Thread(target=lambda p=p: results.__setitem__(p, _trickle(url, p)))
@@ -198,3 +211,20 @@ def test_bodies_waiting_for_the_decode_pool_count_as_in_flight(exported, monkeyp
         first.join(10)
     assert results["second"].status_code == 503 and "in flight" in results["second"].json()["error"]
     assert results["first"].status_code == 200
+
+
+def test_a_jpeg_that_repeats_a_scan_is_refused_from_its_structure_and_the_server_stays_responsive(big_server):
+    """A progressive JPEG repeating one scan thousands of times costs seconds of decode CPU at a few hundred KB:
+    it is a 400 before decoding, and /healthz answers meanwhile."""
+    proc, url = big_server
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (1024, 1024), dtype=np.uint8)).save(buf, "JPEG", progressive=True)
+    data = buf.getvalue()
+    sos = [m.start() for m in re.finditer(rb"\xff\xda", data)]
+    start, end = min(zip(sos, sos[1:] + [data.rindex(b"\xff\xd9")]), key=lambda se: se[1] - se[0])
+    bomb = data[:end] + data[start:end] * 3000 + data[end:]
+    with httpx.Client(timeout=20) as client:
+        r = client.post(f"{url}/v1/predict", content=bomb, headers={"content-type": "image/jpeg"})
+        assert r.status_code == 400 and "JPEG with more than 100 scans" in r.json()["error"], r.text[:300]
+        assert client.get(f"{url}/healthz").status_code == 200

@@ -6,7 +6,6 @@ default an image whose border is mostly light is inverted (and the caller is tol
 
 from __future__ import annotations
 
-import io
 import os
 import stat
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from cnnkit.errors import InputError
+from cnnkit.runtime import image_guard
 
 MAX_FILE_BYTES = 64 * 1024 * 1024  # an image file read from disk
 MAX_PIXELS = 4096 * 4096  # of one image before resizing: far below Pillow's decompression-bomb limit
@@ -79,20 +79,28 @@ def _gray(im: Any) -> Any:
 
 
 def decode(
-    data: bytes, size: int = 28, invert: bool | None = None, name: str = "image", max_pixels: int | None = MAX_PIXELS
+    data: bytes,
+    size: int = 28,
+    invert: bool | None = None,
+    name: str = "image",
+    max_pixels: int | None = MAX_PIXELS,
+    deadline: float | None = None,
 ) -> Decoded:
-    """Decode PNG/JPEG/PGM/TIFF/... bytes to a uint8 size x size grayscale array, light strokes on dark.
+    """Decode PNG/JPEG/PGM/BMP/TIFF/WebP/GIF bytes to a uint8 size x size grayscale array, light strokes on dark.
 
     Args:
         invert: True/False to force; None to detect dark-on-light images and invert them.
         max_pixels: refuse an image larger than this (width x height) before decoding its pixels.
+        deadline: a `time.monotonic()` after which the decode is stopped (InputError) instead of running on.
     """
     from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise InputError(f"{name}: empty file")
+    image_guard.check_structure(data, name)
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(image_guard.DeadlineReader(data, deadline, name), formats=image_guard.FORMATS) as im:
+            im.decodermaxblock = image_guard.DECODE_BLOCK
             original = im.size
             if max_pixels is not None and original[0] * original[1] > max_pixels:
                 raise InputError(
@@ -104,8 +112,12 @@ def decode(
             if gray.size != (size, size):
                 gray = gray.resize((size, size), Image.Resampling.LANCZOS)
             pixels = np.asarray(gray, dtype=np.uint8).copy()
+    except InputError:
+        raise
     except UnidentifiedImageError:
-        raise InputError(f"{name}: not a recognised image (expected PNG, JPEG, PGM or another Pillow format)") from None
+        raise InputError(
+            f"{name}: not a recognised image (expected PNG, JPEG, PGM, PPM, BMP, TIFF, WebP or GIF)"
+        ) from None
     except (OSError, ValueError, TypeError, Image.DecompressionBombError) as exc:
         raise InputError(f"{name}: cannot decode image ({str(exc)[:200]})") from None
     do_invert = looks_dark_on_light(pixels) if invert is None else invert

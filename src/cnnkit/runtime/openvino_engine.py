@@ -101,8 +101,11 @@ class OpenVinoEngine:
         import openvino as ov
 
         def run(x: np.ndarray) -> np.ndarray:
-            # the batch is read in place (a C-contiguous uint8 array, alive for the call); the logits are copied out
-            request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x), shared_memory=True))
+            # the batch is read in place (a C-contiguous uint8 array, alive for the call); the logits are copied out.
+            # OpenVINO shares only writable memory: a read-only batch (a V2 binary body, np.frombuffer) is copied.
+            if not (x.flags.c_contiguous and x.flags.writeable):
+                x = np.array(x, order="C")
+            request.set_input_tensor(ov.Tensor(x, shared_memory=True))
             request.infer()
             out: np.ndarray = request.get_output_tensor(self._output).data.copy()
             return out

@@ -34,4 +34,5 @@ class ServeConfig:
             max_image_pixels=self.max_image_pixels,
             max_request_pixels=self.max_request_pixels,
             top_k=self.top_k,
+            decode_budget_s=self.request_timeout_s,
         )

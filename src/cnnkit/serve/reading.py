@@ -11,6 +11,7 @@ import binascii
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ class Limits:
     max_image_pixels: int  # per decoded image file, before it is resized
     max_request_pixels: int  # all image files of one request together
     top_k: int  # the default
+    decode_budget_s: float  # a decode still running this long after the request began is stopped
 
 
 class InFlight:
@@ -77,13 +79,22 @@ class Ticket:
 class PixelBudget:
     """The pixels one request's image files may still decode to (each file also capped on its own)."""
 
-    def __init__(self, request: int, per_image: int):
+    def __init__(self, request: int, per_image: int, deadline: float | None = None):
         self.left = request
         self.per_image = per_image
+        self.deadline = deadline  # time.monotonic() when the request's decode budget runs out
 
     def decode(self, data: bytes, clf: Classifier, invert: bool | None, name: str) -> np.ndarray:
-        """One image file, refused from its header when it is over what is left or over the per-image cap."""
-        decoded = imgs.decode(data, clf.info.image_size, invert, name=name, max_pixels=min(self.left, self.per_image))
+        """One image file, refused from its header when it is over what is left or over the per-image cap, and
+        stopped when the request's time is up."""
+        decoded = imgs.decode(
+            data,
+            clf.info.image_size,
+            invert,
+            name=name,
+            max_pixels=min(self.left, self.per_image),
+            deadline=self.deadline,
+        )
         self.left -= decoded.original_size[0] * decoded.original_size[1]
         return decoded.pixels
 
@@ -235,6 +246,7 @@ async def parse_request(
     the event loop keeps answering other requests, /healthz included, meanwhile.
     """
     loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + limits.decode_budget_s
     ctype = _content_type(request)
     k: Any = request.query_params.get("top_k", str(limits.top_k))
     invert_text = request.query_params.get("invert", "auto").lower()
@@ -242,7 +254,7 @@ async def parse_request(
         raise RequestError(f"invert must be one of {', '.join(INVERT)}, got {invert_text[:20]!r}")
     invert = INVERT[invert_text]
     body = await read_body(request, limits.max_body_bytes, ticket)
-    budget = PixelBudget(limits.max_request_pixels, limits.max_image_pixels)
+    budget = PixelBudget(limits.max_request_pixels, limits.max_image_pixels, deadline)
 
     def decode_all(items: list[tuple[str, bytes]]) -> list[np.ndarray]:
         return [budget.decode(data, clf, invert, name) for name, data in items]

@@ -4,9 +4,19 @@ The CLI turns any `CnnkitError` into a one-line `Error: ...` and a non-zero exit
 nothing heavy, so `cnnkit.runtime` can use it.
 """
 
+from typing import Any
+
 
 class CnnkitError(Exception):
-    """Base class: a problem the user can fix (bad input, missing file, unavailable device)."""
+    """Base class: a problem the user can fix (bad input, missing file, unavailable device).
+
+    One made by `option_error` is about one parameter's value: `param` names it as the library does (the message
+    reads `param='value': reason`), so a caller with other words for it, the CLI's flags, can say it its own way.
+    """
+
+    param: str | None = None
+    value: Any = None
+    reason: str = ""
 
 
 class DataError(CnnkitError):
@@ -44,6 +54,14 @@ class RequestError(CnnkitError):
 
 class MissingExtraError(CnnkitError):
     """A command needs an optional part of cnnkit (an install extra) that is not installed."""
+
+
+def option_error(cls: type[CnnkitError], param: str, value: Any, reason: str) -> CnnkitError:
+    """A `cls` error about parameter `param` holding `value`; `reason` says why it cannot be, in words that name
+    no flag (`param='value': reason`)."""
+    exc = cls(f"{param}={value!r}: {reason}")
+    exc.param, exc.value, exc.reason = param, value, reason
+    return exc
 
 
 def first_line(exc: BaseException) -> str:

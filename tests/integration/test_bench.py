@@ -100,7 +100,7 @@ def test_bench_bad_inputs(tmp_path, trained):
     r = CliRunner().invoke(main, ["bench", trained.checkpoint, "--batch-sizes", "1,x"])
     assert r.exit_code == 2 and "comma-separated" in r.output
     r = CliRunner().invoke(main, ["bench", trained.checkpoint, "--backends", "onnx-cudagraph"])
-    assert r.exit_code == 1 and "need --device cuda" in r.stderr
+    assert r.exit_code == 1 and "Error: --device cpu: onnx-cudagraph run on CUDA only" in r.stderr
 
 
 def test_a_failing_backend_is_a_row_and_the_others_still_land(trained, exported, tmp_path):

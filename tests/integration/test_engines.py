@@ -54,7 +54,7 @@ def test_streams_keep_every_row_in_its_place(onnx_file, images, ort_logits, engi
 
 
 def test_an_engine_that_cannot_run_is_a_clear_error_not_a_silent_switch(onnx_file, monkeypatch):
-    with pytest.raises(DeviceError, match="OpenVINO runs on the CPU"):
+    with pytest.raises(DeviceError, match="engine=.openvino.: runs on the CPU only"):
         Classifier(onnx_file, device="cuda", engine="openvino", fallback="ignore")
     with pytest.raises(CnnkitError, match="no bf16"):
         EngineChoice(engine="onnxruntime", precision="bf16")

@@ -50,7 +50,7 @@ def test_ctrl_c_then_resume_ends_with_the_same_weights(tmp_path):
 
     # the same run asked for with another recipe or other data is refused, naming the difference
     r = CliRunner().invoke(main, ["train", "--resume", str(run), "--lr", "0.01"])
-    assert r.exit_code == 1 and "--lr 0.01 differs from the run's 0.002" in r.stderr
+    assert r.exit_code == 1 and "Error: --lr 0.01: differs from the run's 0.002" in r.stderr
     other = write_idx_dataset(tmp_path / "other", n_train=384, n_test=64, seed=1)
     r = CliRunner().invoke(main, ["train", "--resume", str(run), "--data-dir", str(other)])
     assert r.exit_code == 1 and "not the data this model was trained on" in r.stderr

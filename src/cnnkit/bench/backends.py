@@ -18,15 +18,11 @@ from cnnkit.export.runners import Runner, Step, classifier_runner, torch_runner
 from cnnkit.runtime import Classifier, CudaOptions, EngineChoice
 from cnnkit.train.checkpoint import deployable
 
-BACKENDS = ("eager", "torchscript", "onnx", "openvino", "openvino-bf16", "compile", "eager-cudagraph", "onnx-cudagraph")
-CUDA_ONLY = ("eager-cudagraph", "onnx-cudagraph")
-CPU_ONLY = ("openvino", "openvino-bf16")
 ENGINE_BACKENDS = {  # a backend that runs an .onnx file in the runtime -> its engine choice (streams added per row)
     "onnx": EngineChoice(engine="onnxruntime"),
     "openvino": EngineChoice(engine="openvino"),
     "openvino-bf16": EngineChoice(engine="openvino", precision="bf16"),
 }
-ONNX_BACKENDS = (*ENGINE_BACKENDS, "onnx-cudagraph")
 
 
 def _deployable(ckpt: Any, device: Any) -> Any:

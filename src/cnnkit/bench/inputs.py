@@ -85,10 +85,11 @@ def _add_folder(found: Inputs, folder: Path) -> None:
             found.folder_torchscript = f
 
 
-def onnx_labels(files: list[Path]) -> list[str]:
-    """Row names for ONNX files: 'onnx' for one; 'onnx:<variant>' (int8-folded, ...) or 'onnx:<file>' for several."""
+def file_tags(files: list[Path]) -> list[str | None]:
+    """What tells ONNX files apart in row names (`options.row_name`): nothing for one; '<variant>' (int8-folded,
+    ...) or '<variant>:<file>' for several."""
     if len(files) == 1:
-        return ["onnx"]
+        return [None]
     variants = []
     for f in files:
         try:
@@ -97,4 +98,4 @@ def onnx_labels(files: list[Path]) -> list[str]:
             variants.append(f.name)
     if len(set(variants)) < len(variants):
         variants = [f"{v}:{f}" for v, f in zip(variants, files)]
-    return [f"onnx:{v}" for v in variants]
+    return list(variants)

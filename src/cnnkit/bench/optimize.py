@@ -14,10 +14,11 @@ from typing import Any
 
 from cnnkit.bench import backends as bk
 from cnnkit.bench import engine_choices as ec
+from cnnkit.bench.inputs import file_tags
+from cnnkit.bench.options import BenchConfig, OptimizeOptions, row_name
 from cnnkit.bench.results import BenchResult
-from cnnkit.bench.run import BenchConfig, bench, onnx_labels
+from cnnkit.bench.run import bench
 from cnnkit.errors import CnnkitError, first_line
-from cnnkit.export.compare import Gate
 from cnnkit.export.exporter import ExportOptions, export, place
 from cnnkit.runtime import EngineChoice
 from cnnkit.train import checkpoint
@@ -39,31 +40,6 @@ CANDIDATES = (
     Candidate(name="fp16-folded", format="onnx", precision="fp16", cuda_only=True),
     Candidate(name="torchscript-folded", format="torchscript"),
 )
-
-
-@dataclass(frozen=True, kw_only=True)
-class OptimizeOptions:
-    """Which batch sizes to measure, for how long, and whether to select the winner (built once from the CLI).
-    Candidates are verified and benchmarked on `gate.device`."""
-
-    batch_sizes: tuple[int, ...] = (1, 8, 64, 256)
-    min_time: float = 1.0
-    select: bool = False
-    target_batch: int = 64
-    gate: Gate = field(default_factory=Gate)
-
-    def __post_init__(self) -> None:
-        if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise CnnkitError(f"batch sizes must be at least 1, got {list(self.batch_sizes)}")
-        if self.select and self.target_batch not in self.batch_sizes:
-            raise CnnkitError(
-                f"--select picks the fastest at --target-batch {self.target_batch}, which is not among --batch-sizes "
-                f"{','.join(map(str, self.batch_sizes))}; add it"
-            )
-
-    @property
-    def device(self) -> str:
-        return self.gate.device
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,9 +162,9 @@ def _bench_candidates(
     """The passing candidates benchmarked side by side in every engine choice; the ONNX rows that passed their
     engine's check, and the TorchScript row's name (if any)."""
     onnx_names = [c.name for c in CANDIDATES if c.format == "onnx" and c.name in files]
-    labels = dict(zip(onnx_names, onnx_labels([files[n] for n in onnx_names])))
+    tags = dict(zip(onnx_names, file_tags([files[n] for n in onnx_names])))
     rows: Rows = {
-        labels[name].replace("onnx", choice.label, 1): (name, choice)
+        row_name(choice.label, tags[name]): (name, choice)
         for name in onnx_names
         for choice in choices
         if ec.passed(checks, name, choice)

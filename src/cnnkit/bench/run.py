@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,60 +19,17 @@ import numpy as np
 
 from cnnkit.bench import backends as bk
 from cnnkit.bench.env import environment
-from cnnkit.bench.inputs import Inputs, onnx_labels, resolve_inputs
+from cnnkit.bench.inputs import Inputs, file_tags, resolve_inputs
 from cnnkit.bench.measure import Measurement, cuda_events, torch_context
+from cnnkit.bench.options import ONNX_BACKENDS, BenchConfig, row_name
 from cnnkit.bench.results import BenchResult, BenchRow
-from cnnkit.errors import CnnkitError, DeviceError, ModelFileError, first_line
+from cnnkit.errors import ModelFileError, first_line
 from cnnkit.export.exporter import ExportOptions, export
 from cnnkit.export.runners import Runner
-from cnnkit.spec import BENCH_DEVICES
 from cnnkit.train import checkpoint
 from cnnkit.train.device import resolve_torch_device
 
-__all__ = ["BenchConfig", "bench", "onnx_labels"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class BenchConfig:
-    """What a benchmark measures and how (built once from the CLI)."""
-
-    device: str = "cpu"
-    backends: tuple[str, ...] = ("eager", "torchscript", "onnx")
-    batch_sizes: tuple[int, ...] = (1, 8, 64, 256)
-    warmup: int = 10  # untimed calls per backend and batch size (and at least 0.2 s)
-    iters: int | None = None  # timed calls per backend and batch size; None: `min_time` seconds
-    min_time: float = 1.5
-    threads: int | None = None  # CPU threads for every backend (None: all cores)
-    streams: tuple[int, ...] = (1,)  # engine backends: rows for each number of parallel single-threaded streams
-    rounds: int = 5
-    seed: int = 0
-    tf32: bool = False  # CUDA: TF32 in every backend alike
-    trust_torchscript: bool = False  # load a run folder's model.ts (it runs code); else export one from the checkpoint
-
-    def __post_init__(self) -> None:
-        unknown = [b for b in self.backends if b not in bk.BACKENDS]
-        if unknown or not self.backends:
-            raise CnnkitError(f"unknown backend(s) {unknown}; expected some of {', '.join(bk.BACKENDS)}")
-        if self.device not in BENCH_DEVICES:
-            raise DeviceError(f"unknown device {self.device!r}; expected cpu or cuda")
-        cuda_only = [b for b in self.backends if b in bk.CUDA_ONLY]
-        if self.device != "cuda" and cuda_only:
-            raise DeviceError(f"{', '.join(cuda_only)} need --device cuda")
-        cpu_only = [b for b in self.backends if b in bk.CPU_ONLY]
-        if self.device != "cpu" and (cpu_only or self.streams != (1,)):
-            raise DeviceError(f"{', '.join(cpu_only) or 'streams'} run on the CPU: use --device cpu")
-        if not self.streams or min(self.streams) < 1:
-            raise CnnkitError(f"streams must be at least 1, got {list(self.streams)}")
-        if not self.batch_sizes or min(self.batch_sizes) < 1 or self.rounds < 1 or self.warmup < 0:
-            raise CnnkitError("batch sizes and rounds must be at least 1, warm-up at least 0")
-
-    @property
-    def torch_backends(self) -> list[str]:
-        return [b for b in self.backends if b not in bk.ONNX_BACKENDS]
-
-    @property
-    def thread_count(self) -> int:
-        return self.threads or os.cpu_count() or 1
+__all__ = ["BenchConfig", "bench"]
 
 
 def bench(
@@ -107,7 +63,7 @@ def bench(
 def _needs_export(files: Inputs, config: BenchConfig, paths: list[str]) -> list[str]:
     """The formats a backend needs that no given file supplies (exported from the checkpoint for this run)."""
     needs = []
-    if not files.onnx and any(b in config.backends for b in bk.ONNX_BACKENDS):
+    if not files.onnx and any(b in config.backends for b in ONNX_BACKENDS):
         needs.append("onnx")
     if files.torchscript is None and "torchscript" in config.backends:
         needs.append("torchscript")
@@ -148,20 +104,20 @@ def _makers(files: Inputs, config: BenchConfig, ckpt: Any, dev: Any) -> dict[str
         elif b == "eager-cudagraph":
             makers[b] = functools.partial(bk.eager_cudagraph, ckpt, dev)
         else:
-            for label, path in zip(onnx_labels(files.onnx), files.onnx):
-                makers.update(_file_makers(b, label, path, config, dev))
+            for tag, path in zip(file_tags(files.onnx), files.onnx):
+                makers.update(_file_makers(b, tag, path, config, dev))
     return makers
 
 
-def _file_makers(b: str, label: str, path: Path, config: BenchConfig, dev: Any) -> dict[str, Callable[[], Runner]]:
+def _file_makers(b: str, tag: str | None, path: Path, config: BenchConfig, dev: Any) -> dict[str, Callable[[], Runner]]:
     """Row name -> runner maker for one ONNX file in backend `b`: one row per stream count for the engines."""
     if b == "onnx-cudagraph":
-        key = label.replace("onnx", b, 1)
+        key = row_name(b, tag)
         return {key: functools.partial(bk.onnx_cudagraph, path, config.tf32, dev, key)}
     makers: dict[str, Callable[[], Runner]] = {}
     for streams in config.streams:
         choice = replace(bk.ENGINE_BACKENDS[b], streams=streams)
-        key = label.replace("onnx", choice.label, 1)
+        key = row_name(choice.label, tag)
         if b == "onnx" and streams == 1:  # ONNX Runtime on either device, with IO binding on CUDA
             makers[key] = functools.partial(bk.onnx, path, config.device, config.thread_count, config.tf32, dev, key)
         else:

@@ -136,11 +136,24 @@ class Group(click.Group):
             command._hard_stop = True  # type: ignore[attr-defined]
         return command
 
+    def in_flags(self, ctx: click.Context, exc: CnnkitError) -> str:
+        """The error in the command line's words: a library parameter the command has as a flag is said as that
+        flag (`--precision int8: ...` for `precision='int8': ...`)."""
+        name = ctx.invoked_subcommand
+        command = self.get_command(ctx, name) if name else None
+        if exc.param is None or command is None:
+            return str(exc)
+        for p in command.params:
+            if p.name == exc.param and isinstance(p, click.Option):
+                value = ",".join(map(str, exc.value)) if isinstance(exc.value, (list, tuple)) else exc.value
+                return f"{p.opts[0]} {value}: {exc.reason}" if value not in ("", None) else f"{p.opts[0]}: {exc.reason}"
+        return str(exc)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CnnkitError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {self.in_flags(ctx, exc)}", err=True)
             ctx.exit(1)
         except ModuleNotFoundError as exc:
             message = missing_extra(exc, ctx.invoked_subcommand)

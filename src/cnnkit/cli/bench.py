@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from cnnkit.bench.options import BACKENDS, BenchConfig, OptimizeOptions
 from cnnkit.cli.common import (
     Finite,
     check_destinations,
@@ -18,32 +19,40 @@ from cnnkit.cli.common import (
 )
 from cnnkit.spec import BENCH_DEVICES
 
+BENCH, OPT = BenchConfig(), OptimizeOptions()  # every default below is the library's: one source
+
+
+def _sizes(sizes: tuple[int, ...]) -> str:
+    return ",".join(map(str, sizes))
+
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--device", type=click.Choice(BENCH_DEVICES), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(BENCH_DEVICES), default=BENCH.device, show_default=True)
 @click.option(
     "--backends",
     default=None,
-    help="Comma-separated: eager, torchscript, onnx, openvino, openvino-bf16, compile, eager-cudagraph, "
-    "onnx-cudagraph. Default: eager,torchscript,onnx, and openvino on the CPU where it is installed.",
+    help=f"Comma-separated: {', '.join(BACKENDS)}. Default: eager,torchscript,onnx, and openvino on the CPU where it "
+    "is installed.",
 )
 @click.option(
     "--streams",
-    default="1",
+    default=_sizes(BENCH.streams),
     show_default=True,
     callback=int_list,
     help="onnx/openvino rows for each count of parallel single-threaded streams, e.g. 1,2.",
 )
-@click.option("--batch-sizes", default="1,8,64,256", show_default=True, callback=int_list)
-@click.option("--warmup", type=click.IntRange(1, 1_000_000), default=10, show_default=True, help="Untimed iterations.")
+@click.option("--batch-sizes", default=_sizes(BENCH.batch_sizes), show_default=True, callback=int_list)
+@click.option(
+    "--warmup", type=click.IntRange(1, 1_000_000), default=BENCH.warmup, show_default=True, help="Untimed iterations."
+)
 @click.option(
     "--iters", type=click.IntRange(1, 10_000_000), default=None, help="Timed iterations per backend and batch."
 )
 @click.option(
     "--min-time",
     type=Finite(min=0.01),
-    default=1.5,
+    default=BENCH.min_time,
     show_default=True,
     help="Timed seconds per backend and batch (when --iters is not given).",
 )
@@ -52,7 +61,7 @@ from cnnkit.spec import BENCH_DEVICES
 )
 @click.option(
     "--tf32/--no-tf32",
-    default=False,
+    default=BENCH.tf32,
     show_default=True,
     help="CUDA: allow TF32 math in every backend (torch and ONNX Runtime alike).",
 )
@@ -88,16 +97,11 @@ def bench(
     exported from the checkpoint) unless --trust-torchscript; a .ts file named here is trusted because you named it.
     """
     from cnnkit.bench import report
-    from cnnkit.bench.run import BenchConfig
     from cnnkit.bench.run import bench as run_bench
     from cnnkit.cli.render import render_bench
 
-    if backends is None:
-        from cnnkit.runtime import openvino_engine
-
-        backends = "eager,torchscript,onnx" + (",openvino" if device == "cpu" and openvino_engine.available() else "")
-    names = tuple(b.strip() for b in backends.split(",") if b.strip())
-    if not names:
+    names = () if backends is None else tuple(b.strip() for b in backends.split(",") if b.strip())
+    if backends is not None and not names:
         raise click.BadParameter(f"no backend named in {backends!r}", param_hint="--backends")
     config = BenchConfig(
         device=device,
@@ -128,17 +132,17 @@ def bench(
 
 @click.command()
 @click.argument("run", type=click.Path())
-@click.option("--device", type=click.Choice(BENCH_DEVICES), default="cpu", show_default=True)
-@click.option("--batch-sizes", default="1,8,64,256", show_default=True, callback=int_list)
+@click.option("--device", type=click.Choice(BENCH_DEVICES), default=OPT.device, show_default=True)
+@click.option("--batch-sizes", default=_sizes(OPT.batch_sizes), show_default=True, callback=int_list)
 @click.option(
     "--min-time",
     type=Finite(min=0.01),
-    default=1.0,
+    default=OPT.min_time,
     show_default=True,
     help="Timed seconds per variant and batch.",
 )
 @click.option("--select", is_flag=True, help="Copy the fastest passing ONNX variant at --target-batch to model.onnx.")
-@click.option("--target-batch", type=click.IntRange(1, 65_536), default=64, show_default=True)
+@click.option("--target-batch", type=click.IntRange(1, 65_536), default=OPT.target_batch, show_default=True)
 @gate_options
 @click.option(
     "--json", "json_file", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON ('-': stdout)."
@@ -148,7 +152,6 @@ def optimize(run, device, batch_sizes, min_time, select, target_batch, json_file
     """Export every variant (fp32, folded, INT8, fp16 on CUDA, TorchScript), verify, benchmark, pick the fastest."""
     require("torch", "onnx")
     from cnnkit.bench import report
-    from cnnkit.bench.optimize import OptimizeOptions
     from cnnkit.bench.optimize import optimize as run_optimize
     from cnnkit.cli.render import render_optimize
 

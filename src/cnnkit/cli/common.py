@@ -66,29 +66,44 @@ def show_report(result: Any, json_file: str | None, render: Callable[[Any], str]
         atomic.write_text(json_file, dumps(result.to_dict()) + "\n")
 
 
+def _gate_defaults() -> Any:
+    from cnnkit.export.compare import Gate  # numpy only
+
+    return Gate()
+
+
 def gate_options(f):
-    """The reduced-precision gates and where the real test split is, shared by export, verify and optimize."""
+    """The reduced-precision gates and where the real test split is, shared by export, verify and optimize (their
+    defaults are `Gate`'s)."""
+    g = _gate_defaults()
     f = click.option(
         "--max-accuracy-drop",
         type=Finite(0, 100),
-        default=0.3,
+        default=g.max_accuracy_drop,
         show_default=True,
         help="INT8/fp16: most accuracy (points) the variant may lose against fp32.",
     )(f)
     f = click.option(
         "--min-agreement",
         type=Finite(0, 1),
-        default=0.995,
+        default=g.min_agreement,
         show_default=True,
         help="INT8/fp16: least top-1 agreement with the fp32 reference on the real test split.",
     )(f)
     f = click.option(
         "--data-dir",
         type=click.Path(file_okay=False),
-        default=None,
+        default=g.data_dir,
         help="Where the checkpoint's dataset is, if not where training found it.",
     )(f)
     return f
+
+
+def tolerance_options(f):
+    """fp32 parity tolerances, `|out - ref| <= atol + rtol·|ref|` (export and verify; defaults are `Gate`'s)."""
+    g = _gate_defaults()
+    f = click.option("--rtol", type=Finite(0, 1), default=g.rtol, show_default=True)(f)
+    return click.option("--atol", type=Finite(0, 1), default=g.atol, show_default=True)(f)
 
 
 def gate_engine_options(f):
@@ -96,17 +111,18 @@ def gate_engine_options(f):
     engine will produce when it serves the file (export and verify)."""
     from cnnkit.spec import ENGINES, INFERENCE_PRECISIONS
 
+    g = _gate_defaults()
     f = click.option(
         "--engine-precision",
         type=click.Choice(INFERENCE_PRECISIONS),
-        default="fp32",
+        default=g.engine_precision,
         show_default=True,
         help="The engine's float arithmetic; bf16 (OpenVINO, on CPUs with AVX512-BF16 or AMX) is gated like fp16.",
     )(f)
     return click.option(
         "--engine",
         type=click.Choice(ENGINES),
-        default="onnxruntime",
+        default=g.engine,
         show_default=True,
         help="Check the .onnx file as this engine runs it (openvino: the 'openvino' extra, CPU).",
     )(f)
@@ -187,7 +203,7 @@ def make_classifier(model: str, device: str, **kwargs: Any) -> Any:
     return clf
 
 
-def runs_on(clf: Any) -> str:
+def runs_on_text(clf: Any) -> str:
     """'CPUExecutionProvider', or the engine plan: 'openvino (OpenVINO CPU, fp32)', 'onnx from batch 1, ...'."""
     plan = clf.runs_on()
     if len(plan) == 1 and plan[0]["engine"] == "onnxruntime" and plan[0]["streams"] == 1:

@@ -6,8 +6,20 @@ import sys
 
 import click
 
-from cnnkit.cli.common import Finite, dumps, gate_engine_options, gate_from, gate_options, int_list, require
-from cnnkit.spec import BENCH_DEVICES, EXPORT_FORMATS, EXPORT_PRECISIONS, TRITON_INSTANCE_KINDS
+from cnnkit.cli.common import (
+    dumps,
+    gate_engine_options,
+    gate_from,
+    gate_options,
+    int_list,
+    require,
+    tolerance_options,
+)
+from cnnkit.export.options import FORMAT_CHOICES, ExportOptions, formats_for
+from cnnkit.spec import BENCH_DEVICES, EXPORT_PRECISIONS, TRITON_INSTANCE_KINDS
+from cnnkit.triton_config import TritonOptions
+
+E, T = ExportOptions(), TritonOptions()  # every default below is the library's: one source
 
 
 @click.command()
@@ -15,7 +27,7 @@ from cnnkit.spec import BENCH_DEVICES, EXPORT_FORMATS, EXPORT_PRECISIONS, TRITON
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice([*EXPORT_FORMATS, "all", "triton"]),
+    type=click.Choice(FORMAT_CHOICES),
     default="all",
     show_default=True,
     help="triton: a Triton model repository (config.pbtxt, labels, 1/model.onnx) in --out.",
@@ -32,52 +44,67 @@ from cnnkit.spec import BENCH_DEVICES, EXPORT_FORMATS, EXPORT_PRECISIONS, TRITON
     default=None,
     help="ONNX opset, 18 or later (the dynamo exporter's floor; default: the exporter's).",
 )
-@click.option("--verify/--no-verify", default=True, show_default=True, help="Check parity before keeping the files.")
-@click.option("--atol", type=Finite(0, 1), default=1e-4, show_default=True)
-@click.option("--rtol", type=Finite(0, 1), default=1e-3, show_default=True)
+@click.option(
+    "--verify/--no-verify", default=E.verify, show_default=True, help="Check parity before keeping the files."
+)
+@tolerance_options
 @click.option(
     "--precision",
     type=click.Choice(EXPORT_PRECISIONS),
-    default="fp32",
+    default=E.precision,
     show_default=True,
     help="int8: static INT8 (CPU); fp16: for CUDA (no faster on a CPU). ONNX only.",
 )
 @click.option(
     "--fold/--no-fold",
-    default=True,
+    default=E.fold,
     show_default=True,
     help="Fold fc1 and fc2 into one exact linear layer (--no-fold mirrors the training module).",
 )
 @click.option(
     "--calibration-images",
     type=click.IntRange(1, 100_000),
-    default=512,
+    default=E.calibration_images,
     show_default=True,
     help="INT8: training images to calibrate on.",
 )
 @click.option(
-    "--calibration-seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="INT8: which images."
+    "--calibration-seed",
+    type=click.IntRange(0, 2**32 - 1),
+    default=E.calibration_seed,
+    show_default=True,
+    help="INT8: which images.",
 )
 @gate_options
 @gate_engine_options
 @click.option("--model-name", default=None, help="triton: the model's name (default: cnnkit-<dataset>).")
-@click.option("--max-batch-size", type=click.IntRange(1, 65_536), default=256, show_default=True, help="triton.")
+@click.option(
+    "--max-batch-size", type=click.IntRange(1, 65_536), default=T.max_batch_size, show_default=True, help="triton."
+)
 @click.option(
     "--preferred-batch-sizes",
-    default="16,64",
+    default=",".join(map(str, T.preferred_batch_sizes)),
     show_default=True,
     callback=int_list,
     help="triton: the dynamic batcher's preferred sizes.",
 )
-@click.option("--queue-delay-us", type=click.IntRange(0, 10_000_000), default=2000, show_default=True, help="triton.")
+@click.option(
+    "--queue-delay-us",
+    type=click.IntRange(0, 10_000_000),
+    default=T.max_queue_delay_us,
+    show_default=True,
+    help="triton.",
+)
 @click.option(
     "--instance-kind",
     type=click.Choice(TRITON_INSTANCE_KINDS),
-    default="auto",
+    default=T.instance_kind,
     show_default=True,
     help="triton: where instances run (auto: a GPU where Triton has one).",
 )
-@click.option("--instances", type=click.IntRange(1, 64), default=1, show_default=True, help="triton: per device.")
+@click.option(
+    "--instances", type=click.IntRange(1, 64), default=T.instances, show_default=True, help="triton: per device."
+)
 @click.option("--with-torchscript", is_flag=True, help="triton: also a pytorch_libtorch model (<name>-libtorch).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def export(
@@ -105,14 +132,10 @@ def export(
     """Export a checkpoint to ONNX and/or TorchScript (uint8 in, logits out), or a Triton model repository."""
     require("torch", "onnx")
     from cnnkit.cli.render import render_export
-    from cnnkit.export.exporter import ExportOptions
     from cnnkit.export.exporter import export as run_export
 
-    formats = EXPORT_FORMATS if fmt in ("all", "triton") else (fmt,)
-    if precision != "fp32" and fmt == "all":
-        formats = ("onnx",)  # reduced precision is an ONNX variant; the TorchScript file stays fp32
     options = ExportOptions(
-        formats=formats,
+        formats=formats_for(fmt, precision),
         precision=precision,
         fold=fold,
         opset=opset,
@@ -124,7 +147,6 @@ def export(
     if fmt == "triton":
         from cnnkit.export.triton_repo import write_repository
         from cnnkit.train.checkpoint import resolve
-        from cnnkit.triton_config import TritonOptions
 
         opts = TritonOptions(
             model_name=model_name,
@@ -152,9 +174,8 @@ def export(
     default=None,
     help="Reference checkpoint (default: the one recorded in the artefact's metadata).",
 )
-@click.option("--atol", type=Finite(0, 1), default=1e-4, show_default=True)
-@click.option("--rtol", type=Finite(0, 1), default=1e-3, show_default=True)
-@click.option("--device", type=click.Choice(BENCH_DEVICES), default="cpu", show_default=True)
+@tolerance_options
+@click.option("--device", type=click.Choice(BENCH_DEVICES), default=E.gate.device, show_default=True)
 @gate_options
 @gate_engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")

@@ -2,36 +2,41 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
-from cnnkit.cli.common import Finite, engine_arg, engine_options, make_classifier, runs_on
+from cnnkit.cli.common import Finite, engine_arg, engine_options, make_classifier, runs_on_text
+from cnnkit.serve.config import HTTP_PARSERS, ServeConfig, TritonEngineConfig, classifier_options
 from cnnkit.spec import DEVICES
+
+S = ServeConfig()  # every default below is the library's: one source
+T = TritonEngineConfig(model="")
+MB = 2**20
 
 
 @click.command()
 @click.argument("model", type=click.Path())
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--host", default=T.host, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=T.http_port, show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default=T.device, show_default=True)
 @click.option(
     "--max-batch",
     type=click.IntRange(1, 4096),
-    default=64,
+    default=S.max_batch,
     show_default=True,
     help="Most images per model call (1 turns dynamic batching off).",
 )
 @click.option(
     "--max-delay-ms",
     type=Finite(0, 1000),
-    default=0.0,
+    default=S.max_delay_ms,
     show_default=True,
     help="Longest a batch may wait for more requests, and only while requests arrive together (0: never wait; what "
     "queues while the model runs is batched anyway: measured fastest on CPUs, benchmarks/results/serve_load.json).",
 )
-@click.option("--max-body-mb", type=Finite(0.01, 1024), default=8.0, show_default=True)
-@click.option("--max-images", type=click.IntRange(1, 4096), default=256, show_default=True, help="Per request.")
+@click.option("--max-body-mb", type=Finite(0.01, 1024), default=S.max_body_bytes / MB, show_default=True)
+@click.option(
+    "--max-images", type=click.IntRange(1, 4096), default=S.max_images, show_default=True, help="Per request."
+)
 @click.option(
     "--threads",
     type=click.IntRange(1, 512),
@@ -41,35 +46,35 @@ from cnnkit.spec import DEVICES
 @click.option(
     "--max-pixels",
     type=click.IntRange(1, 100_000_000),
-    default=2048 * 2048,
+    default=S.max_image_pixels,
     show_default=True,
     help="Most pixels of one uploaded image before it is resized (checked from its header, before decoding).",
 )
 @click.option(
     "--drain-s",
     type=Finite(0, 300),
-    default=1.0,
+    default=S.drain_s,
     show_default=True,
     help="After SIGTERM: keep answering this long, with Connection: close and /readyz 503, then shut down.",
 )
 @click.option(
     "--read-timeout-s",
     type=Finite(0.1, 300),
-    default=10.0,
+    default=S.request_timeout_s,
     show_default=True,
     help="Most time to read and decode one request's body (/v1 and /v2); beyond it, 503.",
 )
 @click.option(
     "--max-inflight-mb",
     type=Finite(1, 65_536),
-    default=64.0,
+    default=S.max_inflight_bytes / MB,
     show_default=True,
     help="Request bodies held in memory at once, until decoded; beyond it, new bodies get 503.",
 )
 @click.option(
     "--http",
-    type=click.Choice(["h11", "httptools"]),
-    default="httptools",
+    type=click.Choice(HTTP_PARSERS),
+    default=S.http,
     show_default=True,
     help="HTTP parser: httptools (faster) or h11; both refuse request heads over 64 KB.",
 )
@@ -84,8 +89,12 @@ from cnnkit.spec import DEVICES
     is_flag=True,
     help="triton engine: serve Triton's statistics API without PyTriton's access token (perf_analyzer reads it).",
 )
-@click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True, help="triton engine.")
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=8002, show_default=True, help="triton engine.")
+@click.option(
+    "--grpc-port", type=click.IntRange(0, 65535), default=T.grpc_port, show_default=True, help="triton engine."
+)
+@click.option(
+    "--metrics-port", type=click.IntRange(0, 65535), default=T.metrics_port, show_default=True, help="triton engine."
+)
 def serve(
     model,
     host,
@@ -110,43 +119,31 @@ def serve(
 ):
     """Serve an ONNX model over HTTP: cnnkit's API (POST /v1/predict, /healthz, /readyz, /v1/model, /metrics) and
     the KServe V2 protocol (/v2/...); or, with --engine triton, in Triton Inference Server (V2 over HTTP and gRPC)."""
-    from cnnkit.contract import valid_model_name
-
-    if model_name is not None:
-        valid_model_name(model_name)
     if engine == "triton":
         if streams is not None:
             raise click.BadParameter("--engine triton runs the model with engine auto; --streams does not apply")
-        from cnnkit.serve.triton_engine import TritonEngineConfig
-
         ports = {"http_port": port, "grpc_port": grpc_port, "metrics_port": metrics_port}
         _serve_triton(TritonEngineConfig(model=model, model_name=model_name, host=host, device=device, **ports,
                       max_batch=max_batch, max_delay_ms=max_delay_ms, open_statistics=open_statistics))  # fmt: skip
         return
-    from cnnkit.serve import ServeConfig, run  # the serve extra; the CLI names it when it is missing
-
     cfg = ServeConfig(
         max_batch=max_batch,
         max_delay_ms=max_delay_ms,
-        max_body_bytes=int(max_body_mb * 2**20),
+        max_body_bytes=int(max_body_mb * MB),
         max_images=max_images,
         model_name=model_name,
         drain_s=drain_s,
         max_image_pixels=max_pixels,
-        max_request_pixels=max(max_pixels, 4096 * 4096),
         request_timeout_s=read_timeout_s,
-        max_inflight_bytes=int(max_inflight_mb * 2**20),
+        max_inflight_bytes=int(max_inflight_mb * MB),
         http=http,
     )
-    clf = make_classifier(
-        model,
-        device,
-        engine=engine_arg(engine, streams),
-        intra_op_threads=threads or max(1, (os.cpu_count() or 1) - 1),
-        max_batch=max(max_batch, max_images),
-        spin=False,  # the event loop and the decoders need the cores between model calls
+    from cnnkit.serve import run  # the serve extra; the CLI names it when it is missing
+
+    clf = make_classifier(model, device, engine=engine_arg(engine, streams), **classifier_options(cfg, threads))
+    click.echo(
+        f"cnnkit serve: {model} on {runs_on_text(clf)}, max batch {max_batch}, max delay {max_delay_ms} ms", err=True
     )
-    click.echo(f"cnnkit serve: {model} on {runs_on(clf)}, max batch {max_batch}, max delay {max_delay_ms} ms", err=True)
     run(clf, host, port, cfg)
 
 

@@ -9,7 +9,6 @@ import click
 from click.core import ParameterSource
 
 from cnnkit.cli.common import Finite, emit_json, require
-from cnnkit.errors import CheckpointError
 from cnnkit.spec import CUDA_GRAPH, DATASETS, DEVICES, TRAIN_PRECISIONS
 from cnnkit.train.config import FLOAT_BOUNDS as F
 from cnnkit.train.config import INT_BOUNDS as I
@@ -173,7 +172,10 @@ def train(
     if resume_dir is not None:
         if out is not None and out != resume_dir:
             raise click.UsageError("--resume continues the run in its own folder; drop --out")
-        recipe, ds = _resumed(ctx, resume_dir, recipe, data_dir)
+        from cnnkit.train.resume import settings_of_run
+
+        given = {name: recipe[name] for name in RECIPE_OPTIONS}
+        recipe, ds = settings_of_run(resume_dir, given, _explicit(ctx), data_dir)
         out_dir = resume_dir
     else:
         loaded = load_dataset(dataset, data_dir)
@@ -191,8 +193,13 @@ def train(
     cfg = TrainConfig(device=device, cuda_graph=cuda_graph, **recipe)
     tuning = None
     if recipe_mode == "auto" and resume_dir is None:
-        explicit = {k: v for k, v in recipe.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
-        cfg, tuning = _tuned(ds, cfg, explicit, out_dir, force, quiet=as_json)
+        from cnnkit.train import tune
+        from cnnkit.train.rundir import check_out_dir
+
+        explicit = {k: v for k, v in recipe.items() if k in _explicit(ctx)}
+        main_rank = distributed.from_env().is_main
+        say = (lambda line: click.echo(line, err=True)) if main_rank and not as_json else (lambda line: None)
+        cfg, tuning = tune.recipe_for(ds, cfg, explicit, lambda: check_out_dir(Path(out_dir), force), say)
     result = run_train(
         ds, cfg, out_dir, progress=not as_json, resume_run=resume_dir is not None, force=force, tuning=tuning
     )
@@ -218,50 +225,11 @@ def _report(result, warning: str | None, as_json: bool) -> None:
         sys.exit(1)
 
 
-def _tuned(ds, cfg: TrainConfig, explicit: dict, out_dir, force: bool, quiet: bool):
-    """`--recipe auto`: the recipe chosen on validation (and how), or the fixed one with the reason said."""
-    from dataclasses import replace
-
-    from cnnkit.train import distributed, tune
-    from cnnkit.train.rundir import check_out_dir
-
-    world = distributed.from_env()
-    say = (lambda line: None) if quiet or not world.is_main else (lambda line: click.echo(line, err=True))
-    reason = tune.why_not(cfg, explicit, world.size)
-    if reason:
-        say(f"recipe auto: {reason}; training the default recipe")
-        return cfg, None
-    check_out_dir(Path(out_dir), force)  # a user mistake is refused before the trials, not after them
-    say(tune.cost_line(ds, cfg, len(tune.candidates(explicit))))
-    chosen = tune.choose(ds, cfg, explicit, report=say)
-    say(f"recipe auto: chose {chosen.chosen!r} on validation in {chosen.seconds:.0f} s; training it in full")
-    return replace(cfg, **chosen.settings), chosen.to_dict()
-
-
-def _resumed(ctx, run: str, given: dict, data_dir):
-    """The recipe and dataset recorded by the run; an option given now with another value is refused."""
-    from cnnkit.datasets import load_recorded
-    from cnnkit.train import checkpoint
-
-    meta = checkpoint.load(run).meta
-    recorded = meta.train_args
-    recipe = {}
-    for name in RECIPE_OPTIONS:
-        value = recorded.get(name, given[name])
-        explicit = ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
-        if explicit and given[name] != value and not (name == "precision" and given[name] == "auto"):
-            flag = "--" + name.replace("_", "-")
-            raise CheckpointError(f"cannot resume {run}: {flag} {given[name]} differs from the run's {value}")
-        recipe[name] = value
-    for name in ("dataset", "classes"):
-        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
-            raise CheckpointError(f"cannot resume {run}: --{name} is taken from the run; drop it")
-    ds = load_recorded(meta.dataset, data_dir)
-    if tuple(ds.classes) != tuple(meta.classes):
-        from cnnkit.datasets import with_classes
-
-        ds = with_classes(ds, tuple(meta.classes))
-    return recipe, ds
+def _explicit(ctx: click.Context) -> set[str]:
+    """The options given on this command line (not defaults)."""
+    return {
+        p.name for p in ctx.command.params if p.name and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE
+    }
 
 
 def _argv_without(ctx: click.Context, skip: str) -> list[str]:

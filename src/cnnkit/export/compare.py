@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, option_error
 from cnnkit.spec import BENCH_DEVICES, ENGINES, INFERENCE_PRECISIONS
 
 REL_FLOOR = 1e-3  # relative error uses max(|reference|, REL_FLOOR) so logits near zero don't explode it
@@ -39,7 +39,7 @@ class Gate:
         if self.engine not in ENGINES or self.engine_precision not in INFERENCE_PRECISIONS:
             raise CnnkitError(f"gate engine/precision {self.engine!r}/{self.engine_precision!r} unknown")
         if self.engine != "onnxruntime" and self.device != "cpu":
-            raise CnnkitError(f"the {self.engine} engine runs on the CPU: verify it with --device cpu")
+            raise option_error(CnnkitError, "device", self.device, f"the {self.engine} engine runs on the CPU only")
 
     @property
     def reduced(self) -> bool:

@@ -7,18 +7,17 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnkit import contract
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, option_error
 from cnnkit.export import precision
 from cnnkit.export.artifacts import record_exports
-from cnnkit.export.compare import Gate
 from cnnkit.export.formats import fp32_proto, to_torchscript, write_onnx
+from cnnkit.export.options import ExportOptions
 from cnnkit.export.verify import verify
-from cnnkit.spec import EXPORT_FORMATS, EXPORT_PRECISIONS
 from cnnkit.train import checkpoint
 from cnnkit.train.checkpoint import deployable
 
@@ -28,33 +27,6 @@ if TYPE_CHECKING:
     from cnnkit.train.checkpoint import Checkpoint
 
 __all__ = ["ExportOptions", "ExportResult", "export", "filename"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class ExportOptions:
-    """What to export and how it is judged (built once from the CLI)."""
-
-    formats: tuple[str, ...] = EXPORT_FORMATS
-    precision: str = "fp32"  # fp32 | int8 | fp16 (ONNX only)
-    fold: bool = True  # fc1 and fc2 folded into one exact linear layer; False mirrors the training module
-    opset: int | None = None  # default: the exporter's
-    verify: bool = True  # files land only when they pass `gate`
-    calibration_images: int = 512  # INT8: training images to calibrate on
-    calibration_seed: int = 0
-    gate: Gate = field(default_factory=Gate)
-
-    def __post_init__(self) -> None:
-        if self.precision not in EXPORT_PRECISIONS:
-            raise CnnkitError(f"unknown precision {self.precision!r}; expected one of {', '.join(EXPORT_PRECISIONS)}")
-        unknown = [f for f in self.formats if f not in EXPORT_FORMATS]
-        if unknown or not self.formats:
-            raise CnnkitError(f"formats {list(self.formats)}: expected some of {', '.join(EXPORT_FORMATS)}")
-        if self.precision != "fp32" and "torchscript" in self.formats:
-            raise CnnkitError(f"--precision {self.precision} applies to ONNX only; use --format onnx")
-        if self.calibration_images < 1:
-            raise CnnkitError(f"calibration needs at least 1 image, got {self.calibration_images}")
-        if self.opset is not None and self.opset < 18:
-            raise CnnkitError(f"--opset {self.opset}: the dynamo exporter writes opset 18 or later")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -206,7 +178,9 @@ def _write_staged(
                 proto = precision.convert_fp16(proto)
             opset_used = write_onnx(proto, meta, path)
             if options.opset is not None and opset_used != options.opset:
-                raise CnnkitError(f"--opset {options.opset}: the exporter wrote opset {opset_used}; not keeping it")
+                raise option_error(
+                    CnnkitError, "opset", options.opset, f"the exporter wrote opset {opset_used}; not keeping it"
+                )
     return meta, opset_used
 
 

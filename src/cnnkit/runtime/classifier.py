@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from cnnkit.errors import CnnkitError, DeviceError
+from cnnkit.errors import CnnkitError, DeviceError, option_error
 from cnnkit.runtime import cuda, plan, session
 from cnnkit.runtime.facts import read_info
 from cnnkit.runtime.inputs import InputSpec
@@ -81,7 +81,7 @@ class Classifier:
         #: the engine choice for each batch size, and where it came from
         self.plan = _plan(model, engine, want_cuda)
         if want_cuda and any(c.engine != "onnxruntime" for c in self.plan.choices):
-            raise DeviceError("OpenVINO runs on the CPU here; use --engine onnxruntime for CUDA")
+            raise option_error(DeviceError, "engine", "openvino", "runs on the CPU only; for CUDA use onnxruntime")
         self._engines = {
             c: _open(data, self.source, c, want_cuda, (intra_op_threads, spin), cuda) for c in self.plan.choices
         }

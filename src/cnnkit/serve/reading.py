@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,24 +24,13 @@ from starlette.requests import ClientDisconnect, Request
 from cnnkit.errors import RequestError
 from cnnkit.runtime import Classifier
 from cnnkit.runtime import images as imgs
+from cnnkit.serve.config import Limits
 from cnnkit.serve.elements import flat_numbers
 
 log = logging.getLogger("uvicorn.error").getChild("cnnkit")  # printed where uvicorn prints
 
 INVERT = {"auto": None, "true": True, "1": True, "false": False, "0": False}
 CONTENT_TYPES = ("multipart/form-data", "application/json", "application/octet-stream")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Limits:
-    """What one request may hold."""
-
-    max_body_bytes: int
-    max_images: int
-    max_image_pixels: int  # per decoded image file, before it is resized
-    max_request_pixels: int  # all image files of one request together
-    top_k: int  # the default
-    decode_budget_s: float  # a decode still running this long after the request began is stopped
 
 
 class InFlight:

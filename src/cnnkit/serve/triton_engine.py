@@ -16,28 +16,13 @@ import importlib.util
 import signal
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cnnkit.errors import CnnkitError, MissingExtraError, first_line
 from cnnkit.runtime import Classifier
+from cnnkit.serve.config import TritonEngineConfig
 from cnnkit.triton_config import LABELS
-
-
-@dataclass(frozen=True, kw_only=True)
-class TritonEngineConfig:
-    model: str
-    model_name: str | None = None  # default: the model's serving name
-    host: str = "127.0.0.1"
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
-    device: str = "auto"
-    max_batch: int = 64
-    max_delay_ms: float = 0.0
-    log_verbose: int = 0
-    open_statistics: bool = False  # serve Triton's statistics API without PyTriton's access token (local use)
 
 
 def check_available() -> None:

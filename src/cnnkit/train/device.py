@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cnnkit import atomic
 from cnnkit.datasets import default_data_dir
-from cnnkit.errors import DeviceError
+from cnnkit.errors import DeviceError, option_error
 from cnnkit.spec import DEVICES, TRAIN_PRECISIONS
 
 
@@ -20,10 +20,11 @@ def resolve_torch_device(name: str):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(
-            f"--device cuda requested but CUDA is not available to torch {torch.__version__} "
-            f"(built for CUDA {torch.version.cuda or 'none'}); use --device cpu, or run `cnnkit doctor`"
+        reason = (
+            f"CUDA is not available to torch {torch.__version__} (built for CUDA {torch.version.cuda or 'none'}); "
+            "use cpu, or run `cnnkit doctor`"
         )
+        raise option_error(DeviceError, "device", "cuda", reason)
     return torch.device(name)
 
 

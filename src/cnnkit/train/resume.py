@@ -11,35 +11,20 @@ before it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cnnkit import atomic
 from cnnkit.errors import CheckpointError
+from cnnkit.train import state_schema
 from cnnkit.train.config import RECIPE_FIELDS
+from cnnkit.train.state_schema import FORMAT, TrainState
 
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
-FORMAT = "cnnkit-train-state/2"
+
 MODEL_PREFIX = "model."  # the last epoch's weights in STATE_TENSORS
 __all__ = ["RECIPE_FIELDS", "STATE_JSON", "STATE_TENSORS", "TrainState", "load", "mismatch", "save"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainState:
-    epoch: int  # last completed epoch
-    step: int  # optimizer steps taken
-    recipe: dict  # the TrainConfig fields in RECIPE_FIELDS, plus the chosen precision
-    dataset_sha256: str
-    model: dict  # ModelConfig.to_dict()
-    classes: list[str]
-    scheduler: dict
-    param_groups: list[dict]
-    history: list[dict] = field(default_factory=list)  # EpochMetrics as dicts
-    weights_sha256: str = ""  # of the checkpoint: the best epoch's weights
-    world_size: int = 1
-    best_epoch: int = 0  # the epoch the checkpoint holds
 
 
 def save(directory: Path, state: TrainState, optimizer_state: dict, model_state: dict) -> None:
@@ -93,8 +78,6 @@ def load(directory: Path) -> tuple[TrainState, dict, dict]:
 
 def parse_state(body: Any, where: str) -> TrainState:
     """train_state.json checked field by field against its schema and bounds; CheckpointError naming the field."""
-    from cnnkit.train import state_schema
-
     try:
         return state_schema.parse(body)
     except state_schema.SchemaError as exc:
@@ -156,3 +139,30 @@ def mismatch(saved: TrainState, recipe: dict, dataset_sha256: str, model: dict) 
     if diff:
         return "different recipe (" + ", ".join(f"{k} {recipe.get(k)} != {saved.recipe.get(k)}" for k in diff) + ")"
     return None
+
+
+def settings_of_run(
+    run: str | Path, given: dict[str, Any], explicit: set[str], data_dir: str | None
+) -> tuple[dict[str, Any], Any]:
+    """What continuing `run` trains with: its recorded recipe (each of `names` in `given`), and its dataset loaded
+    again (`data_dir` where it now lives). A value in `explicit` (set by the user) that differs from the run's, or
+    a dataset or class list given at all, is refused (CheckpointError naming the parameter)."""
+    from cnnkit.datasets import load_recorded, with_classes
+    from cnnkit.errors import option_error
+    from cnnkit.train import checkpoint
+
+    meta = checkpoint.load(run).meta
+    recipe = {}
+    for name, value in given.items():
+        recorded = meta.train_args.get(name, value)
+        # precision auto accepts whatever the run chose
+        if name in explicit and value != recorded and not (name == "precision" and value == "auto"):
+            raise option_error(CheckpointError, name, value, f"differs from the run's {recorded}; cannot resume {run}")
+        recipe[name] = recorded
+    for name in ("dataset", "classes"):
+        if name in explicit:
+            raise option_error(CheckpointError, name, "", f"is taken from the run being resumed ({run}); drop it")
+    ds = load_recorded(meta.dataset, data_dir)
+    if tuple(ds.classes) != tuple(meta.classes):
+        ds = with_classes(ds, tuple(meta.classes))
+    return recipe, ds

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnkit.datasets import Dataset
-from cnnkit.errors import CheckpointError, DataError
+from cnnkit.errors import CheckpointError, DataError, option_error
 from cnnkit.spec import WEIGHTS_NAME, ModelConfig
 from cnnkit.train import checkpoint, distributed, resume
 from cnnkit.train.config import TrainConfig, TrainResult
@@ -106,7 +106,9 @@ def train(
 def _check_inputs(dataset: Dataset, cfg: TrainConfig, world: distributed.World) -> ModelConfig:
     """The model configuration the data calls for, or DataError."""
     if cfg.batch_size < world.size:
-        raise DataError(f"--batch-size {cfg.batch_size} is smaller than the {world.size} processes it is split over")
+        raise option_error(
+            DataError, "batch_size", cfg.batch_size, f"smaller than the {world.size} processes it is split over"
+        )
     h, w = dataset.train_images.shape[1:]
     if h != w or h % 4:
         raise DataError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from cnnkit.errors import CheckpointError, CnnkitError
@@ -15,6 +15,22 @@ from cnnkit.train.config import RECIPE_FIELDS, EpochMetrics, TrainConfig, best_e
 HEX64 = re.compile(r"[0-9a-f]{64}")
 MAX_STEPS = 10**10
 FORMAT = "cnnkit-train-state/2"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainState:
+    epoch: int  # last completed epoch
+    step: int  # optimizer steps taken
+    recipe: dict  # the TrainConfig fields in RECIPE_FIELDS, plus the chosen precision
+    dataset_sha256: str
+    model: dict  # ModelConfig.to_dict()
+    classes: list[str]
+    scheduler: dict
+    param_groups: list[dict]
+    history: list[dict] = field(default_factory=list)  # EpochMetrics as dicts
+    weights_sha256: str = ""  # of the checkpoint: the best epoch's weights
+    world_size: int = 1
+    best_epoch: int = 0  # the epoch the checkpoint holds
 
 
 class SchemaError(ValueError):
@@ -96,10 +112,8 @@ def _param_groups(value: Any) -> list[dict[str, Any]]:
     return value
 
 
-def parse(body: Any) -> Any:
+def parse(body: Any) -> TrainState:
     """The TrainState of a train_state.json document, or SchemaError naming the first field that is wrong."""
-    from cnnkit.train.resume import TrainState
-
     names = {f.name for f in fields(TrainState)}
     if isinstance(body, dict) and body.get("format") == "cnnkit-train-state/1":
         raise SchemaError("written by an older cnnkit (format cnnkit-train-state/1); this version cannot resume it")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cnnkit.errors import DeviceError
+from cnnkit.errors import DeviceError, option_error
 from cnnkit.spec import CUDA_GRAPH
 from cnnkit.train.steps import autocast
 
@@ -33,7 +33,7 @@ def choose_graph(requested: str, device: Any, distributed: bool, batch: int, n_t
         return False, "eager steps (--cuda-graph off)"
     why_not = None
     if device.type != "cuda":
-        why_not = f"CUDA graphs need --device cuda (this run is on {device.type})"
+        why_not = f"CUDA graphs need a CUDA device (this run is on {device.type})"
     elif distributed:
         why_not = "CUDA graphs are not used under torchrun (DDP's gradient all-reduce is not captured)"
     elif n_train < batch:
@@ -41,7 +41,7 @@ def choose_graph(requested: str, device: Any, distributed: bool, batch: int, n_t
     if why_not is None:
         return True, "CUDA graph of forward, backward and running sums; fused AdamW and schedule outside it"
     if requested == "on":
-        raise DeviceError(f"--cuda-graph on: {why_not}")
+        raise option_error(DeviceError, "cuda_graph", "on", why_not)
     return False, f"eager steps ({why_not})"
 
 

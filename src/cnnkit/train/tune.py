@@ -22,7 +22,7 @@ from cnnkit.train.config import TrainConfig
 # the knobs a trial varies, and the candidates, from the most regularised to the least
 TUNED = ("shift", "rotate", "flip", "label_smoothing", "dropout")
 CANDIDATES: dict[str, dict[str, Any]] = {
-    "default": {"shift": 2, "rotate": 10.0, "flip": False, "label_smoothing": 0.1, "dropout": 0.5},
+    "default": {k: getattr(TrainConfig(), k) for k in TUNED},  # the fixed recipe (`--recipe default`)
     "shifts": {"shift": 2, "rotate": 0.0, "flip": False, "label_smoothing": 0.0, "dropout": 0.5},
     "mirror": {"shift": 0, "rotate": 0.0, "flip": True, "label_smoothing": 0.0, "dropout": 0.5},
     "none": {"shift": 0, "rotate": 0.0, "flip": False, "label_smoothing": 0.0, "dropout": 0.5},
@@ -156,3 +156,26 @@ def describe(settings: dict[str, Any]) -> str:
     return ", ".join(
         f"{k.replace('_', ' ')} {('on' if v else 'off') if isinstance(v, bool) else format(v, 'g')}" for k, v in ordered
     )
+
+
+def recipe_for(
+    dataset: Dataset,
+    cfg: TrainConfig,
+    explicit: dict[str, Any],
+    check_out: Callable[[], object],
+    say: Callable[[str], None],
+) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """`--recipe auto` as a policy: the recipe chosen on validation and how it was chosen (for the checkpoint), or
+    the fixed recipe with the reason said. `explicit` holds the knobs the user set (held at their values);
+    `check_out()` refuses an unusable output folder before the trials rather than after them; `say` reports."""
+    from cnnkit.train import distributed
+
+    reason = why_not(cfg, explicit, distributed.from_env().size)
+    if reason:
+        say(f"recipe auto: {reason}; training the default recipe")
+        return cfg, None
+    check_out()
+    say(cost_line(dataset, cfg, len(candidates(explicit))))
+    chosen = choose(dataset, cfg, explicit, report=say)
+    say(f"recipe auto: chose {chosen.chosen!r} on validation in {chosen.seconds:.0f} s; training it in full")
+    return replace(cfg, **chosen.settings), chosen.to_dict()

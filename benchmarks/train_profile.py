@@ -63,7 +63,7 @@ def _epoch(device, cfg, n: int):
     import torch
 
     from cnnkit.train import augment, distributed
-    from cnnkit.train.steps import epoch_data
+    from cnnkit.train.epoch import epoch_data
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8).to(device)

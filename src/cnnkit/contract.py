@@ -1,7 +1,8 @@
 """The exported model's contract: uint8 `images` [N,C,H,W] in, float32 `logits` [N,classes] out, and the metadata
 every export carries (ONNX metadata_props, TorchScript _extra_files).
 
-At the bottom of the house (imports nothing but `cnnkit.errors`): the runtime parses it, export builds it.
+At the bottom of the house (imports nothing but `cnnkit.errors` and `cnnkit.spec`): the runtime parses it, export builds
+it.
 """
 
 from __future__ import annotations

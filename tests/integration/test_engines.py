@@ -93,11 +93,15 @@ def test_auto_ignores_a_record_for_another_file_another_cpu_or_a_broken_one(mode
     assert Classifier(model_copy, device="cpu").runs_on()[0]["streams"] == 2
     record = plan.record_path(model_copy)
     data = json.loads(record.read_text())
+    many = {str(n): EngineChoice(streams=n).to_dict() for n in range(1, 20)}  # each choice would open sessions
 
     for change, note in [
         (lambda d: d["models"]["model.onnx"].update(sha256="0" * 64), "another file"),
         (lambda d: d.update(cpu="Some Other CPU"), "Some Other CPU"),
         (lambda d: d["models"]["model.onnx"]["winners"].update({"1": {"engine": "tensorflow"}}), "unknown engine"),
+        (lambda d: d["models"]["model.onnx"].update(winners={}), "records no engine choice"),
+        (lambda d: d["models"]["model.onnx"].update(winners=many), "more than 8 engine choices"),
+        (lambda d: d.update(cpu="x\nError: forged"), "'x\\nError: forged'"),  # quoted, one line
     ]:
         changed = json.loads(json.dumps(data))
         change(changed)

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from cnnkit.cli import main
 from cnnkit.errors import ModelFileError
-from cnnkit.export.artifacts import load_torchscript, read_info
+from cnnkit.export.artefacts import load_torchscript, read_info
 from cnnkit.export.compare import Gate
 from cnnkit.export.exporter import ExportOptions, export
 from cnnkit.export.verify import verify

@@ -21,7 +21,7 @@ from onnx import numpy_helper
 from cnnkit.cli import main
 from cnnkit.contract import MANIFEST
 from cnnkit.errors import CheckpointError, ModelFileError
-from cnnkit.export.artifacts import load_torchscript, torchscript_metadata
+from cnnkit.export.artefacts import load_torchscript, torchscript_metadata
 from cnnkit.runtime import Classifier
 from cnnkit.train import checkpoint
 from conftest import line_with as _line_with

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from cnnkit.errors import DeviceError, ModelFileError
-from cnnkit.export.artifacts import load_torchscript
+from cnnkit.export.artefacts import load_torchscript
 from cnnkit.export.runners import Runner, Step, classifier_runner, torch_runner
 from cnnkit.runtime import Classifier, CudaOptions, EngineChoice
 from cnnkit.train.checkpoint import deployable

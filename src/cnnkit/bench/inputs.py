@@ -10,7 +10,7 @@ from typing import Any
 from cnnkit.atomic import sha256_file
 from cnnkit.contract import FILENAMES
 from cnnkit.errors import CnnkitError, ModelFileError
-from cnnkit.export.artifacts import artefact_kind, find_checkpoint, read_info
+from cnnkit.export.artefacts import artefact_kind, find_checkpoint, read_info
 from cnnkit.runtime import Classifier
 from cnnkit.spec import WEIGHTS_NAME
 

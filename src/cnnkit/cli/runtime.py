@@ -1,4 +1,4 @@
-"""`cnnkit predict` and `doctor`: the runtime side (base install, no torch)."""
+"""`cnnkit predict`, `evaluate` and `doctor`: the runtime side (base install, no torch)."""
 
 from __future__ import annotations
 

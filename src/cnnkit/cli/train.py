@@ -212,10 +212,8 @@ def _report(result, warning: str | None, as_json: bool) -> None:
 
     if result.rank != 0:
         sys.exit(130 if result.interrupted else 0)
-    for note in result.warnings:
-        click.echo(f"Warning: {note}", err=True)
     if as_json:
-        emit_json({**result.to_dict(), "warnings": [w for w in [warning, *result.warnings] if w]})
+        emit_json({**result.to_dict(), "warnings": [warning] if warning else []})
     else:
         click.echo(render_train(result))
     if result.interrupted:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from cnnkit import contract
 from cnnkit.errors import CnnkitError, option_error
 from cnnkit.export import precision
-from cnnkit.export.artifacts import record_exports
+from cnnkit.export.artefacts import record_exports
 from cnnkit.export.formats import fp32_proto, to_torchscript, write_onnx
 from cnnkit.export.options import ExportOptions
 from cnnkit.export.verify import verify
@@ -190,7 +190,7 @@ def place(artefact: Path, dest: Path) -> Path:
     exports.json records it. The model version is unchanged: it is the same model."""
     import onnx
 
-    from cnnkit.export.artifacts import find_checkpoint
+    from cnnkit.export.artefacts import find_checkpoint
 
     ckpt = find_checkpoint([artefact])
     proto = onnx.load(str(artefact))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from cnnkit import atomic, contract
 from cnnkit.errors import CnnkitError
-from cnnkit.export.artifacts import read_info
+from cnnkit.export.artefacts import read_info
 from cnnkit.export.exporter import export as run_export
 from cnnkit.triton_config import LABELS, TritonOptions, model_config, to_pbtxt
 

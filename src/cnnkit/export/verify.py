@@ -21,7 +21,7 @@ import numpy as np
 
 from cnnkit.datasets import Dataset, load_recorded
 from cnnkit.errors import CnnkitError, ModelFileError, first_line
-from cnnkit.export.artifacts import artefact_kind, find_checkpoint, load_torchscript
+from cnnkit.export.artefacts import artefact_kind, find_checkpoint, load_torchscript
 from cnnkit.export.compare import (
     AccuracyGate,
     BackendParity,

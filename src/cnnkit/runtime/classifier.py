@@ -3,7 +3,6 @@ when it is asked for) only."""
 
 from __future__ import annotations
 
-import bisect
 import os
 import warnings
 from typing import Any, Literal
@@ -13,7 +12,7 @@ import onnxruntime as ort
 
 from cnnkit.errors import CnnkitError, DeviceError, option_error
 from cnnkit.runtime import cuda, plan, session
-from cnnkit.runtime.facts import read_info
+from cnnkit.runtime.engine import Engine
 from cnnkit.runtime.inputs import InputSpec
 from cnnkit.runtime.options import CudaOptions, EngineChoice
 from cnnkit.runtime.ort_engine import OrtEngine
@@ -75,23 +74,22 @@ class Classifier:
         self.requested_device = device
         self.max_batch = int(max_batch)
         self.device_id = cuda.device_id
+        self.cuda_options = cuda
         want_cuda = device == "cuda" or (
             device == "auto" and session.gpu_visible() and session.CUDA_EP in ort.get_available_providers()
         )
         #: the engine choice for each batch size, and where it came from
-        self.plan = _plan(model, engine, want_cuda)
+        self.plan = _engine_plan(model, engine, want_cuda)
         if want_cuda and any(c.engine != "onnxruntime" for c in self.plan.choices):
             raise option_error(DeviceError, "engine", "openvino", "runs on the CPU only; for CUDA use onnxruntime")
-        self._engines = {
+        self._engines: dict[EngineChoice, Engine] = {
             c: _open(data, self.source, c, want_cuda, (intra_op_threads, spin), cuda) for c in self.plan.choices
         }
         first = next(iter(self._engines.values()))
+        ort_engine = next((e for e in self._engines.values() if isinstance(e, OrtEngine)), None)
         #: the ONNX Runtime session (None when only OpenVINO runs the model)
-        self.session = next((e.session for e in self._engines.values() if e.session is not None), None)
-        self.info = read_info(first.facts(), self.source)
-        for e in self._engines.values():
-            e.select_output(self.info.output_name)
-        self._from_sizes = [size for size, _ in self.plan.routes]
+        self.session = ort_engine.session if ort_engine is not None else None
+        self.info = first.info
         self._runs = [self._engines[c].run for _, c in self.plan.routes]
         self.input_spec = InputSpec(
             name=self.info.input_name,
@@ -100,7 +98,7 @@ class Classifier:
             width=self.info.image_size,
         )
         #: why CUDA was asked for but ONNX Runtime runs on the CPU (None when it runs as asked)
-        self.fallback_reason: str | None = first.fallback_reason
+        self.fallback_reason: str | None = ort_engine.fallback_reason if ort_engine is not None else None
         reason = self.fallback_reason
         if reason and device == "cuda" and fallback != "ignore":
             if fallback == "raise":
@@ -175,8 +173,7 @@ class Classifier:
     def _run(self, x: np.ndarray) -> np.ndarray:
         if len(self._runs) == 1:
             return np.asarray(self._runs[0](x))
-        i = bisect.bisect_right(self._from_sizes, len(x)) - 1  # the plan's choice for this batch size
-        return np.asarray(self._runs[max(i, 0)](x))
+        return np.asarray(self._runs[self.plan.route(len(x))](x))
 
     def probabilities(self, images: Any) -> np.ndarray:
         """Softmax probabilities [N, classes]."""
@@ -211,23 +208,25 @@ class Classifier:
 
     def cuda_graph_runner(self, batch_size: int) -> cuda.DeviceRunner:
         """A fixed-shape runner for a session made with `cuda=CudaOptions(cuda_graph=True)`: each run replays
-        the graph."""
+        the graph ONNX Runtime captured on the first one (a `device_runner` on such a session)."""
         self._require_cuda("cuda_graph_runner")
-        return cuda.DeviceRunner(self._io(), batch_size)
+        if not self.cuda_options.cuda_graph:
+            raise DeviceError("cuda_graph_runner needs a session made with cuda=CudaOptions(cuda_graph=True)")
+        return self.device_runner(batch_size)
 
     def _io(self) -> cuda.ModelIO:
         assert self.session is not None  # _require_cuda
         return cuda.ModelIO(self.session, self.input_spec, self.info.output_name, self.info.num_classes, self.device_id)
 
 
-def _plan(model: Any, engine: str | EngineChoice, want_cuda: bool) -> plan.Plan:
+def _engine_plan(model: Any, engine: str | EngineChoice, want_cuda: bool) -> plan.EnginePlan:
     if isinstance(engine, EngineChoice):
-        return plan.Plan(routes=((1, engine),), source="asked for")
+        return plan.EnginePlan(routes=((1, engine),), source="asked for")
     if engine == "auto":
         return plan.load(model, "cuda" if want_cuda else "cpu")
     if engine not in ENGINES:
         raise CnnkitError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)} or auto")
-    return plan.Plan(routes=((1, EngineChoice(engine=engine)),), source="asked for")
+    return plan.EnginePlan(routes=((1, EngineChoice(engine=engine)),), source="asked for")
 
 
 def _open(
@@ -237,7 +236,7 @@ def _open(
     want_cuda: bool,
     cpu: tuple[int | None, bool],  # (threads, spin)
     cuda_opts: CudaOptions,
-) -> Any:
+) -> Engine:
     threads, spin = cpu
     if choice.engine == "openvino":
         from cnnkit.runtime.openvino_engine import OpenVinoEngine

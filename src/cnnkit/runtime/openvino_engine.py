@@ -12,7 +12,7 @@ import numpy as np
 
 from cnnkit import contract
 from cnnkit.errors import DeviceError, MissingExtraError, ModelFileError, first_line
-from cnnkit.runtime.facts import ModelFacts, Tensor
+from cnnkit.runtime.facts import ModelFacts, Tensor, read_info
 from cnnkit.runtime.options import EngineChoice
 from cnnkit.runtime.streams import Streams
 
@@ -54,7 +54,7 @@ def _facts(m: Any) -> ModelFacts:
 
 
 class OpenVinoEngine:
-    """The model compiled by OpenVINO for the CPU; `run(x)` gives float32 logits for a uint8 batch."""
+    """The model compiled by OpenVINO for the CPU (an `Engine`); `run(x)` gives float32 logits for a uint8 batch."""
 
     name = "openvino"
 
@@ -87,15 +87,11 @@ class OpenVinoEngine:
             raise ModelFileError(f"{source}: OpenVINO cannot compile this model ({_reason(exc)})") from None
         self.choice = choice
         self._facts = _facts(model)  # read now: the ov.Model itself is not kept once compiled
-        self.fallback_reason: str | None = None
-        self.session = None  # no ONNX Runtime session: IO binding and CUDA graphs are ONNX Runtime's
-        self._output = 0
+        self.info = read_info(self._facts, source)  # the geometry and the one output it runs, chosen here
+        self._output = next(i for i, o in enumerate(self._compiled.outputs) if self.info.output_name in o.get_names())
         requests = [self._compiled.create_infer_request() for _ in range(choice.streams)]
         runs = [self._runner(r) for r in requests]
         self.run = Streams(runs)
-
-    def select_output(self, name: str) -> None:
-        self._output = next(i for i, o in enumerate(self._compiled.outputs) if name in o.get_names())
 
     def _runner(self, request: Any) -> Any:
         import openvino as ov

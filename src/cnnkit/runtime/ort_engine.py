@@ -11,7 +11,7 @@ import onnxruntime as ort
 
 from cnnkit.errors import DeviceError
 from cnnkit.runtime import session
-from cnnkit.runtime.facts import ModelFacts, Tensor
+from cnnkit.runtime.facts import ModelFacts, Tensor, read_info
 from cnnkit.runtime.options import CudaOptions, EngineChoice
 from cnnkit.runtime.streams import Streams
 
@@ -24,7 +24,9 @@ def _tensor(arg: Any) -> Tensor:
 
 
 class OrtEngine:
-    """The model in ONNX Runtime; `run(x)` gives float32 logits for a uint8 batch."""
+    """The model in ONNX Runtime (an `Engine`); `run(x)` gives float32 logits for a uint8 batch. Its `session` (the
+    first stream's) is what IO binding and CUDA graphs run on; `fallback_reason` says why CUDA was asked for and
+    not given (None when it was, or was not asked for)."""
 
     name = "onnxruntime"
 
@@ -51,18 +53,16 @@ class OrtEngine:
         self.session = opened[0].session
         self.fallback_reason = opened[0].fallback_reason
         self._sessions = [o.session for o in opened]
-        self._feed = self.session.get_inputs()[0].name
-        self._outputs: list[str] = []
+        self.info = read_info(self.facts(), source)  # the geometry and the one output it runs, chosen here
+        self._feed = self.info.input_name
+        self._outputs = [self.info.output_name]
         self.run = (
             Streams([self._runner(s) for s in self._sessions]) if choice.streams > 1 else self._runner(self.session)
         )
 
-    def select_output(self, name: str) -> None:
-        self._outputs = [name]
-
     def _runner(self, s: ort.InferenceSession) -> Any:
         def run(x: np.ndarray) -> np.ndarray:
-            return np.asarray(s.run(self._outputs or None, {self._feed: x})[0])
+            return np.asarray(s.run(self._outputs, {self._feed: x})[0])
 
         return run
 

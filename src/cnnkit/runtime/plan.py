@@ -6,6 +6,8 @@ is not used (and the Classifier says why)."""
 
 from __future__ import annotations
 
+import bisect
+import functools
 import json
 import platform
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from cnnkit.runtime.options import EngineChoice
 
 RECORD = "runtime.json"
 FORMAT = "cnnkit-runtime/1"
+MAX_CHOICES = 8  # distinct engine choices one record may name: each opens sessions of its own
 
 
 def cpu_model() -> str:
@@ -31,7 +34,7 @@ def cpu_model() -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Plan:
+class EnginePlan:
     """Engine choices by batch size: a batch of n images runs on the choice for the largest size <= n (the
     smallest size's choice below it)."""
 
@@ -39,23 +42,35 @@ class Plan:
     source: str  # where the plan came from, for messages and `doctor`
     note: str | None = None  # why a record beside the model was not used
 
+    def route(self, n: int) -> int:
+        """The index in `routes` of the choice a batch of `n` images runs on (the one rule of routing)."""
+        return max(bisect.bisect_right(self.sizes, n) - 1, 0)
+
     def choice_for(self, n: int) -> EngineChoice:
-        fitting = [c for size, c in self.routes if size <= n]
-        return fitting[-1] if fitting else self.routes[0][1]
+        return self.routes[self.route(n)][1]
+
+    @functools.cached_property
+    def sizes(self) -> list[int]:
+        return [size for size, _ in self.routes]
 
     @property
     def choices(self) -> list[EngineChoice]:
         return list(dict.fromkeys(c for _, c in self.routes))
 
 
-DEFAULT = Plan(routes=((1, EngineChoice()),), source="default")
+DEFAULT = EnginePlan(routes=((1, EngineChoice()),), source="default")
+
+
+def _default(note: str) -> EnginePlan:
+    """The default plan, with why a record beside the model was not used."""
+    return EnginePlan(routes=DEFAULT.routes, source="default", note=note)
 
 
 def record_path(model: Path) -> Path:
     return model.parent / RECORD
 
 
-def load(model: str | Path | bytes, device: str) -> Plan:
+def load(model: str | Path | bytes, device: str) -> EnginePlan:
     """The plan for `model` on `device` ('cpu' or 'cuda'): the record's, where it applies, else the default."""
     if isinstance(model, (bytes, bytearray, memoryview)) or device == "cuda":
         return DEFAULT
@@ -66,18 +81,22 @@ def load(model: str | Path | bytes, device: str) -> Plan:
         record = json.loads(path.read_text())
         entry = record["models"][Path(model).name]
         if entry["sha256"] != sha256_file(model):
-            return Plan(routes=DEFAULT.routes, source="default", note=f"{path} was measured for another file")
+            return _default(f"{path} was measured for another file")
         if record["cpu"] != cpu_model():
-            return Plan(routes=DEFAULT.routes, source="default", note=f"{path} was measured on a {record['cpu']}")
+            return _default(f"{path} was measured on a {str(record['cpu'])[:80]!r}")  # quoted: no forged lines
         routes = sorted((int(size), EngineChoice(**c)) for size, c in entry["winners"].items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        return Plan(routes=DEFAULT.routes, source="default", note=f"{path} is unreadable ({type(exc).__name__})")
+        return _default(f"{path} is unreadable ({type(exc).__name__})")
     except Exception as exc:  # an EngineChoice the record names that this cnnkit does not accept
-        return Plan(routes=DEFAULT.routes, source="default", note=f"{path}: {exc}")
+        return _default(f"{path}: {exc}")
     if any(c.engine == "openvino" for _, c in routes) and not openvino_engine.available():
-        return Plan(routes=DEFAULT.routes, source="default", note=f"{path} names OpenVINO, which is not installed")
+        return _default(f"{path} names OpenVINO, which is not installed")
+    if not routes:
+        return _default(f"{path} records no engine choice")
+    if len({c for _, c in routes}) > MAX_CHOICES:  # each choice opens its own sessions
+        return _default(f"{path} names more than {MAX_CHOICES} engine choices")
     kept = [r for i, r in enumerate(routes) if i == 0 or r[1] != routes[i - 1][1]]  # one route per change
-    return Plan(routes=tuple(kept), source=str(path))
+    return EnginePlan(routes=tuple(kept), source=str(path))
 
 
 def save(model: Path, winners: dict[int, EngineChoice], measured: dict[str, Any]) -> Path:

@@ -145,7 +145,6 @@ class TrainResult:
     train_seconds: float = 0.0
     images_per_s: float = 0.0
     interrupted: bool = False
-    warnings: list[str] = field(default_factory=list)
     world_size: int = 1
     process_group: str | None = None  # the torch.distributed backend under torchrun (nccl, gloo)
     rank: int = 0

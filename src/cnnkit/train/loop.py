@@ -19,12 +19,12 @@ from cnnkit.spec import WEIGHTS_NAME, CheckpointMeta
 from cnnkit.train import augment, checkpoint, curves, distributed, resume
 from cnnkit.train.config import EpochMetrics, TrainResult, best_epoch, patience_ran_out
 from cnnkit.train.data import to_device
+from cnnkit.train.epoch import epoch_data, epoch_seed, evaluate
 from cnnkit.train.model import Net
+from cnnkit.train.plan import TrainPlan
 from cnnkit.train.progress import Progress
-from cnnkit.train.run import Plan
 from cnnkit.train.rundir import METRICS_NAME
 from cnnkit.train.stepper import Steps, ready_steps
-from cnnkit.train.steps import epoch_data, epoch_seed, evaluate
 
 EXPLODED = 10.0  # an epoch's loss beyond this many times a uniform guess's has diverged
 JUDGED_AFTER = (3, 100)  # epochs, steps: a run this long that is still at chance on validation did not learn
@@ -74,7 +74,7 @@ class EpochTrain:
     seconds: float
 
 
-def run(plan: Plan, progress: bool | Progress) -> TrainResult:
+def run(plan: TrainPlan, progress: bool | Progress) -> TrainResult:
     """Train from `plan`'s first (or resumed) epoch to its last; save after each."""
     s = setup(plan)
     cfg, world = plan.cfg, plan.world
@@ -86,7 +86,6 @@ def run(plan: Plan, progress: bool | Progress) -> TrainResult:
     )
     if plan.device.type == "cuda":
         reporter.line(f"steps: {s.steps_reason}")
-    epochs = [EpochMetrics(**h) for h in s.history]
     ckpt_path = str(checkpoint.resolve(plan.out_dir)) if plan.resumed is not None else None
     interrupted, train_seconds, images_seen = False, 0.0, 0
     stopped = patience_ran_out(s.history, cfg.patience) if s.history else False  # a resumed run that had stopped
@@ -99,8 +98,7 @@ def run(plan: Plan, progress: bool | Progress) -> TrainResult:
             images_seen += done.images
             if world.is_main:
                 m = evaluate_epoch(plan, s, epoch, done)
-                epochs.append(m)
-                s.history.append(asdict(m))
+                s.history.append(asdict(m))  # the one record of the epochs (resume state, metrics.jsonl, result)
                 ckpt_path = save_epoch(plan, s, m) or ckpt_path
                 reporter.line(_epoch_line(m, cfg.n_epochs, best_epoch(s.history) == epoch))
                 stopped = patience_ran_out(s.history, cfg.patience)
@@ -125,7 +123,7 @@ def run(plan: Plan, progress: bool | Progress) -> TrainResult:
         dataset=plan.dataset.identity(),
         cuda_graph=s.steps.graph,
         steps_reason=s.steps_reason,
-        epochs=epochs,
+        epochs=[EpochMetrics(**h) for h in s.history],
         elapsed_s=time.perf_counter() - plan.t_start,
         train_seconds=train_seconds,
         images_per_s=images_seen / train_seconds if train_seconds else 0.0,
@@ -152,7 +150,7 @@ def _epoch_line(m: EpochMetrics, epochs: int, best: bool) -> str:
     )
 
 
-def setup(plan: Plan) -> Session:
+def setup(plan: TrainPlan) -> Session:
     """The model (initial or resumed weights), optimizer and one-cycle schedule, the data on the device."""
     cfg, device, world = plan.cfg, plan.device, plan.world
     cuda = device.type == "cuda"
@@ -212,14 +210,14 @@ def setup(plan: Plan) -> Session:
     )
 
 
-def _steps(plan: Plan, net: torch.nn.Module, opt: Any, sched: Any) -> tuple[Steps, str]:
+def _steps(plan: TrainPlan, net: torch.nn.Module, opt: Any, sched: Any) -> tuple[Steps, str]:
     c, h = plan.config.in_channels, plan.config.image_size
     kwargs = dict(net=net, opt=opt, sched=sched, precision=plan.precision, device=plan.device,
                   label_smoothing=plan.cfg.label_smoothing)  # fmt: skip
     return ready_steps(plan.cuda_graph, plan.cfg.cuda_graph, plan.steps_reason, (plan.cfg.batch_size, c, h, h), kwargs)
 
 
-def train_epoch(plan: Plan, s: Session, epoch: int, reporter: Progress) -> EpochTrain:
+def train_epoch(plan: TrainPlan, s: Session, epoch: int, reporter: Progress) -> EpochTrain:
     """One epoch's optimisation steps on this rank's share; the loss and accuracy summed over every rank."""
     cfg, world, device = plan.cfg, plan.world, plan.device
     s.net.train()
@@ -257,7 +255,7 @@ def train_epoch(plan: Plan, s: Session, epoch: int, reporter: Progress) -> Epoch
     return EpochTrain(loss=train_loss, accuracy=correct.item() / seen.item(), images=int(seen.item()), seconds=seconds)
 
 
-def evaluate_epoch(plan: Plan, s: Session, epoch: int, done: EpochTrain) -> EpochMetrics:
+def evaluate_epoch(plan: TrainPlan, s: Session, epoch: int, done: EpochTrain) -> EpochMetrics:
     """Validation and test loss and accuracy after an epoch (rank 0)."""
     size, precision, norm = plan.cfg.eval_batch_size, plan.precision, (plan.mean, plan.std)
     x_val, y_val = s.data["val"]
@@ -286,7 +284,7 @@ def _running(steps: Steps, n: int, t0: float, world_size: int) -> dict[str, str]
     }
 
 
-def save_epoch(plan: Plan, s: Session, m: EpochMetrics) -> str | None:
+def save_epoch(plan: TrainPlan, s: Session, m: EpochMetrics) -> str | None:
     """Resume state and metrics of a completed epoch (rank 0), and the checkpoint when the epoch is the best on
     validation (or there is no validation); returns the weights' path when it wrote them."""
     dataset, out_dir = plan.dataset, plan.out_dir
@@ -315,7 +313,7 @@ def save_epoch(plan: Plan, s: Session, m: EpochMetrics) -> str | None:
     return str(weights) if weights else None
 
 
-def _meta(plan: Plan, m: EpochMetrics) -> CheckpointMeta:
+def _meta(plan: TrainPlan, m: EpochMetrics) -> CheckpointMeta:
     cfg, dataset = plan.cfg, plan.dataset
     return CheckpointMeta(
         config=plan.config,

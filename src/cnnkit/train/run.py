@@ -1,63 +1,17 @@
-"""`train()`: one process or a torchrun rank. Decides everything before the first step (one `Plan`), then hands
-it to the loop; checkpoint and resume state are written after every epoch."""
+"""`train()`: one process or a torchrun rank. Checks the inputs, prepares the run folder, builds the one plan
+(`train.plan`) and hands it to the loop; checkpoint and resume state are written after every epoch."""
 
 from __future__ import annotations
 
-import functools
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cnnkit.datasets import Dataset
-from cnnkit.errors import CheckpointError, DataError, option_error
-from cnnkit.spec import WEIGHTS_NAME, ModelConfig
-from cnnkit.train import checkpoint, distributed, resume
+from cnnkit.train import distributed, loop, plan
 from cnnkit.train.config import TrainConfig, TrainResult
-from cnnkit.train.data import Split, normalisation, split_validation
-from cnnkit.train.device import choose_precision, resolve_torch_device
 from cnnkit.train.progress import Progress
 from cnnkit.train.rundir import check_out_dir, prepare_out_dir
-from cnnkit.train.stepper import choose_graph, measure_step_rate
-
-if TYPE_CHECKING:
-    import torch
-
-    from cnnkit.train.checkpoint import Checkpoint
-
-
-@dataclass(frozen=True, kw_only=True)
-class Resumed:
-    """A run's last completed epoch, to continue from."""
-
-    state: resume.TrainState
-    optimizer: dict[int, dict[str, Any]]  # the optimizer's tensors
-    weights: dict[str, Any]  # the last epoch's model weights
-    checkpoint: Checkpoint  # the best epoch's
-
-
-@dataclass(frozen=True, kw_only=True)
-class Plan:
-    """Everything decided before the first step: what the loop and each epoch's save work from."""
-
-    dataset: Dataset
-    cfg: TrainConfig
-    out_dir: Path
-    world: distributed.World
-    device: torch.device
-    precision: str
-    precision_reason: str
-    cuda_graph: bool  # capture the steps in a CUDA graph (train.stepper)
-    steps_reason: str
-    split: Split
-    mean: float
-    std: float
-    config: ModelConfig
-    recipe: dict[str, Any]
-    resumed: Resumed | None
-    t_start: float
-    tuning: dict[str, Any]  # how `--recipe auto` chose the recipe (empty: not tuned)
-    plot: bool = True  # write curves.png (a tuning trial does not)
 
 
 def train(
@@ -77,105 +31,25 @@ def train(
     CheckpointError); otherwise `out_dir` must be empty unless `force`. `tuning` (how the recipe was chosen, see
     `train.tune`) is recorded in the checkpoint; a resumed run keeps its own. `plot=False`: no curves.png.
     """
-    from cnnkit.train import loop
-
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     cfg = cfg.sized(len(dataset.train_labels))  # epochs None: the default budget for this much data
     world = distributed.from_env()
-    if world.is_main and not resume_run:
+    fresh = world.is_main and not resume_run
+    if fresh:
         check_out_dir(out_dir, force)  # refuse early; the folder itself is made once the inputs are checked
-    plan = _plan(dataset, cfg, out_dir, world, resume_run, t_start)
-    plan = replace(plan, plot=plot)
-    if plan.resumed is None:
-        plan = replace(plan, tuning=dict(tuning or {}))
-    created = world.is_main and not resume_run and not out_dir.exists()
-    if world.is_main and not resume_run:
+    device = plan.torch_device(cfg, world)
+    plan.check_inputs(dataset, cfg, world)
+    created = fresh and not out_dir.exists()
+    if fresh:
         prepare_out_dir(out_dir, force)
-    world = distributed.init(world, plan.device.type)
-    precision, reason = distributed.from_rank0(world, (plan.precision, plan.precision_reason))
-    plan = replace(plan, world=world, precision=precision, precision_reason=reason, recipe=cfg.recipe(precision))
+    world = distributed.init(world, device.type)
     try:
-        return loop.run(plan, progress)
+        the_plan = plan.build(
+            dataset, cfg, out_dir, world, resume_run=resume_run, t_start=t_start, tuning=tuning, plot=plot
+        )
+        return loop.run(the_plan, progress)
     finally:
         distributed.shutdown(world)
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a run that saved nothing leaves no empty folder
-
-
-def _check_inputs(dataset: Dataset, cfg: TrainConfig, world: distributed.World) -> ModelConfig:
-    """The model configuration the data calls for, or DataError."""
-    if cfg.batch_size < world.size:
-        raise option_error(
-            DataError, "batch_size", cfg.batch_size, f"smaller than the {world.size} processes it is split over"
-        )
-    h, w = dataset.train_images.shape[1:]
-    if h != w or h % 4:
-        raise DataError(
-            f"{dataset.source}: images are {h}x{w}; the model needs square images with a side divisible by 4"
-        )
-    return ModelConfig(num_classes=len(dataset.classes), image_size=h, dropout=cfg.dropout)
-
-
-def _plan(
-    dataset: Dataset, cfg: TrainConfig, out_dir: Path, world: distributed.World, resume_run: bool, t_start: float
-) -> Plan:
-    """Device, precision, data split, normalisation and (for a resume) the saved state, checked."""
-    import torch
-
-    device = resolve_torch_device(cfg.device)
-    if device.type == "cuda" and world.distributed:
-        device = torch.device("cuda", world.local_rank)
-    config = _check_inputs(dataset, cfg, world)
-    per_rank = max(1, cfg.batch_size // world.size)
-    split = split_validation(dataset, cfg.val_fraction)
-    graph, steps_reason = choose_graph(cfg.cuda_graph, device, world.distributed, per_rank, len(split.train_labels))
-    measure = functools.partial(measure_step_rate, config, device, per_rank, graph=graph)
-    precision, precision_reason = choose_precision(cfg.precision, device, measure, "cuda-graph" if graph else "eager")
-    mean, std = normalisation(split.train_images)
-    recipe = cfg.recipe(precision)
-    resumed = _resumed(out_dir, recipe, dataset, config) if resume_run else None
-    if resumed is not None:
-        _check_progress(resumed.state, cfg, len(split.train_labels), out_dir)
-    return Plan(
-        dataset=dataset,
-        cfg=cfg,
-        out_dir=out_dir,
-        world=world,
-        device=device,
-        precision=precision,
-        precision_reason=precision_reason,
-        cuda_graph=graph,
-        steps_reason=steps_reason,
-        split=split,
-        mean=mean,
-        std=std,
-        config=config,
-        recipe=recipe,
-        resumed=resumed,
-        t_start=t_start,
-        tuning=resumed.checkpoint.meta.tuning if resumed is not None else {},
-    )
-
-
-def _check_progress(saved: resume.TrainState, cfg: TrainConfig, n_train: int, out_dir: Path) -> None:
-    """The saved epoch and step are where this recipe on this data puts a run after that epoch, or it was edited."""
-    per_epoch = distributed.steps_per_epoch(n_train, cfg.batch_size, saved.world_size)
-    expected = min(saved.epoch * per_epoch, cfg.max_steps or saved.epoch * per_epoch)
-    if saved.epoch > cfg.n_epochs or saved.step != expected:
-        raise CheckpointError(
-            f"cannot resume {out_dir}: {resume.STATE_JSON} says epoch {saved.epoch}, step {saved.step}; this recipe "
-            f"reaches step {expected} after epoch {saved.epoch} of {cfg.n_epochs}"
-        )
-
-
-def _resumed(out_dir: Path, recipe: dict[str, Any], dataset: Dataset, config: ModelConfig) -> Resumed:
-    """The saved state of the run in `out_dir`, when it is the same run as the one asked for."""
-    saved, opt_state, weights = resume.load(out_dir)
-    ck = checkpoint.load(out_dir)
-    problem = resume.mismatch(saved, recipe, dataset.fingerprint, config.to_dict())
-    if problem:
-        raise CheckpointError(f"cannot resume {out_dir}: {problem}")
-    if ck.sha256 != saved.weights_sha256:
-        raise CheckpointError(f"cannot resume {out_dir}: {WEIGHTS_NAME} is not from epoch {saved.best_epoch}")
-    return Resumed(state=saved, optimizer=opt_state, weights=weights, checkpoint=ck)

@@ -16,7 +16,7 @@ from typing import Any
 
 from cnnkit.errors import DeviceError, option_error
 from cnnkit.spec import CUDA_GRAPH
-from cnnkit.train.steps import autocast
+from cnnkit.train.epoch import autocast
 
 WARMUP = 3  # eager forward/backward passes on a side stream before the capture (cuDNN autotuning, allocations)
 

@@ -90,7 +90,7 @@ def cost_line(dataset: Dataset, cfg: TrainConfig, n_candidates: int) -> str:
     h = dataset.train_images.shape[1]
     config = ModelConfig(num_classes=len(dataset.classes), image_size=h, dropout=cfg.dropout)
     precision = "bf16" if cfg.precision == "bf16" else "fp32"
-    epochs, n_fit = _plan(dataset, cfg)
+    epochs, n_fit = _trial_budget(dataset, cfg)
     device = resolve_torch_device(cfg.device)
     graph, _ = choose_graph(cfg.cuda_graph, device, False, cfg.batch_size, n_fit)
     rate = measure_step_rate(config, device, cfg.batch_size, precision, graph)
@@ -103,7 +103,7 @@ def cost_line(dataset: Dataset, cfg: TrainConfig, n_candidates: int) -> str:
     )
 
 
-def _plan(dataset: Dataset, cfg: TrainConfig) -> tuple[int, int]:
+def _trial_budget(dataset: Dataset, cfg: TrainConfig) -> tuple[int, int]:
     """The full run's epochs and its training images (the validation split out)."""
     n = len(dataset.train_labels)
     return cfg.sized(n).n_epochs, n - round(n * cfg.val_fraction)
@@ -124,7 +124,7 @@ def choose(
     from cnnkit.train.run import train
 
     t0 = time.perf_counter()
-    epochs = trial_epochs(*_plan(dataset, cfg))
+    epochs = trial_epochs(*_trial_budget(dataset, cfg))
     no_test = dataset.test_labels[:0]
     dataset = replace(dataset, test_images=dataset.test_images[:0], test_labels=no_test)  # out of reach
     trials = []

@@ -1,0 +1,152 @@
+"""The training plan: everything decided before the first step, built once (`build`) and read by the loop and each
+epoch's save; for a resume, the saved state checked against the run asked for."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnkit.datasets import Dataset
+from cnnkit.errors import CheckpointError, DataError, option_error
+from cnnkit.spec import WEIGHTS_NAME, ModelConfig
+from cnnkit.train import checkpoint, distributed, resume
+from cnnkit.train.config import TrainConfig
+from cnnkit.train.data import Split, normalisation, split_validation
+from cnnkit.train.device import choose_precision, resolve_torch_device
+from cnnkit.train.stepper import choose_graph, measure_step_rate
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnkit.train.checkpoint import Checkpoint
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resumed:
+    """A run's last completed epoch, to continue from."""
+
+    state: resume.TrainState
+    optimizer: dict[int, dict[str, Any]]  # the optimizer's tensors
+    weights: dict[str, Any]  # the last epoch's model weights
+    checkpoint: Checkpoint  # the best epoch's
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainPlan:
+    """Everything decided before the first step: what the loop and each epoch's save work from."""
+
+    dataset: Dataset
+    cfg: TrainConfig
+    out_dir: Path
+    world: distributed.World
+    device: torch.device
+    precision: str
+    precision_reason: str
+    cuda_graph: bool  # capture the steps in a CUDA graph (train.stepper)
+    steps_reason: str
+    split: Split
+    mean: float
+    std: float
+    config: ModelConfig
+    recipe: dict[str, Any]
+    resumed: Resumed | None
+    t_start: float
+    tuning: dict[str, Any]  # how `--recipe auto` chose the recipe (empty: not tuned)
+    plot: bool = True  # write curves.png (a tuning trial does not)
+
+
+def check_inputs(dataset: Dataset, cfg: TrainConfig, world: distributed.World) -> ModelConfig:
+    """The model configuration the data calls for, or DataError."""
+    if cfg.batch_size < world.size:
+        raise option_error(
+            DataError, "batch_size", cfg.batch_size, f"smaller than the {world.size} processes it is split over"
+        )
+    h, w = dataset.train_images.shape[1:]
+    if h != w or h % 4:
+        raise DataError(
+            f"{dataset.source}: images are {h}x{w}; the model needs square images with a side divisible by 4"
+        )
+    return ModelConfig(num_classes=len(dataset.classes), image_size=h, dropout=cfg.dropout)
+
+
+def torch_device(cfg: TrainConfig, world: distributed.World) -> torch.device:
+    """Where this process trains: the device asked for (CUDA: this rank's GPU under torchrun), or DeviceError."""
+    import torch
+
+    device = resolve_torch_device(cfg.device)
+    if device.type == "cuda" and world.distributed:
+        device = torch.device("cuda", world.local_rank)
+    return device
+
+
+def build(
+    dataset: Dataset,
+    cfg: TrainConfig,
+    out_dir: Path,
+    world: distributed.World,
+    *,
+    resume_run: bool,
+    t_start: float,
+    tuning: dict[str, Any] | None = None,
+    plot: bool = True,
+) -> TrainPlan:
+    """The plan, built once: device, data split, normalisation, CUDA graph, precision (rank 0's, for every rank:
+    `world` is the initialised one), the recipe at that precision, and for a resume the saved state, checked."""
+    device = torch_device(cfg, world)
+    config = check_inputs(dataset, cfg, world)
+    per_rank = max(1, cfg.batch_size // world.size)
+    split = split_validation(dataset, cfg.val_fraction)
+    graph, steps_reason = choose_graph(cfg.cuda_graph, device, world.distributed, per_rank, len(split.train_labels))
+    measure = functools.partial(measure_step_rate, config, device, per_rank, graph=graph)
+    chosen = choose_precision(cfg.precision, device, measure, "cuda-graph" if graph else "eager")
+    precision, precision_reason = distributed.from_rank0(world, chosen)
+    mean, std = normalisation(split.train_images)
+    recipe = cfg.recipe(precision)
+    resumed = _resumed(out_dir, recipe, dataset, config) if resume_run else None
+    if resumed is not None:
+        _check_progress(resumed.state, cfg, len(split.train_labels), out_dir)
+    return TrainPlan(
+        dataset=dataset,
+        cfg=cfg,
+        out_dir=out_dir,
+        world=world,
+        device=device,
+        precision=precision,
+        precision_reason=precision_reason,
+        cuda_graph=graph,
+        steps_reason=steps_reason,
+        split=split,
+        mean=mean,
+        std=std,
+        config=config,
+        recipe=recipe,
+        resumed=resumed,
+        t_start=t_start,
+        tuning=resumed.checkpoint.meta.tuning if resumed is not None else dict(tuning or {}),
+        plot=plot,
+    )
+
+
+def _check_progress(saved: resume.TrainState, cfg: TrainConfig, n_train: int, out_dir: Path) -> None:
+    """The saved epoch and step are where this recipe on this data puts a run after that epoch, or it was edited."""
+    per_epoch = distributed.steps_per_epoch(n_train, cfg.batch_size, saved.world_size)
+    expected = min(saved.epoch * per_epoch, cfg.max_steps or saved.epoch * per_epoch)
+    if saved.epoch > cfg.n_epochs or saved.step != expected:
+        raise CheckpointError(
+            f"cannot resume {out_dir}: {resume.STATE_JSON} says epoch {saved.epoch}, step {saved.step}; this recipe "
+            f"reaches step {expected} after epoch {saved.epoch} of {cfg.n_epochs}"
+        )
+
+
+def _resumed(out_dir: Path, recipe: dict[str, Any], dataset: Dataset, config: ModelConfig) -> Resumed:
+    """The saved state of the run in `out_dir`, when it is the same run as the one asked for."""
+    saved, opt_state, weights = resume.load(out_dir)
+    ck = checkpoint.load(out_dir)
+    problem = resume.mismatch(saved, recipe, dataset.fingerprint, config.to_dict())
+    if problem:
+        raise CheckpointError(f"cannot resume {out_dir}: {problem}")
+    if ck.sha256 != saved.weights_sha256:
+        raise CheckpointError(f"cannot resume {out_dir}: {WEIGHTS_NAME} is not from epoch {saved.best_epoch}")
+    return Resumed(state=saved, optimizer=opt_state, weights=weights, checkpoint=ck)

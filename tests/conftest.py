@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import io
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import numpy as np
 import pytest
 
-from cnnkit.idx import write_idx
-from cnnkit.train.progress import Progress
+from helpers import start_server
 
 
 def pytest_collection_modifyitems(config, items):
@@ -34,20 +25,6 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _hermetic_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CNNKIT_DATA_DIR", str(tmp_path_factory.mktemp("cache")))
-
-
-def write_idx_dataset(directory: Path, n_train=64, n_test=32, compress=False, seed=0, size=28) -> Path:
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    parts = {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, size, size)),
-        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train),
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, size, size)),
-        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test),
-    }
-    for name, arr in parts.items():
-        write_idx(directory / name, arr, compress)
-    return directory
 
 
 @pytest.fixture(scope="session")
@@ -74,66 +51,6 @@ def exported(trained, tmp_path_factory):
     return export(trained.checkpoint, out, ExportOptions(formats=("onnx", "torchscript"), verify=False))
 
 
-def line_with(stream, marker: bytes) -> bytes:
-    """The first line of a subprocess's `stream` holding `marker` (synchronising on what it says, not on time);
-    fails when the stream ends first."""
-    for line in iter(stream.readline, b""):
-        if marker in line:
-            return line
-    raise AssertionError(f"the process ended without printing {marker!r}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: str, *args: str) -> tuple[subprocess.Popen, str]:
-    """`cnnkit serve MODEL` in a subprocess on a free port; returns it once /readyz answers 200."""
-    import httpx
-
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cnnkit", "serve", model, "--port", str(port), "--device", "cpu", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stdout.read().decode())
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
-
-
-def v2_binary_header(n: int = 1) -> bytes:
-    """The JSON header of a V2 request carrying `n` 28x28 uint8 images as binary data (tritonclient's framing)."""
-    import json
-
-    tensor = {
-        "name": "images",
-        "datatype": "UINT8",
-        "shape": [n, 1, 28, 28],
-        "parameters": {"binary_data_size": 784 * n},
-    }
-    return json.dumps({"inputs": [tensor]}).encode()
-
-
-def png(img: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="session")
 def server(exported):
     """`cnnkit serve` on the session's ONNX export, in its own process, with small limits to test against."""
@@ -151,17 +68,3 @@ def server(exported):
     yield url
     proc.terminate()
     proc.wait(timeout=30)
-
-
-class StopAfter(Progress):
-    """A progress reporter that presses Ctrl-C once `epochs` epochs are saved (their line is printed after)."""
-
-    def __init__(self, epochs: int):
-        super().__init__(enabled=False)
-        self.left = epochs
-
-    def line(self, text: str) -> None:
-        if text.startswith("epoch "):
-            self.left -= 1
-            if self.left == 0:
-                raise KeyboardInterrupt

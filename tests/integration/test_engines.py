@@ -13,7 +13,7 @@ import pytest
 from cnnkit.datasets import load_sample
 from cnnkit.errors import CnnkitError, DeviceError, MissingExtraError
 from cnnkit.runtime import Classifier, EngineChoice, openvino_engine, plan
-from conftest import png
+from helpers import png
 
 needs_openvino = pytest.mark.skipif(not openvino_engine.available(), reason="the openvino extra is not installed")
 
@@ -186,7 +186,7 @@ def test_binary_and_json_v2_requests_are_served_on_every_engine(onnx_file, image
     from starlette.testclient import TestClient
 
     from cnnkit.serve import create_app
-    from conftest import v2_binary_header
+    from helpers import v2_binary_header
 
     clf = Classifier(onnx_file, device="cpu", engine=engine)
     with TestClient(create_app(clf)) as client:

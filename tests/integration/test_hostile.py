@@ -24,7 +24,7 @@ from cnnkit.errors import CheckpointError, ModelFileError
 from cnnkit.export.artefacts import load_torchscript, torchscript_metadata
 from cnnkit.runtime import Classifier
 from cnnkit.train import checkpoint
-from conftest import line_with as _line_with
+from helpers import line_with as _line_with
 
 
 def rewrite(src, dst, meta=None, nan_bias=False):
@@ -69,7 +69,7 @@ def test_metadata_that_lies_about_the_graph_is_refused_at_load(onnx_file, tmp_pa
 def test_nan_logits_are_an_error_with_strict_json_and_serve_refuses(onnx_file, tmp_path):
     bad = rewrite(onnx_file, tmp_path / "nan.onnx", nan_bias=True)
     png = tmp_path / "digit.png"
-    from conftest import png as to_png
+    from helpers import png as to_png
 
     png.write_bytes(to_png(np.zeros((28, 28), np.uint8)))
     r = CliRunner().invoke(main, ["predict", str(bad), str(png), "--json"])

@@ -8,8 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from cnnkit.cli import main
-from cnnkit.errors import first_line
-from conftest import write_idx_dataset
+from helpers import write_idx_dataset
 
 # Run cnnkit's CLI in a fresh process where the named packages cannot be imported (as in an install without them).
 WITHOUT = (
@@ -23,19 +22,6 @@ WITHOUT = (
 
 def run_without(packages: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", WITHOUT, packages, *args], capture_output=True, text=True)
-
-
-@pytest.mark.parametrize(
-    "exc,line",
-    [
-        (RuntimeError(""), "RuntimeError"),
-        (RuntimeError("   \n\n  "), "RuntimeError"),
-        (ValueError("\n  first  \nsecond"), "first"),
-        (OSError(2, "No such file"), "[Errno 2] No such file"),
-    ],
-)
-def test_first_line_of_any_exception(exc, line):
-    assert first_line(exc) == line
 
 
 @pytest.mark.parametrize("command", [["train", "--dataset", "sample"], ["export", "x"], ["verify", "x.onnx"]])

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from cnnkit.cli import main
-from conftest import write_idx_dataset
+from helpers import write_idx_dataset
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cnnkit.datasets import load_sample
 from cnnkit.runtime import Classifier
 from cnnkit.serve.batching import Batcher, BatchFailed
-from conftest import png, start_server
+from helpers import png, start_server
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 from cnnkit.runtime import Classifier
 from cnnkit.serve import ServeConfig, create_app, v2
 from cnnkit.serve import reading as reading_module
-from conftest import png, start_server, v2_binary_header
+from helpers import png, start_server, v2_binary_header
 
 NAME = "cnnkit-mnist-sample"
 

@@ -10,7 +10,7 @@ from tritonclient.utils import InferenceServerException
 
 from cnnkit.datasets import load_sample
 from cnnkit.runtime import Classifier
-from conftest import v2_binary_header
+from helpers import v2_binary_header
 
 NAME = "cnnkit-mnist-sample"  # the serving name of a model trained on the bundled sample
 

@@ -10,7 +10,7 @@ from cnnkit.errors import CheckpointError
 from cnnkit.train import checkpoint
 from cnnkit.train.config import TrainConfig
 from cnnkit.train.run import train
-from conftest import write_idx_dataset
+from helpers import write_idx_dataset
 
 
 def test_short_run_learns(trained):

@@ -15,7 +15,7 @@ from cnnkit.train.config import TrainConfig
 from cnnkit.train.model import Net
 from cnnkit.train.run import train
 from cnnkit.train.stepper import GraphSteps, Steps
-from conftest import StopAfter, write_idx_dataset
+from helpers import StopAfter, write_idx_dataset
 
 pytestmark = pytest.mark.cuda
 

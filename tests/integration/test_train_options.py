@@ -15,7 +15,7 @@ from cnnkit.errors import DataError
 from cnnkit.train import checkpoint
 from cnnkit.train.device import choose_precision
 from cnnkit.train.distributed import World, shard_positions, steps_per_epoch
-from conftest import write_idx_dataset
+from helpers import write_idx_dataset
 
 
 def test_class_names_from_option_and_classes_txt(tmp_path):

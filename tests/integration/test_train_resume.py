@@ -16,7 +16,7 @@ from cnnkit.datasets import load_idx_dir
 from cnnkit.errors import TrainingError
 from cnnkit.train.config import TrainConfig
 from cnnkit.train.run import train
-from conftest import StopAfter, write_idx_dataset
+from helpers import StopAfter, write_idx_dataset
 
 ARGS = ["--recipe", "default", "--epochs", "3", "--batch-size", "64", "--device", "cpu", "--precision", "fp32"]
 

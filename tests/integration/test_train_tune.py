@@ -12,7 +12,7 @@ from cnnkit.datasets import load_idx_dir, load_sample
 from cnnkit.idx import write_idx
 from cnnkit.train import run, tune
 from cnnkit.train.config import TrainConfig
-from conftest import StopAfter
+from helpers import StopAfter
 
 CFG = TrainConfig(epochs=4, batch_size=64, device="cpu", precision="fp32")  # trials of 1 epoch
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import free_port
+from helpers import free_port
 
 HAVE_PYTRITON = importlib.util.find_spec("pytriton") is not None
 NUMPY_1 = int(np.__version__.split(".")[0]) < 2
@@ -62,7 +62,7 @@ def test_missing_pytriton_is_one_line(onnx_model):
 def test_triton_engine_serves_the_same_logits_as_cnnkit_serve(onnx_model):
     import tritonclient.http as th
 
-    from conftest import start_server
+    from helpers import start_server
 
     http, grpc, metrics = free_port(), free_port(), free_port()
     cmd = [sys.executable, "-m", "cnnkit", "serve", onnx_model, "--engine", "triton", "--device", "cpu"]

@@ -4,7 +4,7 @@ import pytest
 from cnnkit import datasets as data
 from cnnkit.errors import DataError
 from cnnkit.idx import read_idx, write_idx
-from conftest import write_idx_dataset
+from helpers import write_idx_dataset
 
 
 @pytest.mark.parametrize("compress", [False, True])

@@ -1,0 +1,118 @@
+"""Helpers the tests share (data they write, a served model, V2 framing, PNG bytes, a Ctrl-C on cue): plain
+functions, imported as `from helpers import ...` (pytest's `pythonpath` has tests/); fixtures stay in conftest."""
+
+from __future__ import annotations
+
+import io
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cnnkit.idx import write_idx
+from cnnkit.train.progress import Progress
+
+
+def write_idx_dataset(directory: Path, n_train=64, n_test=32, compress=False, seed=0, size=28) -> Path:
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    parts = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, size, size)),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, size, size)),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test),
+    }
+    for name, arr in parts.items():
+        write_idx(directory / name, arr, compress)
+    return directory
+
+
+def line_with(stream, marker: bytes) -> bytes:
+    """The first line of a subprocess's `stream` holding `marker` (synchronising on what it says, not on time);
+    fails when the stream ends first."""
+    for line in iter(stream.readline, b""):
+        if marker in line:
+            return line
+    raise AssertionError(f"the process ended without printing {marker!r}")
+
+
+def free_port() -> int:
+    """A port free right now, for servers that cannot pick their own (Triton's three): bind, read, release. Another
+    process may take it before the server binds it; `start_server` avoids that race by asking for port 0."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+LISTENING = re.compile(rb"Uvicorn running on http://([0-9.]+):([0-9]+)")
+
+
+def start_server(model: str, *args: str) -> tuple[subprocess.Popen, str]:
+    """`cnnkit serve MODEL` in a subprocess on a port the kernel picks (`--port 0`, read back from the server's
+    start-up line, so no other process can take it first); returns it once /readyz answers 200."""
+    import httpx
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnkit", "serve", model, "--port", "0", "--device", "cpu", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    seen = []
+    for line in iter(proc.stdout.readline, b""):
+        seen.append(line)
+        found = LISTENING.search(line)
+        if found:
+            url = f"http://{found[1].decode()}:{found[2].decode()}"
+            break
+    else:
+        proc.wait(timeout=30)
+        raise RuntimeError(b"".join(seen).decode(errors="replace"))
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
+def v2_binary_header(n: int = 1) -> bytes:
+    """The JSON header of a V2 request carrying `n` 28x28 uint8 images as binary data (tritonclient's framing)."""
+    import json
+
+    tensor = {
+        "name": "images",
+        "datatype": "UINT8",
+        "shape": [n, 1, 28, 28],
+        "parameters": {"binary_data_size": 784 * n},
+    }
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+def png(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class StopAfter(Progress):
+    """A progress reporter that presses Ctrl-C once `epochs` epochs are saved (their line is printed after)."""
+
+    def __init__(self, epochs: int):
+        super().__init__(enabled=False)
+        self.left = epochs
+
+    def line(self, text: str) -> None:
+        if text.startswith("epoch "):
+            self.left -= 1
+            if self.left == 0:
+                raise KeyboardInterrupt

@@ -61,6 +61,7 @@ CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
     "image_size": (4, 1024),
     "dropout": (0.0, 0.99),
 }
+MAX_PARAMETERS = 256 * 2**20  # 1 GiB of fp32 weights: each field within bounds can still multiply past any memory
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,7 +100,22 @@ class ModelConfig:
             raise CheckpointError(
                 f"model config kernel_size {cfg.kernel_size} must be odd and image_size {cfg.image_size} divisible by 4"
             )
+        if cfg.parameters > MAX_PARAMETERS:
+            raise CheckpointError(
+                f"model config describes {cfg.parameters:,} parameters (at most {MAX_PARAMETERS:,}): the fields are "
+                "each within bounds, but not together"
+            )
         return cfg
+
+    @property
+    def parameters(self) -> int:
+        """How many weights the network has (computed in Python integers: no allocation)."""
+        k2 = self.kernel_size * self.kernel_size
+        conv1 = self.conv1_channels * (self.in_channels * k2 + 1)
+        conv2 = self.conv2_channels * (self.conv1_channels * k2 + 1)
+        fc1 = self.hidden * (self.flat_features + 1)
+        fc2 = self.num_classes * (self.hidden + 1)
+        return conv1 + conv2 + fc1 + fc2
 
     @property
     def flat_features(self) -> int:

@@ -54,6 +54,9 @@ EDITS = {
     "recipe shift": (lambda d: d["recipe"].update(shift=1000), "recipe shift must be an integer in 0..8"),
     "another step": (lambda d: (d.update(step=7), d["scheduler"].update(last_epoch=7)), "reaches step 8 after epoch 2"),
     "scheduler": (lambda d: d["scheduler"].update(last_epoch=3), "scheduler last_epoch 3 is not the step 8"),
+    "scheduler text": (lambda d: d["scheduler"].update(base_lrs="x"), "scheduler.base_lrs is str, expected list"),
+    "scheduler item": (lambda d: d["scheduler"].update(base_lrs=["x"]), "base_lrs[0] is str, expected number"),
+    "scheduler keys": (lambda d: d["scheduler"].update(surprise=1), "scheduler has unknown keys ['surprise']"),
 }
 
 

@@ -1,3 +1,5 @@
+import numpy as np
+import pytest
 import torch
 
 from cnnkit.spec import ModelConfig
@@ -22,3 +24,41 @@ def test_deployable_takes_uint8():
     x = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
     ref = net((x.float() / 255 - 0.1307) / 0.3081)
     torch.testing.assert_close(dep(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def _data(n: int, side: int, classes: int, constant: bool = False):
+    from cnnkit.datasets import Dataset
+
+    rng = np.random.default_rng(0)
+    images = np.full((n, side, side), 7, np.uint8) if constant else rng.integers(0, 256, (n, side, side), np.uint8)
+    labels = np.arange(n) % classes
+    names = tuple(f"c{i}" for i in range(classes))
+    return Dataset(name="made", classes=names, train_images=images, train_labels=labels, test_images=images[:2],
+                   test_labels=labels[:2], source="made here")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        (lambda: _data(20, 1024, 2), "no model can be built for this data: model config describes"),
+        (lambda: _data(4, 28, 10_001), "num_classes=10001 is not within"),
+        (lambda: _data(8, 28, 2, constant=True), "every training pixel has the same value"),
+    ],
+)
+def test_data_no_model_can_learn_from_is_refused_before_any_allocation(data, match, tmp_path):
+    from cnnkit.errors import DataError
+    from cnnkit.train import distributed
+    from cnnkit.train.config import TrainConfig
+    from cnnkit.train.plan import check_inputs
+
+    with pytest.raises(DataError, match=match):
+        check_inputs(data(), TrainConfig(device="cpu"), distributed.from_env())
+
+
+def test_a_header_whose_fields_multiply_past_any_memory_is_refused():
+    from cnnkit.errors import CheckpointError
+    from cnnkit.spec import ModelConfig
+
+    assert ModelConfig().parameters == 3_199_106  # the seed's network, as the README says
+    with pytest.raises(CheckpointError, match="each within bounds, but not together"):
+        ModelConfig.from_dict({"conv2_channels": 1024, "hidden": 16384, "image_size": 1024})

@@ -50,3 +50,15 @@ def test_metrics_count_batches_and_images():
     assert "cnnkit_images_total 8.0" in text
     assert "cnnkit_batch_size_count 2.0" in text
     assert 'cnnkit_requests_total{endpoint="predict",status="200"} 1.0' in text
+
+
+def test_top_k_not_given_is_the_default_or_every_class_whichever_is_fewer():
+    import pytest
+
+    from cnnkit.errors import RequestError
+    from cnnkit.serve.reading import top_k
+
+    assert top_k(None, 10, 3) == 3 and top_k(None, 2, 3) == 2 and top_k(None, 1, 3) == 1
+    assert top_k("2", 2, 3) == 2
+    with pytest.raises(RequestError, match=r"top_k must be an integer 1\.\.2, got 3"):
+        top_k(3, 2, 3)

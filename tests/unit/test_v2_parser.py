@@ -57,6 +57,8 @@ def test_binary_tensor_data_after_the_json_header():
         (request([0, 1, 2, 3], outputs=[{"name": "probs"}]), "unknown output"),
         (request([0, 1, 2, 3], outputs=[{"name": "logits", "parameters": {"classification": 4}}]), "classification"),
         ([1, 2], "JSON object"),
+        (request([0, 1, 2, 3], id="é" * 257), "id must be a string of at most 256"),  # echoed: bounded
+        (request([0, 1, 2, 3], id=["x"]), "id must be a string"),
     ],
 )
 def test_what_the_protocol_refuses_is_a_400_naming_it(doc, match):

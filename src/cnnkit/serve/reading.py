@@ -129,8 +129,11 @@ def without_frames(exc: BaseException) -> BaseException:
     return exc
 
 
-def top_k(value: Any, num_classes: int) -> int:
-    """top_k as given (query string or JSON): an integer 1..num_classes, nothing coerced."""
+def top_k(value: Any, num_classes: int, default: int = 3) -> int:
+    """top_k as given (query string or JSON): an integer 1..num_classes, nothing coerced; not given, the default
+    or every class, whichever is fewer (a two-class model answers a plain request)."""
+    if value is None:
+        return max(1, min(default, num_classes))
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 6:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= num_classes:
@@ -236,7 +239,7 @@ async def parse_request(
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + limits.decode_budget_s
     ctype = _content_type(request)
-    k: Any = request.query_params.get("top_k", str(limits.top_k))
+    k: Any = request.query_params.get("top_k")
     invert_text = request.query_params.get("invert", "auto").lower()
     if invert_text not in INVERT:
         raise RequestError(f"invert must be one of {', '.join(INVERT)}, got {invert_text[:20]!r}")
@@ -256,5 +259,5 @@ async def parse_request(
         pixels = await loop.run_in_executor(pool, decode_all, [("body", body)])
     if len(pixels) > limits.max_images:
         raise RequestError(f"{len(pixels)} images in one request; the limit is {limits.max_images}", 413)
-    chosen = top_k(k, clf.info.num_classes)
+    chosen = top_k(k, clf.info.num_classes, limits.top_k)
     return clf.as_batch(np.stack([p.reshape(clf.input_spec.image_shape) for p in pixels])), chosen

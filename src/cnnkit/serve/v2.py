@@ -26,6 +26,7 @@ from cnnkit.runtime import Classifier
 from cnnkit.serve.elements import flat_numbers
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_ID_CHARS = 256
 EXTENSIONS = ["binary_tensor_data", "classification"]
 DTYPES = {"UINT8": np.uint8, "FP32": np.float32, "BYTES": np.object_}
 
@@ -122,7 +123,9 @@ def parse_infer(body: bytes, header_length: str | None, clf: Classifier, max_ima
         raise RequestError("parameters.binary_data_output must be true or false")
     outputs = _outputs(doc.get("outputs"), clf, binary_default)
     rid = doc.get("id")
-    return InferRequest(id=str(rid) if rid is not None else None, images=images, outputs=outputs)
+    if rid is not None and (not isinstance(rid, str) or len(rid) > MAX_ID_CHARS):
+        raise RequestError(f"id must be a string of at most {MAX_ID_CHARS} characters (it is echoed in the answer)")
+    return InferRequest(id=rid, images=images, outputs=outputs)
 
 
 def _json_tensor(data: Any, shape: list[int], count: int) -> np.ndarray:

@@ -68,7 +68,14 @@ def check_inputs(dataset: Dataset, cfg: TrainConfig, world: distributed.World) -
         raise DataError(
             f"{dataset.source}: images are {h}x{w}; the model needs square images with a side divisible by 4"
         )
-    return ModelConfig(num_classes=len(dataset.classes), image_size=h, dropout=cfg.dropout)
+    wanted = ModelConfig(num_classes=len(dataset.classes), image_size=h, dropout=cfg.dropout).to_dict()
+    try:
+        config = ModelConfig.from_dict(wanted)  # the bounds every checkpoint is held to, before any allocation
+    except CheckpointError as exc:
+        raise DataError(f"{dataset.source}: no model can be built for this data: {exc}") from None
+    if not dataset.train_images.size or int(dataset.train_images.max()) == int(dataset.train_images.min()):
+        raise DataError(f"{dataset.source}: every training pixel has the same value; there is nothing to learn")
+    return config
 
 
 def torch_device(cfg: TrainConfig, world: distributed.World) -> torch.device:

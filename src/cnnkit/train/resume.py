@@ -109,6 +109,9 @@ def restore(opt: Any, sched: Any, model: Any, saved: TrainState, opt_state: dict
                 )
         if state["step"].numel() != 1 or float(state["step"]) != saved.step:
             raise CheckpointError(f"{STATE_TENSORS}: {i}.step is not the run's step {saved.step}")
+    problem = _unlike(sched.state_dict(), saved.scheduler, "scheduler")
+    if problem:
+        raise CheckpointError(f"{STATE_JSON}: {problem}")
     try:
         opt.load_state_dict(optimizer_state_dict(saved, opt_state))
         sched.load_state_dict(saved.scheduler)
@@ -116,6 +119,29 @@ def restore(opt: Any, sched: Any, model: Any, saved: TrainState, opt_state: dict
         raise CheckpointError(
             f"{STATE_JSON}: the optimizer or scheduler state does not load ({str(exc)[:100]})"
         ) from None
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return type(value).__name__
+    return "number" if isinstance(value, (int, float)) else type(value).__name__
+
+
+def _unlike(fresh: Any, saved: Any, where: str) -> str | None:
+    """Where `saved` differs in shape or type from what a fresh object of the same recipe holds (a number where a
+    number belongs, the same keys, lists of the same length), or None."""
+    if _kind(fresh) != _kind(saved):
+        return f"{where} is {_kind(saved)}, expected {_kind(fresh)}"
+    if isinstance(fresh, dict):
+        if set(fresh) != set(saved):
+            extra, missing = sorted(map(str, set(saved) - set(fresh))), sorted(map(str, set(fresh) - set(saved)))
+            return f"{where} has unknown keys {extra[:5]} / lacks keys {missing[:5]}"
+        return next((p for k in fresh if (p := _unlike(fresh[k], saved[k], f"{where}.{k}"))), None)
+    if isinstance(fresh, list):
+        if len(fresh) != len(saved):
+            return f"{where} has {len(saved)} items, expected {len(fresh)}"
+        return next((p for i, (a, b) in enumerate(zip(fresh, saved)) if (p := _unlike(a, b, f"{where}[{i}]"))), None)
+    return None
 
 
 def optimizer_state_dict(state: TrainState, opt_state: dict) -> dict:

@@ -49,33 +49,40 @@ def free_port() -> int:
 
 
 LISTENING = re.compile(rb"Uvicorn running on http://([0-9.]+):([0-9]+)")
+GRPC_LISTENING = re.compile(rb"gRPC on ([0-9.]+):([0-9]+)")
 
 
-def start_server(model: str, *args: str) -> tuple[subprocess.Popen, str]:
+def _address(proc: subprocess.Popen, pattern: re.Pattern, seen: list[bytes]) -> str:
+    """host:port from the first line of the server's output that matches `pattern`."""
+    for line in iter(proc.stdout.readline, b""):
+        seen.append(line)
+        found = pattern.search(line)
+        if found:
+            return f"{found[1].decode()}:{found[2].decode()}"
+    proc.wait(timeout=30)
+    raise RuntimeError(b"".join(seen).decode(errors="replace"))
+
+
+def start_server(model: str, *args: str, grpc: bool = False) -> tuple:
     """`cnnkit serve MODEL` in a subprocess on a port the kernel picks (`--port 0`, read back from the server's
-    start-up line, so no other process can take it first); returns it once /readyz answers 200."""
+    start-up line, so no other process can take it first); returns (process, url) once /readyz answers 200, and
+    with `grpc` the gRPC address too (`--grpc-port 0`)."""
     import httpx
 
+    extra = ["--grpc-port", "0"] if grpc else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cnnkit", "serve", model, "--port", "0", "--device", "cpu", *args],
+        [sys.executable, "-m", "cnnkit", "serve", model, "--port", "0", "--device", "cpu", *extra, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    seen = []
-    for line in iter(proc.stdout.readline, b""):
-        seen.append(line)
-        found = LISTENING.search(line)
-        if found:
-            url = f"http://{found[1].decode()}:{found[2].decode()}"
-            break
-    else:
-        proc.wait(timeout=30)
-        raise RuntimeError(b"".join(seen).decode(errors="replace"))
+    seen: list[bytes] = []
+    url = "http://" + _address(proc, LISTENING, seen)
+    grpc_address = _address(proc, GRPC_LISTENING, seen) if grpc else None
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
             if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return proc, url
+                return (proc, url, grpc_address) if grpc else (proc, url)
         except httpx.HTTPError:
             pass
         time.sleep(0.1)

@@ -47,6 +47,8 @@ EXTRAS = {
     "python_multipart": "serve",
     "matplotlib": "plot",
     "pytriton": "triton",
+    "grpc": "grpc",
+    "tritonclient": "grpc",
 }
 
 

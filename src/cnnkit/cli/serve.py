@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cnnkit.cli.common import Finite, engine_arg, engine_options, make_classifier, runs_on_text
+from cnnkit.cli.common import Finite, engine_arg, engine_options, make_classifier, require, runs_on_text
 from cnnkit.serve.config import HTTP_PARSERS, ServeConfig, TritonEngineConfig, classifier_options
 from cnnkit.spec import DEVICES
 
@@ -90,7 +90,11 @@ MB = 2**20
     help="triton engine: serve Triton's statistics API without PyTriton's access token (perf_analyzer reads it).",
 )
 @click.option(
-    "--grpc-port", type=click.IntRange(0, 65535), default=T.grpc_port, show_default=True, help="triton engine."
+    "--grpc-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help=f"KServe V2 over gRPC on this port too (the 'grpc' extra; 0: any free port); the triton engine's gRPC port "
+    f"(default {T.grpc_port}).",
 )
 @click.option(
     "--metrics-port", type=click.IntRange(0, 65535), default=T.metrics_port, show_default=True, help="triton engine."
@@ -122,7 +126,8 @@ def serve(
     if engine == "triton":
         if streams is not None:
             raise click.BadParameter("--engine triton runs the model with engine auto; --streams does not apply")
-        ports = {"http_port": port, "grpc_port": grpc_port, "metrics_port": metrics_port}
+        ports = {"http_port": port, "grpc_port": T.grpc_port if grpc_port is None else grpc_port}
+        ports["metrics_port"] = metrics_port
         _serve_triton(TritonEngineConfig(model=model, model_name=model_name, host=host, device=device, **ports,
                       max_batch=max_batch, max_delay_ms=max_delay_ms, open_statistics=open_statistics))  # fmt: skip
         return
@@ -137,7 +142,11 @@ def serve(
         request_timeout_s=read_timeout_s,
         max_inflight_bytes=int(max_inflight_mb * MB),
         http=http,
+        grpc_port=grpc_port,
+        grpc_host=host,
     )
+    if grpc_port is not None:
+        require("grpc", "tritonclient.grpc")  # the grpc extra, named in one line when missing
     from cnnkit.serve import run  # the serve extra; the CLI names it when it is missing
 
     clf = make_classifier(model, device, engine=engine_arg(engine, streams), **classifier_options(cfg, threads))

@@ -16,6 +16,10 @@ def __getattr__(name: str) -> Any:
         from cnnkit.serve import config
 
         return config.ServeConfig
+    if name == "run":
+        from cnnkit.serve import server
+
+        return server.run
     if name in __all__:
         from cnnkit.serve import app
 

@@ -24,15 +24,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cnnkit.errors import CnnkitError, ModelFileError, RequestError
+from cnnkit.errors import CnnkitError, RequestError
 from cnnkit.runtime import Classifier, predictions, softmax
 from cnnkit.serve import triton_api, v2
 from cnnkit.serve.batching import Batcher, BatchFailed
 from cnnkit.serve.config import ServeConfig
-from cnnkit.serve.http import bounded_httptools
 from cnnkit.serve.metrics import Metrics
-from cnnkit.serve.reading import InFlight, Ticket, parse_request, read_body, without_frames
-from cnnkit.serve.shutdown import CloseWhileDraining, ServingState, serve_until_signalled
+from cnnkit.serve.reading import InFlight, Ticket, log, parse_request, read_body, without_frames
+from cnnkit.serve.shutdown import CloseWhileDraining, ServingState
 
 
 class Service:
@@ -51,6 +50,8 @@ class Service:
         self.name = cfg.model_name or clf.info.serving_name
 
     def _on_batch(self, images: int, seconds: float) -> None:
+        if not self.state.ready:  # the start-up warm-up is not an inference anyone asked for
+            return
         self.metrics.on_batch(images, seconds)
         self.stats.model_call(images, seconds)
 
@@ -61,21 +62,25 @@ class Service:
         self.metrics.requests.labels(endpoint, str(status)).inc()
         return JSONResponse(body, status_code=status, headers=headers)
 
-    async def run_model(self, endpoint: str, images: np.ndarray) -> np.ndarray | Response:
-        """The batch's logits, or the 500 to answer (the model failed, or gave NaN/inf)."""
+    async def logits_or_problem(self, images: np.ndarray) -> np.ndarray | str:
+        """The batch's logits through the batcher, or what went wrong (the model failed, or gave NaN/inf)."""
         self.metrics.queue_depth.set(self.batcher.queued_images + len(images))
-        problem = None
         try:
             logits = await self.batcher.submit(images)
         except BatchFailed as exc:
-            problem = str(exc)
+            return str(exc)
         finally:
             self.metrics.queue_depth.set(self.batcher.queued_images)
-        if problem is None and not np.isfinite(logits).all():
-            problem = "the model produced non-finite logits"
-        if problem is not None:
+        if not np.isfinite(logits).all():
+            return "the model produced non-finite logits"
+        return logits
+
+    async def run_model(self, endpoint: str, images: np.ndarray) -> np.ndarray | Response:
+        """The batch's logits, or the 500 to answer."""
+        logits = await self.logits_or_problem(images)
+        if isinstance(logits, str):
             self.stats.request(False, 0.0)  # a failure in Triton's statistics too
-            return self.answer(endpoint, 500, {"error": problem})
+            return self.answer(endpoint, 500, {"error": logits})
         return logits
 
     # ------------------------------------------------------------------------------------ cnnkit's API
@@ -143,7 +148,10 @@ class Service:
     # ------------------------------------------------------------------------------------- KServe V2
 
     def v2_model_problem(self, request: Request) -> str | None:
-        asked, version = request.path_params["name"], request.path_params.get("version")
+        return self.model_problem(request.path_params["name"], request.path_params.get("version"))
+
+    def model_problem(self, asked: str, version: str | None) -> str | None:
+        """Why a V2 call names a model this server does not serve (HTTP and gRPC alike), or None."""
         if asked != self.name:
             return f"unknown model {asked!r}; this server serves {self.name!r}"
         if version is not None and version != self.clf.info.version:
@@ -239,10 +247,18 @@ class Service:
         for n in {1, self.cfg.max_batch}:  # warm up ORT's allocations for the shapes we will see most
             await self.batcher.submit(np.zeros((n, *self.clf.input_spec.image_shape), np.uint8))
         self.state.ready = True
+        grpc_server = None
+        if self.cfg.grpc_port is not None:
+            from cnnkit.serve import grpc_v2  # the grpc extra
+
+            grpc_server, port = await grpc_v2.start(self, self.cfg.grpc_host, self.cfg.grpc_port)
+            log.info("cnnkit serve: KServe V2 over gRPC on %s:%d", self.cfg.grpc_host, port)
         try:
             yield
         finally:
             self.state.ready = False
+            if grpc_server is not None:
+                await grpc_server.stop(grpc_v2.STOP_GRACE_S)  # in-flight calls finish; the batcher still runs
             await self.batcher.stop()
             self.pool.shutdown(wait=False, cancel_futures=True)
 
@@ -301,32 +317,3 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
     app.state.metrics = service.metrics
     app.state.serving = service.state
     return app
-
-
-def run(
-    clf: Classifier,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    cfg: ServeConfig = ServeConfig(),
-    log_level: str = "info",
-) -> None:
-    """Serve `clf` until SIGINT/SIGTERM (drain, stop accepting, finish in-flight requests), then return."""
-    import uvicorn
-
-    if not np.isfinite(clf.logits(np.zeros((1, *clf.input_spec.image_shape), np.uint8))).all():
-        raise ModelFileError(f"{clf.source}: the model's logits for a blank image are not finite; not serving it")
-    app = create_app(clf, cfg)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        proxy_headers=False,  # nothing reads the client's address: no X-Forwarded-* rewriting on every request
-        timeout_graceful_shutdown=30,
-        limit_concurrency=cfg.limit_concurrency,  # beyond it uvicorn answers 503 at once
-        timeout_keep_alive=int(max(1, cfg.timeout_keep_alive_s)),
-        http=bounded_httptools(cfg.max_header_bytes) if cfg.http == "httptools" else "h11",
-        h11_max_incomplete_event_size=cfg.max_header_bytes,  # request line + headers (h11's own limit)
-    )
-    serve_until_signalled(config, app.state.serving, cfg.drain_s)

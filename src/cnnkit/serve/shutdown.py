@@ -73,13 +73,13 @@ def draining_server(config: Any, state: ServingState, drain_s: float) -> Any:
     return Server(config)
 
 
-def serve_until_signalled(config: Any, state: ServingState, drain_s: float) -> None:
+def serve_until_signalled(config: Any, state: ServingState, drain_s: float, sockets: list[Any] | None = None) -> None:
     """Run uvicorn until SIGINT/SIGTERM, drain, shut down, and return (a graceful stop is a normal exit 0)."""
     # uvicorn handles SIGINT/SIGTERM (stop accepting, drain, shut down), then re-raises the signal with the
     # handlers it found. Finding no-op handlers makes a graceful stop end as a normal exit 0.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        draining_server(config, state, drain_s).run()
+        draining_server(config, state, drain_s).run(sockets=sockets)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

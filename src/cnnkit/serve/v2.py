@@ -73,6 +73,30 @@ def _int(value: Any, what: str, low: int, high: int) -> int:
     return value
 
 
+def input_shape(tensor: dict[str, Any], clf: Classifier, max_images: int) -> tuple[list[int], int]:
+    """The input tensor's shape and element count, checked against the model (name, UINT8, [N, C, H, W] with N at
+    most `max_images`): the one rule for V2 over HTTP and gRPC."""
+    spec = clf.input_spec
+    if tensor.get("name") != spec.name:
+        raise RequestError(f"unknown input {str(tensor.get('name'))[:40]!r}; this model's input is {spec.name!r}")
+    if tensor.get("datatype") != "UINT8":
+        raise RequestError(f"input {spec.name!r} has datatype {str(tensor.get('datatype'))[:20]!r}; expected 'UINT8'")
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or len(shape) != 4:
+        raise RequestError(f"input shape {str(shape)[:60]}; expected [N, {', '.join(map(str, spec.image_shape))}]")
+    n = _int(shape[0], "the batch dimension", 1, max_images)
+    if [_int(d, "a dimension", 0, 1 << 20) for d in shape[1:]] != list(spec.image_shape):
+        raise RequestError(f"input shape {shape}; expected [N, {', '.join(map(str, spec.image_shape))}]")
+    return shape, n * int(np.prod(spec.image_shape))
+
+
+def request_id(rid: Any) -> str | None:
+    """The request's id, echoed in its answer: a string of at most MAX_ID_CHARS, or None."""
+    if rid is not None and (not isinstance(rid, str) or len(rid) > MAX_ID_CHARS):
+        raise RequestError(f"id must be a string of at most {MAX_ID_CHARS} characters (it is echoed in the answer)")
+    return rid
+
+
 def parse_infer(body: bytes, header_length: str | None, clf: Classifier, max_images: int) -> InferRequest:
     """An infer request body -> the uint8 batch and the outputs asked for; RequestError naming what is wrong."""
     if header_length is not None:
@@ -91,21 +115,10 @@ def parse_infer(body: bytes, header_length: str | None, clf: Classifier, max_ima
     doc = _obj(doc, "the inference request")
     params = _obj(doc.get("parameters") or {}, "parameters")
     inputs = doc.get("inputs")
-    spec = clf.input_spec
     if not isinstance(inputs, list) or len(inputs) != 1:
-        raise RequestError(f'"inputs" must be a list holding the one input tensor "{spec.name}"')
+        raise RequestError(f'"inputs" must be a list holding the one input tensor "{clf.input_spec.name}"')
     tensor = _obj(inputs[0], "inputs[0]")
-    if tensor.get("name") != spec.name:
-        raise RequestError(f"unknown input {str(tensor.get('name'))[:40]!r}; this model's input is {spec.name!r}")
-    if tensor.get("datatype") != "UINT8":
-        raise RequestError(f"input {spec.name!r} has datatype {str(tensor.get('datatype'))[:20]!r}; expected 'UINT8'")
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or len(shape) != 4:
-        raise RequestError(f"input shape {str(shape)[:60]}; expected [N, {', '.join(map(str, spec.image_shape))}]")
-    n = _int(shape[0], "the batch dimension", 1, max_images)
-    if [_int(d, "a dimension", 0, 1 << 20) for d in shape[1:]] != list(spec.image_shape):
-        raise RequestError(f"input shape {shape}; expected [N, {', '.join(map(str, spec.image_shape))}]")
-    count = n * int(np.prod(spec.image_shape))
+    shape, count = input_shape(tensor, clf, max_images)
     tparams = _obj(tensor.get("parameters") or {}, "inputs[0].parameters")
     if "binary_data_size" in tparams:
         size = _int(tparams["binary_data_size"], "binary_data_size", 0, len(binary))
@@ -121,11 +134,8 @@ def parse_infer(body: bytes, header_length: str | None, clf: Classifier, max_ima
     binary_default = params.get("binary_data_output", False)
     if not isinstance(binary_default, bool):
         raise RequestError("parameters.binary_data_output must be true or false")
-    outputs = _outputs(doc.get("outputs"), clf, binary_default)
-    rid = doc.get("id")
-    if rid is not None and (not isinstance(rid, str) or len(rid) > MAX_ID_CHARS):
-        raise RequestError(f"id must be a string of at most {MAX_ID_CHARS} characters (it is echoed in the answer)")
-    return InferRequest(id=rid, images=images, outputs=outputs)
+    outputs = outputs_asked(doc.get("outputs"), clf, binary_default)
+    return InferRequest(id=request_id(doc.get("id")), images=images, outputs=outputs)
 
 
 def _json_tensor(data: Any, shape: list[int], count: int) -> np.ndarray:
@@ -142,7 +152,7 @@ def _json_tensor(data: Any, shape: list[int], count: int) -> np.ndarray:
     return arr.astype(np.uint8).reshape(shape)
 
 
-def _outputs(requested: Any, clf: Classifier, binary_default: bool) -> list[RequestedOutput]:
+def outputs_asked(requested: Any, clf: Classifier, binary_default: bool) -> list[RequestedOutput]:
     """The outputs asked for: each of the model's outputs at most once (it has one), else a 400."""
     name = clf.info.output_name
     if requested is None:
@@ -174,18 +184,21 @@ def _bytes_tensor(arr: np.ndarray) -> bytes:
     return b"".join(struct.pack("<I", len(v)) + v for v in arr.reshape(-1))
 
 
+def encoded(out: RequestedOutput, logits: np.ndarray, clf: Classifier) -> tuple[str, np.ndarray, bytes]:
+    """One output asked for: its datatype, its array and its raw little-endian bytes (BYTES: length-prefixed)."""
+    if out.classification:
+        arr = _classification(logits, out.classification, clf.info.classes)
+        return "BYTES", arr, _bytes_tensor(arr)
+    arr = np.ascontiguousarray(logits, dtype=np.float32)
+    return "FP32", arr, arr.tobytes()
+
+
 def response(req: InferRequest, logits: np.ndarray, clf: Classifier, name: str) -> tuple[bytes, dict[str, str]]:
     """The response body and headers: JSON, or a JSON header plus binary tensors when any output asked for it."""
     outputs, blobs = [], []
     for out in req.outputs:
-        if out.classification:
-            arr = _classification(logits, out.classification, clf.info.classes)
-            dtype, raw = "BYTES", _bytes_tensor(arr)
-            data: Any = [v.decode() for v in arr.reshape(-1)]
-        else:
-            arr = np.ascontiguousarray(logits, dtype=np.float32)
-            dtype, raw = "FP32", arr.tobytes()
-            data = arr.reshape(-1).tolist()
+        dtype, arr, raw = encoded(out, logits, clf)
+        data: Any = [v.decode() for v in arr.reshape(-1)] if dtype == "BYTES" else arr.reshape(-1).tolist()
         entry: dict[str, Any] = {"name": out.name, "datatype": dtype, "shape": list(arr.shape)}
         if out.binary:
             entry["parameters"] = {"binary_data_size": len(raw)}

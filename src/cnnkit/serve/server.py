@@ -1,0 +1,50 @@
+"""Running a served model: its sockets bound first (a port in use is one line), uvicorn with cnnkit's limits and
+HTTP parser, until SIGINT/SIGTERM (drain, stop accepting, finish in-flight requests)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnnkit.errors import ModelFileError
+from cnnkit.runtime import Classifier
+from cnnkit.serve import listen
+from cnnkit.serve.app import create_app
+from cnnkit.serve.config import ServeConfig
+from cnnkit.serve.http import bounded_httptools
+from cnnkit.serve.reading import log
+from cnnkit.serve.shutdown import serve_until_signalled
+
+
+def run(
+    clf: Classifier,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    cfg: ServeConfig = ServeConfig(),
+    log_level: str = "info",
+) -> None:
+    """Serve `clf` until SIGINT/SIGTERM (drain, stop accepting, finish in-flight requests), then return."""
+    import uvicorn
+
+    if not np.isfinite(clf.logits(np.zeros((1, *clf.input_spec.image_shape), np.uint8))).all():
+        raise ModelFileError(f"{clf.source}: the model's logits for a blank image are not finite; not serving it")
+    sock = listen.bind(host, port)  # a port in use is one line, before anything starts
+    if cfg.grpc_port is not None:
+        listen.check_free(cfg.grpc_host, cfg.grpc_port, "gRPC")
+    app = create_app(clf, cfg)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        proxy_headers=False,  # nothing reads the client's address: no X-Forwarded-* rewriting on every request
+        timeout_graceful_shutdown=30,
+        limit_concurrency=cfg.limit_concurrency,  # beyond it uvicorn answers 503 at once
+        timeout_keep_alive=int(max(1, cfg.timeout_keep_alive_s)),
+        http=bounded_httptools(cfg.max_header_bytes) if cfg.http == "httptools" else "h11",
+        h11_max_incomplete_event_size=cfg.max_header_bytes,  # request line + headers (h11's own limit)
+    )
+    shown = f"[{host}]" if ":" in host else host
+    # uvicorn says where it listens only for the sockets it binds itself: the same line for the one bound here
+    log.info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown, sock.getsockname()[1])
+    serve_until_signalled(config, app.state.serving, cfg.drain_s, [sock])

@@ -32,12 +32,15 @@ NAME = "cnnkit-mnist-sample"
 STABILITY = ["--stability-percentage", "25", "--max-trials", "20"]
 
 
-def measure(url: str, concurrency: list[int], interval_ms: int, tmp: Path, name: str = NAME) -> list[dict]:
+def measure(
+    url: str, concurrency: list[int], interval_ms: int, tmp: Path, name: str = NAME, protocol: str = "http"
+) -> list[dict]:
+    """perf_analyzer at each concurrency against `url` (host:port for -i grpc) over `protocol` (http or grpc)."""
     rows = []
     for c in concurrency:
         out = tmp / f"c{c}.csv"
         cmd = [*(["bash"] if TOOL.endswith(".sh") else []), TOOL, "-m", name, "-u", url.removeprefix("http://"),
-               "-i", "http", "--concurrency-range",
+               "-i", protocol, "--concurrency-range",
                f"{c}:{c}", "--measurement-interval", str(interval_ms), "-f", str(out), *STABILITY]  # fmt: skip
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         (row,) = list(csv.DictReader(out.open()))

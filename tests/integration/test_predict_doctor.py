@@ -73,3 +73,51 @@ def test_doctor_json():
     else:  # a GPU machine is healthy only when ONNX Runtime really ran the probe on CUDA
         ran_on_cuda = "CUDAExecutionProvider" in out["cuda_session"]["providers"]
         assert r.exit_code == (0 if ran_on_cuda else 1) and (out["fix"] is None) == ran_on_cuda
+
+
+def _one_error_line(r) -> str:
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    errors = [line for line in r.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, r.stderr
+    return errors[0]
+
+
+def test_device_cuda_without_a_gpu_is_the_same_error_in_every_command(exported, tmp_path):
+    import pytest
+
+    from cnnkit.runtime import gpu_visible
+
+    if gpu_visible():
+        pytest.skip("checks the machine without a GPU")
+    onnx = exported.artefacts["onnx"]
+    img = tmp_path / "d.png"
+    Image.fromarray(load_sample().test_images[0]).save(img)
+    for args in (
+        ["predict", onnx, str(img), "--device", "cuda"],
+        ["evaluate", onnx, "--device", "cuda"],
+        ["serve", onnx, "--device", "cuda", "--port", "0"],
+        ["bench", onnx, "--backends", "onnx", "--device", "cuda"],
+    ):
+        line = _one_error_line(CliRunner().invoke(main, args))
+        assert "GPU" in line and "install" not in line.split("Fix:")[-1].lower(), (args, line)  # no wrong advice
+
+
+def test_files_of_the_wrong_kind_are_named_for_what_they_are(exported, tmp_path):
+    ts, onnx = exported.artefacts["torchscript"], exported.artefacts["onnx"]
+    line = _one_error_line(CliRunner().invoke(main, ["predict", ts, onnx]))
+    assert "zip archive (a TorchScript .ts" in line
+    line = _one_error_line(CliRunner().invoke(main, ["export", onnx]))
+    assert "an exported model (ONNX); expected a run folder or its model.safetensors" in line
+    line = _one_error_line(CliRunner().invoke(main, ["doctor", str(tmp_path / "missing.onnx")]))
+    assert "missing.onnx: ONNX model not found" in line
+
+
+def test_a_port_in_use_is_one_line(exported):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        line = _one_error_line(CliRunner().invoke(main, ["serve", exported.artefacts["onnx"], "--port", str(port)]))
+    assert f"cannot listen for HTTP on 127.0.0.1:{port}" in line and "in use" in line

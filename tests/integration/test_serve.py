@@ -108,6 +108,7 @@ def bomb_png() -> bytes:
         ({"json": {"nothing": 1}}, 400, '"images"'),
         ({"content": b"{bad json", "headers": {"content-type": "application/json"}}, 400, "invalid JSON"),
         ({"json": {"images": [[[0] * 28] * 28] * 9}}, 413, "limit is 8"),
+        ({"files": [("f", (f"{i}.png", b"x", "image/png")) for i in range(9)]}, 413, "more than 8 files"),
         ({"content": b"\x00" * (1024 * 1024 + 1), "headers": {"content-type": "image/png"}}, 413, "byte limit"),
         # the hostile and the careless (issue 15)
         (

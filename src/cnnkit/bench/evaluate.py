@@ -55,7 +55,10 @@ def evaluate(
     engine: Any = "auto",
 ) -> EvalResult:
     """Classify every image of `split` ("test" or "train"); the model's own recorded dataset by default."""
-    clf = Classifier(model, device=device, engine=engine, fallback="ignore", max_batch=batch)
+    # cuda asked for and not given is an error, as in every command
+    clf = Classifier(
+        model, device=device, engine=engine, fallback="raise" if device == "cuda" else "ignore", max_batch=batch
+    )
     if dataset is None and data_dir is None:
         recorded = clf.info.raw.get("dataset")
         if not isinstance(recorded, dict):

@@ -23,7 +23,7 @@ from cnnkit.bench.inputs import Inputs, file_tags, resolve_inputs
 from cnnkit.bench.measure import Measurement, cuda_events, torch_context
 from cnnkit.bench.options import ONNX_BACKENDS, BenchConfig, row_name
 from cnnkit.bench.results import BenchResult, BenchRow
-from cnnkit.errors import ModelFileError, first_line
+from cnnkit.errors import DeviceError, ModelFileError, first_line, option_error
 from cnnkit.export.exporter import ExportOptions, export
 from cnnkit.export.runners import Runner
 from cnnkit.train import checkpoint
@@ -36,6 +36,10 @@ def bench(
     paths: list[str], config: BenchConfig = BenchConfig(), progress: Callable[[str], None] | None = None
 ) -> BenchResult:
     """Benchmark `config.backends` on the checkpoint and files in `paths` at each batch size."""
+    from cnnkit.runtime import gpu_visible
+
+    if config.device == "cuda" and not gpu_visible():  # the one rule: cuda asked for and not there is an error
+        raise option_error(DeviceError, "device", "cuda", "no NVIDIA GPU is visible here (no /dev/nvidia* device)")
     files = resolve_inputs(paths, bool(config.torch_backends), config.trust_torchscript)
     needs_export = _needs_export(files, config, paths)
     use_torch = bool(config.torch_backends or needs_export)

@@ -122,8 +122,10 @@ def bench(
         report.write_csv(result, csv_file)
     if plot_file:
         report.plot(result.to_dict(), plot_file)
-    if any(r.fell_back for r in result.rows):
-        click.echo("Warning: some rows fell back to CPU; they are not CUDA results", err=True)
+    fell_back = sorted({r.backend for r in result.rows if r.fell_back})
+    if fell_back:  # cuda asked for and not given: an error, as in every command (the rows say why)
+        click.echo(f"Error: {', '.join(fell_back)} ran on the CPU, not CUDA: they are not CUDA results", err=True)
+        sys.exit(1)
     failed = sorted({r.backend for r in result.failed})
     if failed:  # the other backends' results are written above; the exit code still says something broke
         click.echo(f"Error: backend(s) {', '.join(failed)} failed (see the FAILED rows)", err=True)

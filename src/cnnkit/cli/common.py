@@ -191,13 +191,15 @@ def engine_arg(engine: str, streams: int | None) -> Any:
 
 
 def make_classifier(model: str, device: str, **kwargs: Any) -> Any:
-    """A runtime Classifier; a CUDA fall-back, or an engine record beside the model that does not apply, is said as
-    one `Warning:` line on stderr."""
+    """A runtime Classifier. The one rule for `--device`: cuda asked for and not given is an error (every command
+    alike, with the reason and the fix); auto runs on the CPU where CUDA cannot. An engine record beside the model
+    that does not apply is one `Warning:` line on stderr."""
+    from cnnkit.errors import DeviceError
     from cnnkit.runtime import Classifier
 
     clf = Classifier(model, device=device, fallback="ignore", **kwargs)
     if clf.fallback_message and device == "cuda":
-        click.echo(f"Warning: {clf.fallback_message}", err=True)
+        raise DeviceError(clf.fallback_message)
     if clf.plan.note:
         click.echo(f"Warning: {clf.plan.note}; engine auto runs onnxruntime", err=True)
     return clf

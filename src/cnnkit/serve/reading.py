@@ -189,6 +189,9 @@ async def _multipart_files(request: Request, body: bytes, limits: Limits) -> lis
         form = await replay.form(max_files=limits.max_images, max_fields=16, max_part_size=limits.max_body_bytes)
     except HTTPException as exc:  # the multipart parser's complaint (no boundary, too many files, ...)
         status = exc.status_code if 400 <= exc.status_code < 500 else 400
+        if "Too many files" in str(exc.detail):  # a count over a limit, as --max-images is everywhere else: 413
+            detail = f"more than {limits.max_images} files in one request; the limit is {limits.max_images}"
+            raise RequestError(detail, 413) from None
         raise RequestError(f"multipart body: {exc.detail}", status) from None
     try:
         files = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]

@@ -27,6 +27,9 @@ class Checkpoint:
     state_dict: dict[str, Any]
 
 
+EXPORTED = {".onnx": "ONNX", ".ts": "TorchScript", ".pt2": "torch.export", ".pt": "a torch file"}
+
+
 def resolve(path: str | os.PathLike[str]) -> Path:
     """Accept a run folder or the weights file itself."""
     p = Path(path)
@@ -34,6 +37,10 @@ def resolve(path: str | os.PathLike[str]) -> Path:
         p = p / WEIGHTS_NAME
     if not p.is_file():
         raise CheckpointError(f"{p}: checkpoint not found")
+    if p.suffix != ".safetensors":
+        kind = EXPORTED.get(p.suffix.lower())
+        what = f"an exported model ({kind})" if kind else f"not a checkpoint (a {p.suffix or 'suffix-less'} file)"
+        raise CheckpointError(f"{p}: {what}; expected a run folder or its {WEIGHTS_NAME}")
     return p
 
 

@@ -19,6 +19,7 @@ trap 'rm -rf "$(dirname "$RUN")"' EXIT
 "$PY" benchmarks/serve_protocols.py --model "$RUN/model.onnx"
 "$PY" benchmarks/serve_attacks.py --model "$RUN/model.onnx"
 "$PY" benchmarks/perf_analyzer.py --model "$RUN/model.onnx"
+"$PY" benchmarks/serve_grpc.py --model "$RUN/model.onnx"
 # engines and peers: their own venvs, one optimized run shared by the three
 bash benchmarks/peers.sh "$RUN.peers"
 "$PY" benchmarks/optimize_record.py "$RUN.peers"

@@ -39,6 +39,10 @@ class DeviceError(CnnkitError):
     """The requested device or execution provider is not available."""
 
 
+class InferenceError(CnnkitError):
+    """The model itself failed on a batch (an engine's error while running it), said in one line."""
+
+
 class TrainingError(CnnkitError):
     """Training cannot go on (it diverged)."""
 

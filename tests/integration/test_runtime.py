@@ -183,3 +183,29 @@ def test_cuda_provider_options():
     assert opts["user_compute_stream"] == "1234" and opts["has_user_compute_stream"] == "1"
     # torch's default stream is handle 0, which ONNX Runtime treats as "none": leave the option out
     assert "user_compute_stream" not in runtime.session.cuda_provider_options(compute_stream=0)
+
+
+def test_an_engine_failing_at_inference_is_one_line_naming_the_model(exported):
+    from cnnkit.errors import InferenceError
+
+    clf = Classifier(exported.artefacts["onnx"], device="cpu", engine="onnxruntime")
+
+    def broken(x):
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code\n  at kernel.cc:123")
+
+    clf._runs = [broken]
+    with pytest.raises(InferenceError) as info:
+        clf.logits(np.zeros((3, 1, 28, 28), np.uint8))
+    assert "\n" not in str(info.value) and "the model failed on a batch of 3: [ONNXRuntimeError]" in str(info.value)
+
+
+def test_a_confusion_plot_shows_labels_that_look_like_mathematics(tmp_path):
+    from types import SimpleNamespace
+
+    from cnnkit.bench.report import plot_confusion
+
+    per_class = [SimpleNamespace(label=r"$\foo$"), SimpleNamespace(label="b$")]
+    result = SimpleNamespace(confusion=[[1, 0], [0, 1]], per_class=per_class, dataset="d", split="test", accuracy=1.0,
+                             variant="fp32")  # fmt: skip
+    plot_confusion(result, tmp_path / "c.png")  # matplotlib would try to parse "$\foo$" as mathtext
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

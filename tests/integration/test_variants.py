@@ -190,3 +190,19 @@ def test_optimize_picks_a_passing_variant_and_selects_it(trained, tmp_path):
     unfolded = next(c["file"] for c in out["candidates"] if c["name"] == "fp32")
     assert not Classifier(unfolded, device="cpu").info.folded
     assert [n.op_type for n in onnx.load(unfolded).graph.node].count("Gemm") == 2
+
+
+def test_optimize_never_writes_through_a_symlinked_candidates_folder(trained, tmp_path):
+    """A run folder unpacked from a tarball may hold a link: optimize refuses it before emptying or writing."""
+    import shutil
+
+    run, elsewhere = tmp_path / "run", tmp_path / "precious"
+    shutil.copytree(Path(trained.checkpoint).parent, run)
+    (elsewhere / "fp32").mkdir(parents=True)
+    (elsewhere / "fp32" / "keep.txt").write_text("mine")
+    (run / "candidates").symlink_to(elsewhere, target_is_directory=True)
+    r = CliRunner().invoke(main, ["optimize", str(run), "--batch-sizes", "4", "--min-time", "0.05"])
+    assert r.exit_code == 1 and "a symbolic link; optimize writes only inside the run folder" in r.stderr, r.output
+    assert (elsewhere / "fp32" / "keep.txt").read_text() == "mine" and sorted(elsewhere.iterdir()) == [
+        elsewhere / "fp32"
+    ]

@@ -81,3 +81,13 @@ def test_nesting_beyond_the_bound_is_refused_not_recursed():
 def test_a_zip_archive_is_named_for_what_it_likely_is():
     with pytest.raises(ModelFileError, match="zip archive .*TorchScript"):
         self_contained.check(b"PK\x03\x04" + b"\0" * 30, "model.ts")
+
+
+def test_a_metadata_key_given_twice_is_refused():
+    from onnx import load_from_string
+
+    proto = load_from_string(_model())
+    proto.metadata_props.add(key="cnnkit", value='{"classes": ["a"]}')
+    proto.metadata_props.add(key="cnnkit", value='{"classes": ["b"]}')
+    with pytest.raises(ModelFileError, match="metadata key 'cnnkit' appears 2 times"):
+        self_contained.check(proto.SerializeToString(), "m")

@@ -119,6 +119,7 @@ def _export_candidates(
     """Every candidate exported into `candidates/<name>/` and gated; the files of those that passed."""
     results: list[CandidateResult] = []
     files: dict[str, Path] = {}
+    _inside_the_run(ckpt_path.parent / "candidates", ckpt_path.parent)
     for cand in CANDIDATES:
         if cand.cuda_only and options.device != "cuda":
             results.append(
@@ -146,6 +147,15 @@ def _export_candidates(
             files[cand.name] = Path(file)
         results.append(CandidateResult(name=cand.name, file=file, passed=passed, check=check))
     return results, files
+
+
+def _inside_the_run(folder: Path, run: Path) -> None:
+    """Refuse (before anything is emptied or written) a `candidates/` that leads out of the run folder: a symbolic
+    link, or one inside it (run folders travel as tarballs, which keep links)."""
+    paths = [folder, *(folder / c.name for c in CANDIDATES)]
+    link = next((p for p in paths if p.is_symlink()), None)
+    if link is not None or (folder.exists() and not folder.resolve().is_relative_to(run.resolve())):
+        raise CnnkitError(f"{link or folder}: a symbolic link; optimize writes only inside the run folder {run}")
 
 
 Rows = dict[str, tuple[str, EngineChoice]]  # bench row -> (candidate, engine choice)

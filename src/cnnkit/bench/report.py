@@ -63,13 +63,18 @@ def _pyplot():
     return plt
 
 
+def _plain(text: str) -> str:
+    """`text` shown as it is: matplotlib reads a pair of `$` as mathematics (a label `$\\foo$` would not parse)."""
+    return text.replace("$", r"\$")
+
+
 def plot_confusion(result, path: str | os.PathLike) -> None:
     """The confusion matrix of an `EvalResult`, counts in the cells, rows the true class."""
     import numpy as np
 
     plt = _pyplot()
     m = np.asarray(result.confusion)
-    labels = [c.label for c in result.per_class]
+    labels = [_plain(c.label) for c in result.per_class]
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(labels), 0.8 + 0.5 * len(labels)))
     ax.imshow(np.log1p(m), cmap="Blues")
     for (i, j), v in np.ndenumerate(m):
@@ -79,7 +84,8 @@ def plot_confusion(result, path: str | os.PathLike) -> None:
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{result.dataset} {result.split}: accuracy {result.accuracy:.2%} ({result.variant})", fontsize=9)
+    title = f"{result.dataset} {result.split}: accuracy {result.accuracy:.2%} ({result.variant})"
+    ax.set_title(_plain(title), fontsize=9)
     fig.tight_layout()
     atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)

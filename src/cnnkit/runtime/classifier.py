@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from cnnkit.errors import CnnkitError, DeviceError, option_error
+from cnnkit.errors import CnnkitError, DeviceError, InferenceError, first_line, option_error
 from cnnkit.runtime import cuda, plan, session
 from cnnkit.runtime.engine import Engine
 from cnnkit.runtime.inputs import InputSpec
@@ -180,9 +180,14 @@ class Classifier:
         return np.concatenate([self._run(x[i : i + self.max_batch]) for i in range(0, n, self.max_batch)])
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        if len(self._runs) == 1:
-            return np.asarray(self._runs[0](x))
-        return np.asarray(self._runs[self.plan.route(len(x))](x))
+        try:
+            if len(self._runs) == 1:
+                return np.asarray(self._runs[0](x))
+            return np.asarray(self._runs[self.plan.route(len(x))](x))
+        except CnnkitError:
+            raise
+        except Exception as exc:  # the engine's own error types, with multi-line C++ messages
+            raise InferenceError(f"{self.source}: the model failed on a batch of {len(x)}: {first_line(exc)}") from None
 
     def probabilities(self, images: Any) -> np.ndarray:
         """Softmax probabilities [N, classes]."""

@@ -1,6 +1,6 @@
-"""An .onnx file must hold all of its tensors itself: one that points at external data is refused before any
-engine reads it. Pure Python (no onnx, no protobuf descriptors): a walk of the protobuf wire format over just the
-messages that can hold a tensor.
+"""What an .onnx file must be before any engine reads it: it holds all of its tensors itself (one that points at
+external data is refused), and no metadata key twice. Pure Python (no onnx, no protobuf descriptors): a walk of
+the protobuf wire format over just the messages that can hold a tensor.
 
 Why: both engines are handed the model as bytes, so a relative external-data `location` would be resolved against
 the process's working directory, not the model's folder; a crafted model could then read any file the server can
@@ -29,6 +29,7 @@ _CHILDREN: dict[int, dict[int, int]] = {
     _TENSOR: {},
 }
 _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _TENSOR_NAME = 13, 14, 8
+_MODEL_METADATA = 14
 
 
 class _Malformed(Exception):
@@ -93,6 +94,17 @@ def _external_tensor(buf: memoryview, pos: int, end: int, kind: int, depth: int)
     return (name or "<unnamed>") if external else None
 
 
+def _metadata_keys(buf: memoryview) -> list[str]:
+    """The keys of the model's metadata_props (ModelProto field 14, StringStringEntryProto key = 1), in order."""
+    keys = []
+    for number, wire, value in _fields(buf, 0, len(buf)):
+        if number == _MODEL_METADATA and wire == 2:
+            for n, w, v in _fields(buf, *value):
+                if n == 1 and w == 2:
+                    keys.append(bytes(buf[v[0] : v[1]][:200]).decode("utf-8", "replace"))
+    return keys
+
+
 def check(data: bytes, source: str) -> None:
     """Refuse (ModelFileError) a model that keeps any tensor's data outside the file, or that is not protobuf."""
     if data[:4] == b"PK\x03\x04":
@@ -105,6 +117,10 @@ def check(data: bytes, source: str) -> None:
         tensor = _external_tensor(buf, 0, len(buf), -1, 0)
     except _Malformed as exc:
         raise ModelFileError(f"{source}: not an ONNX model file (its protobuf encoding is broken: {exc})") from None
+    keys = _metadata_keys(buf)
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:  # engines disagree on which one wins: one engine would read other labels than the next
+        raise ModelFileError(f"{source}: metadata key {repeated[0]!r} appears {keys.count(repeated[0])} times")
     if tensor is not None:
         raise ModelFileError(
             f"{source}: tensor {tensor!r} keeps its data in an external file; cnnkit loads only self-contained "

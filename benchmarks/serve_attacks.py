@@ -40,7 +40,8 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 
 async def probe(host: str, port: int, stop: asyncio.Event, pid: int) -> dict:
-    """/healthz every 20 ms (a fresh connection when one fails), and memory every 50 ms."""
+    """/healthz every 20 ms on a fresh connection each time (as a kubelet or a load balancer probes), and memory
+    every 50 ms. A probe fails when it cannot connect, or gets no answer, within 2 s."""
     lat, failures, peak = [], 0, rss_mb(pid)
 
     async def memory() -> None:
@@ -50,21 +51,24 @@ async def probe(host: str, port: int, stop: asyncio.Event, pid: int) -> dict:
             await asyncio.sleep(0.05)
 
     mem = asyncio.create_task(memory())
-    reader = writer = None
     while not stop.is_set():
         t0 = time.perf_counter()
+        writer = None
         try:
-            if writer is None:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise OSError(head[:40])
             n = int(next(ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")))
-            await reader.readexactly(n)
+            await asyncio.wait_for(reader.readexactly(n), 2)
             lat.append(time.perf_counter() - t0)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, StopIteration):
             failures += 1
             lat.append(time.perf_counter() - t0)
-            writer = None
+        finally:
+            if writer is not None:
+                writer.close()
         await asyncio.sleep(0.02)
     mem.cancel()
     peak = max(peak, rss_mb(pid, "VmHWM"))  # the kernel's own peak: nothing between two samples is missed
@@ -121,6 +125,37 @@ async def _repeat(host: str, port: int, req: bytes, clients: int, deadline: floa
 
 async def _bombs(host: str, port: int, deadline: float, count, statuses: dict) -> None:
     await _repeat(host, port, bomb_request(), 4, deadline, count)
+
+
+def _jpeg(side: int, progressive: bool) -> bytes:
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (side, side), dtype=np.uint8)).save(buf, "JPEG", progressive=progressive)
+    return buf.getvalue()
+
+
+def scan_bomb() -> bytes:
+    """A 1024x1024 progressive JPEG (6.8 MB) repeating its smallest scan 3,000 times (a pass over every block each)."""
+    data = _jpeg(1024, True)
+    sos = [m for m in range(len(data) - 1) if data[m] == 0xFF and data[m + 1] == 0xDA]
+    start, end = min(zip(sos, sos[1:] + [data.rindex(b"\xff\xd9")]), key=lambda se: se[1] - se[0])
+    return data[:end] + data[start:end] * 3_000 + data[end:]
+
+
+def marker_bomb() -> bytes:
+    """A JPEG carrying a million empty APP5 segments before its frame (4 MB)."""
+    data = _jpeg(64, False)
+    return data[:2] + b"\xff\xe5\x00\x02" * 1_000_000 + data[2:]
+
+
+async def _scan_bombs(host: str, port: int, deadline: float, count, statuses: dict) -> None:
+    body = scan_bomb()
+    await _repeat(host, port, http_post("/v1/predict", body, {"Content-Type": "image/jpeg"}), 2, deadline, count)
+
+
+async def _marker_bombs(host: str, port: int, deadline: float, count, statuses: dict) -> None:
+    body = marker_bomb()
+    await _repeat(host, port, http_post("/v1/predict", body, {"Content-Type": "image/jpeg"}), 2, deadline, count)
 
 
 async def _chunked_upload(host: str, port: int, deadline: float, count, statuses: dict) -> None:
@@ -286,6 +321,8 @@ async def attack(name: str, host: str, port: int, seconds: float) -> dict:
 
 ATTACKS = {
     "decompression bombs (12 x 13000x13000 1-bit PNG per request, 4 clients)": _bombs,
+    "progressive JPEG repeating one scan 3,000 times, 6 MB (2 clients)": _scan_bombs,
+    "JPEG of a million empty APP segments, 4 MB (2 clients)": _marker_bombs,
     "200 MB chunked upload (2 clients)": _chunked_upload,
     "100 uploads held open half-sent (8 MB declared each)": _held_open,
     "JSON nested 100,000 deep (4 clients)": _deep_json,
@@ -349,6 +386,7 @@ def main() -> None:
                 name: r["healthz_within_100ms"] and r["peak_rss_under_512mb"] and r["no_500"]
                 for name, r in results.items()
             },
+            "probe": "GET /healthz every 20 ms, a fresh connection per probe (as a kubelet or load balancer)",
             "note": "attackers, probe and server share this machine's 2 cores; slow request heads are left to a "
             "reverse proxy (docs/SECURITY.md)",
         },

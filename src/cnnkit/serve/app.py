@@ -224,8 +224,10 @@ class Service:
 
     async def _read_v2(self, request: Request, ticket: Ticket) -> v2.InferRequest:
         """The body within its bounds, then parsed in the decode pool (never on the event loop)."""
-        body = await read_body(request, self.cfg.max_body_bytes, ticket)
         header = request.headers.get(v2.HEADER_LENGTH)
+        # all-JSON bodies are parsed holding the GIL: no bigger than a full request's numbers can be (binary is not)
+        limit = self.cfg.max_body_bytes if header is not None else v2.json_limit(self.clf, self.cfg)
+        body = await read_body(request, limit, ticket)
         if len(body) <= INLINE_BYTES:  # parsed on the event loop in microseconds: no hand-off to the pool
             return v2.parse_infer(body, header, self.clf, self.cfg.max_images)
         loop = asyncio.get_running_loop()

@@ -73,6 +73,13 @@ def _int(value: Any, what: str, low: int, high: int) -> int:
     return value
 
 
+def json_limit(clf: Classifier, cfg: Any) -> int:
+    """The largest all-JSON infer body accepted: `max_images` images of numbers written out in full (up to 6
+    characters a value, "255, ", and nesting), plus room for the rest, or the body limit if smaller. Parsing JSON
+    holds the GIL, so a larger one would stall the event loop for nothing a client can send in JSON legitimately."""
+    return int(min(cfg.max_body_bytes, cfg.max_images * int(np.prod(clf.input_spec.image_shape)) * 6 + 64 * 1024))
+
+
 def input_shape(tensor: dict[str, Any], clf: Classifier, max_images: int) -> tuple[list[int], int]:
     """The input tensor's shape and element count, checked against the model (name, UINT8, [N, C, H, W] with N at
     most `max_images`): the one rule for V2 over HTTP and gRPC."""

@@ -228,3 +228,13 @@ def test_a_jpeg_that_repeats_a_scan_is_refused_from_its_structure_and_the_server
         r = client.post(f"{url}/v1/predict", content=bomb, headers={"content-type": "image/jpeg"})
         assert r.status_code == 400 and "JPEG with more than 100 scans" in r.json()["error"], r.text[:300]
         assert client.get(f"{url}/healthz").status_code == 200
+
+
+def test_an_all_json_v2_body_larger_than_any_request_needs_is_a_413_before_parsing(big_server):
+    """Parsing JSON holds the GIL: a body past what 256 images of numbers can take is refused from its length."""
+    _, url = big_server
+    doc = json.dumps(v2_json([0] * 784)).encode()
+    padded = doc[:-1] + b" " * (2 * 1024 * 1024) + b"}"  # 2 MB: past 256 x 784 x 6 bytes + 64 KB, within 8 MB
+    r = httpx.post(f"{url}/v2/models/{NAME}/infer", content=padded, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "byte limit" in r.json()["error"], r.text[:200]
+    assert httpx.post(f"{url}/v2/models/{NAME}/infer", content=doc, timeout=10).status_code == 200

@@ -67,7 +67,6 @@ def test_triton_engine_serves_the_same_logits_as_cnnkit_serve(onnx_model):
     http, grpc, metrics = free_port(), free_port(), free_port()
     cmd = [sys.executable, "-m", "cnnkit", "serve", onnx_model, "--engine", "triton", "--device", "cpu"]
     cmd += ["--port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--model-name", "digits"]
-    cmd += ["--open-statistics"]  # as perf_analyzer needs it
     # the engine's temporary folders (gone after SIGTERM); a short path: Triton puts Unix sockets there
     workspace = Path(tempfile.mkdtemp(prefix="ct", dir="/tmp"))
     env = {**os.environ, "TMPDIR": str(workspace)}
@@ -101,8 +100,11 @@ def test_triton_engine_serves_the_same_logits_as_cnnkit_serve(onnx_model):
             assert c.get_model_config("digits")["output"][0]["label_filename"] == "labels.txt"
             c.close()
         assert client.get_model_metadata("digits")["inputs"][0]["datatype"] == "UINT8"
-        stats = client.get_inference_statistics("digits")["model_stats"][0]  # no token needed with --open-statistics
+        # on a loopback address no token is asked for: statistics (what perf_analyzer reads) and the repository index
+        stats = client.get_inference_statistics("digits")["model_stats"][0]
         assert stats["name"] == "digits" and stats["inference_count"] >= 12
+        index = client.get_model_repository_index()
+        assert [m["name"] for m in index] == ["digits"] and index[0].get("state") == "READY", index
         try:
             import tritonclient.grpc as tg
         except ImportError:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import ipaddress
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -74,8 +75,9 @@ class TritonEngine:
             metrics_port=cfg.metrics_port,
             log_verbose=cfg.log_verbose,
             log_file=Path(self._workspace.name) / "triton.log",
+            strict_readiness=True,  # /v2/health/ready only while every model it knows is ready
         )
-        security = _security(cfg.open_statistics)
+        security = _security(cfg.open_statistics, cfg.host)
         #: the token PyTriton requires (header `triton-access-token`) on the endpoints it restricts, or None
         self.access_token: str | None = getattr(security, "access_token", None)
         self.restricted: list[str] = list(getattr(security, "restricted_endpoints", None) or [])
@@ -179,13 +181,27 @@ def with_labels(model_name: str, output_name: str, classes: tuple[str, ...]) -> 
         )
 
 
-def _security(open_statistics: bool) -> Any:
+def loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _security(open_statistics: bool, host: str) -> Any:
     """PyTriton's access restriction (a random token on the statistics, repository, trace, logging and shared-memory
-    APIs): as PyTriton sets it, or with statistics open; None where this PyTriton predates it."""
+    APIs): none on a loopback address (only this machine's processes reach it, and Triton's own tools, perf_analyzer
+    and tritonclient, send no token); elsewhere as PyTriton sets it, or with statistics open; None where this PyTriton
+    predates it."""
     try:
         from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, TritonSecurityConfig
     except ImportError:
         return None
+    if loopback(host):
+        return TritonSecurityConfig(restricted_endpoints=[])  # PyTriton: an empty list restricts nothing
     endpoints = [e for e in DEFAULT_PROTECTED_ENDPOINTS if not (open_statistics and e == "statistics")]
     return TritonSecurityConfig(restricted_endpoints=endpoints)
 

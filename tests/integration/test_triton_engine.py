@@ -100,11 +100,10 @@ def test_triton_engine_serves_the_same_logits_as_cnnkit_serve(onnx_model):
             assert c.get_model_config("digits")["output"][0]["label_filename"] == "labels.txt"
             c.close()
         assert client.get_model_metadata("digits")["inputs"][0]["datatype"] == "UINT8"
-        # on a loopback address no token is asked for: statistics (what perf_analyzer reads) and the repository index
+        # on a loopback address no token is asked for: statistics (what perf_analyzer reads) answer without one
         stats = client.get_inference_statistics("digits")["model_stats"][0]
         assert stats["name"] == "digits" and stats["inference_count"] >= 12
-        index = client.get_model_repository_index()
-        assert [m["name"] for m in index] == ["digits"] and index[0].get("state") == "READY", index
+        client.get_model_repository_index()  # answers without a token (it lists no model: PyTriton loads by API)
         try:
             import tritonclient.grpc as tg
         except ImportError:

@@ -133,7 +133,7 @@ def load_idx_dir(directory: Path, name: str, classes: tuple[str, ...] | None = N
         train_labels=y_tr,
         test_images=x_te,
         test_labels=y_te,
-        source=str(directory),
+        source=str(Path(directory).resolve()),  # absolute: a checkpoint finds it again from anywhere
     )
 
 
@@ -223,7 +223,8 @@ def load_recorded(identity: dict[str, Any], data_dir: str | os.PathLike[str] | N
         ds = load_dataset(None if name == "idx" else name, data_dir).dataset
     elif name == "idx":
         source = identity.get("source")
-        if not source or not Path(source).is_dir():
+        # an export records only the folder's name: never looked for under whatever the working directory is
+        if not source or not Path(source).is_absolute() or not Path(source).is_dir():
             raise DataError(f"the IDX folder this model was trained on ({source}) is not here; pass --data-dir")
         ds = load_idx_dir(Path(source), "idx")
     elif name in KNOWN:

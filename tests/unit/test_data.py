@@ -102,3 +102,18 @@ def test_explicit_dataset_offline_fails():
 
     with pytest.raises(DataError, match="offline.*--data-dir"):
         data.load_dataset("fashion-mnist", download=offline)
+
+
+def test_a_recorded_idx_folder_is_never_looked_for_under_the_working_directory(tmp_path, monkeypatch):
+    """An export records only the folder's name: a folder of that name wherever the command runs is not read."""
+    import pytest
+
+    from cnnkit.datasets import load_idx_dir, load_recorded
+    from cnnkit.errors import DataError
+
+    write_idx_dataset(tmp_path / "idx")
+    identity = load_idx_dir(tmp_path / "idx", "idx").identity()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"\(idx\) is not here; pass --data-dir"):
+        load_recorded({**identity, "source": "idx"})
+    assert load_recorded({**identity, "source": str(tmp_path / "idx")}).fingerprint == identity["sha256"]

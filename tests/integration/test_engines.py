@@ -94,15 +94,18 @@ def test_auto_ignores_a_record_for_another_file_another_cpu_or_a_broken_one(mode
     record = plan.record_path(model_copy)
     data = json.loads(record.read_text())
     many = {str(n): EngineChoice(streams=n).to_dict() for n in range(1, 20)}  # each choice would open sessions
-
-    for change, note in [
+    bf16 = {"1": EngineChoice(engine="openvino", precision="bf16").to_dict()}
+    cases = [
         (lambda d: d["models"]["model.onnx"].update(sha256="0" * 64), "another file"),
         (lambda d: d.update(cpu="Some Other CPU"), "Some Other CPU"),
         (lambda d: d["models"]["model.onnx"]["winners"].update({"1": {"engine": "tensorflow"}}), "unknown engine"),
         (lambda d: d["models"]["model.onnx"].update(winners={}), "records no engine choice"),
         (lambda d: d["models"]["model.onnx"].update(winners=many), "more than 8 engine choices"),
         (lambda d: d.update(cpu="x\nError: forged"), "'x\\nError: forged'"),  # quoted, one line
-    ]:
+    ]
+    if openvino_engine.available() and "BF16" not in openvino_engine.capabilities():  # where it has it, it is used
+        cases.append((lambda d: d["models"]["model.onnx"].update(winners=bf16), "names bf16, which this CPU lacks"))
+    for change, note in cases:
         changed = json.loads(json.dumps(data))
         change(changed)
         record.write_text(json.dumps(changed))

@@ -91,6 +91,8 @@ def load(model: str | Path | bytes, device: str) -> EnginePlan:
         return _default(f"{path}: {exc}")
     if any(c.engine == "openvino" for _, c in routes) and not openvino_engine.available():
         return _default(f"{path} names OpenVINO, which is not installed")
+    if any(c.precision == "bf16" for _, c in routes) and "BF16" not in openvino_engine.capabilities():
+        return _default(f"{path} names bf16, which this CPU lacks")
     if not routes:
         return _default(f"{path} records no engine choice")
     if len({c for _, c in routes}) > MAX_CHOICES:  # each choice opens its own sessions

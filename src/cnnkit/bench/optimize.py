@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cnnkit import atomic
 from cnnkit.bench import backends as bk
 from cnnkit.bench import engine_choices as ec
 from cnnkit.bench.inputs import file_tags
@@ -225,6 +226,16 @@ def _select(
             f"no passing ONNX candidate was benchmarked at batch {options.target_batch}; add it to --batch-sizes"
         )
     name = best[0]
-    dest = place(files[name], ckpt_path.parent / "model.onnx")
-    ec.record(result, rows, name, dest, options.batch_sizes)
+    dest = ckpt_path.parent / "model.onnx"
+    kept = {p: p.read_bytes() for p in (dest, dest.parent / "exports.json") if p.is_file()}
+    place(files[name], dest)
+    try:
+        ec.record(result, rows, name, dest, options.batch_sizes)
+    except BaseException:  # the selection lands with its record or not at all: what was there is put back
+        for p in (dest, dest.parent / "exports.json"):
+            if p in kept:
+                atomic.write_bytes(p, kept[p])
+            else:
+                p.unlink(missing_ok=True)
+        raise
     return f"{name} on {best[1].label}", str(dest)

@@ -108,10 +108,10 @@ def save(model: Path, winners: dict[int, EngineChoice], measured: dict[str, Any]
     if path.is_file():
         try:
             old = json.loads(path.read_text())
-            if old.get("cpu") == record["cpu"]:
-                record["models"] = dict(old.get("models", {}))
-        except (OSError, ValueError, AttributeError):
-            pass
+            if old.get("cpu") == record["cpu"] and isinstance(old.get("models"), dict):
+                record["models"] = dict(old["models"])
+        except (OSError, ValueError, AttributeError, TypeError, RecursionError):
+            pass  # a record this cnnkit cannot read is replaced, not merged
     record["models"][model.name] = {
         "sha256": sha256_file(model),
         "winners": {str(b): c.to_dict() for b, c in sorted(winners.items())},

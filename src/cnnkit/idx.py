@@ -15,32 +15,47 @@ from cnnkit.errors import DataError
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
+MAX_IDX_BYTES = 2 * 1024**3  # one IDX file's data: EMNIST's largest is about 0.7 GB
+
+
+def _header(head: bytes, path: Path) -> tuple[int, tuple[int, ...]]:
+    """(header length, dims) of an IDX file of unsigned bytes, or DataError."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0:
+        raise DataError(f"{path}: not an IDX file (bad magic number {head[:4].hex() or 'empty'})")
+    if head[2] != 0x08:
+        raise DataError(f"{path}: IDX data type 0x{head[2]:02x} is not supported (expected 0x08, unsigned byte)")
+    ndim = head[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(head) < header:
+        raise DataError(f"{path}: truncated IDX header ({len(head)} bytes for {ndim} dimensions)")
+    return header, tuple(int(d) for d in np.frombuffer(head, dtype=">u4", count=ndim, offset=4))
+
+
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Parse an IDX file of unsigned bytes (gzipped or not) into a uint8 array, checking its header."""
+    """Parse an IDX file of unsigned bytes (gzipped or not) into a uint8 array, checking its header. A gzipped file
+    is decompressed no further than its header's size (plus one byte, to see trailing data): a gzip bomb costs
+    nothing beyond what the header declares, and that is bounded by MAX_IDX_BYTES."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with open(path, "rb") as raw_file:
+            gz = raw_file.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            head = f.read(4)
+            head += f.read(4 * head[3]) if len(head) == 4 else b""
+            _, dims = _header(head, path)
+            expected = math.prod(dims)  # Python integers: a crafted header cannot overflow this
+            if expected > MAX_IDX_BYTES:
+                raise DataError(f"{path}: header declares {expected:,} bytes of data (at most {MAX_IDX_BYTES:,})")
+            data = f.read(expected + 1)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
-    if raw[2] != 0x08:
-        raise DataError(f"{path}: IDX data type 0x{raw[2]:02x} is not supported (expected 0x08, unsigned byte)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes for {ndim} dimensions)")
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = math.prod(dims)  # Python integers: a crafted header cannot overflow this
-    got = len(raw) - header
-    if got != expected:
-        kind = "truncated" if got < expected else "has trailing bytes"
-        raise DataError(f"{path}: {kind}: {got} data bytes, expected {expected} for shape {dims}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    if len(data) != expected:
+        kind = "truncated" if len(data) < expected else "has trailing bytes"
+        shown = f"{len(data)}" if len(data) <= expected else f"more than {expected}"
+        raise DataError(f"{path}: {kind}: {shown} data bytes, expected {expected} for shape {dims}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def write_idx(path: str | os.PathLike[str], array: np.ndarray, compress: bool = False) -> Path:

@@ -117,3 +117,25 @@ def test_a_recorded_idx_folder_is_never_looked_for_under_the_working_directory(t
     with pytest.raises(DataError, match=r"\(idx\) is not here; pass --data-dir"):
         load_recorded({**identity, "source": "idx"})
     assert load_recorded({**identity, "source": str(tmp_path / "idx")}).fingerprint == identity["sha256"]
+
+
+def test_a_gzip_bomb_is_refused_from_its_header_and_decompressed_no_further(tmp_path):
+    """A tiny .gz whose header declares more than MAX_IDX_BYTES, or whose data runs past its header's size."""
+    import gzip
+    import struct
+
+    from cnnkit import idx
+
+    huge = tmp_path / "huge.gz"
+    huge.write_bytes(gzip.compress(b"\0\0\x08\x03" + struct.pack(">III", 100_000, 1000, 1000)))
+    with pytest.raises(DataError, match="declares 100,000,000,000 bytes of data"):
+        read_idx(huge)
+    bomb = tmp_path / "bomb.gz"
+    with gzip.open(bomb, "wb") as f:  # declares 4 bytes, then 64 MB of zeros (compressed to ~64 KB)
+        f.write(b"\0\0\x08\x01" + struct.pack(">I", 4))
+        for _ in range(64):
+            f.write(b"\0" * 2**20)
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(DataError, match="has trailing bytes: more than 4 data bytes"):
+        read_idx(bomb)
+    assert idx.MAX_IDX_BYTES >= 2**30

@@ -41,7 +41,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     try:
         with open(path, "rb") as raw_file:
             gz = raw_file.read(2) == b"\x1f\x8b"
-        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
             head = f.read(4)
             head += f.read(4 * head[3]) if len(head) == 4 else b""
             _, dims = _header(head, path)

@@ -256,3 +256,35 @@ def test_sigterm_finishes_in_flight_and_exits_zero(exported, digits):
     assert proc.wait(timeout=30) == 0
     with pytest.raises(httpx.HTTPError):
         httpx.get(url + "/healthz", timeout=1)
+
+
+def test_health_and_readiness_on_their_own_port_follow_the_server(exported):
+    """--health-port: /healthz and /readyz on a port of their own (a thread of their own), 200 while serving; during
+    the drain after SIGTERM /readyz is 503 there as on the main port; gone with the server."""
+    import re
+
+    proc, url = start_server(exported.artefacts["onnx"], "--health-port", "0", "--drain-s", "2")
+    try:
+        health = None
+        for line in iter(proc.stdout.readline, b""):  # the line comes after the main port's
+            found = re.search(rb"health and readiness on (http://[0-9.]+:[0-9]+)", line)
+            if found:
+                health = found[1].decode()
+                break
+        assert health is not None and health != url
+        assert httpx.get(health + "/healthz").json() == {"status": "ok"}
+        assert httpx.get(health + "/readyz").status_code == 200
+        assert httpx.get(health + "/v2/health/ready").json() == {"ready": True}
+        assert httpx.get(health + "/v1/predict").status_code == 404  # health only
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.time() + 5
+        while httpx.get(health + "/readyz").status_code == 200:  # the drain begins
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert httpx.get(url + "/readyz").status_code == 503 and httpx.get(health + "/healthz").status_code == 200
+        assert proc.wait(timeout=30) == 0
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(health + "/healthz", timeout=1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -97,6 +97,12 @@ MB = 2**20
     f"(default {T.grpc_port}).",
 )
 @click.option(
+    "--health-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also answer /healthz and /readyz on this port, from a thread of their own (probes stay fast under load).",
+)
+@click.option(
     "--metrics-port", type=click.IntRange(0, 65535), default=T.metrics_port, show_default=True, help="triton engine."
 )
 def serve(
@@ -119,6 +125,7 @@ def serve(
     model_name,
     open_statistics,
     grpc_port,
+    health_port,
     metrics_port,
 ):
     """Serve an ONNX model over HTTP: cnnkit's API (POST /v1/predict, /healthz, /readyz, /v1/model, /metrics) and
@@ -126,6 +133,8 @@ def serve(
     if engine == "triton":
         if streams is not None:
             raise click.BadParameter("--engine triton runs the model with engine auto; --streams does not apply")
+        if health_port is not None:
+            raise click.BadParameter("--engine triton answers Triton's own health endpoints; drop --health-port")
         ports = {"http_port": port, "grpc_port": T.grpc_port if grpc_port is None else grpc_port}
         ports["metrics_port"] = metrics_port
         _serve_triton(TritonEngineConfig(model=model, model_name=model_name, host=host, device=device, **ports,
@@ -144,6 +153,8 @@ def serve(
         http=http,
         grpc_port=grpc_port,
         grpc_host=host,
+        health_port=health_port,
+        health_host=host,
     )
     if grpc_port is not None:
         require("grpc", "tritonclient.grpc")  # the grpc extra, named in one line when missing

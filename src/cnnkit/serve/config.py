@@ -64,6 +64,8 @@ class ServeConfig:
     model_name: str | None = None  # in the KServe V2 paths; default: the model's serving name
     grpc_port: int | None = None  # KServe V2 over gRPC on this port too (0: one the kernel picks); None: no gRPC
     grpc_host: str = "127.0.0.1"
+    health_port: int | None = None  # /healthz and /readyz also on this port, answered by a thread of their own
+    health_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         _check_ranges(
@@ -86,8 +88,9 @@ class ServeConfig:
                 "top_k": (1, 100_000),
             },
         )
-        if self.grpc_port is not None:
-            _check_ranges("ServeConfig", self, {"grpc_port": (0, 65535)})
+        for port in ("grpc_port", "health_port"):
+            if getattr(self, port) is not None:
+                _check_ranges("ServeConfig", self, {port: (0, 65535)})
         if self.http not in HTTP_PARSERS:
             raise CnnkitError(f"ServeConfig.http must be one of {', '.join(HTTP_PARSERS)}, got {self.http!r}")
         _check_model_name(self.model_name)

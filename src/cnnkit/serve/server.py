@@ -10,6 +10,7 @@ from cnnkit.runtime import Classifier
 from cnnkit.serve import listen
 from cnnkit.serve.app import create_app
 from cnnkit.serve.config import ServeConfig
+from cnnkit.serve.health import HealthServer
 from cnnkit.serve.http import bounded_httptools
 from cnnkit.serve.reading import log
 from cnnkit.serve.shutdown import serve_until_signalled
@@ -30,6 +31,7 @@ def run(
     sock = listen.bind(host, port)  # a port in use is one line, before anything starts
     if cfg.grpc_port is not None:
         listen.check_free(cfg.grpc_host, cfg.grpc_port, "gRPC")
+    health_sock = listen.bind(cfg.health_host, cfg.health_port, "health") if cfg.health_port is not None else None
     app = create_app(clf, cfg)
     config = uvicorn.Config(
         app,
@@ -47,4 +49,13 @@ def run(
     shown = f"[{host}]" if ":" in host else host
     # uvicorn says where it listens only for the sockets it binds itself: the same line for the one bound here
     log.info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown, sock.getsockname()[1])
-    serve_until_signalled(config, app.state.serving, cfg.drain_s, [sock])
+    health = None
+    if health_sock is not None:
+        health = HealthServer(health_sock, app.state.serving)
+        health.start()
+        log.info("cnnkit serve: health and readiness on http://%s:%d", cfg.health_host, health.port)
+    try:
+        serve_until_signalled(config, app.state.serving, cfg.drain_s, [sock])
+    finally:
+        if health is not None:
+            health.stop()

@@ -98,6 +98,8 @@ def test_auto_ignores_a_record_for_another_file_another_cpu_or_a_broken_one(mode
     cases = [
         (lambda d: d["models"]["model.onnx"].update(sha256="0" * 64), "another file"),
         (lambda d: d.update(cpu="Some Other CPU"), "Some Other CPU"),
+        (lambda d: d.update(cpu_flags=["avx512f", "amx_tile"]), "measured on a CPU with 'avx512f+amx_tile'"),
+        (lambda d: d.pop("cpu_flags"), "measured on a CPU with 'no CPU flags'"),  # a record from before flags
         (lambda d: d["models"]["model.onnx"]["winners"].update({"1": {"engine": "tensorflow"}}), "unknown engine"),
         (lambda d: d["models"]["model.onnx"].update(winners={}), "records no engine choice"),
         (lambda d: d["models"]["model.onnx"].update(winners=many), "more than 8 engine choices"),

@@ -97,9 +97,10 @@ def test_record_writes_the_fastest_choice_per_batch_size(tmp_path):
             _row("onnx:other", 64, 9999),
         ],  # fmt: skip
     )
-    from cnnkit.runtime import plan
+    from cnnkit.runtime.cpu import cpu_flags, cpu_model
 
-    (tmp_path / "runtime.json").write_text(json.dumps({"cpu": plan.cpu_model(), "models": 5}))  # malformed: replaced
+    malformed = {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "models": 5}
+    (tmp_path / "runtime.json").write_text(json.dumps(malformed))  # replaced, not merged
     path = ec.record(result, rows, "int8", model, (1, 64))
     entry = json.loads(path.read_text())["models"]["model.onnx"]
     assert entry["winners"] == {"1": EngineChoice().to_dict(), "64": ov.to_dict()}

@@ -6,36 +6,11 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from cnnkit import __version__
 from cnnkit.doctor import gpu_info, installed_version
-from cnnkit.runtime.plan import cpu_model
-
-RELEVANT_FLAGS = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx_vnni",
-    "amx_tile",
-    "amx_int8",
-    "amx_bf16",
-)
-
-
-def cpu_flags() -> list[str]:
-    """The CPU features that decide which kernels run fastest (AVX2, AVX-512, VNNI, AMX), as /proc/cpuinfo has them."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                return [f for f in RELEVANT_FLAGS if f in present]
-    except OSError:
-        pass
-    return []
+from cnnkit.runtime.cpu import cpu_flags, cpu_model
 
 
 def environment(device: str, threads: int) -> dict[str, Any]:

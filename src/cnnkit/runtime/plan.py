@@ -1,36 +1,27 @@
 """What `engine="auto"` runs: the engine choice `cnnkit optimize` measured fastest at each batch size for this very
 file on this very CPU (`runtime.json` beside the model), or ONNX Runtime, one stream, where nothing applies.
 
-The record names the file's SHA-256 and the CPU model it was measured on; a record for another file or another CPU
-is not used (and the Classifier says why)."""
+The record names the file's SHA-256 and the CPU model and instruction-set flags it was measured on (`runtime.cpu`);
+a record for another file, another CPU model or other flags (one model name can hide different kernels) is not used,
+and the Classifier says why."""
 
 from __future__ import annotations
 
 import bisect
 import functools
 import json
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cnnkit.atomic import sha256_file, write_text
 from cnnkit.runtime import openvino_engine
+from cnnkit.runtime.cpu import cpu_flags, cpu_model
 from cnnkit.runtime.options import EngineChoice
 
 RECORD = "runtime.json"
 FORMAT = "cnnkit-runtime/1"
 MAX_CHOICES = 8  # distinct engine choices one record may name: each opens sessions of its own
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +75,10 @@ def load(model: str | Path | bytes, device: str) -> EnginePlan:
             return _default(f"{path} was measured for another file")
         if record["cpu"] != cpu_model():
             return _default(f"{path} was measured on a {str(record['cpu'])[:80]!r}")  # quoted: no forged lines
+        flags = record.get("cpu_flags")
+        if flags != cpu_flags():  # same name, other kernels (and INT8 arithmetic): measured elsewhere, not trusted
+            shown = "no CPU flags" if flags is None else "+".join(map(str, flags))[:120] or "none of the flags"
+            return _default(f"{path} was measured on a CPU with {shown!r}, this one has {'+'.join(cpu_flags())!r}")
         routes = sorted((int(size), EngineChoice(**c)) for size, c in entry["winners"].items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return _default(f"{path} is unreadable ({type(exc).__name__})")
@@ -104,11 +99,12 @@ def load(model: str | Path | bytes, device: str) -> EnginePlan:
 def save(model: Path, winners: dict[int, EngineChoice], measured: dict[str, Any]) -> Path:
     """Record `winners` (batch size -> choice) for `model` beside it, keeping other files' entries."""
     path = record_path(model)
-    record: dict[str, Any] = {"format": FORMAT, "cpu": cpu_model(), "models": {}}
+    record: dict[str, Any] = {"format": FORMAT, "cpu": cpu_model(), "cpu_flags": cpu_flags(), "models": {}}
     if path.is_file():
         try:
             old = json.loads(path.read_text())
-            if old.get("cpu") == record["cpu"] and isinstance(old.get("models"), dict):
+            same_cpu = old.get("cpu") == record["cpu"] and old.get("cpu_flags") == record["cpu_flags"]
+            if same_cpu and isinstance(old.get("models"), dict):
                 record["models"] = dict(old["models"])
         except (OSError, ValueError, AttributeError, TypeError, RecursionError):
             pass  # a record this cnnkit cannot read is replaced, not merged

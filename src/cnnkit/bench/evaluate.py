@@ -16,6 +16,7 @@ import numpy as np
 from cnnkit.datasets import Downloader, load_dataset, load_recorded
 from cnnkit.errors import DataError
 from cnnkit.runtime import Classifier
+from cnnkit.runtime.classifier import strict_fallback
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,10 +56,7 @@ def evaluate(
     engine: Any = "auto",
 ) -> EvalResult:
     """Classify every image of `split` ("test" or "train"); the model's own recorded dataset by default."""
-    # cuda asked for and not given is an error, as in every command
-    clf = Classifier(
-        model, device=device, engine=engine, fallback="raise" if device == "cuda" else "ignore", max_batch=batch
-    )
+    clf = Classifier(model, device=device, engine=engine, fallback=strict_fallback(device), max_batch=batch)
     if dataset is None and data_dir is None:
         recorded = clf.info.raw.get("dataset")
         if not isinstance(recorded, dict):

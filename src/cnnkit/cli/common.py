@@ -194,12 +194,10 @@ def make_classifier(model: str, device: str, **kwargs: Any) -> Any:
     """A runtime Classifier. The one rule for `--device`: cuda asked for and not given is an error (every command
     alike, with the reason and the fix); auto runs on the CPU where CUDA cannot. An engine record beside the model
     that does not apply is one `Warning:` line on stderr."""
-    from cnnkit.errors import DeviceError
     from cnnkit.runtime import Classifier
+    from cnnkit.runtime.classifier import strict_fallback
 
-    clf = Classifier(model, device=device, fallback="ignore", **kwargs)
-    if clf.fallback_message and device == "cuda":
-        raise DeviceError(clf.fallback_message)
+    clf = Classifier(model, device=device, fallback=strict_fallback(device), **kwargs)
     if clf.plan.note:
         click.echo(f"Warning: {clf.plan.note}; engine auto runs onnxruntime", err=True)
     return clf

@@ -23,6 +23,12 @@ Fallback = Literal["warn", "raise", "ignore"]
 FALLBACKS = ("warn", "raise", "ignore")
 
 
+def strict_fallback(device: str) -> Fallback:
+    """The commands' one rule for `device`: "cuda" asked for is CUDA or an error ("raise"); "auto" and "cpu" run
+    wherever they can ("ignore")."""
+    return "raise" if device == "cuda" else "ignore"
+
+
 class ProviderFallbackWarning(RuntimeWarning):
     """CUDA was asked for but ONNX Runtime runs the model on the CPU."""
 
@@ -145,16 +151,7 @@ class Classifier:
         """The one-line warning for a CUDA fall-back, with the fix (None when there was none)."""
         if not self.fallback_reason:
             return None
-        return f"CUDA was requested but ONNX Runtime runs on CPU: {self.fallback_reason}. Fix: {self.fallback_fix}"
-
-    @property
-    def fallback_fix(self) -> str:
-        """What would give CUDA here: another machine where none has a GPU, the GPU build, or its libraries."""
-        if not session.gpu_visible():
-            return "run on a machine with an NVIDIA GPU, or on the CPU (device 'cpu' or 'auto')"
-        if session.CUDA_EP not in ort.get_available_providers():
-            return "pip install onnxruntime-gpu (and uninstall onnxruntime)"
-        return session.CUDA_FIX
+        return f"CUDA was requested but ONNX Runtime runs on CPU: {self.fallback_reason}. Fix: {session.cuda_fix()}"
 
     @property
     def node_assignment(self) -> dict[str, list[str]] | None:

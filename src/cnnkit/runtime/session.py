@@ -27,13 +27,30 @@ def gpu_visible() -> bool:
     return bool(glob.glob("/dev/nvidia[0-9]*")) or bool(glob.glob("/proc/driver/nvidia/gpus/*"))
 
 
+def _cuda_cause() -> str:
+    """What stands between this process and CUDA: "gpu" (none visible), "build" (a CPU onnxruntime) or
+    "libraries" (the provider is there but did not load)."""
+    if not gpu_visible():
+        return "gpu"
+    return "build" if CUDA_EP not in ort.get_available_providers() else "libraries"
+
+
+def cuda_fix() -> str:
+    """The fix for what `cuda_fallback_reason` reports: another machine, the GPU build, or its libraries."""
+    return {
+        "gpu": "run on a machine with an NVIDIA GPU, or on the CPU (device 'cpu' or 'auto')",
+        "build": "pip install onnxruntime-gpu (and uninstall onnxruntime)",
+    }.get(_cuda_cause(), CUDA_FIX)
+
+
 def cuda_fallback_reason(ort_log: str = "") -> str:
     """Why ONNX Runtime's CUDA provider could not be used here: its own error line when `ort_log` (what it
     logged while the session was made) has one, else the likeliest cause."""
-    if CUDA_EP not in ort.get_available_providers():
-        return f"this onnxruntime build ({ort.get_device()}) has no CUDA provider; install onnxruntime-gpu"
-    if not gpu_visible():
+    cause = _cuda_cause()
+    if cause == "gpu":
         return "no NVIDIA GPU is visible (no /dev/nvidia* device)"
+    if cause == "build":
+        return f"this onnxruntime build ({ort.get_device()}) has no CUDA provider; install onnxruntime-gpu"
     error = cuda_libs.ort_error(ort_log)
     if error:
         return f"the CUDA provider failed to load: {error}"

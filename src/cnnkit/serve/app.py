@@ -124,9 +124,7 @@ class Service:
         return self.answer("healthz", 200, {"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        if self.state.accepting:
-            return self.answer("readyz", 200, {"status": "ready", "providers": self.clf.providers})
-        return self.answer("readyz", 503, {"status": "draining" if self.state.draining else "starting"})
+        return self.answer("readyz", *self.state.readyz(self.clf.providers))
 
     async def model_info(self, request: Request) -> Response:
         clf = self.clf
@@ -162,8 +160,7 @@ class Service:
         return self.answer("v2_health", 200, {"live": True})
 
     async def v2_ready(self, request: Request) -> Response:
-        ready = self.state.ready
-        return self.answer("v2_health", 200 if ready else 503, {"ready": ready})
+        return self.answer("v2_health", *self.state.v2_ready())
 
     async def v2_server(self, request: Request) -> Response:
         return self.answer("v2_metadata", 200, v2.server_metadata())

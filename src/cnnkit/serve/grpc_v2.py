@@ -169,17 +169,10 @@ class V2Servicer(rpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         return resp
 
 
-def message_limit(clf: Classifier, max_images: int, max_body_bytes: int) -> int:
-    """The largest request message accepted: a full request's pixels as uint_contents (up to 5 bytes a value) and
-    some room for the rest, or the body limit if that is smaller."""
-    pixels = max_images * int(np.prod(clf.input_spec.image_shape))
-    return int(min(max_body_bytes, pixels * 5 + 64 * 1024))
-
-
 async def start(service: Service, host: str, port: int) -> tuple[Any, int]:
     """The gRPC server on `host:port` (0: one the kernel picks), started; returns it and the port it listens on."""
     cfg = service.cfg
-    limit = message_limit(service.clf, cfg.max_images, cfg.max_body_bytes)
+    limit = v2.request_bytes(service.clf, cfg, 5)  # a full request's pixels as uint_contents
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", limit), ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=cfg.limit_concurrency,

@@ -14,26 +14,28 @@ from typing import Any
 from cnnkit.serve.shutdown import ServingState
 
 
-def _answers(state: ServingState) -> dict[str, tuple[int, dict[str, Any]]]:
-    ready = state.accepting
+def _answers(state: ServingState, providers: list[str]) -> dict[str, tuple[int, dict[str, Any]]]:
+    """The main port's answers, from the same state (`ServingState.readyz`, `v2_ready`)."""
     return {
         "/healthz": (200, {"status": "ok"}),
-        "/readyz": (200 if ready else 503, {"ready": ready}),
+        "/readyz": state.readyz(providers),
         "/v2/health/live": (200, {"live": True}),
-        "/v2/health/ready": (200 if ready else 503, {"ready": ready}),
+        "/v2/health/ready": state.v2_ready(),
     }
 
 
 class HealthServer:
     """A threaded HTTP server on an already bound socket, answering health and readiness only."""
 
-    def __init__(self, sock: socket.socket, state: ServingState):
+    def __init__(self, sock: socket.socket, state: ServingState, providers: list[str]):
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             timeout = 2  # a connection that sends nothing for this long is dropped
 
             def do_GET(self) -> None:
-                status, body = _answers(state).get(self.path, (404, {"error": f"unknown path {self.path[:80]!r}"}))
+                status, body = _answers(state, providers).get(
+                    self.path, (404, {"error": f"unknown path {self.path[:80]!r}"})
+                )
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")

@@ -51,7 +51,7 @@ def run(
     log.info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown, sock.getsockname()[1])
     health = None
     if health_sock is not None:
-        health = HealthServer(health_sock, app.state.serving)
+        health = HealthServer(health_sock, app.state.serving, clf.providers)
         health.start()
         log.info("cnnkit serve: health and readiness on http://%s:%d", cfg.health_host, health.port)
     try:

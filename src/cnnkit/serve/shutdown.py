@@ -21,6 +21,16 @@ class ServingState:
     def accepting(self) -> bool:
         return self.ready and not self.draining
 
+    def readyz(self, providers: list[str]) -> tuple[int, dict[str, Any]]:
+        """`/readyz`: 200 while accepting (with what runs the model), else 503 saying whether starting or draining."""
+        if self.accepting:
+            return 200, {"status": "ready", "providers": providers}
+        return 503, {"status": "draining" if self.draining else "starting"}
+
+    def v2_ready(self) -> tuple[int, dict[str, Any]]:
+        """KServe V2 `/v2/health/ready`: the model is loaded and warmed up."""
+        return (200 if self.ready else 503), {"ready": self.ready}
+
 
 class CloseWhileDraining:
     """ASGI middleware: while the server drains before a shutdown, every response says `Connection: close`, so

@@ -73,11 +73,16 @@ def _int(value: Any, what: str, low: int, high: int) -> int:
     return value
 
 
+def request_bytes(clf: Classifier, cfg: Any, per_value: int) -> int:
+    """The most bytes a request needs for `max_images` images at `per_value` bytes a value, plus 64 KB for the rest,
+    or the body limit if smaller: the size rule of encodings that hold the GIL while parsed (all-JSON bodies over
+    HTTP: up to 6 characters a value, "255, " and nesting; gRPC typed contents: a varint of up to 5 bytes)."""
+    return int(min(cfg.max_body_bytes, cfg.max_images * int(np.prod(clf.input_spec.image_shape)) * per_value + 65536))
+
+
 def json_limit(clf: Classifier, cfg: Any) -> int:
-    """The largest all-JSON infer body accepted: `max_images` images of numbers written out in full (up to 6
-    characters a value, "255, ", and nesting), plus room for the rest, or the body limit if smaller. Parsing JSON
-    holds the GIL, so a larger one would stall the event loop for nothing a client can send in JSON legitimately."""
-    return int(min(cfg.max_body_bytes, cfg.max_images * int(np.prod(clf.input_spec.image_shape)) * 6 + 64 * 1024))
+    """The largest all-JSON infer body accepted (parsing JSON holds the GIL)."""
+    return request_bytes(clf, cfg, 6)
 
 
 def input_shape(tensor: dict[str, Any], clf: Classifier, max_images: int) -> tuple[list[int], int]:

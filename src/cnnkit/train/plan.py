@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cnnkit.datasets import Dataset
 from cnnkit.errors import CheckpointError, DataError, option_error
@@ -88,21 +88,32 @@ def torch_device(cfg: TrainConfig, world: distributed.World) -> torch.device:
     return device
 
 
+class Checked(NamedTuple):
+    device: torch.device  # where this process trains
+    config: ModelConfig  # the model the data calls for
+
+
+def check(dataset: Dataset, cfg: TrainConfig, world: distributed.World) -> Checked:
+    """The device and the model configuration, or the one-line error, before any folder is made or group joined."""
+    return Checked(torch_device(cfg, world), check_inputs(dataset, cfg, world))
+
+
 def build(
     dataset: Dataset,
     cfg: TrainConfig,
     out_dir: Path,
     world: distributed.World,
     *,
+    checked: Checked,
     resume_run: bool,
     t_start: float,
     tuning: dict[str, Any] | None = None,
     plot: bool = True,
 ) -> TrainPlan:
-    """The plan, built once: device, data split, normalisation, CUDA graph, precision (rank 0's, for every rank:
-    `world` is the initialised one), the recipe at that precision, and for a resume the saved state, checked."""
-    device = torch_device(cfg, world)
-    config = check_inputs(dataset, cfg, world)
+    """The plan, built once from the inputs already checked (`check`): data split, normalisation, CUDA graph,
+    precision (rank 0's, for every rank: `world` is the initialised one), the recipe at that precision, and for a
+    resume the saved state, checked."""
+    device, config = checked
     per_rank = max(1, cfg.batch_size // world.size)
     split = split_validation(dataset, cfg.val_fraction)
     graph, steps_reason = choose_graph(cfg.cuda_graph, device, world.distributed, per_rank, len(split.train_labels))

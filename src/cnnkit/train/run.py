@@ -38,15 +38,22 @@ def train(
     fresh = world.is_main and not resume_run
     if fresh:
         check_out_dir(out_dir, force)  # refuse early; the folder itself is made once the inputs are checked
-    device = plan.torch_device(cfg, world)
-    plan.check_inputs(dataset, cfg, world)
+    checked = plan.check(dataset, cfg, world)
     created = fresh and not out_dir.exists()
     if fresh:
         prepare_out_dir(out_dir, force)
-    world = distributed.init(world, device.type)
+    world = distributed.init(world, checked.device.type)
     try:
         the_plan = plan.build(
-            dataset, cfg, out_dir, world, resume_run=resume_run, t_start=t_start, tuning=tuning, plot=plot
+            dataset,
+            cfg,
+            out_dir,
+            world,
+            checked=checked,
+            resume_run=resume_run,
+            t_start=t_start,
+            tuning=tuning,
+            plot=plot,
         )
         return loop.run(the_plan, progress)
     finally:

@@ -109,7 +109,7 @@ def test_v2_request_parser_accepts_or_says_why(doc, header_length, tail):
 @given(json_values)
 def test_top_k_is_an_integer_in_range_or_a_400(value):
     try:
-        k = top_k(value, 10)
+        k = top_k(value, 10, 3)
     except RequestError as exc:
         assert exc.status == 400
         return

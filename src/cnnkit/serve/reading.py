@@ -129,7 +129,7 @@ def without_frames(exc: BaseException) -> BaseException:
     return exc
 
 
-def top_k(value: Any, num_classes: int, default: int = 3) -> int:
+def top_k(value: Any, num_classes: int, default: int) -> int:
     """top_k as given (query string or JSON): an integer 1..num_classes, nothing coerced; not given, the default
     or every class, whichever is fewer (a two-class model answers a plain request)."""
     if value is None:

@@ -110,7 +110,7 @@ def torch_free(model: str, device: str) -> dict[str, Any]:
     """The runtime alone must find the CUDA libraries: this process never imports torch."""
     import numpy as np
 
-    from cnnkit.datasets import load_sample
+    from cnnkit.data.datasets import load_sample
     from cnnkit.runtime import Classifier
 
     clf = Classifier(model, device=device, fallback="raise")
@@ -129,12 +129,12 @@ def torch_free(model: str, device: str) -> dict[str, Any]:
 def pngs(out: Path) -> None:
     from PIL import Image
 
-    from cnnkit.datasets import load_sample
+    from cnnkit.data.datasets import load_sample
 
     ds = load_sample()
     out.mkdir(parents=True, exist_ok=True)
     for i in range(8):
-        Image.fromarray(ds.test_images[i]).save(out / f"digit{i}_label{ds.test_labels[i]}.png")
+        Image.fromarray(ds.test_images[i, 0]).save(out / f"digit{i}_label{ds.test_labels[i]}.png")
 
 
 # ------------------------------------------------------------------------------------------------ the summary

@@ -162,9 +162,9 @@ def main() -> None:
     ap.add_argument("--triton-python", default=str(ROOT / ".venv-triton/bin/python"))
     a = ap.parse_args()
     clients = [int(c) for c in a.clients.split(",")]
-    from cnnkit.datasets import load_sample
+    from cnnkit.data.datasets import load_sample
 
-    requests = [v2_request(img) for img in load_sample().test_images[:200]]
+    requests = [v2_request(img) for img in load_sample().test_images[:200, 0]]
     procs, urls = {}, {}
     try:
         for name, (cmd, ready) in servers(a.run / "model.onnx", a.triton_python).items():

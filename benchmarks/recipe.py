@@ -26,7 +26,7 @@ FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 def load(name: str):
-    from cnnkit.datasets import load_idx_dir, load_sample
+    from cnnkit.data.datasets import load_idx_dir, load_sample
 
     if name == "sample":
         return load_sample()

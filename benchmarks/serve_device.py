@@ -29,10 +29,10 @@ from serve_load import load, start
 
 
 def v2_requests(name: str, n: int = 64) -> list[bytes]:
-    from cnnkit.datasets import load_sample
+    from cnnkit.data.datasets import load_sample
     from serve_protocols import v2_request
 
-    return [v2_request(img, name) for img in load_sample().test_images[:n]]
+    return [v2_request(img, name) for img in load_sample().test_images[:n, 0]]
 
 
 def main() -> None:

@@ -137,10 +137,10 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = a.model or ensure_model(Path(tmp)) / "model.onnx"
-        from cnnkit.datasets import load_sample
+        from cnnkit.data.datasets import load_sample
 
         bodies = []
-        for img in load_sample().test_images[:200]:
+        for img in load_sample().test_images[:200, 0]:
             buf = io.BytesIO()
             Image.fromarray(img).save(buf, format="PNG")
             bodies.append(png_request(buf.getvalue()))

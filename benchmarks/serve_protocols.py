@@ -82,9 +82,9 @@ def main() -> None:
     sweep = [int(c) for c in a.clients.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         model = a.model or ensure_model(Path(tmp)) / "model.onnx"
-        from cnnkit.datasets import load_sample
+        from cnnkit.data.datasets import load_sample
 
-        digits = load_sample().test_images[:200]
+        digits = load_sample().test_images[:200, 0]
         pngs = []
         for img in digits:
             buf = io.BytesIO()

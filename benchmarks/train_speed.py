@@ -21,18 +21,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, save
 
 
 def write_torchvision_layout(ds, root: Path) -> None:
     """The dataset as torchvision's MNIST raw IDX files, so the seed loop reads it the seed's way."""
-    from cnnkit.idx import FILES as IDX_FILES
-    from cnnkit.idx import write_idx
+    from cnnkit.data.idx import FILES as IDX_FILES
+    from cnnkit.data.idx import write_idx
 
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for name, arr in zip(IDX_FILES, (ds.train_images, ds.train_labels, ds.test_images, ds.test_labels)):
+    for name, arr in zip(IDX_FILES, (ds.train_images[:, 0], ds.train_labels, ds.test_images[:, 0], ds.test_labels)):
         write_idx(raw / name, arr)
 
 
@@ -120,16 +122,16 @@ def cnnkit_stepper(ds, precision: str, seed: int, batch_size: int = 128):
     from cnnkit.train import augment
     from cnnkit.train.config import TrainConfig
     from cnnkit.train.data import normalisation
-    from cnnkit.train.model import Net, normalize
+    from cnnkit.train.model import Net, normalize, per_channel
     from cnnkit.train.stepper import Steps
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.from_numpy(ds.train_images).unsqueeze(1)
+    x = torch.from_numpy(np.ascontiguousarray(ds.train_images))
     y = torch.from_numpy(ds.train_labels)
     model = Net().to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=TrainConfig.lr)
-    mean, std = normalisation(ds.train_images)
+    mean, std = per_channel(*normalisation(ds.train_images))
     train_step = Steps(net=model, opt=opt, sched=None, precision=precision, label_smoothing=0.0, device="cpu")
     aug = augment.Augment(shift=TrainConfig.shift, rotate=TrainConfig.rotate)
 
@@ -192,7 +194,7 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
-    from cnnkit.datasets import load_dataset
+    from cnnkit.data.datasets import load_dataset
 
     ds = load_dataset(a.dataset).dataset
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,7 +27,7 @@ def main() -> None:
 
     from cnnkit.bench.evaluate import evaluate
     from cnnkit.bench.optimize import OptimizeOptions, optimize
-    from cnnkit.datasets import load_sample
+    from cnnkit.data.datasets import load_sample
     from cnnkit.export.compare import Gate
     from cnnkit.train.config import TrainConfig
     from cnnkit.train.run import train

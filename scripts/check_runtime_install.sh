@@ -31,7 +31,7 @@ echo "== a model exported in the full environment"
 "$FULL" - "$WORK" <<'PY'
 import sys
 from PIL import Image
-from cnnkit.datasets import load_sample
+from cnnkit.data.datasets import load_sample
 ds = load_sample()
 for i in (0, 500, 999):  # a 0, a 5 and a 9: the sample's test split is ordered by class
     Image.fromarray(ds.test_images[i]).save(f"{sys.argv[1]}/digit_{ds.test_labels[i]}.png")

@@ -25,6 +25,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _hermetic_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CNNKIT_DATA_DIR", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("CNNKIT_OFFLINE", "1")  # no test goes online for data; one sets a fake downloader instead
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +34,7 @@ def trained(tmp_path_factory):
 
     One real end-to-end accuracy check rests on it (test_runtime); everything else only needs a real model.
     """
-    from cnnkit.datasets import load_sample
+    from cnnkit.data.datasets import load_sample
     from cnnkit.train.config import TrainConfig
     from cnnkit.train.run import train
 

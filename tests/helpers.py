@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnkit.idx import write_idx
+from cnnkit.data.idx import write_idx
 from cnnkit.train.progress import Progress
 
 

@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cnnkit.errors import ModelFileError
+from cnnkit.errors import DataError, ModelFileError
+from cnnkit.geometry import Geometry
 from cnnkit.spec import EXPORT_FORMATS, EXPORT_PRECISIONS, class_names_problem
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ TS_EXTRA_FILE = "cnnkit.json"
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 BATCH_DIM = "batch"  # the dynamic batch dimension, named the same in the ONNX graph
-MAX_IMAGE_SIDE = 1024
 FILENAMES = dict(zip(EXPORT_FORMATS, ("model.onnx", "model.ts")))  # in a run folder, beside the checkpoint
 MANIFEST = "exports.json"  # beside exported files: their SHA-256, recorded by `cnnkit export`
 MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -39,8 +39,9 @@ class ModelInfo:
     classes: tuple[str, ...]
     image_size: int
     channels: int
-    mean: float
-    std: float
+    mean: tuple[float, ...]  # per channel, on the [0, 1] scale (one value in exports before per-channel statistics)
+    std: tuple[float, ...]
+    geometry: Geometry = Geometry()  # how an image is fitted to the input (exports before it was recorded: stretch)
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
     checkpoint_sha256: str | None = None
@@ -90,12 +91,8 @@ class ModelInfo:
             info = cls._from_dict(d, where)
         except (KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
             raise ModelFileError(f"{where}: incomplete cnnkit metadata (missing {exc})") from None
-        if not 1 <= info.image_size <= MAX_IMAGE_SIDE or info.channels not in (1, 3):
-            raise ModelFileError(
-                f"{where}: metadata input {info.channels}x{info.image_size}x{info.image_size} is out of bounds "
-                f"(1 or 3 channels, side 1..{MAX_IMAGE_SIDE})"
-            )
-        if not (math.isfinite(info.mean) and math.isfinite(info.std) and info.std > 0):
+        usable = all(math.isfinite(m) for m in info.mean) and all(math.isfinite(s) and s > 0 for s in info.std)
+        if not usable or len(info.mean) != len(info.std) or len(info.mean) not in (1, info.channels):
             raise ModelFileError(f"{where}: metadata normalisation mean {info.mean}, std {info.std} is not usable")
         return info
 
@@ -111,12 +108,14 @@ class ModelInfo:
         precision = variant.get("precision", "fp32")
         if precision not in EXPORT_PRECISIONS or not isinstance(variant.get("folded", False), bool):
             raise ModelFileError(f"{where}: metadata variant {str(variant)[:60]} is not one cnnkit writes")
+        geometry = _geometry(shape, _object(inp, "pixels", where, optional=True), where)
         return cls(
             classes=tuple(check_labels(d["classes"], where)),
-            image_size=int(shape[-1]),
-            channels=int(shape[1]),
-            mean=_number(norm["mean"], "normalization mean", where),
-            std=_number(norm["std"], "normalization std", where),
+            image_size=geometry.width,
+            channels=geometry.channels,
+            mean=_numbers(norm["mean"], "normalization mean", where),
+            std=_numbers(norm["std"], "normalization std", where),
+            geometry=geometry,
             input_name=_text(inp["name"], "input name", where),
             output_name=_text(out["name"], "output name", where),
             checkpoint_sha256=_text(checkpoint.get("sha256"), "checkpoint sha256", where, optional=True),
@@ -141,10 +140,27 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _number(value: Any, what: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ModelFileError(f"{where}: metadata {what} must be a number, got {type(value).__name__}")
-    return float(value)
+def _numbers(value: Any, what: str, where: str) -> tuple[float, ...]:
+    """A number (exports before per-channel statistics) or a list of 1 or 3 numbers."""
+    values = value if isinstance(value, list) and 1 <= len(value) <= 3 else [value]
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        raise ModelFileError(f"{where}: metadata {what} must be a number or a list of 1-3, got {str(value)[:40]}")
+    return tuple(float(v) for v in values)
+
+
+def _geometry(shape: list[Any], pixels: dict[str, Any], where: str) -> Geometry:
+    """The input geometry from the shape [N, C, H, W] and the `pixels` record (absent in older exports: their
+    images were stretched to the size and, being one-channel, auto-inverted)."""
+    try:
+        return Geometry(
+            channels=shape[1],
+            height=shape[2],
+            width=shape[3],
+            resize=pixels.get("resize", "stretch"),
+            invert=pixels.get("invert", "auto"),
+        )
+    except DataError as exc:
+        raise ModelFileError(f"{where}: metadata input {str(shape)[:60]}: {exc}") from None
 
 
 def _text(value: Any, what: str, where: str, optional: bool = False) -> Any:
@@ -179,6 +195,19 @@ def _no_path(source: str) -> str:
     return source.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] if "/" in source or "\\" in source else source
 
 
+def image_metadata(meta: dict[str, Any]) -> dict[str, str]:
+    """ONNX's standard metadata for a model whose input is an image (onnx/docs/MetadataProps.md), from cnnkit's."""
+    shape = (meta.get("input") or {}).get("shape") or []
+    if len(shape) != 4:
+        return {}
+    channels = shape[1]
+    return {
+        "Image.BitmapPixelFormat": "Gray8" if channels == 1 else "Rgb8",
+        "Image.ColorSpaceGamma": "SRGB",
+        "Image.NominalPixelRange": "NominalRange_0_255",
+    }
+
+
 def model_version(checkpoint_sha256: str, variant: dict[str, Any]) -> str:
     """12 hex digits naming one variant of one checkpoint (an INT8 file never shares its fp32 source's version)."""
     text = checkpoint_sha256 + json.dumps(variant, sort_keys=True)
@@ -196,22 +225,24 @@ def build_metadata(
 
     `variant` records how this file differs from a plain fp32 export: {"precision", "folded", ...}.
     """
-    cfg = ckpt_meta.config
+    g = ckpt_meta.geometry
     variant = variant or {"precision": "fp32", "folded": False}
+    note = "light on dark, as in MNIST" if g.invert == "auto" else "as the training images were"
     return {
         "format": FORMAT,
         "classes": list(ckpt_meta.classes),
         "input": {
             "name": INPUT_NAME,
             "dtype": "uint8",
-            "shape": [BATCH_DIM, cfg.in_channels, cfg.image_size, cfg.image_size],
+            "shape": [BATCH_DIM, *g.shape],
             "layout": "NCHW",
             "range": [0, 255],
-            "note": "raw pixels, light digit on dark background as in MNIST; normalisation is inside the model",
+            "pixels": {"format": g.pixel_format, "resize": g.resize, "invert": g.invert},
+            "note": f"raw {g.pixel_format} pixels, {note}; normalisation is inside the model",
         },
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [BATCH_DIM, len(ckpt_meta.classes)]},
-        "normalization": {"mean": ckpt_meta.mean, "std": ckpt_meta.std, "scale": "x / 255"},
-        "model_config": cfg.to_dict(),
+        "normalization": {"mean": list(ckpt_meta.mean), "std": list(ckpt_meta.std), "scale": "x / 255"},
+        "model_config": ckpt_meta.config.to_dict(),
         "checkpoint": {"path": checkpoint_path, "sha256": checkpoint_sha256},
         "dataset": {**ckpt_meta.dataset, "source": _no_path(str(ckpt_meta.dataset.get("source", "")))},
         "metrics": ckpt_meta.metrics,

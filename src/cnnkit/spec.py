@@ -11,7 +11,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from cnnkit.errors import CheckpointError
+from cnnkit.errors import CheckpointError, DataError
+from cnnkit.geometry import CHANNELS, MAX_SIDE, Geometry
 
 # ------------------------------------------------------------------------------------------ choices
 
@@ -52,13 +53,13 @@ def class_names_problem(names: Any) -> str | None:
 # ------------------------------------------------------------------------------------- model config
 
 CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
-    "in_channels": (1, 4),
+    "in_channels": (min(CHANNELS), max(CHANNELS)),
     "conv1_channels": (1, 1024),
     "conv2_channels": (1, 1024),
     "kernel_size": (1, 15),
     "hidden": (1, 16384),
     "num_classes": (1, 10000),
-    "image_size": (4, 1024),
+    "image_size": (4, MAX_SIDE),
     "dropout": (0.0, 0.99),
 }
 MAX_PARAMETERS = 256 * 2**20  # 1 GiB of fp32 weights: each field within bounds can still multiply past any memory
@@ -96,6 +97,8 @@ class ModelConfig:
             if not is_number or (name != "dropout" and not isinstance(value, int)) or not low <= value <= high:
                 raise CheckpointError(f"model config {name}={value!r} is not within {low}..{high}")
         cfg = cls(**data)
+        if cfg.in_channels not in CHANNELS:
+            raise CheckpointError(f"model config in_channels={cfg.in_channels}: a model takes 1 or 3 channels")
         if cfg.kernel_size % 2 == 0 or cfg.image_size % 4:
             raise CheckpointError(
                 f"model config kernel_size {cfg.kernel_size} must be odd and image_size {cfg.image_size} divisible by 4"
@@ -135,8 +138,8 @@ class CheckpointMeta:
     """What travels with the weights: enough to rebuild, normalise, label and trace the model."""
 
     config: ModelConfig
-    mean: float
-    std: float
+    mean: tuple[float, ...]  # per input channel, on the [0, 1] scale
+    std: tuple[float, ...]
     classes: tuple[str, ...]
     dataset: dict[str, Any]
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -146,11 +149,19 @@ class CheckpointMeta:
     world_size: int = 1  # processes that trained it (torchrun)
     precision_reason: str = ""
     tuning: dict[str, Any] = field(default_factory=dict)  # how `--recipe auto` chose the recipe (empty: not tuned)
+    geometry: Geometry = Geometry()  # the pixels it takes (checkpoints before it was recorded: MNIST's 1x28x28)
+
+    def __post_init__(self) -> None:
+        for name in ("mean", "std"):  # one number for a one-channel model, as before per-channel statistics
+            value = getattr(self, name)
+            object.__setattr__(self, name, tuple(value) if isinstance(value, (list, tuple)) else (value,))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["config"] = self.config.to_dict()
         d["classes"] = list(self.classes)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["geometry"] = self.geometry.to_dict()
         return {"format": CHECKPOINT_FORMAT, **d}
 
     @classmethod
@@ -161,8 +172,8 @@ class CheckpointMeta:
         try:
             meta = cls(
                 config=ModelConfig.from_dict(d["config"]),
-                mean=float(d["mean"]),
-                std=float(d["std"]),
+                mean=_per_channel(d["mean"]),
+                std=_per_channel(d["std"]),
                 classes=tuple(d["classes"]),
                 dataset=dict(d["dataset"]),
                 metrics=dict(d.get("metrics") or {}),
@@ -172,13 +183,18 @@ class CheckpointMeta:
                 world_size=int(d.get("world_size", 1)),
                 precision_reason=str(d.get("precision_reason", "")),
                 tuning=dict(d.get("tuning") or {}),
+                geometry=_geometry(d.get("geometry"), d["config"]),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CheckpointError(f"{where}: incomplete checkpoint metadata ({exc})") from None
-        except CheckpointError as exc:
+        except (CheckpointError, DataError) as exc:
             raise CheckpointError(f"{where}: {exc}") from None
-        if not (math.isfinite(meta.mean) and 0 <= meta.mean <= 1 and math.isfinite(meta.std) and 0 < meta.std <= 1):
-            raise CheckpointError(f"{where}: normalisation mean {meta.mean}, std {meta.std} is not usable")
+        problem = normalisation_problem(meta.mean, meta.std, meta.config.in_channels)
+        if problem:
+            raise CheckpointError(f"{where}: {problem}")
+        g, c = meta.geometry, meta.config
+        if (g.channels, g.height, g.width) != (c.in_channels, c.image_size, c.image_size):
+            raise CheckpointError(f"{where}: geometry {g.shape} does not match the model config's input")
         if len(meta.classes) != meta.config.num_classes:
             raise CheckpointError(
                 f"{where}: {len(meta.classes)} class names for a model with {meta.config.num_classes} outputs"
@@ -187,3 +203,28 @@ class CheckpointMeta:
         if problem:
             raise CheckpointError(f"{where}: {problem}")
         return meta
+
+
+def normalisation_problem(mean: tuple[float, ...], std: tuple[float, ...], channels: int) -> str | None:
+    """What is wrong with per-channel statistics for `channels` channels (on the [0, 1] scale), or None."""
+    ok = all(math.isfinite(m) and 0 <= m <= 1 for m in mean) and all(math.isfinite(s) and 0 < s <= 1 for s in std)
+    if not ok or len(mean) != channels or len(std) != channels:
+        return f"normalisation mean {list(mean)}, std {list(std)} is not usable for {channels} channel(s)"
+    return None
+
+
+def _per_channel(value: Any) -> tuple[float, ...]:
+    """A list of numbers, or one number (checkpoints before per-channel statistics)."""
+    values = value if isinstance(value, list) else [value]
+    if len(values) > 3 or any(isinstance(v, bool) for v in values):
+        raise ValueError(f"normalisation {str(value)[:40]} is not 1-3 numbers")
+    return tuple(float(v) for v in values)
+
+
+def _geometry(recorded: Any, config: dict[str, Any]) -> Geometry:
+    """The recorded geometry; a checkpoint from before it was recorded took MNIST's stretched, auto-inverted
+    one-channel images of its config's size."""
+    if recorded is None:
+        side = int(config["image_size"])
+        return Geometry(channels=int(config.get("in_channels", 1)), height=side, width=side)
+    return Geometry.from_dict(recorded, "geometry")

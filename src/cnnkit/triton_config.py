@@ -53,7 +53,7 @@ def model_config(
                 "name": info.input_name,
                 "data_type": "TYPE_UINT8",
                 "format": "FORMAT_NCHW",
-                "dims": [str(d) for d in (info.channels, info.image_size, info.image_size)],
+                "dims": [str(d) for d in info.geometry.shape],
             }
         ],
         "output": [

@@ -68,7 +68,7 @@ def test_unwritable_out_is_a_clean_error(tmp_path):
 def test_non_square_idx_rejected(tmp_path):
     import numpy as np
 
-    from cnnkit.idx import write_idx
+    from cnnkit.data.idx import write_idx
 
     rng = np.random.default_rng(0)
     for name, shape in (

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from cnnkit.datasets import load_sample
+from cnnkit.data.datasets import load_sample
 from cnnkit.errors import CnnkitError, DeviceError, MissingExtraError
 from cnnkit.runtime import Classifier, EngineChoice, openvino_engine, plan
 from helpers import png
@@ -126,7 +126,7 @@ def test_cli_engine_options(onnx_file, tmp_path):
 
     runner = CliRunner()
     img = tmp_path / "seven.png"
-    Image.fromarray(load_sample().test_images[0]).save(img)
+    Image.fromarray(load_sample().test_images[0, 0]).save(img)
     r = runner.invoke(main, ["predict", onnx_file, str(img), "--device", "cpu", "--streams", "2"])
     assert r.exit_code == 2 and "--streams needs --engine" in r.output
     r = runner.invoke(main, ["predict", onnx_file, str(img), "--device", "cpu", "--engine", "onnxruntime", "--json"])
@@ -142,7 +142,7 @@ def test_a_served_request_on_openvino(onnx_file):
 
     from cnnkit.serve import create_app
 
-    img = load_sample().test_images[0]
+    img = load_sample().test_images[0, 0]
     answers = {}
     for engine in ("onnxruntime", "openvino"):
         app = create_app(Classifier(onnx_file, device="cpu", engine=engine))

@@ -42,10 +42,10 @@ def test_serve_without_the_serve_extra_names_it(exported):
 def test_runtime_commands_run_without_torch_or_onnx(exported, tmp_path):
     from PIL import Image
 
-    from cnnkit.datasets import load_sample
+    from cnnkit.data.datasets import load_sample
 
     png = tmp_path / "d.png"
-    Image.fromarray(load_sample().test_images[0]).save(png)
+    Image.fromarray(load_sample().test_images[0, 0]).save(png)
     blocked = "torch,torchvision,onnx,onnxscript,safetensors"
     r = run_without(blocked, "predict", exported.artefacts["onnx"], str(png), "--device", "cpu", "--json")
     assert r.returncode == 0, r.stderr

@@ -5,7 +5,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cnnkit.cli import main
-from cnnkit.datasets import load_sample
+from cnnkit.data.datasets import load_sample
 
 
 def test_predict_png_jpeg_pgm_and_bad_file(exported, tmp_path):
@@ -13,7 +13,7 @@ def test_predict_png_jpeg_pgm_and_bad_file(exported, tmp_path):
     idx = [int(np.flatnonzero(ds.test_labels == d)[0]) for d in (1, 3, 7)]
     files = []
     for n, i in enumerate(idx):
-        img = ds.test_images[i]
+        img = ds.test_images[i, 0]
         if n == 0:
             p = tmp_path / "light_on_dark.png"
             Image.fromarray(img).save(p)
@@ -91,7 +91,7 @@ def test_device_cuda_without_a_gpu_is_the_same_error_in_every_command(exported, 
         pytest.skip("checks the machine without a GPU")
     onnx = exported.artefacts["onnx"]
     img = tmp_path / "d.png"
-    Image.fromarray(load_sample().test_images[0]).save(img)
+    Image.fromarray(load_sample().test_images[0, 0]).save(img)
     for args in (
         ["predict", onnx, str(img), "--device", "cuda"],
         ["evaluate", onnx, "--device", "cuda"],

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cnnkit import contract, runtime
-from cnnkit.datasets import load_sample
+from cnnkit.data.datasets import load_sample
 from cnnkit.errors import DeviceError, InputError, ModelFileError
 from cnnkit.runtime import Classifier, CudaOptions, ProviderFallbackWarning
 from cnnkit.train import checkpoint
@@ -44,7 +44,7 @@ def test_metadata_and_providers(clf, trained):
 def test_agrees_with_eager_on_real_images(clf, trained):
     ds = load_sample()
     x = ds.test_images[:300]
-    ref = deployable(checkpoint.load(trained.checkpoint))(torch.from_numpy(x[:, None])).detach().numpy()
+    ref = deployable(checkpoint.load(trained.checkpoint))(torch.from_numpy(x)).detach().numpy()
     preds = clf.predict(x)  # 300 > max_batch: chunked
     assert [p.index for p in preds] == ref.argmax(1).tolist()
     np.testing.assert_allclose(clf.logits(x), ref, atol=1e-4)
@@ -53,7 +53,7 @@ def test_agrees_with_eager_on_real_images(clf, trained):
 
 
 def test_input_forms(clf):
-    img = load_sample().test_images[0]
+    img = load_sample().test_images[0, 0]
     base = clf.logits(img)
     assert base.shape == (1, 10)
     np.testing.assert_allclose(clf.logits(img[None]), base)
@@ -164,7 +164,7 @@ def test_device_paths_need_cuda(clf):
 def test_cuda_io_binding_and_graph(exported):
     c = Classifier(exported.artefacts["onnx"], device="cuda", fallback="raise")
     assert c.providers[0] == "CUDAExecutionProvider"
-    x = torch.from_numpy(load_sample().test_images[:16, None].copy())
+    x = torch.from_numpy(load_sample().test_images[:16].copy())
     ref = c.logits(x.numpy())
     out = torch.empty(16, 10, device="cuda")
     c.logits_on_device(x.cuda(), out=out)

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from cnnkit.datasets import load_sample
+from cnnkit.data.datasets import load_sample
 from cnnkit.runtime import Classifier
 from cnnkit.serve.batching import Batcher, BatchFailed
 from helpers import png, start_server
@@ -27,7 +27,7 @@ def clf(exported):
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_sample().test_images[:64]
+    return load_sample().test_images[:64, 0]
 
 
 def test_server_process_never_imports_torch(exported):

@@ -28,7 +28,7 @@ def served(exported):
 
 @pytest.fixture(scope="module")
 def digits_batch():
-    from cnnkit.datasets import load_sample
+    from cnnkit.data.datasets import load_sample
 
     return np.ascontiguousarray(load_sample().test_images[:4].reshape(4, 1, 28, 28))
 

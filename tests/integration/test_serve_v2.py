@@ -8,7 +8,7 @@ import pytest
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
-from cnnkit.datasets import load_sample
+from cnnkit.data.datasets import load_sample
 from cnnkit.runtime import Classifier
 from helpers import v2_binary_header
 

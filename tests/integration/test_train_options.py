@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from cnnkit.cli import main
-from cnnkit.datasets import load_idx_dir
+from cnnkit.data.datasets import load_idx_dir
 from cnnkit.errors import DataError
 from cnnkit.train import checkpoint
 from cnnkit.train.device import choose_precision

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from cnnkit.cli import main
-from cnnkit.datasets import load_idx_dir
+from cnnkit.data.datasets import load_idx_dir
 from cnnkit.errors import TrainingError
 from cnnkit.train.config import TrainConfig
 from cnnkit.train.run import train

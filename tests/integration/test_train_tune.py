@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from cnnkit.cli import main
-from cnnkit.datasets import load_idx_dir, load_sample
-from cnnkit.idx import write_idx
+from cnnkit.data.datasets import load_idx_dir, load_sample
+from cnnkit.data.idx import write_idx
 from cnnkit.train import run, tune
 from cnnkit.train.config import TrainConfig
 from helpers import StopAfter
@@ -26,9 +26,9 @@ def digits(tmp_path_factory):
     train, test = rng.choice(len(ds.train_labels), 480, replace=False), rng.choice(len(ds.test_labels), 100, False)
     out = tmp_path_factory.mktemp("digits")
     for name, arr in {
-        "train-images-idx3-ubyte": ds.train_images[train],
+        "train-images-idx3-ubyte": ds.train_images[train, 0],
         "train-labels-idx1-ubyte": ds.train_labels[train],
-        "t10k-images-idx3-ubyte": ds.test_images[test],
+        "t10k-images-idx3-ubyte": ds.test_images[test, 0],
         "t10k-labels-idx1-ubyte": ds.test_labels[test],
     }.items():
         write_idx(out / name, arr)

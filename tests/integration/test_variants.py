@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from cnnkit.atomic import sha256_file
 from cnnkit.cli import main
-from cnnkit.datasets import load_sample
+from cnnkit.data.datasets import load_sample
 from cnnkit.export.compare import Gate
 from cnnkit.export.exporter import ExportOptions, export
 from cnnkit.runtime import Classifier, openvino_engine
@@ -39,7 +39,7 @@ def variants(trained, tmp_path_factory):
 
 def test_fold_is_exact_and_default(trained, exported):
     ck = checkpoint.load(trained.checkpoint)
-    x = torch.from_numpy(load_sample().test_images[:200, None].copy())
+    x = torch.from_numpy(load_sample().test_images[:200].copy())
     with torch.no_grad():
         ref, folded = deployable(ck)(x), deployable(ck, fold=True)(x)
     assert torch.allclose(ref, folded, atol=1e-4, rtol=1e-3)

@@ -1,6 +1,7 @@
 """Augmentation moves pixels where it says: exact shifts, exact mirrors, and flips that leave the other draws alone."""
 
 import numpy as np
+import pytest
 import torch
 
 from cnnkit.train import augment
@@ -42,3 +43,14 @@ def test_flips_are_drawn_last_so_a_run_without_them_draws_the_same():
     mirrored = augment.draw(augment.Augment(shift=2, rotate=10.0, flip=True), 500, torch.Generator().manual_seed(3))
     assert torch.equal(plain[:4], mirrored[:4]) and not plain[4].any()
     assert 0.4 < mirrored[4].mean().item() < 0.6 and set(mirrored[4].tolist()) == {0.0, 1.0}
+
+
+@pytest.mark.parametrize("rotate", [0.0, 10.0], ids=["shift", "rotate"])
+def test_every_channel_of_an_rgb_image_moves_the_same_way(rotate):
+    aug = augment.Augment(shift=2, rotate=rotate, flip=True)
+    x = torch.randint(0, 256, (6, 3, 12, 12), dtype=torch.uint8)
+    params = augment.draw(aug, 6, torch.Generator().manual_seed(1))
+    out = augment.apply(aug, x, params)
+    assert out.shape == (6, 3, 12, 12)
+    for c in range(3):
+        torch.testing.assert_close(augment.apply(aug, x[:, c : c + 1].contiguous(), params), out[:, c : c + 1])

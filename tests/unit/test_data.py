@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from cnnkit import datasets as data
+from cnnkit.data import datasets as data
+from cnnkit.data.idx import read_idx, write_idx
 from cnnkit.errors import DataError
-from cnnkit.idx import read_idx, write_idx
 from helpers import write_idx_dataset
 
 
@@ -58,7 +58,7 @@ def test_idx_label_out_of_range(tmp_path):
 def test_local_idx_dir_flat(tmp_path, compress):
     d = write_idx_dataset(tmp_path / "d", compress=compress)
     ds = data.load_dataset(data_dir=d).dataset
-    assert ds.name == "idx" and ds.train_images.shape == (64, 28, 28) and ds.classes == data.DIGITS
+    assert ds.name == "idx" and ds.train_images.shape == (64, 1, 28, 28) and ds.classes == data.DIGITS
 
 
 def test_torchvision_layout_fashion(tmp_path):
@@ -69,7 +69,7 @@ def test_torchvision_layout_fashion(tmp_path):
 
 def test_sample_checksum_and_shape():
     ds = data.load_sample()
-    assert ds.train_images.shape == (4000, 28, 28) and ds.test_images.shape == (1000, 28, 28)
+    assert ds.train_images.shape == (4000, 1, 28, 28) and ds.test_images.shape == (1000, 1, 28, 28)
     assert ds.train_images.dtype == np.uint8
     assert np.bincount(ds.test_labels).tolist() == [100] * 10
 
@@ -108,7 +108,7 @@ def test_a_recorded_idx_folder_is_never_looked_for_under_the_working_directory(t
     """An export records only the folder's name: a folder of that name wherever the command runs is not read."""
     import pytest
 
-    from cnnkit.datasets import load_idx_dir, load_recorded
+    from cnnkit.data.datasets import load_idx_dir, load_recorded
     from cnnkit.errors import DataError
 
     write_idx_dataset(tmp_path / "idx")
@@ -124,7 +124,7 @@ def test_a_gzip_bomb_is_refused_from_its_header_and_decompressed_no_further(tmp_
     import gzip
     import struct
 
-    from cnnkit import idx
+    from cnnkit.data import idx
 
     huge = tmp_path / "huge.gz"
     huge.write_bytes(gzip.compress(b"\0\0\x08\x03" + struct.pack(">III", 100_000, 1000, 1000)))

@@ -35,7 +35,7 @@ def _scans(data: bytes) -> list[tuple[int, int]]:
 def test_real_jpegs_baseline_and_progressive_decode():
     for progressive in (False, True):
         d = decode(_jpeg(progressive=progressive), name="photo.jpg")
-        assert d.pixels.shape == (28, 28) and d.original_size == (64, 64)
+        assert d.pixels.shape == (1, 28, 28) and d.original_size == (64, 64)
 
 
 def test_a_progressive_jpeg_repeating_a_scan_is_refused_before_decoding():

@@ -27,10 +27,11 @@ def test_deployable_takes_uint8():
 
 
 def _data(n: int, side: int, classes: int, constant: bool = False):
-    from cnnkit.datasets import Dataset
+    from cnnkit.data.dataset import Dataset
 
     rng = np.random.default_rng(0)
-    images = np.full((n, side, side), 7, np.uint8) if constant else rng.integers(0, 256, (n, side, side), np.uint8)
+    shape = (n, 1, side, side)
+    images = np.full(shape, 7, np.uint8) if constant else rng.integers(0, 256, shape, np.uint8)
     labels = np.arange(n) % classes
     names = tuple(f"c{i}" for i in range(classes))
     return Dataset(name="made", classes=names, train_images=images, train_labels=labels, test_images=images[:2],

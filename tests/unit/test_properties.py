@@ -16,8 +16,8 @@ from PIL import Image
 
 from cnnkit import contract
 from cnnkit.contract import ModelInfo
+from cnnkit.data.idx import read_idx
 from cnnkit.errors import CheckpointError, DataError, InputError, ModelFileError, RequestError
-from cnnkit.idx import read_idx
 from cnnkit.runtime import images
 from cnnkit.runtime.inputs import InputSpec
 from cnnkit.serve import v2
@@ -82,10 +82,10 @@ def _image(mode: str, w: int, h: int, fmt: str, seed: int) -> bytes:
 )
 def test_image_decoder_returns_28x28_uint8_or_an_input_error(data):
     try:
-        d = images.decode(data, 28)
+        d = images.decode(data)
     except InputError:
         return
-    assert d.pixels.shape == (28, 28) and d.pixels.dtype == np.uint8
+    assert d.pixels.shape == (1, 28, 28) and d.pixels.dtype == np.uint8
 
 
 def _stub_classifier():
@@ -146,8 +146,8 @@ def test_model_metadata_with_any_field_changed_parses_to_usable_facts_or_says_wh
         assert str(exc).startswith("m: ")
         return
     assert class_names_problem(list(info.classes)) is None and info.num_classes == len(info.classes)
-    assert 1 <= info.image_size <= contract.MAX_IMAGE_SIDE and info.channels in (1, 3)
-    assert math.isfinite(info.mean) and math.isfinite(info.std) and info.std > 0
+    assert info.geometry.problem() is None and info.geometry.shape == (info.channels, info.image_size, info.image_size)
+    assert all(math.isfinite(m) for m in info.mean) and all(math.isfinite(s) and s > 0 for s in info.std)
 
 
 def _meta_kwargs() -> dict:
@@ -167,16 +167,17 @@ def test_checkpoint_metadata_with_any_field_changed_rebuilds_a_sane_model_or_say
         assert str(exc).startswith("c: ")
         return
     assert len(meta.classes) == meta.config.num_classes and class_names_problem(list(meta.classes)) is None
-    assert 0 <= meta.mean <= 1 and 0 < meta.std <= 1
+    assert all(0 <= m <= 1 for m in meta.mean) and all(0 < s <= 1 for s in meta.std)
+    assert len(meta.mean) == len(meta.std) == meta.config.in_channels == meta.geometry.channels
     for name, (low, high) in CONFIG_BOUNDS.items():
         assert low <= getattr(meta.config, name) <= high
 
 
 @pytest.mark.parametrize("mode", ["I;16", "F", "RGBA-white-strokes"])
 def test_deep_and_transparent_images_decode_like_their_8_bit_twin(mode):
-    from cnnkit.datasets import load_sample
+    from cnnkit.data.datasets import load_sample
 
-    digit = load_sample().test_images[7]  # light strokes on black, as MNIST
+    digit = load_sample().test_images[7, 0]  # light strokes on black, as MNIST
     if mode == "I;16":
         im = Image.fromarray(digit.astype(np.uint16) * 257)
     elif mode == "F":
@@ -188,9 +189,9 @@ def test_deep_and_transparent_images_decode_like_their_8_bit_twin(mode):
         im = Image.fromarray(rgba, mode="RGBA")
     buf = io.BytesIO()
     im.save(buf, format="TIFF" if mode == "F" else "PNG")
-    d = images.decode(buf.getvalue(), 28)
+    d = images.decode(buf.getvalue())
     assert d.warning is None and not d.inverted
     assert np.abs(d.pixels.astype(int) - digit.astype(int)).max() <= 1
     blank = io.BytesIO()
     Image.new("L", (28, 28), 0).save(blank, format="PNG")
-    assert "blank" in images.decode(blank.getvalue(), 28).warning
+    assert "blank" in images.decode(blank.getvalue()).warning

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.datasets import Downloader, load_dataset, load_recorded
+from cnnkit.data.datasets import Downloader, load_dataset, load_recorded
+from cnnkit.data.imagefolder import FolderOptions
 from cnnkit.errors import DataError
 from cnnkit.runtime import Classifier
 from cnnkit.runtime.classifier import strict_fallback
@@ -63,7 +64,10 @@ def evaluate(
             raise DataError(f"{clf.source}: the model records no dataset; pass --dataset or --data-dir")
         ds = load_recorded(recorded)
     else:
-        ds = load_dataset(dataset, data_dir, download=_downloader()).dataset
+        folder = FolderOptions.for_geometry(clf.info.geometry)  # an image folder is decoded as the model takes it
+        ds = load_dataset(dataset, data_dir, download=_downloader(), folder=folder).dataset
+        if ds.record.get("kind") == "image-folder" and ds.classes != clf.classes:
+            raise DataError(f"{ds.source}: its classes {list(ds.classes)[:5]} are not the model's {clf.classes[:5]}")
     images, labels = (ds.test_images, ds.test_labels) if split == "test" else (ds.train_images, ds.train_labels)
     n_classes = clf.info.num_classes
     if len(labels) == 0:
@@ -100,9 +104,8 @@ def evaluate(
     )
 
 
-def _downloader() -> Downloader:
-    """torchvision's downloads (the `train` extra): without it, asking for a dataset that is not on disk names the
-    extra to install."""
-    from cnnkit.train.download import download
+def _downloader() -> Downloader | None:
+    """torchvision's downloads (the `train` extra; none where $CNNKIT_OFFLINE is set)."""
+    from cnnkit.train.download import downloader
 
-    return download
+    return downloader()

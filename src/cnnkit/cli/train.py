@@ -9,6 +9,8 @@ import click
 from click.core import ParameterSource
 
 from cnnkit.cli.common import Finite, emit_json, require
+from cnnkit.data.imagefolder import FolderOptions
+from cnnkit.geometry import DEFAULT_SIDE, MAX_DEFAULT_SIDE, RESIZE
 from cnnkit.spec import CUDA_GRAPH, DATASETS, DEVICES, TRAIN_PRECISIONS
 from cnnkit.train.config import FLOAT_BOUNDS as F
 from cnnkit.train.config import INT_BOUNDS as I
@@ -34,6 +36,32 @@ D = TrainConfig()  # the defaults live in one place
     "(default $CNNKIT_DATA_DIR or ~/.cache/cnnkit).",
 )
 @click.option("--classes", default=None, help="Class names in label order, comma-separated (default: classes.txt).")
+@click.option(
+    "--channels",
+    type=click.Choice(["1", "3"]),
+    default=None,
+    help="Image folders: 1 (grayscale) or 3 (RGB); default 1 when every image is grayscale, else 3.",
+)
+@click.option(
+    "--image-size",
+    default=None,
+    metavar="H[xW]",
+    help=f"Image folders: the model's input size; default the images' own when they are all one square size of "
+    f"at most {MAX_DEFAULT_SIDE} px divisible by 4, else {DEFAULT_SIDE}.",
+)
+@click.option(
+    "--resize",
+    type=click.Choice(RESIZE),
+    default=FolderOptions.resize,
+    show_default=True,
+    help="Image folders (and, recorded in the model, every image it is given later): shorter-crop resizes the "
+    "shorter side and crops the centre; stretch resizes to the size outright.",
+)
+@click.option(
+    "--skip-bad",
+    is_flag=True,
+    help="Image folders: leave out files that do not decode (counted, named and recorded) instead of refusing.",
+)
 @click.option(
     "--recipe",
     "recipe_mode",
@@ -165,21 +193,21 @@ def train(
                 args += ["--out", out]
         sys.exit(distributed.launch(nproc, args))
 
-    from cnnkit.datasets import load_dataset, parse_classes, with_classes
+    from cnnkit.data.datasets import parse_classes, with_classes
     from cnnkit.train.run import train as run_train
 
     warning = None
+    folder = _folder_options(recipe, as_json)
     if resume_dir is not None:
         if out is not None and out != resume_dir:
             raise click.UsageError("--resume continues the run in its own folder; drop --out")
         from cnnkit.train.resume import settings_of_run
 
         given = {name: recipe[name] for name in RECIPE_OPTIONS}
-        recipe, ds = settings_of_run(resume_dir, given, _explicit(ctx), data_dir)
+        recipe, ds = settings_of_run(resume_dir, given, _explicit(ctx), data_dir)  # read as it was the first time
         out_dir = resume_dir
     else:
-        loaded = load_dataset(dataset, data_dir)
-        ds, warning = loaded.dataset, loaded.warning
+        ds, warning = _load(dataset, data_dir, folder)
         if classes is not None:
             ds = with_classes(ds, parse_classes(classes))
         out_dir = out or default_out_dir()
@@ -204,6 +232,35 @@ def train(
         ds, cfg, out_dir, progress=not as_json, resume_run=resume_dir is not None, force=force, tuning=tuning
     )
     _report(result, warning, as_json)
+
+
+def _folder_options(recipe: dict, as_json: bool) -> FolderOptions:
+    """The image-folder options, taken out of the command's keyword arguments; progress on rank 0's stderr."""
+    from cnnkit.cli.common import DataProgress
+    from cnnkit.geometry import parse_size
+    from cnnkit.train import distributed
+
+    channels, size = recipe.pop("channels"), recipe.pop("image_size")
+    resize, skip_bad = recipe.pop("resize"), recipe.pop("skip_bad")
+    shown = distributed.from_env().is_main and not as_json
+    return FolderOptions(
+        channels=int(channels) if channels else None,
+        size=parse_size(size) if size else None,
+        resize=resize,
+        skip_bad=skip_bad,
+        say=(lambda line: click.echo(line, err=True)) if shown else None,
+        progress=DataProgress() if shown else None,
+    )
+
+
+def _load(dataset: str | None, data_dir: str | None, folder: FolderOptions):
+    """The dataset asked for (MNIST downloaded where it is not on disk and $CNNKIT_OFFLINE is not set), and the
+    warning when the default fell back to the bundled sample."""
+    from cnnkit.data.datasets import load_dataset
+    from cnnkit.train.download import downloader
+
+    loaded = load_dataset(dataset, data_dir, download=downloader(), folder=folder)
+    return loaded.dataset, loaded.warning
 
 
 def _report(result, warning: str | None, as_json: bool) -> None:

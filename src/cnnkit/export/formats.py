@@ -28,8 +28,7 @@ def example_input(ckpt: Any) -> Any:
     """A uint8 batch of two images of the checkpoint's input shape (the exporter's example)."""
     import torch
 
-    c = ckpt.meta.config
-    return torch.zeros(2, c.in_channels, c.image_size, c.image_size, dtype=torch.uint8)
+    return torch.zeros(2, *ckpt.meta.geometry.shape, dtype=torch.uint8)
 
 
 def onnx_proto(module, example, opset: int | None = None) -> Any:
@@ -114,6 +113,8 @@ def write_onnx(proto: Any, meta: dict, path: Path) -> int:
     strip_debug_info(proto)
     del proto.metadata_props[:]
     proto.metadata_props.add(key=contract.KEY, value=json.dumps(meta, sort_keys=True))
+    for key, value in contract.image_metadata(meta).items():  # ONNX's standard keys for image inputs
+        proto.metadata_props.add(key=key, value=value)
     proto.doc_string = "cnnkit export: uint8 images [batch,C,H,W] -> float32 logits [batch,classes]"
     proto.model_version = int(meta["model_version"], 16)  # ONNX's int64 field: the 12 hex digits as a number
     try:

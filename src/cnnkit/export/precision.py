@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.datasets import load_recorded
+from cnnkit.data.datasets import load_recorded
 from cnnkit.errors import CnnkitError, first_line
 
 # INT8: what static quantization is applied to. Measured on this model: normalisation is best left in fp32, and
@@ -52,8 +52,7 @@ def calibration_set(ckpt: Any, n: int, seed: int, data_dir: Any = None) -> Calib
         raise CnnkitError(f"calibration needs at least 1 image, got {n}")
     n = min(n, len(ds.train_images))
     idx = np.sort(np.random.default_rng(seed).choice(len(ds.train_images), n, replace=False))
-    c = ckpt.meta.config.in_channels
-    images = np.ascontiguousarray(ds.train_images[idx].reshape(n, c, *ds.train_images.shape[1:]))
+    images = np.ascontiguousarray(ds.train_images[idx])
     return Calibration(images=images, dataset=ds.name, seed=seed)
 
 

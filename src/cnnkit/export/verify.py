@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.datasets import Dataset, load_recorded
+from cnnkit.data.dataset import Dataset
+from cnnkit.data.datasets import load_recorded
 from cnnkit.errors import CnnkitError, ModelFileError, first_line
 from cnnkit.export.artefacts import artefact_kind, find_checkpoint, load_torchscript
 from cnnkit.export.compare import (

@@ -36,7 +36,7 @@ def read_info(facts: ModelFacts, source: str) -> contract.ModelInfo:
     image = inputs[info.input_name]
     if image.dtype != "uint8":
         raise ModelFileError(f"{source}: input '{info.input_name}' is {image.dtype}, expected uint8")
-    expected = [info.channels, info.image_size, info.image_size]
+    expected = list(info.geometry.shape)
     if len(image.shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(image.shape[1:], expected)):
         raise ModelFileError(
             f"{source}: input '{info.input_name}' has shape {image.shape}, but the metadata says "

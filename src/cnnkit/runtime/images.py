@@ -1,7 +1,9 @@
-"""Image files and bytes -> uint8 grayscale arrays in the training data's convention. Torch-free.
+"""Image files and bytes -> uint8 pixels [C, H, W] in a model's geometry (`cnnkit.geometry`): the one decode
+rule, used by training's cache, predict, evaluate and serve. Torch-free.
 
-MNIST digits are light strokes on a dark background. Scans and drawings are usually the opposite, so by
-default an image whose border is mostly light is inverted (and the caller is told).
+MNIST digits are light strokes on a dark background. Scans and drawings are usually the opposite, so for a
+one-channel model whose geometry says `invert="auto"`, an image whose border is mostly light is inverted (and the
+caller is told). An RGB model's images are never inverted unless the caller asks.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from cnnkit.errors import InputError
+from cnnkit.geometry import Geometry
 from cnnkit.runtime import image_guard
 
 MAX_FILE_BYTES = 64 * 1024 * 1024  # an image file read from disk
@@ -23,16 +26,41 @@ MAX_PIXELS = 4096 * 4096  # of one image before resizing: far below Pillow's dec
 
 @dataclass(frozen=True, kw_only=True)
 class Decoded:
-    pixels: np.ndarray  # uint8 [size, size]
+    pixels: np.ndarray  # uint8 [C, H, W]
     inverted: bool
     original_size: tuple[int, int]  # (width, height) before resizing
     warning: str | None = None  # e.g. the image decodes to a blank
 
 
 def looks_dark_on_light(gray: np.ndarray) -> bool:
-    """True when the border (where a centred digit isn't) is mostly light."""
+    """True when the border of an [H, W] image (where a centred digit isn't) is mostly light."""
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     return float(border.mean()) > 127.5
+
+
+def _rgb(im: Any) -> Any:
+    """Any mode Pillow reads -> an 8-bit RGB image; transparency laid on white, deep gray scaled like `_gray`."""
+    from PIL import Image
+
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return _gray(im).convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def fit(im: Any, geometry: Geometry) -> Any:
+    """A Pillow image resized to the geometry's size by its rule: `shorter-crop` scales the shorter side to fit and
+    crops the centre (Pillow's ImageOps.fit), `stretch` resizes outright. Lanczos resampling either way."""
+    from PIL import Image, ImageOps
+
+    size = (geometry.width, geometry.height)
+    if im.size == size:
+        return im
+    if geometry.resize == "shorter-crop":
+        return ImageOps.fit(im, size, method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+    return im.resize(size, Image.Resampling.LANCZOS)
 
 
 def _to_unit_range(a: np.ndarray, mode: str) -> np.ndarray:
@@ -80,16 +108,19 @@ def _gray(im: Any) -> Any:
 
 def decode(
     data: bytes,
-    size: int = 28,
+    geometry: Geometry = Geometry(),
     invert: bool | None = None,
+    *,
     name: str = "image",
     max_pixels: int | None = MAX_PIXELS,
     deadline: float | None = None,
 ) -> Decoded:
-    """Decode PNG/JPEG/PGM/BMP/TIFF/WebP/GIF bytes to a uint8 size x size grayscale array, light strokes on dark.
+    """Decode PNG/JPEG/PGM/BMP/TIFF/WebP/GIF bytes to uint8 pixels [C, H, W] in `geometry`.
 
     Args:
-        invert: True/False to force; None to detect dark-on-light images and invert them.
+        geometry: the model's channels, size, resize rule and inversion rule (default: MNIST's 1x28x28).
+        invert: True/False to force; None to follow the geometry (`auto`: detect dark-on-light images and invert
+            them; `never`: keep them as they are).
         max_pixels: refuse an image larger than this (width x height) before decoding its pixels.
         deadline: a `time.monotonic()` after which the decode is stopped (InputError) instead of running on.
     """
@@ -108,10 +139,9 @@ def decode(
                     f"the limit is {max(max_pixels, 0):,}"
                 )
             im.load()
-            gray = _gray(im)
-            if gray.size != (size, size):
-                gray = gray.resize((size, size), Image.Resampling.LANCZOS)
-            pixels = np.asarray(gray, dtype=np.uint8).copy()
+            fitted = fit(_gray(im) if geometry.channels == 1 else _rgb(im), geometry)
+            a = np.asarray(fitted, dtype=np.uint8)
+            pixels = np.ascontiguousarray(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
     except InputError:
         raise
     except UnidentifiedImageError:
@@ -120,7 +150,10 @@ def decode(
         ) from None
     except (OSError, ValueError, TypeError, Image.DecompressionBombError) as exc:
         raise InputError(f"{name}: cannot decode image ({str(exc)[:200]})") from None
-    do_invert = looks_dark_on_light(pixels) if invert is None else invert
+    if invert is None:
+        do_invert = geometry.invert == "auto" and geometry.channels == 1 and looks_dark_on_light(pixels[0])
+    else:
+        do_invert = invert
     if do_invert:
         pixels = 255 - pixels
     warning = None
@@ -152,5 +185,5 @@ def read_file(path: str | os.PathLike[str], limit: int = MAX_FILE_BYTES) -> byte
     return data
 
 
-def load(path: str | os.PathLike[str], size: int = 28, invert: bool | None = None) -> Decoded:
-    return decode(read_file(path), size, invert, name=str(path))
+def load(path: str | os.PathLike[str], geometry: Geometry = Geometry(), invert: bool | None = None) -> Decoded:
+    return decode(read_file(path), geometry, invert, name=str(path))

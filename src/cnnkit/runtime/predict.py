@@ -46,7 +46,7 @@ def predict_files(clf: Classifier, paths: list[str], top_k: int = 1, invert: boo
     decoded, results = {}, {}
     for p in paths:
         try:
-            decoded[p] = images.load(p, clf.info.image_size, invert)
+            decoded[p] = images.load(p, clf.info.geometry, invert)
         except CnnkitError as exc:
             results[p] = FilePrediction(file=p, error=str(exc))
     if decoded:

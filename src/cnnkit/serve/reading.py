@@ -77,7 +77,7 @@ class PixelBudget:
         stopped when the request's time is up."""
         decoded = imgs.decode(
             data,
-            clf.info.image_size,
+            clf.info.geometry,
             invert,
             name=name,
             max_pixels=min(self.left, self.per_image),

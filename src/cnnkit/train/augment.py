@@ -42,7 +42,7 @@ def draw(aug: Augment, n: int, gen):
 
 
 def apply(aug: Augment, images, params):
-    """Augment uint8 images [B,1,H,W] with params [5,B] (on the images' device). Returns uint8 for integer shifts,
+    """Augment uint8 images [B,C,H,W] with params [5,B] (on the images' device). Returns uint8 for integer shifts,
     float32 pixels (0..255) for rotation/scale (bilinear, zero padding)."""
     import torch
     import torch.nn.functional as F
@@ -58,7 +58,9 @@ def apply(aug: Augment, images, params):
         src = torch.where(params[4][:, None] > 0, w - 1 - src, src)  # of the mirror image, for a flipped one
         rows = (dy[:, None] + torch.arange(h, device=images.device))[:, :, None]
         cols = (src + s)[:, None, :]
-        return padded[torch.arange(b, device=images.device)[:, None, None], 0, rows, cols].unsqueeze(1)
+        batch = torch.arange(b, device=images.device)[:, None, None]
+        # advanced indices (batch, rows, cols) around the channel slice: the result is [B, H, W, C]
+        return padded[batch, :, rows, cols].permute(0, 3, 1, 2)
     angle, scale, dx, dy, flip = params
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     mirror = 1 - 2 * flip  # -1 negates the output's x before the rotation: a flip, then the rest

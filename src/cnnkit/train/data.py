@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.datasets import Dataset
+from cnnkit.data.dataset import Dataset
 from cnnkit.errors import DataError
 
 VAL_SPLIT_SEED = 20240917  # fixed: the validation images do not move with --seed, so seeds compare on the same ones
@@ -25,7 +25,15 @@ class Split:
 
 
 def split_validation(ds: Dataset, fraction: float) -> Split:
-    """Hold out `fraction` of the training images (a fixed random choice, stratified by nothing but chance)."""
+    """Hold out `fraction` of the training images (a fixed random choice, stratified by nothing but chance); a
+    dataset with a validation split of its own (an image folder's val/) keeps it instead."""
+    if ds.val_images is not None and ds.val_labels is not None:
+        return Split(
+            train_images=ds.train_images,
+            train_labels=ds.train_labels,
+            val_images=ds.val_images,
+            val_labels=ds.val_labels,
+        )
     n = len(ds.train_labels)
     n_val = int(round(n * fraction))
     if fraction > 0 and n - n_val < 1:
@@ -40,17 +48,26 @@ def split_validation(ds: Dataset, fraction: float) -> Split:
     )
 
 
-def normalisation(images: np.ndarray) -> tuple[float, float]:
-    """Mean and std of the training pixels on the [0, 1] scale."""
-    x = images.astype(np.float32) * (1.0 / 255.0)
-    return float(x.mean(dtype=np.float64)), float(x.std(dtype=np.float64))
+def normalisation(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 training pixels [N, C, H, W] on the [0, 1] scale, summed in float64 a
+    chunk of images at a time (a memory-mapped set is never held whole as floats)."""
+    c = images.shape[1]
+    total, sq, count = np.zeros(c), np.zeros(c), 0
+    for i in range(0, len(images), chunk):
+        x = np.asarray(images[i : i + chunk], dtype=np.float64) * (1.0 / 255.0)
+        total += x.sum(axis=(0, 2, 3))
+        sq += np.square(x).sum(axis=(0, 2, 3))
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(sq / max(count, 1) - mean * mean, 0.0))
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
 def to_device(images: np.ndarray, labels: np.ndarray, device: Any) -> tuple[Any, Any]:
-    """uint8 images [N,H,W] -> [N,1,H,W] and int64 labels on `device` (pinned first on CUDA), once per run."""
+    """uint8 images [N,C,H,W] and int64 labels on `device` (pinned first on CUDA), once per run."""
     from cnnkit.train.model import tensor_from
 
-    x = tensor_from(images).unsqueeze(1)
+    x = tensor_from(np.ascontiguousarray(images))
     y = tensor_from(labels.astype(np.int64, copy=False))
     if device.type == "cuda":
         x, y = x.pin_memory(), y.pin_memory()

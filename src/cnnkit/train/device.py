@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cnnkit import atomic
-from cnnkit.datasets import default_data_dir
+from cnnkit.data.datasets import default_data_dir
 from cnnkit.errors import DeviceError, option_error
 from cnnkit.spec import DEVICES, TRAIN_PRECISIONS
 

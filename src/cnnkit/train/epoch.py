@@ -26,9 +26,10 @@ def autocast(device, precision: str, cache: bool = True):
 def epoch_data(images, labels, seed: int, epoch: int, aug: augment.Augment, batch_size: int, world, norm):
     """This rank's inputs for `epoch`, in visiting order, and the size of its share of each global batch.
 
-    `images` uint8 [N,1,H,W] and `labels` [N] on the device; `norm` (mean, std). The permutation and augmentation
+    `images` uint8 [N,C,H,W] and `labels` [N] on the device; `norm` (mean, 1/std) as `model.per_channel` makes
+    them. The permutation and augmentation
     parameters come from a generator seeded by (seed, epoch) and are the same on every rank; each rank then takes
-    its strided share (distributed.shard_positions). Returns (float32 images [n,1,H,W] channels_last, labels, sizes).
+    its strided share (distributed.shard_positions). Returns (float32 images [n,C,H,W] channels_last, labels, sizes).
     """
     import torch
 
@@ -45,10 +46,9 @@ def epoch_data(images, labels, seed: int, epoch: int, aug: augment.Augment, batc
     return x, labels[index], sizes
 
 
-def evaluate(
-    model, images, labels, mean: float, std: float, batch_size: int, precision: str = "fp32"
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy on device-resident uint8 `images` [N,1,H,W]."""
+def evaluate(model, images, labels, mean, inv_std, batch_size: int, precision: str = "fp32") -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on device-resident uint8 `images` [N,C,H,W] (`mean`, `inv_std`: the
+    per-channel tensors of `model.per_channel`)."""
     import torch
     import torch.nn.functional as F
 
@@ -59,7 +59,7 @@ def evaluate(
     correct = torch.zeros((), device=images.device, dtype=torch.int64)
     with torch.inference_mode(), autocast(images.device, precision):
         for i in range(0, len(images), batch_size):
-            out = model(normalize(images[i : i + batch_size], mean, std)).float()
+            out = model(normalize(images[i : i + batch_size], mean, inv_std)).float()
             y = labels[i : i + batch_size]
             loss_sum += F.cross_entropy(out, y, reduction="sum")
             correct += (out.argmax(1) == y).sum()

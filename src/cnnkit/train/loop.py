@@ -20,7 +20,7 @@ from cnnkit.train import augment, checkpoint, curves, distributed, resume
 from cnnkit.train.config import EpochMetrics, TrainResult, best_epoch, patience_ran_out
 from cnnkit.train.data import to_device
 from cnnkit.train.epoch import epoch_data, epoch_seed, evaluate
-from cnnkit.train.model import Net
+from cnnkit.train.model import Net, per_channel
 from cnnkit.train.plan import TrainPlan
 from cnnkit.train.progress import Progress
 from cnnkit.train.rundir import METRICS_NAME
@@ -225,7 +225,7 @@ def train_epoch(plan: TrainPlan, s: Session, epoch: int, reporter: Progress) -> 
     torch.manual_seed(epoch_seed(cfg.seed, epoch, world.rank))  # dropout: keyed by epoch and rank
     x_train, y_train = s.data["train"]
     x_epoch, y_epoch, sizes = epoch_data(
-        x_train, y_train, cfg.seed, epoch, s.aug, cfg.batch_size, world, (plan.mean, plan.std)
+        x_train, y_train, cfg.seed, epoch, s.aug, cfg.batch_size, world, per_channel(plan.mean, plan.std, device)
     )
     s.steps.reset()
     steps_now = min(s.steps_per_epoch, s.total_steps - s.step)
@@ -257,7 +257,7 @@ def train_epoch(plan: TrainPlan, s: Session, epoch: int, reporter: Progress) -> 
 
 def evaluate_epoch(plan: TrainPlan, s: Session, epoch: int, done: EpochTrain) -> EpochMetrics:
     """Validation and test loss and accuracy after an epoch (rank 0)."""
-    size, precision, norm = plan.cfg.eval_batch_size, plan.precision, (plan.mean, plan.std)
+    size, precision, norm = plan.cfg.eval_batch_size, plan.precision, per_channel(plan.mean, plan.std, plan.device)
     x_val, y_val = s.data["val"]
     val = evaluate(s.model, x_val, y_val, *norm, size, precision) if len(y_val) else None
     x_test, y_test = s.data["test"]
@@ -319,6 +319,7 @@ def _meta(plan: TrainPlan, m: EpochMetrics) -> CheckpointMeta:
         config=plan.config,
         mean=plan.mean,
         std=plan.std,
+        geometry=dataset.geometry,
         classes=dataset.classes,
         dataset=dataset.identity(),
         metrics={

@@ -55,22 +55,34 @@ class FoldedNet(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 pixels -> float32 normalised the way the network was trained. Shared by training and export."""
-    return (images.to(torch.float32) * (1.0 / 255.0) - mean) * (1.0 / std)
+def per_channel(mean, std, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The statistics (a number, or one per channel) as float32 [1, C, 1, 1] tensors: the mean, and the reciprocal
+    of the std (formed in float64, rounded once: the same numbers as the scalar arithmetic for one channel)."""
+    mean, std = (tuple(v) if isinstance(v, (list, tuple)) else (float(v),) for v in (mean, std))
+    shape = (1, len(mean), 1, 1)
+    m = torch.tensor(mean, dtype=torch.float64).reshape(shape)
+    inv = 1.0 / torch.tensor(std, dtype=torch.float64).reshape(shape)
+    return m.to(device=device, dtype=torch.float32), inv.to(device=device, dtype=torch.float32)
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels [N,C,H,W] -> float32 normalised per channel the way the network was trained (`per_channel`'s
+    tensors). Shared by training and export."""
+    return (images.to(torch.float32) * (1.0 / 255.0) - mean) * inv_std
 
 
 class Deployable(nn.Module):
-    """The exported contract: `images` uint8 [N,1,H,W] -> `logits` float32 [N,classes], normalisation inside."""
+    """The exported contract: `images` uint8 [N,C,H,W] -> `logits` float32 [N,classes], normalisation inside."""
 
-    def __init__(self, net: nn.Module, mean: float, std: float):
+    def __init__(self, net: nn.Module, mean, std):
         super().__init__()
         self.net = net
-        self.mean = float(mean)
-        self.std = float(std)
+        m, inv = per_channel(mean, std)
+        self.register_buffer("mean", m, persistent=False)
+        self.register_buffer("inv_std", inv, persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(normalize(images, self.mean, self.std))
+        return self.net(normalize(images, self.mean, self.inv_std))
 
 
 def tensor_from(x) -> torch.Tensor:

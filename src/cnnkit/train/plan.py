@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from cnnkit.datasets import Dataset
+from cnnkit.data.dataset import Dataset
 from cnnkit.errors import CheckpointError, DataError, option_error
 from cnnkit.spec import WEIGHTS_NAME, ModelConfig
 from cnnkit.train import checkpoint, distributed, resume
@@ -47,8 +47,8 @@ class TrainPlan:
     cuda_graph: bool  # capture the steps in a CUDA graph (train.stepper)
     steps_reason: str
     split: Split
-    mean: float
-    std: float
+    mean: tuple[float, ...]  # per channel
+    std: tuple[float, ...]
     config: ModelConfig
     recipe: dict[str, Any]
     resumed: Resumed | None
@@ -63,12 +63,13 @@ def check_inputs(dataset: Dataset, cfg: TrainConfig, world: distributed.World) -
         raise option_error(
             DataError, "batch_size", cfg.batch_size, f"smaller than the {world.size} processes it is split over"
         )
-    h, w = dataset.train_images.shape[1:]
+    c, h, w = dataset.train_images.shape[1:]
     if h != w or h % 4:
         raise DataError(
-            f"{dataset.source}: images are {h}x{w}; the model needs square images with a side divisible by 4"
+            f"{dataset.source}: images are {h}x{w}; the model needs square images with a side divisible by 4 "
+            "(--image-size 32, for example)"
         )
-    wanted = ModelConfig(num_classes=len(dataset.classes), image_size=h, dropout=cfg.dropout).to_dict()
+    wanted = ModelConfig(in_channels=c, num_classes=len(dataset.classes), image_size=h, dropout=cfg.dropout).to_dict()
     try:
         config = ModelConfig.from_dict(wanted)  # the bounds every checkpoint is held to, before any allocation
     except CheckpointError as exc:
@@ -121,6 +122,9 @@ def build(
     chosen = choose_precision(cfg.precision, device, measure, "cuda-graph" if graph else "eager")
     precision, precision_reason = distributed.from_rank0(world, chosen)
     mean, std = normalisation(split.train_images)
+    if min(std) == 0:
+        channel = std.index(0.0)
+        raise DataError(f"{dataset.source}: channel {channel} has the same value in every training image")
     recipe = cfg.recipe(precision)
     resumed = _resumed(out_dir, recipe, dataset, config) if resume_run else None
     if resumed is not None:

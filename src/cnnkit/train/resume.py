@@ -173,7 +173,7 @@ def settings_of_run(
     """What continuing `run` trains with: its recorded recipe (each of `names` in `given`), and its dataset loaded
     again (`data_dir` where it now lives). A value in `explicit` (set by the user) that differs from the run's, or
     a dataset or class list given at all, is refused (CheckpointError naming the parameter)."""
-    from cnnkit.datasets import load_recorded, with_classes
+    from cnnkit.data.datasets import load_recorded, with_classes
     from cnnkit.errors import option_error
     from cnnkit.train import checkpoint
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cnnkit.datasets import Dataset
+from cnnkit.data.dataset import Dataset
 from cnnkit.train import distributed, loop, plan
 from cnnkit.train.config import TrainConfig, TrainResult
 from cnnkit.train.progress import Progress

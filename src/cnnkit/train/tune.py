@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from cnnkit.datasets import Dataset
+from cnnkit.data.dataset import Dataset
 from cnnkit.errors import CnnkitError
 from cnnkit.train.config import TrainConfig
 
@@ -87,8 +87,8 @@ def cost_line(dataset: Dataset, cfg: TrainConfig, n_candidates: int) -> str:
     from cnnkit.train.device import resolve_torch_device
     from cnnkit.train.stepper import choose_graph, measure_step_rate
 
-    h = dataset.train_images.shape[1]
-    config = ModelConfig(num_classes=len(dataset.classes), image_size=h, dropout=cfg.dropout)
+    c, h = dataset.train_images.shape[1:3]
+    config = ModelConfig(in_channels=c, num_classes=len(dataset.classes), image_size=h, dropout=cfg.dropout)
     precision = "bf16" if cfg.precision == "bf16" else "fp32"
     epochs, n_fit = _trial_budget(dataset, cfg)
     device = resolve_torch_device(cfg.device)

@@ -70,9 +70,16 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray, compress: bool = 
     return path
 
 
+def names_for(stem: str) -> tuple[str, ...]:
+    """The names real copies give a standard file: torchvision's `train-images-idx3-ubyte`, the dotted
+    `train-images.idx3-ubyte` many published copies use, each gzipped or not."""
+    dotted = stem.replace("-idx", ".idx")
+    return (stem, stem + ".gz", dotted, dotted + ".gz")
+
+
 def find_file(directory: Path, stem: str) -> Path | None:
-    """`directory/stem`, or its gzipped twin `stem.gz`."""
-    for name in (stem, stem + ".gz"):
+    """`directory/stem` under any of the names real copies use (`names_for`)."""
+    for name in names_for(stem):
         if (directory / name).is_file():
             return directory / name
     return None
@@ -93,7 +100,7 @@ def read_split(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     for stem in FILES:
         path = find_file(directory, stem)
         if path is None:
-            raise DataError(f"{directory / stem}: file not found (also tried {stem}.gz)")
+            raise DataError(f"{directory / stem}: file not found (also tried {', '.join(names_for(stem)[1:])})")
         arrays.append((path, read_idx(path)))
     (p_xtr, x_tr), (p_ytr, y_tr), (p_xte, x_te), (p_yte, y_te) = arrays
     for (p_x, x), (p_y, y) in (((p_xtr, x_tr), (p_ytr, y_tr)), ((p_xte, x_te), (p_yte, y_te))):

@@ -1,9 +1,9 @@
-"""Datasets as uint8 numpy arrays: the bundled MNIST sample, IDX folders, and (through a downloader the torch side
-passes in) torchvision downloads. numpy only: `cnnkit evaluate` uses it in the runtime-only install."""
+"""Datasets as uint8 numpy arrays [N, C, H, W]: the bundled MNIST sample, IDX folders, image folders
+(`data.folders`), and (through a downloader the torch side passes in) torchvision downloads. numpy only:
+`cnnkit evaluate` uses it in the runtime-only install."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.resources
 import io
@@ -15,8 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit import idx
+from cnnkit.data import folders, idx, imagefolder
+from cnnkit.data.dataset import Dataset
+from cnnkit.data.imagefolder import FolderOptions
 from cnnkit.errors import DataError
+from cnnkit.geometry import Geometry
 from cnnkit.spec import DATASETS, class_names_problem
 
 SAMPLE_NAME = "mnist_sample.npz"  # a package resource of cnnkit.resources
@@ -33,36 +36,6 @@ KNOWN = {"mnist": ("MNIST", DIGITS), "fashion-mnist": ("FashionMNIST", FASHION)}
 
 #: fetches a known dataset's raw IDX files into a folder and returns where they are (train.download.download)
 Downloader = Callable[[str, Path], Path]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Dataset:
-    """A train/test split held once in memory as uint8 images [N, H, W] and int64 labels [N]."""
-
-    name: str
-    classes: tuple[str, ...]
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    source: str
-
-    @functools.cached_property
-    def fingerprint(self) -> str:
-        """SHA-256 over the arrays: identifies exactly which data a model saw."""
-        h = hashlib.sha256()
-        for arr in (self.train_images, self.train_labels, self.test_images, self.test_labels):
-            h.update(np.ascontiguousarray(arr).tobytes())
-        return h.hexdigest()
-
-    def identity(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "source": self.source,
-            "train_size": int(len(self.train_labels)),
-            "test_size": int(len(self.test_labels)),
-            "sha256": self.fingerprint,
-        }
 
 
 def default_data_dir() -> Path:
@@ -129,12 +102,23 @@ def load_idx_dir(directory: Path, name: str, classes: tuple[str, ...] | None = N
     return Dataset(
         name=name,
         classes=tuple(classes),
-        train_images=x_tr,
+        train_images=x_tr[:, None],
         train_labels=y_tr,
-        test_images=x_te,
+        test_images=x_te[:, None],
         test_labels=y_te,
         source=str(Path(directory).resolve()),  # absolute: a checkpoint finds it again from anywhere
+        geometry=idx_geometry(x_tr),
     )
+
+
+def idx_geometry(images: np.ndarray) -> Geometry:
+    """One-channel IDX images [N, H, W]: their size; stretched (every image is that size already, so the rule
+    matters only to a caller's other images), and auto-inverted when most are light on dark, as MNIST's are."""
+    sample = images[:: max(1, len(images) // 1000)]
+    border = np.concatenate([sample[:, 0], sample[:, -1], sample[:, :, 0], sample[:, :, -1]], axis=1)
+    light_on_dark = float((border.mean(axis=1) <= 127.5).mean()) >= 0.5
+    h, w = images.shape[1:]
+    return Geometry(channels=1, height=h, width=w, resize="stretch", invert="auto" if light_on_dark else "never")
 
 
 def load_sample(source: str | os.PathLike[str] | None = None) -> Dataset:
@@ -154,9 +138,9 @@ def load_sample(source: str | os.PathLike[str] | None = None) -> Dataset:
         return Dataset(
             name="mnist-sample",
             classes=DIGITS,
-            train_images=z["train_images"],
+            train_images=z["train_images"][:, None],
             train_labels=z["train_labels"].astype(np.int64),
-            test_images=z["test_images"],
+            test_images=z["test_images"][:, None],
             test_labels=z["test_labels"].astype(np.int64),
             source="bundled",
         )
@@ -172,14 +156,20 @@ class Loaded:
 
 
 def load_dataset(
-    name: str | None = None, data_dir: str | os.PathLike[str] | None = None, download: Downloader | None = None
+    name: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    download: Downloader | None = None,
+    folder: FolderOptions | None = None,
 ) -> Loaded:
     """Resolve `--dataset`/`--data-dir` to a Dataset.
 
     - `name="sample"`: the bundled sample.
-    - `data_dir` holding IDX files (flat or torchvision's `<Name>/raw` layout): those files.
+    - `data_dir` holding an image folder (class subfolders, or train/ and test/ trees of them): decoded by `folder`'s
+      options into the memory-mapped cache (`data.imagefolder`).
+    - `data_dir` holding IDX files (flat or torchvision's `<Name>/raw` layout, any naming real copies use).
     - `name` mnist/fashion-mnist: the cache (data_dir or default_data_dir()), fetched by `download` if needed.
-    - `name=None`: MNIST, falling back to the bundled sample with a warning when it cannot be had.
+    - `name=None` without `data_dir`: MNIST (downloaded by `download` when given), falling back to the bundled sample
+      with a warning when it cannot be had. An explicit `data_dir` never falls back: what is not there is an error.
     """
     if name is not None and name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
@@ -191,8 +181,18 @@ def load_dataset(
     key = name or "mnist"
     tv_name, classes = KNOWN[key]
     root = explicit_dir or default_data_dir()
-    if explicit_dir is not None and name is None and idx.find_dir(explicit_dir, ()) is not None:
-        return Loaded(dataset=load_idx_dir(explicit_dir, "idx"))  # IDX files of unknown origin: numbered classes
+    if explicit_dir is not None and name is None:
+        if idx.find_dir(explicit_dir, ()) is not None:
+            return Loaded(dataset=load_idx_dir(explicit_dir, "idx"))  # IDX files of unknown origin: numbered classes
+        if folders.is_image_tree(explicit_dir):
+            return Loaded(dataset=imagefolder.load(explicit_dir, folder or FolderOptions(), default_data_dir()))
+        for known, (tv_folder, names) in KNOWN.items():  # torchvision's <Name>/raw layout
+            if idx.find_dir(explicit_dir, (tv_folder,)) is not None:
+                return Loaded(dataset=load_idx_dir(explicit_dir / tv_folder / "raw", known, names))
+        raise DataError(
+            f"{explicit_dir}: neither IDX files ({idx.FILES[0]}, ...) nor class folders of images "
+            f"({explicit_dir}/<class>/<image files>)"
+        )
     found = idx.find_dir(root, (tv_name,))
     if found is not None:
         return Loaded(dataset=load_idx_dir(found, key, classes))
@@ -210,14 +210,28 @@ def load_dataset(
         return Loaded(dataset=load_sample(), warning=warning)
 
 
-def load_recorded(identity: dict[str, Any], data_dir: str | os.PathLike[str] | None = None) -> Dataset:
+def load_recorded(
+    identity: dict[str, Any],
+    data_dir: str | os.PathLike[str] | None = None,
+    folder_kwargs: dict[str, Any] | None = None,
+) -> Dataset:
     """The dataset a checkpoint was trained on, from the identity it recorded (`Dataset.identity()`).
 
-    `data_dir` points at another copy of it. Raises DataError when it cannot be had, or when what is found is
+    `data_dir` points at another copy of it; `folder_kwargs` (say, progress) go to an image folder's options, the
+    rest of which come from the record. Raises DataError when it cannot be had, or when what is found is
     not the same data (SHA-256 fingerprint of the arrays). Never downloads.
     """
     name = identity.get("name")
-    if name == "mnist-sample":
+    if identity.get("kind") == "image-folder":
+        source = identity.get("source")
+        root = Path(data_dir) if data_dir is not None else Path(str(source))
+        if data_dir is None and (not source or not root.is_absolute() or not root.is_dir()):
+            raise DataError(f"the image folder this model was trained on ({source}) is not here; pass --data-dir")
+        if not root.is_dir():
+            raise DataError(f"{root}: data directory not found")
+        ds = imagefolder.load(root, FolderOptions.from_request(identity.get("request"), **(folder_kwargs or {})),
+                              default_data_dir())  # fmt: skip
+    elif name == "mnist-sample":
         ds = load_sample()
     elif data_dir is not None:
         ds = load_dataset(None if name == "idx" else name, data_dir).dataset

@@ -1,0 +1,1 @@
+"""Torch-free datasets as users have them: IDX files, image folders, splits, the decoded cache."""

@@ -63,3 +63,17 @@ def test_a_header_whose_fields_multiply_past_any_memory_is_refused():
     assert ModelConfig().parameters == 3_199_106  # the seed's network, as the README says
     with pytest.raises(CheckpointError, match="each within bounds, but not together"):
         ModelConfig.from_dict({"conv2_channels": 1024, "hidden": 16384, "image_size": 1024})
+
+
+def test_a_set_that_will_not_fit_on_the_device_is_refused_before_anything_is_copied(monkeypatch):
+    from types import SimpleNamespace
+
+    from cnnkit.errors import DataError
+    from cnnkit.train import data
+
+    ds = _data(100, 28, 2)
+    monkeypatch.setattr(data, "_free_bytes", lambda device: 50_000)
+    with pytest.raises(DataError, match="the decoded images take 0.0 GiB and the RAM has 0.0 GiB free"):
+        data.check_fits(ds, SimpleNamespace(type="cpu"))
+    monkeypatch.setattr(data, "_free_bytes", lambda device: 10**9)
+    data.check_fits(ds, SimpleNamespace(type="cpu"))

@@ -36,7 +36,7 @@ class Dataset:
         h = hashlib.sha256()
         for arr in (self.train_images, self.train_labels, self.test_images, self.test_labels):
             for i in range(0, len(arr), 4096):  # a chunk at a time: a memory-mapped set is never copied whole
-                h.update(np.ascontiguousarray(arr[i : i + 4096]))
+                h.update(np.ascontiguousarray(arr[i : i + 4096]).data)
         return h.hexdigest()
 
     def identity(self) -> dict[str, Any]:

@@ -72,3 +72,32 @@ def to_device(images: np.ndarray, labels: np.ndarray, device: Any) -> tuple[Any,
     if device.type == "cuda":
         x, y = x.pin_memory(), y.pin_memory()
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def check_fits(ds: Dataset, device: Any) -> None:
+    """DataError, before anything is copied, when the decoded set will not fit in the device's free memory (the
+    whole set lives there as uint8 for the run; streaming it batch by batch from the memory-mapped cache is not
+    built)."""
+    need = sum(int(a.nbytes) for a in (ds.train_images, ds.test_images, ds.val_images) if a is not None)
+    free = _free_bytes(device)
+    if free is not None and need > 0.8 * free:
+        where = "GPU" if device.type == "cuda" else "RAM"
+        raise DataError(
+            f"{ds.source}: the decoded images take {need / 2**30:.1f} GiB and the {where} has {free / 2**30:.1f} "
+            "GiB free; training holds the whole set there (a smaller --image-size makes it smaller)"
+        )
+
+
+def _free_bytes(device: Any) -> int | None:
+    if device.type == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -13,7 +13,7 @@ from cnnkit.errors import CheckpointError, DataError, option_error
 from cnnkit.spec import WEIGHTS_NAME, ModelConfig
 from cnnkit.train import checkpoint, distributed, resume
 from cnnkit.train.config import TrainConfig
-from cnnkit.train.data import Split, normalisation, split_validation
+from cnnkit.train.data import Split, check_fits, normalisation, split_validation
 from cnnkit.train.device import choose_precision, resolve_torch_device
 from cnnkit.train.stepper import choose_graph, measure_step_rate
 
@@ -96,7 +96,10 @@ class Checked(NamedTuple):
 
 def check(dataset: Dataset, cfg: TrainConfig, world: distributed.World) -> Checked:
     """The device and the model configuration, or the one-line error, before any folder is made or group joined."""
-    return Checked(torch_device(cfg, world), check_inputs(dataset, cfg, world))
+    device = torch_device(cfg, world)
+    config = check_inputs(dataset, cfg, world)
+    check_fits(dataset, device)
+    return Checked(device, config)
 
 
 def build(

@@ -123,3 +123,21 @@ class StopAfter(Progress):
             self.left -= 1
             if self.left == 0:
                 raise KeyboardInterrupt
+
+
+COLOURS = {"blue": (30, 40, 210), "green": (30, 200, 40), "red": (210, 30, 40)}
+
+
+def photos(root: Path, n: int = 24) -> Path:
+    """An RGB image folder of mixed sizes, PNG and JPEG, whose colour says the class (and one grayscale file)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            w, h = int(rng.integers(24, 64)), int(rng.integers(24, 64))
+            a = np.asarray(colour)[None, None] * rng.uniform(0.6, 1.0, (h, w, 1)) + rng.normal(0, 25, (h, w, 3))
+            Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
+    Image.fromarray(np.full((40, 30), 90, np.uint8)).save(root / "blue" / "gray.png")  # one grayscale file among them
+    return root

@@ -8,6 +8,7 @@ what the torch side makes without importing torch.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -63,12 +64,28 @@ CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
     "dropout": (0.0, 0.99),
 }
 MAX_PARAMETERS = 256 * 2**20  # 1 GiB of fp32 weights: each field within bounds can still multiply past any memory
+SEED_ARCH = "seed"  # the seed tutorial's two-conv CNN; the other fields of ModelConfig size it
+BUILTIN_ARCH_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")  # a torchvision classification builder: resnet18, ...
+USER_ARCH_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_user_arch(arch: str) -> bool:
+    """`package.module:factory`: the user's own code (imported only when the user names it on the command line)."""
+    return USER_ARCH_RE.fullmatch(arch) is not None
+
+
+def arch_problem(arch: Any) -> str | None:
+    """What is wrong with an architecture name, or None: `seed`, a builder name, or `package.module:factory`."""
+    if not isinstance(arch, str) or not (BUILTIN_ARCH_RE.fullmatch(arch) or is_user_arch(arch)) or len(arch) > 200:
+        return f"architecture {str(arch)[:60]!r} is neither a name (seed, resnet18, ...) nor package.module:factory"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """Everything needed to rebuild the network; saved in every checkpoint and export."""
 
+    arch: str = SEED_ARCH  # the network; the fields below but in_channels, num_classes, image_size size the seed's
     in_channels: int = 1
     conv1_channels: int = 32
     conv2_channels: int = 64
@@ -91,14 +108,21 @@ class ModelConfig:
         unknown = set(data) - known
         if unknown:
             raise CheckpointError(f"model config has unknown fields {sorted(unknown)}; expected {sorted(known)}")
+        data = dict(data)
+        arch = data.pop("arch", SEED_ARCH)  # checkpoints before other networks: the seed's
+        problem = arch_problem(arch)
+        if problem:
+            raise CheckpointError(f"model config {problem}")
         for name, value in data.items():
             low, high = CONFIG_BOUNDS[name]
             is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not is_number or (name != "dropout" and not isinstance(value, int)) or not low <= value <= high:
                 raise CheckpointError(f"model config {name}={value!r} is not within {low}..{high}")
-        cfg = cls(**data)
+        cfg = cls(arch=arch, **data)
         if cfg.in_channels not in CHANNELS:
             raise CheckpointError(f"model config in_channels={cfg.in_channels}: a model takes 1 or 3 channels")
+        if cfg.arch != SEED_ARCH:
+            return cfg  # its module is built (and its weights checked against it) only on the torch side
         if cfg.kernel_size % 2 == 0 or cfg.image_size % 4:
             raise CheckpointError(
                 f"model config kernel_size {cfg.kernel_size} must be odd and image_size {cfg.image_size} divisible by 4"

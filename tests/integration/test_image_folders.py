@@ -14,27 +14,12 @@ import httpx
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
-from helpers import start_server
-
-COLOURS = {"blue": (30, 40, 210), "green": (30, 200, 40), "red": (210, 30, 40)}
+from helpers import COLOURS, photos, start_server
 
 
 def cnnkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cnnkit", *args], cwd=cwd, capture_output=True, text=True)
-
-
-def photos(root: Path, n: int = 24) -> Path:
-    rng = np.random.default_rng(0)
-    for name, colour in COLOURS.items():
-        (root / name).mkdir(parents=True)
-        for i in range(n):
-            w, h = int(rng.integers(24, 64)), int(rng.integers(24, 64))
-            a = np.asarray(colour)[None, None] * rng.uniform(0.6, 1.0, (h, w, 1)) + rng.normal(0, 25, (h, w, 3))
-            Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
-    Image.fromarray(np.full((40, 30), 90, np.uint8)).save(root / "blue" / "gray.png")  # one grayscale file among them
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +49,11 @@ def test_export_verify_predict_and_serve_agree_on_the_users_photos(rgb_run):
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads(r.stdout)
     assert any("colours test images" in c["case"] for b in report["backends"] for c in b["cases"])
+
+    r = cnnkit("evaluate", "run/model.onnx", "--data-dir", str(data), "--json", cwd=work)
+    assert r.returncode == 0, r.stderr
+    evaluated = json.loads(r.stdout)
+    assert evaluated["images"] == 15 and [c["label"] for c in evaluated["per_class"]] == sorted(COLOURS)
 
     import onnx
 

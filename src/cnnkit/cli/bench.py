@@ -16,6 +16,7 @@ from cnnkit.cli.common import (
     progress_for,
     require,
     show_report,
+    trust_arch,
 )
 from cnnkit.spec import BENCH_DEVICES
 
@@ -75,6 +76,7 @@ def _sizes(sizes: tuple[int, ...]) -> str:
 )
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False), default=None, help="Write results as CSV.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None, help="Write a PNG plot.")
+@trust_arch
 def bench(
     paths,
     device,
@@ -150,6 +152,7 @@ def bench(
     "--json", "json_file", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON ('-': stdout)."
 )
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None, help="Write a PNG plot.")
+@trust_arch
 def optimize(run, device, batch_sizes, min_time, select, target_batch, json_file, plot_file, **gates):
     """Export every variant (fp32, folded, INT8, fp16 on CUDA, TorchScript), verify, benchmark, pick the fastest."""
     require("torch", "onnx")

@@ -248,3 +248,34 @@ class DataProgress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def arch_option(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> str | None:
+    """A click callback for `--arch`: the name checked by the one rule (`spec.arch_problem`); a user's
+    `package.module:factory` named here is the one code cnnkit may import for this command (`train.nets.trust`)."""
+    if value is None:
+        return None
+    from cnnkit.spec import arch_problem, is_user_arch
+
+    problem = arch_problem(value)
+    if problem:
+        raise click.BadParameter(problem)
+    if is_user_arch(value):
+        from cnnkit.train import nets
+
+        nets.trust(value)
+    return value
+
+
+#: `--arch` on the commands that rebuild a checkpoint's network (export, verify, bench, optimize): only to name the
+#: user's own module the checkpoint records, since a path found in a file is never imported by itself
+trust_arch = click.option(
+    "--arch",
+    "trusted_arch",
+    default=None,
+    expose_value=False,
+    is_eager=True,
+    callback=arch_option,
+    metavar="PACKAGE.MODULE:FACTORY",
+    help="The user's own network the checkpoint names: cnnkit imports that code only when it is given here.",
+)

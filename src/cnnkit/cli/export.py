@@ -14,6 +14,7 @@ from cnnkit.cli.common import (
     int_list,
     require,
     tolerance_options,
+    trust_arch,
 )
 from cnnkit.export.options import FORMAT_CHOICES, ExportOptions, formats_for
 from cnnkit.spec import BENCH_DEVICES, EXPORT_PRECISIONS, TRITON_INSTANCE_KINDS
@@ -107,6 +108,7 @@ E, T = ExportOptions(), TritonOptions()  # every default below is the library's:
 )
 @click.option("--with-torchscript", is_flag=True, help="triton: also a pytorch_libtorch model (<name>-libtorch).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@trust_arch
 def export(
     checkpoint,
     fmt,
@@ -179,6 +181,7 @@ def export(
 @gate_options
 @gate_engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@trust_arch
 def verify(artefacts, checkpoint, atol, rtol, device, as_json, **gates):
     """Check eager PyTorch vs TorchScript vs ONNX Runtime parity; exit 1 on any mismatch.
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from cnnkit.cli.common import Finite, emit_json, require
+from cnnkit.cli.common import Finite, arch_option, emit_json, require
 from cnnkit.data.imagefolder import FolderOptions
 from cnnkit.geometry import DEFAULT_SIDE, MAX_DEFAULT_SIDE, RESIZE
 from cnnkit.spec import CUDA_GRAPH, DATASETS, DEVICES, TRAIN_PRECISIONS
@@ -17,7 +17,7 @@ from cnnkit.train.config import INT_BOUNDS as I
 from cnnkit.train.config import RECIPE_FIELDS, TrainConfig
 
 # options that define the run; with --resume they come from the run, and a different value given is refused
-RECIPE_OPTIONS = (*(f for f in RECIPE_FIELDS if f != "weight_decay"), "precision")  # weight decay has no flag
+RECIPE_OPTIONS = (*(f for f in RECIPE_FIELDS if f != "weight_decay"), "precision", "arch")  # no weight-decay flag
 D = TrainConfig()  # the defaults live in one place
 
 
@@ -61,6 +61,15 @@ D = TrainConfig()  # the defaults live in one place
     "--skip-bad",
     is_flag=True,
     help="Image folders: leave out files that do not decode (counted, named and recorded) instead of refusing.",
+)
+@click.option(
+    "--arch",
+    default=D.arch,
+    show_default=True,
+    callback=arch_option,
+    help="The network: seed (the tutorial's two-conv CNN), a torchvision classification model (resnet18, "
+    "mobilenet_v3_small, efficientnet_b0, ...; adapted to the input's channels and size), or your own "
+    "package.module:factory, called as factory(num_classes=, in_channels=, image_size=(H, W)).",
 )
 @click.option(
     "--recipe",

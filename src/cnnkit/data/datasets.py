@@ -114,11 +114,8 @@ def load_idx_dir(directory: Path, name: str, classes: tuple[str, ...] | None = N
 def idx_geometry(images: np.ndarray) -> Geometry:
     """One-channel IDX images [N, H, W]: their size; stretched (every image is that size already, so the rule
     matters only to a caller's other images), and auto-inverted when most are light on dark, as MNIST's are."""
-    sample = images[:: max(1, len(images) // 1000)]
-    border = np.concatenate([sample[:, 0], sample[:, -1], sample[:, :, 0], sample[:, :, -1]], axis=1)
-    light_on_dark = float((border.mean(axis=1) <= 127.5).mean()) >= 0.5
     h, w = images.shape[1:]
-    return Geometry(channels=1, height=h, width=w, resize="stretch", invert="auto" if light_on_dark else "never")
+    return Geometry(channels=1, height=h, width=w, resize="stretch", invert=imagefolder.polarity(images[:, None]))
 
 
 def load_sample(source: str | os.PathLike[str] | None = None) -> Dataset:

@@ -84,9 +84,9 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
 
 def build_model(ckpt: Checkpoint) -> Any:
     """Rebuild the eval-mode Net from a checkpoint, checking that the weights fit the config."""
-    from cnnkit.train.model import Net
+    from cnnkit.train import nets
 
-    net = Net(ckpt.meta.config)
+    net = nets.build(ckpt.meta.config)
     try:
         net.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as exc:
@@ -99,9 +99,11 @@ def deployable(ckpt: Checkpoint, fold: bool = False) -> Any:
 
     Unfolded, it is the eager reference every export is verified against.
     """
+    from cnnkit.train import nets
     from cnnkit.train.model import Deployable, FoldedNet
 
     net = build_model(ckpt)
+    fold = fold and nets.foldable(ckpt.meta.config)  # the fold is the seed network's; others export as they are
     return Deployable(FoldedNet(net) if fold else net, ckpt.meta.mean, ckpt.meta.std).eval()
 
 

@@ -59,6 +59,7 @@ class TrainConfig:
     lr: float = 2e-3  # peak of the one-cycle schedule; the same for any number of processes (global batch fixed)
     weight_decay: float = 1e-4
     seed: int = 0
+    arch: str = "seed"  # the network (train.nets): seed, a torchvision builder, or package.module:factory
     device: str = "auto"
     precision: str = "auto"
     cuda_graph: str = "auto"  # capture the training step in a CUDA graph (auto: on CUDA, one process); train.stepper

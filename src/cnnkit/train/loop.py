@@ -16,11 +16,11 @@ import torch
 from cnnkit import atomic
 from cnnkit.errors import CheckpointError, TrainingError
 from cnnkit.spec import WEIGHTS_NAME, CheckpointMeta
-from cnnkit.train import augment, checkpoint, curves, distributed, resume
+from cnnkit.train import augment, checkpoint, curves, distributed, nets, resume
 from cnnkit.train.config import EpochMetrics, TrainResult, best_epoch, patience_ran_out
 from cnnkit.train.data import to_device
 from cnnkit.train.epoch import epoch_data, epoch_seed, evaluate
-from cnnkit.train.model import Net, per_channel
+from cnnkit.train.model import per_channel
 from cnnkit.train.plan import TrainPlan
 from cnnkit.train.progress import Progress
 from cnnkit.train.rundir import METRICS_NAME
@@ -160,7 +160,7 @@ def setup(plan: TrainPlan) -> Session:
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)  # the initial weights: the same on every rank
     # channels_last suits cuDNN and oneDNN alike (measured ~1.25x training throughput on a CPU)
-    model = Net(plan.config).to(device).to(memory_format=torch.channels_last)
+    model = nets.build(plan.config).to(device).to(memory_format=torch.channels_last)
     if plan.resumed is not None:
         try:
             model.load_state_dict(plan.resumed.weights)

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cnnkit.data.dataset import Dataset
 from cnnkit.errors import CheckpointError, DataError, option_error
-from cnnkit.spec import WEIGHTS_NAME, ModelConfig
-from cnnkit.train import checkpoint, distributed, resume
+from cnnkit.spec import SEED_ARCH, WEIGHTS_NAME, ModelConfig
+from cnnkit.train import checkpoint, distributed, nets, resume
 from cnnkit.train.config import TrainConfig
 from cnnkit.train.data import Split, check_fits, normalisation, split_validation
 from cnnkit.train.device import choose_precision, resolve_torch_device
@@ -64,18 +64,20 @@ def check_inputs(dataset: Dataset, cfg: TrainConfig, world: distributed.World) -
             DataError, "batch_size", cfg.batch_size, f"smaller than the {world.size} processes it is split over"
         )
     c, h, w = dataset.train_images.shape[1:]
-    if h != w or h % 4:
-        raise DataError(
-            f"{dataset.source}: images are {h}x{w}; the model needs square images with a side divisible by 4 "
-            "(--image-size 32, for example)"
-        )
-    wanted = ModelConfig(in_channels=c, num_classes=len(dataset.classes), image_size=h, dropout=cfg.dropout).to_dict()
+    seed = cfg.arch == SEED_ARCH
+    if h != w or (seed and h % 4):
+        rule = "square images with a side divisible by 4" if seed else "square images"
+        raise DataError(f"{dataset.source}: images are {h}x{w}; the model needs {rule} (--image-size 32, for example)")
+    wanted = ModelConfig(
+        arch=cfg.arch, in_channels=c, num_classes=len(dataset.classes), image_size=h, dropout=cfg.dropout
+    ).to_dict()
     try:
         config = ModelConfig.from_dict(wanted)  # the bounds every checkpoint is held to, before any allocation
     except CheckpointError as exc:
         raise DataError(f"{dataset.source}: no model can be built for this data: {exc}") from None
     if not dataset.train_images.size or int(dataset.train_images.max()) == int(dataset.train_images.min()):
         raise DataError(f"{dataset.source}: every training pixel has the same value; there is nothing to learn")
+    nets.check(config)
     return config
 
 

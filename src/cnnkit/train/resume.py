@@ -16,6 +16,7 @@ from typing import Any
 
 from cnnkit import atomic
 from cnnkit.errors import CheckpointError
+from cnnkit.spec import SEED_ARCH
 from cnnkit.train import state_schema
 from cnnkit.train.config import RECIPE_FIELDS
 from cnnkit.train.state_schema import FORMAT, TrainState
@@ -158,9 +159,10 @@ def mismatch(saved: TrainState, recipe: dict, dataset_sha256: str, model: dict) 
     """What differs between the saved run and the one asked for, as one phrase; None when they are the same run."""
     if saved.dataset_sha256 != dataset_sha256:
         return f"different data (fingerprint {dataset_sha256[:12]}... != the run's {saved.dataset_sha256[:12]}...)"
-    if saved.model != model:
-        diff = sorted(k for k in set(saved.model) | set(model) if saved.model.get(k) != model.get(k))
-        return "different model (" + ", ".join(f"{k} {model.get(k)} != {saved.model.get(k)}" for k in diff) + ")"
+    recorded = {"arch": SEED_ARCH, **saved.model}  # runs saved before other networks trained the seed's
+    if recorded != model:
+        diff = sorted(k for k in set(recorded) | set(model) if recorded.get(k) != model.get(k))
+        return "different model (" + ", ".join(f"{k} {model.get(k)} != {recorded.get(k)}" for k in diff) + ")"
     diff = sorted(k for k in set(saved.recipe) | set(recipe) if saved.recipe.get(k) != recipe.get(k))
     if diff:
         return "different recipe (" + ", ".join(f"{k} {recipe.get(k)} != {saved.recipe.get(k)}" for k in diff) + ")"

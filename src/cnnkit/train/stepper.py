@@ -164,9 +164,9 @@ def measure_step_rate(config, device, batch_size: int, precision: str, graph: bo
 
     import torch
 
-    from cnnkit.train.model import Net
+    from cnnkit.train import nets
 
-    model = Net(config).to(device).to(memory_format=torch.channels_last).train()
+    model = nets.build(config).to(device).to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
     step = make_steps(graph, net=model, opt=opt, sched=None, precision=precision, label_smoothing=0.0, device=device)
     c, s = config.in_channels, config.image_size

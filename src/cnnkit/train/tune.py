@@ -88,7 +88,9 @@ def cost_line(dataset: Dataset, cfg: TrainConfig, n_candidates: int) -> str:
     from cnnkit.train.stepper import choose_graph, measure_step_rate
 
     c, h = dataset.train_images.shape[1:3]
-    config = ModelConfig(in_channels=c, num_classes=len(dataset.classes), image_size=h, dropout=cfg.dropout)
+    config = ModelConfig(
+        arch=cfg.arch, in_channels=c, num_classes=len(dataset.classes), image_size=h, dropout=cfg.dropout
+    )
     precision = "bf16" if cfg.precision == "bf16" else "fp32"
     epochs, n_fit = _trial_budget(dataset, cfg)
     device = resolve_torch_device(cfg.device)

@@ -27,7 +27,8 @@ TS_EXTRA_FILE = "cnnkit.json"
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 BATCH_DIM = "batch"  # the dynamic batch dimension, named the same in the ONNX graph
-FILENAMES = dict(zip(EXPORT_FORMATS, ("model.onnx", "model.ts")))  # in a run folder, beside the checkpoint
+# in a run folder, beside the checkpoint
+FILENAMES = dict(zip(EXPORT_FORMATS, ("model.onnx", "model.ts", "model.pt2", "model.aoti.pt2")))
 MANIFEST = "exports.json"  # beside exported files: their SHA-256, recorded by `cnnkit export`
 MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 

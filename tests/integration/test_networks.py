@@ -40,9 +40,12 @@ def test_a_users_module_trains_exports_and_verifies_and_runs_only_when_named(tmp
 
     r = cnnkit("export", "run", "--format", "all", "--arch", ARCH, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    r = cnnkit("verify", "run/model.onnx", "run/model.ts", "--arch", ARCH, "--json", cwd=tmp_path)
+    r = cnnkit("verify", "run/model.onnx", "run/model.ts", "run/model.pt2", "--arch", ARCH, "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert all(b["passed"] for b in json.loads(r.stdout)["backends"])
+    backends = json.loads(r.stdout)["backends"]
+    assert [b["backend"] for b in backends] == ["onnx", "torchscript", "exported"] and all(
+        b["passed"] for b in backends
+    )
     info = json.loads(cnnkit("predict", "run/model.onnx", "colours/red/1.png", "--json", cwd=tmp_path).stdout)
     assert info["results"][0]["label"] in ("blue", "green", "red")
 
@@ -72,3 +75,24 @@ def test_unknown_names_and_untrusted_paths_are_refused():
         nets.build(ModelConfig(arch="os.path:join", in_channels=3, image_size=32))
     with pytest.raises(CheckpointError, match="neither a name"):
         ModelConfig.from_dict({"arch": "../../etc/passwd"})
+
+
+@pytest.mark.slow
+def test_an_aotinductor_package_compiles_verifies_and_refuses_another_cpus_build(tmp_path, monkeypatch):
+    photos(tmp_path / "colours", n=4)
+    r = cnnkit("train", "--data-dir", "colours", "--out", "run", "--max-steps", "1", "--recipe", "default",
+               cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = cnnkit("export", "run", "--format", "aoti", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = cnnkit("verify", "run/model.aoti.pt2", "--json", cwd=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout)["backends"][0]["backend"] == "aoti", r.stdout + r.stderr
+
+    from cnnkit.errors import ModelFileError
+    from cnnkit.export import torch_formats
+
+    info, record = torch_formats.metadata(tmp_path / "run" / "model.aoti.pt2")
+    assert info.classes == ("blue", "green", "red") and record["AOTI_DEVICE_KEY"] == "cpu"
+    monkeypatch.setattr("cnnkit.runtime.cpu.cpu_flags", lambda: [])
+    with pytest.raises(ModelFileError, match="compiled for .* CPUs; this CPU lacks"):
+        torch_formats.check_package(tmp_path / "m", {**record, "AOTI_CPU_ISA": "AVX2"}, torch.device("cpu"))

@@ -40,6 +40,17 @@ def torchscript(path: Path | None, device: Any) -> Runner:
     return torch_runner("torchscript", module, device, f"torch.jit {device.type}", info.variant)
 
 
+def pt2(path: Path | None, device: Any, kind: str) -> Runner:
+    """A torch.export ExportedProgram (`exported`) or an AOTInductor package (`aoti`) on `device`."""
+    from cnnkit.export import torch_formats
+
+    if path is None:
+        raise ModelFileError(f"no {kind} .pt2 file to benchmark")
+    module, info = torch_formats.load(path, device)
+    label = "torch.export" if kind == "exported" else "AOTInductor"
+    return torch_runner(kind, module, device, f"{label} {device.type}", info.variant)
+
+
 def compiled(ckpt: Any, device: Any) -> Runner:
     import torch
 

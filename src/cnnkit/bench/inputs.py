@@ -23,12 +23,14 @@ class Inputs:
     onnx: list[Path] = field(default_factory=list)
     torchscript: Path | None = None
     folder_torchscript: Path | None = None  # found in a run folder: loaded only when trusted explicitly
+    pt2: dict[str, Path] = field(default_factory=dict)  # "exported"/"aoti" -> a .pt2 file named on the command line
 
     def describe(self) -> dict[str, Any]:
         return {
             "checkpoint": str(self.checkpoint) if self.checkpoint else None,
             "onnx": [str(p) for p in self.onnx],
             "torchscript": str(self.torchscript) if self.torchscript else None,
+            **{kind: str(path) for kind, path in self.pt2.items()},
         }
 
 
@@ -46,16 +48,18 @@ def resolve_inputs(paths: list[str], need_checkpoint: bool, trust_folder_torchsc
             raise ModelFileError(f"{p}: not found")
         elif p.suffix == ".safetensors":
             found.checkpoint = p
-        elif artefact_kind(p) == "torchscript":
+        elif (kind := artefact_kind(p)) == "torchscript":
             found.torchscript = p
+        elif kind in ("exported", "aoti"):
+            found.pt2[kind] = p  # named, so trusted (an AOTInductor package loads native code)
         else:
             found.onnx.append(p)
     if trust_folder_torchscript and found.torchscript is None:
         found.torchscript = found.folder_torchscript
-    if found.checkpoint is None and not found.onnx and found.torchscript is None:
+    if found.checkpoint is None and not found.onnx and found.torchscript is None and not found.pt2:
         raise ModelFileError(f"no checkpoint or exported model in {', '.join(paths)}; pass a run folder")
     if need_checkpoint and found.checkpoint is None:
-        artefacts = found.onnx[:1] + ([found.torchscript] if found.torchscript else [])
+        artefacts = found.onnx[:1] + ([found.torchscript] if found.torchscript else []) + list(found.pt2.values())[:1]
         found.checkpoint = find_checkpoint(artefacts)
     return found
 

@@ -11,7 +11,9 @@ from cnnkit.errors import CnnkitError, DeviceError, option_error
 from cnnkit.export.compare import Gate
 from cnnkit.spec import BENCH_DEVICES
 
-BACKENDS = ("eager", "torchscript", "onnx", "openvino", "openvino-bf16", "compile", "eager-cudagraph", "onnx-cudagraph")
+BACKENDS = ("eager", "torchscript", "exported", "aoti", "onnx", "openvino", "openvino-bf16", "compile",
+            "eager-cudagraph", "onnx-cudagraph")  # fmt: skip
+PT2_BACKENDS = ("exported", "aoti")  # torch.export's ExportedProgram and an AOTInductor package (.pt2 files)
 CUDA_ONLY = ("eager-cudagraph", "onnx-cudagraph")
 CPU_ONLY = ("openvino", "openvino-bf16")
 ONNX_BACKENDS = ("onnx", "openvino", "openvino-bf16", "onnx-cudagraph")  # they run an .onnx file in the runtime

@@ -21,7 +21,7 @@ from cnnkit.bench import backends as bk
 from cnnkit.bench.env import environment
 from cnnkit.bench.inputs import Inputs, file_tags, resolve_inputs
 from cnnkit.bench.measure import Measurement, cuda_events, torch_context
-from cnnkit.bench.options import ONNX_BACKENDS, BenchConfig, row_name
+from cnnkit.bench.options import ONNX_BACKENDS, PT2_BACKENDS, BenchConfig, row_name
 from cnnkit.bench.results import BenchResult, BenchRow
 from cnnkit.errors import DeviceError, ModelFileError, first_line, option_error
 from cnnkit.export.exporter import ExportOptions, export
@@ -41,6 +41,9 @@ def bench(
     if config.device == "cuda" and not gpu_visible():  # the one rule: cuda asked for and not there is an error
         raise option_error(DeviceError, "device", "cuda", "no NVIDIA GPU is visible here (no /dev/nvidia* device)")
     files = resolve_inputs(paths, bool(config.torch_backends), config.trust_torchscript)
+    named = tuple(k for k in files.pt2 if k not in config.backends)
+    if named:  # a .pt2 file named on the command line is measured, as a named .onnx file is
+        config = replace(config, backends=(*config.backends, *named))
     needs_export = _needs_export(files, config, paths)
     use_torch = bool(config.torch_backends or needs_export)
     notes: list[str] = []
@@ -71,6 +74,7 @@ def _needs_export(files: Inputs, config: BenchConfig, paths: list[str]) -> list[
         needs.append("onnx")
     if files.torchscript is None and "torchscript" in config.backends:
         needs.append("torchscript")
+    needs += [k for k in PT2_BACKENDS if k in config.backends and k not in files.pt2]
     if needs and files.checkpoint is None:
         raise ModelFileError(
             f"no {' or '.join(needs)} file among {', '.join(paths)} and no checkpoint to export one from"
@@ -86,6 +90,7 @@ def _export_missing(files: Inputs, needs_export: list[str], tmp: Path) -> list[s
         files.onnx = [Path(made.artefacts["onnx"])]
     if "torchscript" in made.artefacts:
         files.torchscript = Path(made.artefacts["torchscript"])
+    files.pt2.update({k: Path(made.artefacts[k]) for k in PT2_BACKENDS if k in made.artefacts})
     notes = [f"{k} exported from the checkpoint for this run (no file given)" for k in needs_export]
     if "torchscript" in needs_export and files.folder_torchscript is not None:
         notes.append(
@@ -103,6 +108,8 @@ def _makers(files: Inputs, config: BenchConfig, ckpt: Any, dev: Any) -> dict[str
             makers[b] = functools.partial(bk.eager, ckpt, dev)
         elif b == "torchscript":
             makers[b] = functools.partial(bk.torchscript, files.torchscript, dev)
+        elif b in PT2_BACKENDS:
+            makers[b] = functools.partial(bk.pt2, files.pt2.get(b), dev, b)
         elif b == "compile":
             makers[b] = functools.partial(bk.compiled, ckpt, dev)
         elif b == "eager-cudagraph":

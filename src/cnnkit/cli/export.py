@@ -31,7 +31,9 @@ E, T = ExportOptions(), TritonOptions()  # every default below is the library's:
     type=click.Choice(FORMAT_CHOICES),
     default="all",
     show_default=True,
-    help="triton: a Triton model repository (config.pbtxt, labels, 1/model.onnx) in --out.",
+    help="onnx (model.onnx), torchscript (model.ts), exported (torch.export's ExportedProgram, model.pt2), aoti (an "
+    "AOTInductor package compiled for this machine, model.aoti.pt2; about a minute), all (every format but aoti), "
+    "triton (a Triton model repository: config.pbtxt, labels, 1/model.onnx, in --out).",
 )
 @click.option(
     "--out",

@@ -40,11 +40,17 @@ def read_manifest(directory: Path) -> dict:
 
 
 def artefact_kind(path: Path) -> str:
-    """'torchscript' for a zip archive (TorchScript's container), else 'onnx'."""
+    """'exported' or 'aoti' for a .pt2 archive, 'torchscript' for another zip archive (TorchScript's container),
+    else 'onnx'."""
     if not path.is_file():
         raise ModelFileError(f"{path}: file not found")
     with open(path, "rb") as fh:
-        return "torchscript" if fh.read(4) == b"PK\x03\x04" else "onnx"
+        is_zip = fh.read(4) == b"PK\x03\x04"
+    if is_zip and path.suffix == ".pt2":
+        from cnnkit.export import torch_formats
+
+        return torch_formats.kind_of(path)
+    return "torchscript" if is_zip else "onnx"
 
 
 def torchscript_metadata(path: Path) -> contract.ModelInfo:
@@ -65,8 +71,13 @@ def torchscript_metadata(path: Path) -> contract.ModelInfo:
 
 def read_info(path: Path) -> contract.ModelInfo:
     """The cnnkit metadata of an ONNX or TorchScript artefact (never runs a TorchScript file's code)."""
-    if artefact_kind(path) == "torchscript":
+    kind = artefact_kind(path)
+    if kind == "torchscript":
         return torchscript_metadata(path)
+    if kind in ("exported", "aoti"):
+        from cnnkit.export import torch_formats
+
+        return torch_formats.metadata(path)[0]
     import onnx
 
     try:

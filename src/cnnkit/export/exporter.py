@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from cnnkit import contract
 from cnnkit.errors import CnnkitError, option_error
-from cnnkit.export import precision
+from cnnkit.export import precision, torch_formats
 from cnnkit.export.artefacts import record_exports
-from cnnkit.export.formats import fp32_proto, to_torchscript, write_onnx
+from cnnkit.export.formats import example_input, fp32_proto, to_torchscript, write_onnx
 from cnnkit.export.options import ExportOptions
 from cnnkit.export.verify import verify
 from cnnkit.train import checkpoint
@@ -59,7 +59,7 @@ class ExportResult:
 
 
 def filename(fmt: str, precision: str = "fp32") -> str:
-    """model.onnx, model.int8.onnx, model.fp16.onnx, model.ts."""
+    """model.onnx, model.int8.onnx, model.fp16.onnx, model.ts, model.pt2, model.aoti.pt2."""
     return contract.FILENAMES[fmt] if precision == "fp32" else f"model.{precision}.onnx"
 
 
@@ -170,6 +170,10 @@ def _write_staged(
                 progress(f"exporting {fmt} ({options.precision}{', folded' if options.fold else ''})")
             if fmt == "torchscript":
                 to_torchscript(module, meta, path)
+                continue
+            if fmt in ("exported", "aoti"):
+                writer = torch_formats.to_exported if fmt == "exported" else torch_formats.to_aoti
+                writer(module, example_input(ckpt), meta, path)
                 continue
             proto = fp32_proto(ckpt, module, options.fold, options.opset)
             if calibration is not None:

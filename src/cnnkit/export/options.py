@@ -7,27 +7,30 @@ from dataclasses import dataclass, field
 
 from cnnkit.errors import CnnkitError, option_error
 from cnnkit.export.compare import Gate
-from cnnkit.spec import EXPORT_FORMATS, EXPORT_PRECISIONS
+from cnnkit.spec import ALL_FORMATS, EXPORT_FORMATS, EXPORT_PRECISIONS
 
 FORMAT_CHOICES = (*EXPORT_FORMATS, "all", "triton")  # what `export --format` takes
 
 
 def formats_for(request: str, precision: str = "fp32") -> tuple[str, ...]:
-    """The file formats a format request means: one format, or every format for "all" and "triton" (a Triton
-    repository holds the ONNX file and, if asked, the TorchScript one); a reduced-precision "all" is ONNX only,
-    since reduced precision is an ONNX variant and the TorchScript file stays fp32."""
+    """The file formats a format request means: one format, or for "all" every format but the AOTInductor package
+    (asked for by name: it compiles for a minute), and for "triton" ONNX and TorchScript (a Triton repository holds
+    the ONNX file and, if asked, the TorchScript one); a reduced-precision "all" is ONNX only, since reduced
+    precision is an ONNX variant and the torch formats stay fp32."""
     if request not in FORMAT_CHOICES:
         raise option_error(CnnkitError, "format", request, f"expected one of {', '.join(FORMAT_CHOICES)}")
     if request in EXPORT_FORMATS:
         return (request,)
-    return ("onnx",) if precision != "fp32" and request == "all" else EXPORT_FORMATS
+    if precision != "fp32" and request == "all":
+        return ("onnx",)
+    return ALL_FORMATS if request == "all" else ("onnx", "torchscript")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ExportOptions:
     """What to export and how it is judged (built once from the CLI)."""
 
-    formats: tuple[str, ...] = EXPORT_FORMATS
+    formats: tuple[str, ...] = ("onnx", "torchscript")
     precision: str = "fp32"  # fp32 | int8 | fp16 (ONNX only)
     fold: bool = True  # fc1 and fc2 folded into one exact linear layer; False mirrors the training module
     opset: int | None = None  # default: the exporter's
@@ -42,9 +45,9 @@ class ExportOptions:
         unknown = [f for f in self.formats if f not in EXPORT_FORMATS]
         if unknown or not self.formats:
             raise CnnkitError(f"formats {list(self.formats)}: expected some of {', '.join(EXPORT_FORMATS)}")
-        if self.precision != "fp32" and "torchscript" in self.formats:
+        if self.precision != "fp32" and set(self.formats) - {"onnx"}:
             raise option_error(
-                CnnkitError, "precision", self.precision, "applies to ONNX only (TorchScript stays fp32)"
+                CnnkitError, "precision", self.precision, "applies to ONNX only (the torch formats stay fp32)"
             )
         if self.calibration_images < 1:
             raise CnnkitError(f"calibration needs at least 1 image, got {self.calibration_images}")

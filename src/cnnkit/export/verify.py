@@ -139,6 +139,11 @@ def open_runner(path: Path, kind: str, ref: Reference, gate: Gate) -> tuple[Runn
     if kind == "torchscript":
         module, info = load_torchscript(path, map_location=dev)
         return torch_runner("torchscript", module, dev, variant=info.variant), None
+    if kind in ("exported", "aoti"):
+        from cnnkit.export import torch_formats
+
+        module, info = torch_formats.load(path, dev)
+        return torch_runner(kind, module, dev, variant=info.variant), None
     choice = EngineChoice(engine=gate.engine, precision=gate.engine_precision)
     runner = onnx_runner(path, dev.type, engine=choice)  # a fall-back is reported as a failure, not a warning
     problem = None

@@ -155,7 +155,8 @@ def test_formats_for_and_row_names():
     from cnnkit.bench.options import row_name
     from cnnkit.export.options import formats_for
 
-    assert formats_for("all") == ("onnx", "torchscript") and formats_for("all", "int8") == ("onnx",)
+    assert formats_for("all") == ("onnx", "torchscript", "exported") and formats_for("all", "int8") == ("onnx",)
+    assert formats_for("aoti") == ("aoti",)  # asked for by name: it compiles for a minute
     assert formats_for("triton") == ("onnx", "torchscript") and formats_for("torchscript") == ("torchscript",)
     with pytest.raises(CnnkitError, match="format='tflite'"):
         formats_for("tflite")

@@ -121,13 +121,17 @@ def _export_candidates(
     results: list[CandidateResult] = []
     files: dict[str, Path] = {}
     _inside_the_run(ckpt_path.parent / "candidates", ckpt_path.parent)
+    from cnnkit.train import checkpoint, nets
+
+    foldable = nets.foldable(checkpoint.load(ckpt_path).meta.config)
     for cand in CANDIDATES:
+        skip = None
         if cand.cuda_only and options.device != "cuda":
-            results.append(
-                CandidateResult(
-                    name=cand.name, file=None, passed=False, check="skipped: for CUDA (no faster than fp32 on a CPU)"
-                )
-            )
+            skip = "skipped: for CUDA (no faster than fp32 on a CPU)"
+        elif cand.name == "fp32-folded" and not foldable:
+            skip = "skipped: the fold is the seed network's (this one is the fp32 candidate)"
+        if skip:
+            results.append(CandidateResult(name=cand.name, file=None, passed=False, check=skip))
             continue
         if progress:
             progress(f"exporting and verifying {cand.name}")

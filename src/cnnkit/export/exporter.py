@@ -138,12 +138,19 @@ def _metadata(ckpt: Checkpoint, options: ExportOptions, home: Path, calibration:
     """The metadata every file of this export carries; the checkpoint recorded relative to `home`."""
     import onnx
 
-    variant: dict[str, Any] = {"precision": options.precision, "folded": options.fold}
+    variant: dict[str, Any] = {"precision": options.precision, "folded": _folds(ckpt, options)}
     if calibration is not None:
         variant["calibration"] = calibration.describe()
     versions = {**checkpoint.versions(), "onnx": onnx.__version__}
     relative = os.path.relpath(ckpt.path.resolve(), home.resolve())
     return contract.build_metadata(ckpt.meta, relative, ckpt.sha256, versions, variant)
+
+
+def _folds(ckpt: Checkpoint, options: ExportOptions) -> bool:
+    """Whether this export folds fc1 and fc2: asked for, and the network is the seed's (the fold is its own)."""
+    from cnnkit.train import nets
+
+    return options.fold and nets.foldable(ckpt.meta.config)
 
 
 def _write_staged(
@@ -162,12 +169,13 @@ def _write_staged(
             ckpt, options.calibration_images, options.calibration_seed, options.gate.data_dir
         )
     meta = _metadata(ckpt, options, home, calibration)
-    module = deployable(ckpt, fold=options.fold)
+    fold = _folds(ckpt, options)
+    module = deployable(ckpt, fold=fold)
     opset_used = None
     with torch.inference_mode(False), torch.no_grad():
         for fmt, path in staged.items():
             if progress:
-                progress(f"exporting {fmt} ({options.precision}{', folded' if options.fold else ''})")
+                progress(f"exporting {fmt} ({options.precision}{', folded' if fold else ''})")
             if fmt == "torchscript":
                 to_torchscript(module, meta, path)
                 continue
@@ -175,7 +183,7 @@ def _write_staged(
                 writer = torch_formats.to_exported if fmt == "exported" else torch_formats.to_aoti
                 writer(module, example_input(ckpt), meta, path)
                 continue
-            proto = fp32_proto(ckpt, module, options.fold, options.opset)
+            proto = fp32_proto(ckpt, module, fold, options.opset)
             if calibration is not None:
                 proto = precision.quantize_int8(proto, calibration, contract.INPUT_NAME)
             elif options.precision == "fp16":

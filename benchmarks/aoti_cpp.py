@@ -30,7 +30,7 @@ def build(out: Path) -> tuple[Path, float]:
     libs = [f"-L{p}" for p in ext.library_paths()] + [f"-Wl,-rpath,{p}" for p in ext.library_paths()]
     exe = out / "aoti_consumer"
     abi = "-D_GLIBCXX_USE_CXX11_ABI=1"
-    cmd = ["g++", "-std=c++17", "-O2", abi, str(SOURCE), "-o", str(exe), *includes, *libs,
+    cmd = ["g++", "-std=c++20", "-O2", abi, str(SOURCE), "-o", str(exe), *includes, *libs,
            "-ltorch", "-ltorch_cpu", "-lc10"]  # fmt: skip
     subprocess.run(cmd, check=True)
     return exe, time.perf_counter() - t0

@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install  # bench names the model.ts it just exported: a TorchScript file is loaded only when named
 	$(BIN)/cnnkit train --out $(RUN) --force
 	$(BIN)/cnnkit export $(RUN) --format all
-	$(BIN)/cnnkit verify $(RUN)/model.onnx $(RUN)/model.ts
+	$(BIN)/cnnkit verify $(RUN)/model.onnx $(RUN)/model.ts $(RUN)/model.pt2
 	$(BIN)/cnnkit bench $(RUN) $(RUN)/model.ts --json $(RUN)/bench.json --plot $(RUN)/bench.png
 
 test: install

@@ -141,3 +141,17 @@ def photos(root: Path, n: int = 24) -> Path:
             Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
     Image.fromarray(np.full((40, 30), 90, np.uint8)).save(root / "blue" / "gray.png")  # one grayscale file among them
     return root
+
+
+def cli(*args: str, cwd: Path):
+    """The CLI itself, in this process (no second torch import), run from `cwd`: returncode, stdout, stderr."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from cnnkit.cli import main
+
+    with contextlib.chdir(cwd):
+        r = CliRunner().invoke(main, list(args))
+    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr + repr(r.exception or ""))

@@ -6,8 +6,6 @@ record), and is served with the same labels `predict` gives; and the downloader 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -16,10 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from helpers import COLOURS, photos, start_server
-
-
-def cnnkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cnnkit", *args], cwd=cwd, capture_output=True, text=True)
+from helpers import cli as cnnkit
 
 
 @pytest.fixture(scope="module")

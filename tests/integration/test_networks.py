@@ -15,26 +15,28 @@ import torch
 from cnnkit.errors import CheckpointError
 from cnnkit.spec import ModelConfig
 from cnnkit.train import nets
+from helpers import cli as cnnkit
 from helpers import photos
 
 TESTS = str(Path(__file__).resolve().parents[1])
 ARCH = "usernets.tiny:build"
 
 
-def cnnkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def fresh(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The CLI in a process of its own: nothing trusted by an earlier command (`nets.trust` is per process)."""
     env = {**os.environ, "PYTHONPATH": TESTS + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "-m", "cnnkit", *args], cwd=cwd, capture_output=True, text=True, env=env)
 
 
 def test_a_users_module_trains_exports_and_verifies_and_runs_only_when_named(tmp_path):
     photos(tmp_path / "colours", n=8)
-    r = cnnkit("train", "--data-dir", "colours", "--arch", ARCH, "--out", "run", "--epochs", "1", "--recipe",
-               "default", "--image-size", "16", cwd=tmp_path)  # fmt: skip
+    r = fresh("train", "--data-dir", "colours", "--arch", ARCH, "--out", "run", "--epochs", "1", "--recipe",
+              "default", "--image-size", "16", cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     assert meta["config"]["arch"] == ARCH and meta["train_args"]["arch"] == ARCH
 
-    refused = cnnkit("export", "run", "--format", "onnx", cwd=tmp_path)
+    refused = fresh("export", "run", "--format", "onnx", cwd=tmp_path)
     assert refused.returncode == 1 and f"pass --arch {ARCH} to run it" in refused.stderr
     assert refused.stderr.count("\n") == 1 and not (tmp_path / "run" / "model.onnx").exists()
 
@@ -52,7 +54,7 @@ def test_a_users_module_trains_exports_and_verifies_and_runs_only_when_named(tmp
 
 def test_a_user_module_that_does_not_fit_the_input_is_one_line(tmp_path):
     photos(tmp_path / "colours", n=4)
-    r = cnnkit("train", "--data-dir", "colours", "--arch", "usernets.tiny:broken", "--out", "run", cwd=tmp_path)
+    r = fresh("train", "--data-dir", "colours", "--arch", "usernets.tiny:broken", "--out", "run", cwd=tmp_path)
     assert r.returncode == 1 and "the module fails on a 1x3x32x32 input" in r.stderr and "Traceback" not in r.stderr
     r = cnnkit("train", "--data-dir", "colours", "--arch", "usernets.nothere:build", "--out", "run", cwd=tmp_path)
     assert r.returncode == 1 and "cannot import usernets.nothere" in r.stderr

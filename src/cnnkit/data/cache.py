@@ -51,14 +51,16 @@ class Decoded:
 def key_of(tree: Tree, request: dict[str, Any]) -> str:
     """SHA-256 over the cache format, the geometry asked for, and every file's split, path, size, mtime and label."""
     h = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, **request}, sort_keys=True).encode())
+    cut = len(str(tree.root)) + 1  # every path is under the root: the rest of it is the relative path
     for split, files in _splits(tree).items():
+        lines = []
         for path, label in zip(files.paths, files.labels.tolist()):
             try:
-                st = path.stat()
+                st = os.stat(path)
             except OSError as exc:
                 raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-            rel = os.path.relpath(path, tree.root)
-            h.update(f"{split}\0{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\n".encode())
+            lines.append(f"{split}\0{path[cut:]}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\n")
+        h.update("".join(lines).encode())
     return h.hexdigest()
 
 
@@ -143,7 +145,7 @@ def _decode_split(
     """Decode `files` into a new [N, C, H, W] file at `path` by `workers` processes; (decoded-ok mask, errors)."""
     n = len(files)
     np.memmap(path, np.uint8, mode="w+", shape=(n, *geometry.shape)).flush()
-    tasks = [(str(path), n, geometry, start, [str(p) for p in files.paths[start : start + CHUNK]])
+    tasks = [(str(path), n, geometry, start, list(files.paths[start : start + CHUNK]))
              for start in range(0, n, CHUNK)]  # fmt: skip
     kept = np.ones(n, bool)
     errors: list[str] = []

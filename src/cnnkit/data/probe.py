@@ -7,7 +7,6 @@ import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from cnnkit.data.cache import CHUNK, Progress
 
@@ -21,8 +20,8 @@ class Probe:
     errors: list[str]  # "path: why" of files no image could be read from
 
 
-def probe(paths: Sequence[Path], workers: int, progress: Progress | None = None) -> Probe:
-    chunks = [[str(p) for p in paths[i : i + CHUNK]] for i in range(0, len(paths), CHUNK)]
+def probe(paths: Sequence[str], workers: int, progress: Progress | None = None) -> Probe:
+    chunks = [list(paths[i : i + CHUNK]) for i in range(0, len(paths), CHUNK)]
     sizes: dict[tuple[int, int], int] = {}
     errors: list[str] = []
     gray, done = 0, 0

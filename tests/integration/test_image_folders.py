@@ -116,3 +116,17 @@ def test_cnnkit_train_downloads_through_the_downloader_when_online(tmp_path, mon
     monkeypatch.setenv("CNNKIT_OFFLINE", "1")
     result = CliRunner().invoke(main, [*args[:-1], "--out", str(tmp_path / "run2"), "--data-dir", str(tmp_path / "x")])
     assert result.exit_code != 0 and fetched == ["mnist"]
+
+
+def test_a_set_that_does_not_fit_is_streamed_batch_by_batch_and_trains_exactly_the_same(tmp_path, monkeypatch):
+    from safetensors.numpy import load_file
+
+    data = photos(tmp_path / "colours", n=8)
+    args = ("train", "--data-dir", str(data), "--max-steps", "3", "--recipe", "default", "--batch-size", "8")
+    r = cnnkit(*args, "--out", str(tmp_path / "held"), cwd=tmp_path)
+    assert r.returncode == 0 and "streamed" not in r.stderr, r.stderr
+    monkeypatch.setattr("cnnkit.train.data._free_bytes", lambda device: 1000)
+    r = cnnkit(*args, "--out", str(tmp_path / "streamed"), cwd=tmp_path)
+    assert r.returncode == 0 and "streamed from the memory-mapped cache batch by batch" in r.stderr, r.stderr
+    held, streamed = (load_file(tmp_path / d / "model.safetensors") for d in ("held", "streamed"))
+    assert all(np.array_equal(held[k], streamed[k]) for k in held)

@@ -65,15 +65,26 @@ def test_a_header_whose_fields_multiply_past_any_memory_is_refused():
         ModelConfig.from_dict({"conv2_channels": 1024, "hidden": 16384, "image_size": 1024})
 
 
-def test_a_set_that_will_not_fit_on_the_device_is_refused_before_anything_is_copied(monkeypatch):
+def test_a_set_that_will_not_fit_on_the_device_is_streamed_from_the_host_and_trains_the_same(monkeypatch):
     from types import SimpleNamespace
 
-    from cnnkit.errors import DataError
-    from cnnkit.train import data
+    import torch
+
+    from cnnkit.train import augment, data, distributed
+    from cnnkit.train.epoch import epoch_data, epoch_plan
+    from cnnkit.train.model import per_channel
 
     ds = _data(100, 28, 2)
     monkeypatch.setattr(data, "_free_bytes", lambda device: 50_000)
-    with pytest.raises(DataError, match="the decoded images take 0.0 GiB and the RAM has 0.0 GiB free"):
-        data.check_fits(ds, SimpleNamespace(type="cpu"))
+    assert "streamed from the memory-mapped cache" in data.stream_reason(ds, SimpleNamespace(type="cpu"))
     monkeypatch.setattr(data, "_free_bytes", lambda device: 10**9)
-    data.check_fits(ds, SimpleNamespace(type="cpu"))
+    assert data.stream_reason(ds, SimpleNamespace(type="cpu")) == ""
+    # a batch gathered from the host array is the batch gathered on the device
+    dev = torch.device("cpu")
+    on_device = data.to_device(ds.train_images, ds.train_labels, dev)
+    streamed = data.to_device(ds.train_images, ds.train_labels, dev, stream=True)
+    aug, world, norm = augment.Augment(shift=2, flip=True), distributed.World(), per_channel(0.5, 0.25)
+    whole = epoch_data(*on_device, 0, 3, aug, 16, world, norm)[0]
+    plan = epoch_plan(*streamed, 0, 3, aug, 16, world, norm)
+    assert isinstance(plan.images, np.ndarray)
+    torch.testing.assert_close(torch.cat([plan.batch(i, 16)[0] for i in range(0, 96, 16)]), whole[:96], rtol=0, atol=0)

@@ -14,6 +14,27 @@ from cnnkit.errors import DataError
 VAL_SPLIT_SEED = 20240917  # fixed: the validation images do not move with --seed, so seeds compare on the same ones
 
 
+class Rows:
+    """Rows `index` of a memory-mapped array, read only when indexed (`rows[i:j]`, `rows[idx]`) or converted
+    (`np.asarray`): a validation split of a set larger than RAM is held out without copying the rest."""
+
+    def __init__(self, array: np.ndarray, index: np.ndarray):
+        self.array, self.index = array, index
+        self.shape = (len(index), *array.shape[1:])
+        self.dtype = array.dtype
+        self.nbytes = int(np.prod(self.shape)) * array.dtype.itemsize
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.array[self.index[key]]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.array[self.index]
+        return out if dtype is None else out.astype(dtype)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Split:
     """Training images less a validation share held out from them (the test split stays untouched)."""
@@ -40,6 +61,13 @@ def split_validation(ds: Dataset, fraction: float) -> Split:
         raise DataError(f"{ds.source}: {n} training images leave none after a {fraction:.0%} validation split")
     order = np.random.default_rng(VAL_SPLIT_SEED).permutation(n)
     val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+    if isinstance(ds.train_images, np.memmap):  # an image folder's cache: rows read when used, never copied whole
+        return Split(
+            train_images=Rows(ds.train_images, train),  # type: ignore[arg-type]
+            train_labels=ds.train_labels[train],
+            val_images=Rows(ds.train_images, val),  # type: ignore[arg-type]
+            val_labels=ds.train_labels[val],
+        )
     return Split(
         train_images=ds.train_images[train],
         train_labels=ds.train_labels[train],
@@ -63,10 +91,13 @@ def normalisation(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, .
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
-def to_device(images: np.ndarray, labels: np.ndarray, device: Any) -> tuple[Any, Any]:
-    """uint8 images [N,C,H,W] and int64 labels on `device` (pinned first on CUDA), once per run."""
+def to_device(images: np.ndarray, labels: np.ndarray, device: Any, stream: bool = False) -> tuple[Any, Any]:
+    """uint8 images [N,C,H,W] and int64 labels on `device` (pinned first on CUDA), once per run; with `stream`,
+    the labels only (the images stay where they are, read a batch at a time: `epoch.gather`)."""
     from cnnkit.train.model import tensor_from
 
+    if stream:
+        return images, tensor_from(labels.astype(np.int64, copy=False)).to(device)
     x = tensor_from(np.ascontiguousarray(images))
     y = tensor_from(labels.astype(np.int64, copy=False))
     if device.type == "cuda":
@@ -74,18 +105,18 @@ def to_device(images: np.ndarray, labels: np.ndarray, device: Any) -> tuple[Any,
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def check_fits(ds: Dataset, device: Any) -> None:
-    """DataError, before anything is copied, when the decoded set will not fit in the device's free memory (the
-    whole set lives there as uint8 for the run; streaming it batch by batch from the memory-mapped cache is not
-    built)."""
+def stream_reason(ds: Dataset, device: Any) -> str:
+    """Why the training set is streamed from the host batch by batch instead of held on the device for the run
+    (empty: it fits in 80% of the device's free memory, and is copied there once)."""
     need = sum(int(a.nbytes) for a in (ds.train_images, ds.test_images, ds.val_images) if a is not None)
     free = _free_bytes(device)
-    if free is not None and need > 0.8 * free:
-        where = "GPU" if device.type == "cuda" else "RAM"
-        raise DataError(
-            f"{ds.source}: the decoded images take {need / 2**30:.1f} GiB and the {where} has {free / 2**30:.1f} "
-            "GiB free; training holds the whole set there (a smaller --image-size makes it smaller)"
-        )
+    if free is None or need <= 0.8 * free:
+        return ""
+    where = "GPU" if device.type == "cuda" else "RAM"
+    return (
+        f"the decoded images take {need / 2**30:.1f} GiB and the {where} has {free / 2**30:.1f} GiB free: "
+        "streamed from the memory-mapped cache batch by batch"
+    )
 
 
 def _free_bytes(device: Any) -> int | None:

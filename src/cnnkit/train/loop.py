@@ -19,7 +19,7 @@ from cnnkit.spec import WEIGHTS_NAME, CheckpointMeta
 from cnnkit.train import augment, checkpoint, curves, distributed, nets, resume
 from cnnkit.train.config import EpochMetrics, TrainResult, best_epoch, patience_ran_out
 from cnnkit.train.data import to_device
-from cnnkit.train.epoch import epoch_data, epoch_seed, evaluate
+from cnnkit.train.epoch import epoch_plan, epoch_seed, evaluate
 from cnnkit.train.model import per_channel
 from cnnkit.train.plan import TrainPlan
 from cnnkit.train.progress import Progress
@@ -82,6 +82,7 @@ def run(plan: TrainPlan, progress: bool | Progress) -> TrainResult:
     reporter.enabled = reporter.enabled and world.is_main
     reporter.line(
         f"{plan.precision} ({plan.precision_reason}); {world.size} process(es), global batch {cfg.batch_size}"
+        + (f"; {plan.stream}" if plan.stream else "")
         + (f"; resuming after epoch {s.start_epoch}" if plan.resumed is not None else "")
     )
     if plan.device.type == "cuda":
@@ -167,10 +168,11 @@ def setup(plan: TrainPlan) -> Session:
         except RuntimeError as exc:
             raise CheckpointError(f"{resume.STATE_TENSORS}: the saved weights do not fit the model ({exc})") from None
     split, ds = plan.split, plan.dataset
+    stream = bool(plan.stream)
     data = {
-        "train": to_device(split.train_images, split.train_labels, device),
-        "val": to_device(split.val_images, split.val_labels, device),
-        "test": to_device(ds.test_images, ds.test_labels, device),
+        "train": to_device(split.train_images, split.train_labels, device, stream),
+        "val": to_device(split.val_images, split.val_labels, device, stream),
+        "test": to_device(ds.test_images, ds.test_labels, device, stream),
     }
     steps_per_epoch = distributed.steps_per_epoch(len(split.train_labels), cfg.batch_size, world.size)
     total_steps = steps_per_epoch * cfg.n_epochs
@@ -224,16 +226,16 @@ def train_epoch(plan: TrainPlan, s: Session, epoch: int, reporter: Progress) -> 
     t0 = time.perf_counter()
     torch.manual_seed(epoch_seed(cfg.seed, epoch, world.rank))  # dropout: keyed by epoch and rank
     x_train, y_train = s.data["train"]
-    x_epoch, y_epoch, sizes = epoch_data(
-        x_train, y_train, cfg.seed, epoch, s.aug, cfg.batch_size, world, per_channel(plan.mean, plan.std, device)
-    )
+    norm = per_channel(plan.mean, plan.std, device)
+    data = epoch_plan(x_train, y_train, cfg.seed, epoch, s.aug, cfg.batch_size, world, norm)
+    sizes = data.sizes
     s.steps.reset()
     steps_now = min(s.steps_per_epoch, s.total_steps - s.step)
     reporter.start(f"epoch {epoch}/{cfg.n_epochs}", steps_now)
     offset = 0
     for i in range(steps_now):
         size = sizes[i]
-        s.steps(x_epoch[offset : offset + size], y_epoch[offset : offset + size])
+        s.steps(*data.batch(offset, size))
         offset += size
         s.step += 1
         reporter.update(i + 1, functools.partial(_running, s.steps, offset, t0, world.size))

@@ -13,7 +13,7 @@ from cnnkit.errors import CheckpointError, DataError, option_error
 from cnnkit.spec import SEED_ARCH, WEIGHTS_NAME, ModelConfig
 from cnnkit.train import checkpoint, distributed, nets, resume
 from cnnkit.train.config import TrainConfig
-from cnnkit.train.data import Split, check_fits, normalisation, split_validation
+from cnnkit.train.data import Split, normalisation, split_validation, stream_reason
 from cnnkit.train.device import choose_precision, resolve_torch_device
 from cnnkit.train.stepper import choose_graph, measure_step_rate
 
@@ -55,6 +55,7 @@ class TrainPlan:
     t_start: float
     tuning: dict[str, Any]  # how `--recipe auto` chose the recipe (empty: not tuned)
     plot: bool = True  # write curves.png (a tuning trial does not)
+    stream: str = ""  # why the images are streamed from the host batch by batch (empty: held on the device)
 
 
 def check_inputs(dataset: Dataset, cfg: TrainConfig, world: distributed.World) -> ModelConfig:
@@ -94,14 +95,14 @@ def torch_device(cfg: TrainConfig, world: distributed.World) -> torch.device:
 class Checked(NamedTuple):
     device: torch.device  # where this process trains
     config: ModelConfig  # the model the data calls for
+    stream: str = ""  # why the images are streamed from the host batch by batch (empty: held on the device)
 
 
 def check(dataset: Dataset, cfg: TrainConfig, world: distributed.World) -> Checked:
     """The device and the model configuration, or the one-line error, before any folder is made or group joined."""
     device = torch_device(cfg, world)
     config = check_inputs(dataset, cfg, world)
-    check_fits(dataset, device)
-    return Checked(device, config)
+    return Checked(device, config, stream_reason(dataset, device))
 
 
 def build(
@@ -119,7 +120,7 @@ def build(
     """The plan, built once from the inputs already checked (`check`): data split, normalisation, CUDA graph,
     precision (rank 0's, for every rank: `world` is the initialised one), the recipe at that precision, and for a
     resume the saved state, checked."""
-    device, config = checked
+    device, config, stream = checked
     per_rank = max(1, cfg.batch_size // world.size)
     split = split_validation(dataset, cfg.val_fraction)
     graph, steps_reason = choose_graph(cfg.cuda_graph, device, world.distributed, per_rank, len(split.train_labels))
@@ -153,6 +154,7 @@ def build(
         t_start=t_start,
         tuning=resumed.checkpoint.meta.tuning if resumed is not None else dict(tuning or {}),
         plot=plot,
+        stream=stream,
     )
 
 

@@ -83,7 +83,7 @@ def test_a_set_that_will_not_fit_on_the_device_is_streamed_from_the_host_and_tra
     dev = torch.device("cpu")
     on_device = data.to_device(ds.train_images, ds.train_labels, dev)
     streamed = data.to_device(ds.train_images, ds.train_labels, dev, stream=True)
-    aug, world, norm = augment.Augment(shift=2, flip=True), distributed.World(), per_channel(0.5, 0.25)
+    aug, world, norm = augment.Augment(shift=2, rotate=10, flip=True), distributed.World(), per_channel(0.5, 0.25)
     whole = epoch_data(*on_device, 0, 3, aug, 16, world, norm)[0]
     plan = epoch_plan(*streamed, 0, 3, aug, 16, world, norm)
     assert isinstance(plan.images, np.ndarray)

@@ -17,13 +17,16 @@ def _tiny() -> onnx.ModelProto:
     inits = [
         numpy_helper.from_array(np.array(255.0, np.float32), "scale"),
         numpy_helper.from_array(rng.normal(0, 0.3, (4, 1, 3, 3)).astype(np.float32), "cw"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32), "cw2"),
         numpy_helper.from_array(rng.normal(0, 0.3, (3, 4 * 8 * 8)).astype(np.float32), "gw"),
     ]
     nodes = [
         helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
         helper.make_node("Div", ["f", "scale"], ["x"]),
         helper.make_node("Conv", ["x", "cw"], ["c"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Relu", ["c"], ["r1"]),
+        helper.make_node("Conv", ["r1", "cw2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r"]),
         helper.make_node("Flatten", ["r"], ["fl"]),
         helper.make_node("Gemm", ["fl", "gw"], ["logits"], transB=1),
     ]
@@ -55,6 +58,9 @@ def test_int8_quantizes_the_body_keeps_the_prologue_and_output_fp32_and_stays_cl
     assert list(by_op["Cast"].input) == ["images"] and by_op["Div"].input[0] == by_op["Cast"].output[0]  # as it was
     producer = next(n for n in q.graph.node if "logits" in n.output)
     assert producer.op_type == "Gemm"  # the output layer is left in fp32
+    first, second = [n for n in q.graph.node if n.op_type == "Conv"]
+    made_by = {o: n.op_type for n in q.graph.node for o in n.output}
+    assert made_by[first.input[0]] == "Div" and made_by[second.input[0]] == "DequantizeLinear"  # first conv fp32
     ref, out = _run(fp32, images), _run(q, images)
     assert out.dtype == np.float32 and np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.95  # the same function
 

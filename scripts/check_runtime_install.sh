@@ -34,7 +34,7 @@ from PIL import Image
 from cnnkit.data.datasets import load_sample
 ds = load_sample()
 for i in (0, 500, 999):  # a 0, a 5 and a 9: the sample's test split is ordered by class
-    Image.fromarray(ds.test_images[i]).save(f"{sys.argv[1]}/digit_{ds.test_labels[i]}.png")
+    Image.fromarray(ds.test_images[i, 0]).save(f"{sys.argv[1]}/digit_{ds.test_labels[i]}.png")
 PY
 MODEL="$WORK/run/model.onnx"
 CNNKIT="$RT/bin/cnnkit"

@@ -155,3 +155,11 @@ def cli(*args: str, cwd: Path):
     with contextlib.chdir(cwd):
         r = CliRunner().invoke(main, list(args))
     return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr + repr(r.exception or ""))
+
+
+def sigint_default() -> None:
+    """`preexec_fn` for a process a test Ctrl-C's: SIGINT as a terminal delivers it. A shell's background job (CI run
+    as `make ... &`) starts with SIGINT ignored, and Python then installs no handler: the Ctrl-C would never arrive."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

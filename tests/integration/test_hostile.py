@@ -25,6 +25,7 @@ from cnnkit.export.artefacts import load_torchscript, torchscript_metadata
 from cnnkit.runtime import Classifier
 from cnnkit.train import checkpoint
 from helpers import line_with as _line_with
+from helpers import sigint_default
 
 
 def rewrite(src, dst, meta=None, nan_bias=False):
@@ -201,6 +202,7 @@ def test_second_ctrl_c_ends_a_torchscript_forward_that_never_returns(exported, t
         [sys.executable, "-m", "cnnkit", "verify", str(ts), "--checkpoint", exported.checkpoint],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=sigint_default,
     )
     assert proc.stdout.readline().strip() == b"forever: started"  # inside the endless forward (native code)
     proc.send_signal(signal.SIGINT)
@@ -268,6 +270,7 @@ def test_ctrl_c_during_export_exits_130_and_leaves_nothing(trained, tmp_path):
         [sys.executable, "-m", "cnnkit", "export", trained.out_dir, "--out", str(out), "--format", "onnx"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=sigint_default,
     )
     _line_with(proc.stderr, b"exporting onnx")  # torch.export starts now; it wraps a Ctrl-C in its own error
     proc.send_signal(signal.SIGINT)

@@ -16,7 +16,7 @@ from cnnkit.data.datasets import load_idx_dir
 from cnnkit.errors import TrainingError
 from cnnkit.train.config import TrainConfig
 from cnnkit.train.run import train
-from helpers import StopAfter, write_idx_dataset
+from helpers import StopAfter, sigint_default, write_idx_dataset
 
 ARGS = ["--recipe", "default", "--epochs", "3", "--batch-size", "64", "--device", "cpu", "--precision", "fp32"]
 
@@ -30,7 +30,7 @@ def test_ctrl_c_then_resume_ends_with_the_same_weights(tmp_path):
 
     run = tmp_path / "b"
     cmd = [sys.executable, "-m", "cnnkit", "train", "--data-dir", str(data), *ARGS, "--out", str(run)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=sigint_default)
     deadline = time.time() + 120
     while not (run / "train_state.json").exists() and time.time() < deadline:
         time.sleep(0.02)

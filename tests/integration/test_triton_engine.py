@@ -84,7 +84,10 @@ def test_triton_engine_serves_the_same_logits_as_cnnkit_serve(onnx_model):
                 pass
             assert time.time() < deadline, "Triton did not become ready"
             time.sleep(0.5)
-        x = np.random.default_rng(0).integers(0, 256, (6, 1, 28, 28), dtype=np.uint8)
+        from cnnkit.runtime import Classifier
+
+        shape = Classifier(onnx_model, device="cpu").info.geometry.shape  # 1x28x28 digits, 3x32x32 photos, ...
+        x = np.random.default_rng(0).integers(0, 256, (6, *shape), dtype=np.uint8)
         for binary in (True, False):
             a = classify(f"127.0.0.1:{http}", x, binary, "digits")
             b = classify(own_url.removeprefix("http://"), x, binary, "digits")

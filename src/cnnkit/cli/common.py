@@ -4,7 +4,6 @@ fall-back is one `Warning:` line."""
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import math
 from collections.abc import Callable
@@ -210,44 +209,6 @@ def runs_on_text(clf: Any) -> str:
     if len(plan) == 1 and plan[0]["engine"] == "onnxruntime" and plan[0]["streams"] == 1:
         return str(clf.providers[0])
     return ", ".join(f"{p['label']} ({p['precision_run']}) from batch {p['from_batch']}" for p in plan)
-
-
-class DataProgress:
-    """The image-folder loader's progress (`data.cache.Progress`) on stderr: a tqdm bar with counts and rate in a
-    terminal (where tqdm is installed), else a line every 10 s and one at the end of each phase."""
-
-    EVERY_S = 10.0
-
-    def __init__(self) -> None:
-        import sys
-        import time
-
-        self._clock = time.perf_counter
-        self._tty = sys.stderr.isatty() and importlib.util.find_spec("tqdm") is not None
-        self._phase, self._bar, self._t0, self._shown = "", None, 0.0, 0.0
-
-    def __call__(self, phase: str, done: int, total: int) -> None:
-        now = self._clock()
-        if phase != self._phase:
-            self._close()
-            self._phase, self._t0, self._shown = phase, now, now
-            if self._tty:
-                from tqdm.auto import tqdm
-
-                self._bar = tqdm(total=total, desc=phase, unit="file", dynamic_ncols=True)
-        if self._bar is not None:
-            self._bar.update(done - self._bar.n)
-        elif now - self._shown >= self.EVERY_S or done == total:
-            self._shown = now
-            rate = done / max(now - self._t0, 1e-9)
-            click.echo(f"{phase}: {done:,}/{total:,} files, {rate:,.0f} files/s", err=True)
-        if done == total:
-            self._close()
-
-    def _close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 def arch_option(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> str | None:

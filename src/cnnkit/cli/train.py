@@ -245,9 +245,9 @@ def train(
 
 def _folder_options(recipe: dict, as_json: bool) -> FolderOptions:
     """The image-folder options, taken out of the command's keyword arguments; progress on rank 0's stderr."""
-    from cnnkit.cli.common import DataProgress
     from cnnkit.geometry import parse_size
     from cnnkit.train import distributed
+    from cnnkit.train.progress import PhaseProgress, Progress
 
     channels, size = recipe.pop("channels"), recipe.pop("image_size")
     resize, skip_bad = recipe.pop("resize"), recipe.pop("skip_bad")
@@ -258,7 +258,7 @@ def _folder_options(recipe: dict, as_json: bool) -> FolderOptions:
         resize=resize,
         skip_bad=skip_bad,
         say=(lambda line: click.echo(line, err=True)) if shown else None,
-        progress=DataProgress() if shown else None,
+        progress=PhaseProgress(Progress()) if shown else None,
     )
 
 

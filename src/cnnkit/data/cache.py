@@ -107,8 +107,7 @@ def build(
             kept, errors = _decode_split(files, geometry, tmp / f"{name}.u8", workers, shown)
             bad += errors
             if errors and not skip_bad:
-                more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-                raise DataError(f"{errors[0]}{more}; fix or remove it, or pass --skip-bad to leave such files out")
+                raise bad_files(errors)
             if not kept.any():
                 raise DataError(f"{tree.root / name}: no image in this split could be decoded")
             sizes[name] = _compact(tmp / f"{name}.u8", kept, geometry)
@@ -152,7 +151,7 @@ def _decode_split(
     done = 0
     if progress is not None:
         progress(0, n)  # the clock starts here
-    for start, failures, count in _run(tasks, workers):
+    for start, failures, count in parallel_map(_decode_chunk, tasks, workers):
         for offset, message in failures:
             kept[start + offset] = False
             errors.append(message)
@@ -162,13 +161,21 @@ def _decode_split(
     return kept, errors
 
 
-def _run(tasks: Sequence[tuple[Any, ...]], workers: int) -> Any:
+def parallel_map(fn: Callable[[Any], Any], tasks: Sequence[Any], workers: int) -> Any:
+    """`fn` over `tasks` in order, by `workers` processes (in this one for a single worker or task): the loader's
+    one pool, started by forkserver so that no process holding torch's threads is forked."""
     if workers <= 1 or len(tasks) <= 1:
-        yield from map(_decode_chunk, tasks)
+        yield from map(fn, tasks)
         return
-    ctx = multiprocessing.get_context("forkserver")  # no fork of a process that may hold torch's threads
+    ctx = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        yield from pool.map(_decode_chunk, tasks)
+        yield from pool.map(fn, tasks)
+
+
+def bad_files(errors: list[str]) -> DataError:
+    """The one refusal of files that are no usable image: the first named, the others counted."""
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return DataError(f"{errors[0]}{more}; fix or remove it, or pass --skip-bad to leave such files out")
 
 
 def _decode_chunk(task: tuple[str, int, Geometry, int, list[str]]) -> tuple[int, list[tuple[int, str]], int]:

@@ -132,8 +132,7 @@ def _geometry(tree: folders.Tree, opts: FolderOptions, say: Callable[[str], None
     say(f"reading the headers of {len(paths):,} files under {tree.root}")
     seen = probe.probe(paths, _workers(opts), opts.progress)
     if seen.errors and not opts.skip_bad:
-        more = f" (and {len(seen.errors) - 1} more)" if len(seen.errors) > 1 else ""
-        raise DataError(f"{seen.errors[0]}{more}; fix or remove it, or pass --skip-bad to leave such files out")
+        raise cache.bad_files(seen.errors)
     good = sum(seen.sizes.values())
     channels = opts.channels or (1 if seen.gray == good else 3)
     why = [f"{'every image is grayscale' if channels == 1 else f'{good - seen.gray:,} colour images'}"]

@@ -3,12 +3,10 @@ every one is grayscale, which choose the input geometry (`data.imagefolder`), an
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from cnnkit.data.cache import CHUNK, Progress
+from cnnkit.data.cache import CHUNK, Progress, parallel_map
 
 GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
@@ -27,15 +25,8 @@ def probe(paths: Sequence[str], workers: int, progress: Progress | None = None) 
     gray, done = 0, 0
     if progress is not None:
         progress("scan", 0, len(paths))  # the clock starts here
-    if workers <= 1 or len(chunks) <= 1:
-        results = map(_probe_chunk, chunks)
-        for part in results:
-            gray, done = _merge(part, sizes, errors, gray, done, len(paths), progress)
-    else:
-        ctx = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            for part in pool.map(_probe_chunk, chunks):
-                gray, done = _merge(part, sizes, errors, gray, done, len(paths), progress)
+    for part in parallel_map(_probe_chunk, chunks, workers):
+        gray, done = _merge(part, sizes, errors, gray, done, len(paths), progress)
     return Probe(sizes=sizes, gray=gray, errors=errors)
 
 

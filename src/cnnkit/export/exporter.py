@@ -138,19 +138,12 @@ def _metadata(ckpt: Checkpoint, options: ExportOptions, home: Path, calibration:
     """The metadata every file of this export carries; the checkpoint recorded relative to `home`."""
     import onnx
 
-    variant: dict[str, Any] = {"precision": options.precision, "folded": _folds(ckpt, options)}
+    variant: dict[str, Any] = {"precision": options.precision, "folded": checkpoint.folds(ckpt, options.fold)}
     if calibration is not None:
         variant["calibration"] = calibration.describe()
     versions = {**checkpoint.versions(), "onnx": onnx.__version__}
     relative = os.path.relpath(ckpt.path.resolve(), home.resolve())
     return contract.build_metadata(ckpt.meta, relative, ckpt.sha256, versions, variant)
-
-
-def _folds(ckpt: Checkpoint, options: ExportOptions) -> bool:
-    """Whether this export folds fc1 and fc2: asked for, and the network is the seed's (the fold is its own)."""
-    from cnnkit.train import nets
-
-    return options.fold and nets.foldable(ckpt.meta.config)
 
 
 def _write_staged(
@@ -169,7 +162,7 @@ def _write_staged(
             ckpt, options.calibration_images, options.calibration_seed, options.gate.data_dir
         )
     meta = _metadata(ckpt, options, home, calibration)
-    fold = _folds(ckpt, options)
+    fold = checkpoint.folds(ckpt, options.fold)
     module = deployable(ckpt, fold=fold)
     opset_used = None
     with torch.inference_mode(False), torch.no_grad():

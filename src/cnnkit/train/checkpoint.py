@@ -99,12 +99,18 @@ def deployable(ckpt: Checkpoint, fold: bool = False) -> Any:
 
     Unfolded, it is the eager reference every export is verified against.
     """
-    from cnnkit.train import nets
     from cnnkit.train.model import Deployable, FoldedNet
 
     net = build_model(ckpt)
-    fold = fold and nets.foldable(ckpt.meta.config)  # the fold is the seed network's; others export as they are
-    return Deployable(FoldedNet(net) if fold else net, ckpt.meta.mean, ckpt.meta.std).eval()
+    return Deployable(FoldedNet(net) if folds(ckpt, fold) else net, ckpt.meta.mean, ckpt.meta.std).eval()
+
+
+def folds(ckpt: Checkpoint, fold: bool) -> bool:
+    """Whether asking for the fold folds this checkpoint's network: the fold is the seed's (fc1 and fc2 with nothing
+    between them); other networks export as they are."""
+    from cnnkit.train import nets
+
+    return fold and nets.foldable(ckpt.meta.config)
 
 
 def versions() -> dict[str, str]:

@@ -19,17 +19,18 @@ class Progress:
         self.every_s = every_s
         self._bar: Any = None
         self._label = ""
+        self._unit = "step"
         self._total = 0
         self._t0 = self._shown = 0.0
         self.refresh_s = 0.5 if self.interactive else every_s
 
-    def start(self, label: str, total_steps: int) -> None:
-        self._label, self._total = label, total_steps
+    def start(self, label: str, total_steps: int, unit: str = "step") -> None:
+        self._label, self._total, self._unit = label, total_steps, unit
         self._t0 = self._shown = time.perf_counter()
         if self.enabled and self.interactive:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total_steps, desc=label, unit="step", leave=True, dynamic_ncols=True)
+            self._bar = tqdm(total=total_steps, desc=label, unit=unit, leave=True, dynamic_ncols=True)
 
     def update(self, done: int, stats: Callable[[], dict[str, str]]) -> None:
         """`done` steps of this epoch finished; `stats` is called only when a figure is shown (it may sync a GPU)."""
@@ -46,7 +47,7 @@ class Progress:
             self._bar.set_postfix(figures)
         else:
             body = ", ".join(f"{k} {v}" for k, v in figures.items())
-            self.line(f"{self._label}: step {done}/{self._total}, {body}")
+            self.line(f"{self._label}: {self._unit} {done:,}/{self._total:,}, {body}")
 
     def end(self) -> None:
         if self._bar is not None:
@@ -62,3 +63,25 @@ class Progress:
             tqdm.write(text, file=sys.stderr)
         else:
             print(text, file=sys.stderr, flush=True)
+
+
+class PhaseProgress:
+    """The image-folder loader's progress callback (`data.cache.Progress`: phase, done, total) on a `Progress`: a
+    bar per phase in a terminal, else a line every few seconds, with the count and the rate."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self._phase = ""
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase != self._phase:
+            self.progress.end()
+            self._phase = phase
+            self.progress.start(phase, total, unit="file")
+        t0 = self.progress._t0
+        self.progress.update(done, lambda: {"files/s": f"{done / max(time.perf_counter() - t0, 1e-9):,.0f}"})
+        if done == total:
+            if self.progress._bar is None and self.progress.enabled:
+                rate = done / max(time.perf_counter() - t0, 1e-9)
+                self.progress.line(f"{phase}: {done:,}/{total:,} files, {rate:,.0f} files/s")
+            self.progress.end()

@@ -60,6 +60,25 @@ def test_a_user_module_that_does_not_fit_the_input_is_one_line(tmp_path):
     assert r.returncode == 1 and "cannot import usernets.nothere" in r.stderr
 
 
+def test_a_construct_one_format_cannot_take_fails_that_format_in_one_line_and_the_others_still_export(tmp_path):
+    photos(tmp_path / "colours", n=4)
+    arch = "usernets.tiny:branchy"  # data-dependent control flow: TorchScript scripts it, torch.export refuses it
+    r = cnnkit("train", "--data-dir", "colours", "--arch", arch, "--out", "run", "--max-steps", "1", "--recipe",
+              "default", "--image-size", "16", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = cnnkit("export", "run", "--format", "all", "--arch", arch, cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    failed = [line for line in r.stdout.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 2 and "FAILED onnx: ONNX export failed: Could not guard on data-dependent" in failed[0]
+    assert failed[1].startswith("FAILED exported: torch.export failed: Could not guard on data-dependent")
+    assert "wrote torchscript: run/model.ts" in r.stdout and "parity: PASS" in r.stdout
+    run = tmp_path / "run"
+    assert not (run / "model.onnx").exists() and not (run / "model.pt2").exists() and not list(run.glob(".staging*"))
+    assert set(json.loads((run / "exports.json").read_text())["files"]) == {"model.ts"}
+    alone = cnnkit("export", "run", "--format", "onnx", "--arch", arch, cwd=tmp_path)
+    assert alone.returncode == 1 and "\nError: ONNX export failed: Could not guard" in alone.stderr
+
+
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small"])
 def test_torchvision_builders_take_one_channel_and_small_inputs(arch):
     config = ModelConfig(arch=arch, in_channels=1, num_classes=5, image_size=16)

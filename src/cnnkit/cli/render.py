@@ -17,6 +17,17 @@ def table(headers: list[str], rows: list[list], align: str | None = None) -> str
     return "\n".join(lines)
 
 
+def weights_line(fitted: dict) -> str:
+    """`model.pth: 60 tensors loaded; fresh: fc.weight, fc.bias` (train.nets.weights.Fitted, as a dict)."""
+    line = f"{fitted['source']}: {fitted['loaded']} tensors loaded"
+    if fitted["adapted"]:
+        line += f", {len(fitted['adapted'])} adapted to the input's channels ({', '.join(fitted['adapted'])})"
+    if fitted["fresh"]:
+        fresh = fitted["fresh"]
+        line += f"; fresh: {', '.join(fresh[:4])}" + (f" and {len(fresh) - 4} more" if len(fresh) > 4 else "")
+    return line
+
+
 def render_train(r) -> str:
     from cnnkit.train.tune import describe
 
@@ -43,6 +54,8 @@ def render_train(r) -> str:
         lines.append(
             f"{kept}test accuracy {r.test_accuracy:.2%} on {r.dataset['name']} ({r.dataset['test_size']:,} images){val}"
         )
+        if r.started_from:
+            lines.append(f"started from {weights_line(r.started_from)}")
         if r.tuning:
             scores = ", ".join(f"{t['name']} {t['val_accuracy']:.2%}" for t in r.tuning["trials"])
             chosen = describe(r.tuning["settings"])
@@ -147,6 +160,7 @@ def render_export(r) -> str:
         lines.append(f"exported in {r.seconds:.1f} s" + (f" (ONNX opset {r.opset})" if r.opset else ""))
     else:
         lines.append("export FAILED parity: no artefact written")
+    lines += [f"FAILED {fmt}: {why}" for fmt, why in r.failed.items()]
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,10 +39,11 @@ class ExportResult:
     opset: int | None = None
     variant: dict[str, Any] | None = None  # precision, folded, calibration
     model_version: str | None = None
+    failed: dict[str, str] = field(default_factory=dict)  # format -> the one line naming why it did not export
 
     @property
     def ok(self) -> bool:
-        return self.parity is None or bool(self.parity)
+        return not self.failed and (self.parity is None or bool(self.parity))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +55,7 @@ class ExportResult:
             "variant": self.variant,
             "model_version": self.model_version,
             "ok": self.ok,
+            "failed": self.failed,
             "parity": self.parity.to_dict() if self.parity is not None else None,
         }
 
@@ -101,9 +103,11 @@ def export(
     final = {fmt: out / filename(fmt, options.precision) for fmt in options.formats}
     staged = {fmt: out / f".staging-{os.getpid()}-{path.name}" for fmt, path in final.items()}
     try:
-        meta, opset_used = _write_staged(
+        meta, opset_used, failed = _write_staged(
             ckpt, options, staged, Path(final_dir) if final_dir is not None else out, progress
         )
+        for fmt in failed:
+            del staged[fmt]
         report = None
         if options.verify:
             if progress:
@@ -115,7 +119,7 @@ def export(
             for fmt, tmp in staged.items():
                 os.replace(tmp, final[fmt])
                 landed[fmt] = str(final[fmt])
-            record_exports(out, final, ckpt.sha256, meta["model_version"])
+            record_exports(out, {f: final[f] for f in landed}, ckpt.sha256, meta["model_version"])
         return ExportResult(
             checkpoint=str(ckpt.path),
             checkpoint_sha256=ckpt.sha256,
@@ -125,6 +129,7 @@ def export(
             opset=opset_used,
             variant=meta["variant"],
             model_version=meta["model_version"],
+            failed=failed,
         )
     finally:
         for tmp in staged.values():
@@ -152,8 +157,10 @@ def _write_staged(
     staged: dict[str, Path],
     home: Path,
     progress: Callable[[str], None] | None = None,
-) -> tuple[dict[str, Any], int | None]:
-    """Write each format to its staging path; return the metadata and the ONNX opset written."""
+) -> tuple[dict[str, Any], int | None, dict[str, str]]:
+    """Write each format to its staging path; return the metadata, the ONNX opset written and the formats that did
+    not export (format -> one line). A format that fails does not stop the others; when every format fails, the
+    failure is the export's: CnnkitError."""
     import torch
 
     calibration = None
@@ -164,29 +171,55 @@ def _write_staged(
     meta = _metadata(ckpt, options, home, calibration)
     fold = checkpoint.folds(ckpt, options.fold)
     module = deployable(ckpt, fold=fold)
-    opset_used = None
+    opset_used, failed = None, {}
     with torch.inference_mode(False), torch.no_grad():
         for fmt, path in staged.items():
             if progress:
                 progress(f"exporting {fmt} ({options.precision}{', folded' if fold else ''})")
-            if fmt == "torchscript":
-                to_torchscript(module, meta, path)
+            try:
+                written = _write_one(fmt, ckpt, module, meta, path, options, fold, calibration)
+            except CnnkitError as exc:
+                failed[fmt] = str(exc)
+                if progress and len(staged) > 1:
+                    progress(f"{fmt} did not export: {exc}")
                 continue
-            if fmt in ("exported", "aoti"):
-                writer = torch_formats.to_exported if fmt == "exported" else torch_formats.to_aoti
-                writer(module, example_input(ckpt), meta, path)
-                continue
-            proto = fp32_proto(ckpt, module, fold, options.opset)
-            if calibration is not None:
-                proto = precision.quantize_int8(proto, calibration, contract.INPUT_NAME)
-            elif options.precision == "fp16":
-                proto = precision.convert_fp16(proto)
-            opset_used = write_onnx(proto, meta, path)
-            if options.opset is not None and opset_used != options.opset:
-                raise option_error(
-                    CnnkitError, "opset", options.opset, f"the exporter wrote opset {opset_used}; not keeping it"
-                )
-    return meta, opset_used
+            opset_used = written if fmt == "onnx" else opset_used
+    if len(failed) == len(staged):
+        raise CnnkitError("; ".join(failed.values()) if len(failed) == 1 else
+                          "no format exported: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))  # fmt: skip
+    return meta, opset_used, failed
+
+
+def _write_one(
+    fmt: str,
+    ckpt: Checkpoint,
+    module: Any,
+    meta: dict[str, Any],
+    path: Path,
+    options: ExportOptions,
+    fold: bool,
+    calibration: Calibration | None,
+) -> int | None:
+    """Write one format to `path`; for ONNX return the opset written. CnnkitError names the format and the cause."""
+    if fmt == "torchscript":
+        to_torchscript(module, meta, path)
+        return None
+    if fmt in ("exported", "aoti"):
+        writer = torch_formats.to_exported if fmt == "exported" else torch_formats.to_aoti
+        writer(module, example_input(ckpt), meta, path)
+        return None
+    proto = fp32_proto(ckpt, module, fold, options.opset)
+    if calibration is not None:
+        proto = precision.quantize_int8(proto, calibration, contract.INPUT_NAME)
+    elif options.precision == "fp16":
+        proto = precision.convert_fp16(proto)
+    opset_used = write_onnx(proto, meta, path)
+    if options.opset is not None and opset_used != options.opset:
+        path.unlink(missing_ok=True)
+        raise option_error(
+            CnnkitError, "opset", options.opset, f"the exporter wrote opset {opset_used}; not keeping it"
+        )
+    return opset_used
 
 
 def place(artefact: Path, dest: Path) -> Path:

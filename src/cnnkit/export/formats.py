@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,9 +37,8 @@ def onnx_proto(module, example, opset: int | None = None) -> Any:
     import torch
 
     kwargs: dict[str, Any] = {"opset_version": opset} if opset else {}
-    log = io.StringIO()
     try:
-        with quiet(log):
+        with quiet():
             program = torch.onnx.export(
                 module,
                 (example,),
@@ -57,8 +57,17 @@ def onnx_proto(module, example, opset: int | None = None) -> Any:
     except Exception as exc:  # exporter errors are many and deep; surface one line plus the log tail
         if _interrupted(exc):  # torch.export wraps a Ctrl-C in its own error: it is still a Ctrl-C (exit 130)
             raise KeyboardInterrupt from None
-        tail = log.getvalue().strip().splitlines()[-1:]
-        raise CnnkitError(f"ONNX export failed: {first_line(exc)} {' '.join(tail)}".strip()) from None
+        raise CnnkitError(f"ONNX export failed: {root_line(exc)}") from None
+
+
+def root_line(exc: BaseException) -> str:
+    """The first line of the innermost cause (the ONNX exporter wraps torch.export's error, which names the
+    construct, in its own), without terminal colour codes."""
+    seen: set[int] = set()
+    while exc.__cause__ is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__
+    return re.sub(r"\x1b\[[0-9;]*m", "", first_line(exc))
 
 
 def _interrupted(exc: BaseException) -> bool:
@@ -132,5 +141,8 @@ def to_torchscript(module, meta: dict, path: Path) -> None:
 
     extra = {contract.TS_EXTRA_FILE: json.dumps(meta, sort_keys=True)}
     with quiet():  # torch.jit is deprecated upstream (torch.export is the successor); it still works
-        scripted = torch.jit.script(module)
+        try:
+            scripted = torch.jit.script(module)
+        except Exception as exc:  # the scripting compiler's errors are long; the first line names the construct
+            raise CnnkitError(f"TorchScript export failed: {first_line(exc)}") from None
         atomic.write_with(path, lambda tmp: torch.jit.save(scripted, str(tmp), _extra_files=extra))

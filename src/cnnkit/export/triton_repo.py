@@ -102,7 +102,7 @@ def write_repository(
         options = replace(export, formats=formats)
         result = run_export(checkpoint_path, stage / "export", options, final_dir=repo / "m" / "1")
         if not result.ok:
-            return result
+            return replace(result, artefacts={})  # nothing landed: the staging folder goes
         onnx_file = Path(result.artefacts["onnx"])
         info = read_info(onnx_file)
         name = opts.model_name or info.serving_name

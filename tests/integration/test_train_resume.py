@@ -113,3 +113,30 @@ def test_early_stopping_keeps_the_best_epoch_and_resumes_exactly(tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     again = train(ds, cfg, tmp_path / "b", False, resume_run=True)  # a run that stopped has nothing left to do
     assert again.epochs[-1].epoch == best + 2 and again.train_seconds == 0
+
+
+def test_a_fine_tune_trains_body_and_head_at_their_rates_and_resumes_exactly(tmp_path):
+    """`--weights`: two parameter groups (the body at body_lr_scale of lr), kept in the resume state; a fine-tune
+    stopped after its first epoch and resumed ends bitwise the same as one that ran through."""
+    from safetensors.torch import save_file
+
+    from cnnkit.spec import ModelConfig
+    from cnnkit.train import nets
+
+    ds = load_idx_dir(write_idx_dataset(tmp_path / "idx", n_train=192, n_test=32), "idx")
+    start = {k: v.contiguous() for k, v in nets.build(ModelConfig()).state_dict().items()}
+    save_file(start, tmp_path / "start.safetensors")
+    cfg = TrainConfig(epochs=2, batch_size=32, device="cpu", precision="fp32", patience=0,
+                      weights=str(tmp_path / "start.safetensors"), body_lr_scale=0.25)  # fmt: skip
+    full = train(ds, cfg, tmp_path / "a", False)
+    assert full.started_from["loaded"] == len(start) and not full.started_from["fresh"]
+    groups = json.loads((tmp_path / "a" / "train_state.json").read_text())["param_groups"]
+    assert [len(g["params"]) for g in groups] == [6, 2]  # the body, then fc2 (the head)
+    assert groups[0]["initial_lr"] == pytest.approx(groups[1]["initial_lr"] * 0.25)
+    stopped = train(ds, cfg, tmp_path / "b", StopAfter(1))
+    assert stopped.interrupted
+    resumed = train(ds, cfg, tmp_path / "b", False, resume_run=True)
+    assert resumed.resumed_from_epoch == 1 and resumed.started_from is None
+    for name in ("model.safetensors", "train_state.safetensors"):
+        a, b = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

@@ -7,6 +7,7 @@ import sys
 import click
 
 from cnnkit.cli.common import (
+    arch_option,
     dumps,
     gate_engine_options,
     gate_from,
@@ -23,8 +24,32 @@ from cnnkit.triton_config import TritonOptions
 E, T = ExportOptions(), TritonOptions()  # every default below is the library's: one source
 
 
+def foreign_options(f):
+    """`export --arch A --weights W --input CxHxW --classes ...`: a state dict trained elsewhere (train.external)."""
+    from cnnkit.geometry import RESIZE
+
+    for option in reversed([
+        click.option("--arch", default=None, callback=arch_option, metavar="NAME|PACKAGE.MODULE:FACTORY",
+                     help="The network of the checkpoint or --weights: a torchvision name, or your own module (cnnkit "
+                     "imports that code only when it is given here)."),
+        click.option("--weights", default=None, type=click.Path(dir_okay=False),
+                     help="Export a state dict trained elsewhere (.safetensors, or .pt/.pth read as tensors only) "
+                     "instead of a checkpoint; with --arch, --input, --classes and --out."),
+        click.option("--input", "input_shape", default=None, metavar="CxHxW", help="--weights: the pixels it takes."),
+        click.option("--classes", default=None, help="--weights: class names in output order, comma-separated, or "
+                     "a file with one per line."),
+        click.option("--mean", default="0", show_default=True, help="--weights: per-channel mean on the [0, 1] scale "
+                     "(one number, or one per channel), as the network was trained with."),
+        click.option("--std", default="1", show_default=True, help="--weights: per-channel std, likewise."),
+        click.option("--resize", type=click.Choice(RESIZE), default="shorter-crop", show_default=True,
+                     help="--weights: how an image of another size is fitted to --input."),
+    ]):  # fmt: skip
+        f = option(f)
+    return f
+
+
 @click.command()
-@click.argument("checkpoint", type=click.Path())
+@click.argument("checkpoint", type=click.Path(), required=False)
 @click.option(
     "--format",
     "fmt",
@@ -110,7 +135,7 @@ E, T = ExportOptions(), TritonOptions()  # every default below is the library's:
 )
 @click.option("--with-torchscript", is_flag=True, help="triton: also a pytorch_libtorch model (<name>-libtorch).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@trust_arch
+@foreign_options
 def export(
     checkpoint,
     fmt,
@@ -131,12 +156,23 @@ def export(
     instances,
     with_torchscript,
     as_json,
+    arch,
+    weights,
     **gates,
 ):
-    """Export a checkpoint to ONNX and/or TorchScript (uint8 in, logits out), or a Triton model repository."""
+    """Export a checkpoint to ONNX, TorchScript, torch.export or AOTInductor (uint8 in, logits out), or a Triton
+    model repository; with --weights, a state dict trained elsewhere, made a checkpoint in --out first."""
     require("torch", "onnx")
     from cnnkit.cli.render import render_export
     from cnnkit.export.exporter import export as run_export
+
+    foreign = {k: gates.pop(k) for k in ("input_shape", "classes", "mean", "std", "resize")}
+    if weights is not None:
+        checkpoint = _from_weights(arch, weights, out, **foreign)
+        if not as_json:
+            click.echo(f"made a checkpoint of {weights}: {checkpoint}", err=True)
+    elif checkpoint is None:
+        raise click.UsageError("give a CHECKPOINT (a run folder or its model.safetensors), or --weights")
 
     options = ExportOptions(
         formats=formats_for(fmt, precision),
@@ -168,6 +204,39 @@ def export(
         result = run_export(checkpoint, out, options, progress=lambda line: click.echo(line, err=True))
     click.echo(dumps(result.to_dict()) if as_json else render_export(result))
     sys.exit(0 if result.ok else 1)
+
+
+def _from_weights(arch, weights, out, *, input_shape, classes, mean, std, resize) -> str:
+    """The checkpoint made in `out` of a state dict trained elsewhere (train.external)."""
+    from pathlib import Path
+
+    from cnnkit.data.datasets import parse_classes, read_classes_file
+    from cnnkit.geometry import Geometry
+    from cnnkit.train import external
+
+    missing = [
+        f"--{n}" for n, v in (("arch", arch), ("input", input_shape), ("classes", classes), ("out", out)) if not v
+    ]
+    if missing:
+        raise click.UsageError(f"--weights needs {', '.join(missing)}")
+    shape = input_shape.lower().split("x")
+    if len(shape) != 3 or not all(p.isdigit() for p in shape):
+        raise click.BadParameter(f"{input_shape!r}: expected CxHxW, e.g. 3x224x224", param_hint="--input")
+    c, h, w = map(int, shape)
+    listed = Path(classes)
+    names = (read_classes_file(listed.parent, listed.name) if listed.is_file() else None) or parse_classes(classes)
+    spec = external.External(
+        arch=arch, weights=weights, geometry=Geometry(channels=c, height=h, width=w, resize=resize, invert="never"),
+        classes=names, mean=_numbers(mean, "--mean"), std=_numbers(std, "--std"),
+    )  # fmt: skip
+    return str(external.make(spec, Path(out)))
+
+
+def _numbers(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected numbers separated by commas", param_hint=name) from None
 
 
 @click.command()

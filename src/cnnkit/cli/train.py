@@ -72,6 +72,21 @@ D = TrainConfig()  # the defaults live in one place
     "package.module:factory, called as factory(num_classes=, in_channels=, image_size=(H, W)).",
 )
 @click.option(
+    "--weights",
+    default=None,
+    metavar="FILE|torchvision",
+    help="Start from these weights and fine-tune: a state dict (.safetensors, or .pt/.pth read as tensors only), "
+    "or 'torchvision' for the architecture's pretrained file in the local torch hub cache (never downloaded). "
+    "Tensors that fit load; the classifier head for your classes starts fresh.",
+)
+@click.option(
+    "--body-lr-scale",
+    type=Finite(*F["body_lr_scale"], min_open=True),
+    default=D.body_lr_scale,
+    show_default=True,
+    help="With --weights: the body's learning rate as a fraction of --lr (the head's).",
+)
+@click.option(
     "--recipe",
     "recipe_mode",
     type=click.Choice(["auto", "default"]),

@@ -66,8 +66,9 @@ def parse_classes(text: str) -> tuple[str, ...]:
     return check_classes(text.split(","), "--classes")
 
 
-def read_classes_file(directory: Path) -> tuple[str, ...] | None:
-    path = directory / CLASSES_FILE
+def read_classes_file(directory: Path, name: str = CLASSES_FILE) -> tuple[str, ...] | None:
+    """The class names in `directory`/`name`, one per line in label order; None when there is no such file."""
+    path = directory / name
     if not path.is_file():
         return None
     try:
@@ -228,6 +229,9 @@ def load_recorded(
             raise DataError(f"{root}: data directory not found")
         ds = imagefolder.load(root, FolderOptions.from_request(identity.get("request"), **(folder_kwargs or {})),
                               default_data_dir())  # fmt: skip
+    elif name == "external":  # train.external: a model made of weights trained elsewhere
+        raise DataError(f"the model was made of weights trained elsewhere ({identity.get('source')}): it records no "
+                        "test split")  # fmt: skip
     elif name == "mnist-sample":
         ds = load_sample()
     elif data_dir is not None:

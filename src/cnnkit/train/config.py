@@ -35,6 +35,7 @@ FLOAT_BOUNDS: dict[str, tuple[float, float]] = {
     "val_fraction": (0, 0.5),
     "label_smoothing": (0, 0.5),
     "dropout": (0, 0.9),
+    "body_lr_scale": (0, 1),  # open at 0
 }
 BOUNDS: dict[str, tuple[float, float]] = {**INT_BOUNDS, **FLOAT_BOUNDS}
 INTEGERS = tuple(INT_BOUNDS)
@@ -60,6 +61,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     arch: str = "seed"  # the network (train.nets): seed, a torchvision builder, or package.module:factory
+    weights: str | None = None  # start from these weights (train.nets.weights: a file, or "torchvision"): fine-tune
+    body_lr_scale: float = 0.1  # fine-tuning: the body's learning rate as a fraction of the head's (lr)
     device: str = "auto"
     precision: str = "auto"
     cuda_graph: str = "auto"  # capture the training step in a CUDA graph (auto: on CUDA, one process); train.stepper
@@ -86,10 +89,12 @@ class TrainConfig:
                     not ok_type
                     or not math.isfinite(value)
                     or not low <= value <= high
-                    or (f.name == "lr" and value <= 0)
+                    or (f.name in ("lr", "body_lr_scale") and value <= 0)
                 ):
                     kind = "an integer" if integer else "a number"
                     raise CnnkitError(f"{f.name} must be {kind} in {low:g}..{high:g}, got {str(value)[:30]!r}")
+        if self.weights is not None and (not isinstance(self.weights, str) or not self.weights):
+            raise CnnkitError(f"weights must be a file or 'torchvision', got {str(self.weights)[:30]!r}")
         if not isinstance(self.flip, bool):
             raise CnnkitError(f"flip must be true or false, got {str(self.flip)[:30]!r}")
         if self.cuda_graph not in CUDA_GRAPH:
@@ -157,6 +162,7 @@ class TrainResult:
     best_epoch: int | None = None  # the epoch the checkpoint holds (the best on validation)
     stopped_early: bool = False  # early stopping ended the run before its last epoch
     tuning: dict[str, Any] | None = None  # how `--recipe auto` chose the recipe (train.tune.Tuning)
+    started_from: dict[str, Any] | None = None  # what `--weights` filled in (train.nets.weights.Fitted)
 
     @property
     def best(self) -> EpochMetrics | None:

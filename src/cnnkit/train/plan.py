@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
 
     from cnnkit.train.checkpoint import Checkpoint
+    from cnnkit.train.nets.weights import Fitted
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,10 +57,11 @@ class TrainPlan:
     tuning: dict[str, Any]  # how `--recipe auto` chose the recipe (empty: not tuned)
     plot: bool = True  # write curves.png (a tuning trial does not)
     stream: str = ""  # why the images are streamed from the host batch by batch (empty: held on the device)
+    fitted: Fitted | None = None  # what the weights started from (`--weights`) filled in; None: fresh weights
 
 
-def check_inputs(dataset: Dataset, cfg: TrainConfig, world: distributed.World) -> ModelConfig:
-    """The model configuration the data calls for, or DataError."""
+def check_inputs(dataset: Dataset, cfg: TrainConfig, world: distributed.World) -> tuple[ModelConfig, Fitted | None]:
+    """The model configuration the data calls for and what `--weights` fills in of it, or DataError."""
     if cfg.batch_size < world.size:
         raise option_error(
             DataError, "batch_size", cfg.batch_size, f"smaller than the {world.size} processes it is split over"
@@ -78,8 +80,7 @@ def check_inputs(dataset: Dataset, cfg: TrainConfig, world: distributed.World) -
         raise DataError(f"{dataset.source}: no model can be built for this data: {exc}") from None
     if not dataset.train_images.size or int(dataset.train_images.max()) == int(dataset.train_images.min()):
         raise DataError(f"{dataset.source}: every training pixel has the same value; there is nothing to learn")
-    nets.check(config)
-    return config
+    return config, nets.check(config, cfg.weights)
 
 
 def torch_device(cfg: TrainConfig, world: distributed.World) -> torch.device:
@@ -96,13 +97,14 @@ class Checked(NamedTuple):
     device: torch.device  # where this process trains
     config: ModelConfig  # the model the data calls for
     stream: str = ""  # why the images are streamed from the host batch by batch (empty: held on the device)
+    fitted: Fitted | None = None  # what `--weights` filled in
 
 
 def check(dataset: Dataset, cfg: TrainConfig, world: distributed.World) -> Checked:
     """The device and the model configuration, or the one-line error, before any folder is made or group joined."""
     device = torch_device(cfg, world)
-    config = check_inputs(dataset, cfg, world)
-    return Checked(device, config, stream_reason(dataset, device))
+    config, fitted = check_inputs(dataset, cfg, world)
+    return Checked(device, config, stream_reason(dataset, device), fitted)
 
 
 def build(
@@ -120,7 +122,7 @@ def build(
     """The plan, built once from the inputs already checked (`check`): data split, normalisation, CUDA graph,
     precision (rank 0's, for every rank: `world` is the initialised one), the recipe at that precision, and for a
     resume the saved state, checked."""
-    device, config, stream = checked
+    device, config, stream, fitted = checked
     per_rank = max(1, cfg.batch_size // world.size)
     split = split_validation(dataset, cfg.val_fraction)
     graph, steps_reason = choose_graph(cfg.cuda_graph, device, world.distributed, per_rank, len(split.train_labels))
@@ -155,6 +157,7 @@ def build(
         tuning=resumed.checkpoint.meta.tuning if resumed is not None else dict(tuning or {}),
         plot=plot,
         stream=stream,
+        fitted=fitted if resumed is None else None,
     )
 
 

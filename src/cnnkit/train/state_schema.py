@@ -98,17 +98,22 @@ def _scheduler(value: Any, step: int) -> dict[str, Any]:
 
 
 def _param_groups(value: Any) -> list[dict[str, Any]]:
-    if not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], dict):
-        raise SchemaError("param_groups must be a list of the one optimizer parameter group")
-    group = value[0]
-    params = group.get("params")
-    if not isinstance(params, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in params):
-        raise SchemaError("param_groups[0].params must be a list of parameter indices")
-    for key in ("lr", "weight_decay", "eps"):
-        _number(group.get(key), f"param_groups[0].{key}")
-    betas = group.get("betas")
-    if not isinstance(betas, list) or len(betas) != 2 or not all(0 <= _number(b, "betas") < 1 for b in betas):
-        raise SchemaError("param_groups[0].betas must be two numbers in [0, 1)")
+    """One optimizer parameter group, or two (fine-tuning: the body, then the head), their indices in order."""
+    if not isinstance(value, list) or len(value) not in (1, 2) or not all(isinstance(g, dict) for g in value):
+        raise SchemaError("param_groups must be a list of one or two optimizer parameter groups")
+    seen: list[int] = []
+    for i, group in enumerate(value):
+        params = group.get("params")
+        if not isinstance(params, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in params):
+            raise SchemaError(f"param_groups[{i}].params must be a list of parameter indices")
+        seen += params
+        for key in ("lr", "weight_decay", "eps"):
+            _number(group.get(key), f"param_groups[{i}].{key}")
+        betas = group.get("betas")
+        if not isinstance(betas, list) or len(betas) != 2 or not all(0 <= _number(b, "betas") < 1 for b in betas):
+            raise SchemaError(f"param_groups[{i}].betas must be two numbers in [0, 1)")
+    if seen != list(range(len(seen))):
+        raise SchemaError("param_groups must index the parameters 0, 1, 2, ... in order")
     return value
 
 

@@ -6,10 +6,13 @@ on any of them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnnkit.errors import CheckpointError, DataError
 from cnnkit.spec import SEED_ARCH, ModelConfig, is_user_arch
+
+if TYPE_CHECKING:
+    from cnnkit.train.nets.weights import Fitted
 
 _TRUSTED: set[str] = set()  # user architectures named on this process's command line (or by the calling app)
 
@@ -41,12 +44,23 @@ def build(config: ModelConfig) -> Any:
     return vision.build(config)
 
 
-def check(config: ModelConfig) -> None:
-    """DataError now, before any folder is made, when `config`'s network cannot be built for its input."""
+def check(config: ModelConfig, weights: str | None = None) -> Fitted | None:
+    """DataError now, before any folder is made, when `config`'s network cannot be built for its input, or the
+    weights to start from (`--weights`) do not fit it; what the weights fill in, when given."""
     try:
-        build(config)
+        net = build(config)
     except CheckpointError as exc:
         raise DataError(str(exc)) from None
+    return None if weights is None else start_from(net, config, weights)
+
+
+def start_from(net: Any, config: ModelConfig, spec: str) -> Fitted:
+    """Load the weights `spec` names (a file, or "torchvision") into `net`, its head left fresh where it does not
+    fit (`nets.weights.fit`)."""
+    from cnnkit.train.nets import weights
+
+    path = weights.locate(spec, config.arch)
+    return weights.fit(net, weights.read(path), source=path.name)
 
 
 def foldable(config: ModelConfig) -> bool:

@@ -28,10 +28,11 @@ from cnnkit.train import checkpoint
 @dataclass(frozen=True, kw_only=True)
 class Candidate:
     name: str
-    format: str  # "onnx" | "torchscript"
+    format: str  # "onnx" | a torch-side format: "torchscript", "exported", "aoti"
     precision: str = "fp32"
     fold: bool = True
     cuda_only: bool = False  # fp16 runs no faster than fp32 on a CPU: offered on CUDA only
+    asked: bool = False  # offered only when asked for (OptimizeOptions.aoti: it compiles for about a minute)
 
 
 CANDIDATES = (
@@ -40,7 +41,10 @@ CANDIDATES = (
     Candidate(name="int8-folded", format="onnx", precision="int8"),
     Candidate(name="fp16-folded", format="onnx", precision="fp16", cuda_only=True),
     Candidate(name="torchscript-folded", format="torchscript"),
+    Candidate(name="exported-folded", format="exported"),
+    Candidate(name="aoti-folded", format="aoti", asked=True),
 )
+TORCH_ROWS = {c.format: c.name for c in CANDIDATES if c.format != "onnx"}  # bench backend -> torch-side candidate
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,9 +92,9 @@ def optimize(
         )
     choices = ec.engine_choices(device)
     checks = ec.check_on_engines(ckpt_path, files, choices, options.gate, progress)
-    result, rows, ts_row = _bench_candidates(ckpt_path, files, choices, checks, options, progress)
-    results = [replace(r, row=_row_of(r.name, rows, ts_row)) for r in results]
-    winners = {bs: w for bs in options.batch_sizes if (w := _winner(result, rows, ts_row, bs))}
+    result, rows, torch_rows = _bench_candidates(ckpt_path, files, choices, checks, options, progress)
+    results = [replace(r, row=_row_of(r.name, rows, torch_rows)) for r in results]
+    winners = {bs: w for bs in options.batch_sizes if (w := _winner(result, rows, torch_rows, bs))}
     records = {
         name: str(path)
         for name in files
@@ -130,6 +134,8 @@ def _export_candidates(
             skip = "skipped: for CUDA (no faster than fp32 on a CPU)"
         elif cand.name == "fp32-folded" and not foldable:
             skip = "skipped: the fold is the seed network's (this one is the fp32 candidate)"
+        elif cand.asked and not options.aoti:
+            skip = "skipped: an AOTInductor package compiles for about a minute; pass --aoti to include it"
         if skip:
             results.append(CandidateResult(name=cand.name, file=None, passed=False, check=skip))
             continue
@@ -173,9 +179,9 @@ def _bench_candidates(
     checks: list[ec.EngineCheck],
     options: OptimizeOptions,
     progress: Callable[[str], None] | None,
-) -> tuple[BenchResult, Rows, str | None]:
+) -> tuple[BenchResult, Rows, dict[str, str]]:
     """The passing candidates benchmarked side by side in every engine choice; the ONNX rows that passed their
-    engine's check, and the TorchScript row's name (if any)."""
+    engine's check, and the torch-side rows (bench backend -> candidate)."""
     onnx_names = [c.name for c in CANDIDATES if c.format == "onnx" and c.name in files]
     tags = dict(zip(onnx_names, file_tags([files[n] for n in onnx_names])))
     rows: Rows = {
@@ -187,11 +193,10 @@ def _bench_candidates(
     paths = [str(ckpt_path)] + [str(files[n]) for n in onnx_names]
     kinds = {replace(c, streams=1) for c in choices}
     backends: tuple[str, ...] = tuple(b for b, kind in bk.ENGINE_BACKENDS.items() if onnx_names and kind in kinds)
-    ts_row = None
-    if "torchscript-folded" in files:
-        ts_row = "torchscript"
-        paths.append(str(files["torchscript-folded"]))
-        backends += ("torchscript",)
+    torch_rows = {row: name for row, name in TORCH_ROWS.items() if name in files}
+    for row, name in torch_rows.items():
+        paths.append(str(files[name]))
+        backends += (row,)
     if progress:
         progress(f"benchmarking {', '.join(files)} in {', '.join(sorted({c.label for c in choices}))}")
     config = BenchConfig(
@@ -201,21 +206,22 @@ def _bench_candidates(
         min_time=options.min_time,
         streams=tuple(sorted({c.streams for c in choices})),
     )
-    return bench(paths, config, progress), rows, ts_row
+    return bench(paths, config, progress), rows, torch_rows
 
 
-def _row_of(name: str, rows: Rows, ts_row: str | None) -> str | None:
-    """The candidate's ONNX Runtime row (one stream), or the TorchScript row."""
-    if name == "torchscript-folded":
-        return ts_row
+def _row_of(name: str, rows: Rows, torch_rows: dict[str, str]) -> str | None:
+    """The candidate's ONNX Runtime row (one stream), or its torch-side row."""
+    torch_row = next((row for row, cand in torch_rows.items() if cand == name), None)
+    if torch_row is not None:
+        return torch_row
     return next((row for row, (cand, c) in rows.items() if cand == name and c == EngineChoice()), None)
 
 
-def _winner(result: BenchResult, rows: Rows, ts_row: str | None, batch: int) -> str | None:
-    """'<candidate> on <engine choice>' (or the TorchScript candidate) with the most images/s at `batch`."""
+def _winner(result: BenchResult, rows: Rows, torch_rows: dict[str, str], batch: int) -> str | None:
+    """'<candidate> on <engine choice>' (or a torch-side candidate: it runs in torch) with the most images/s at
+    `batch`."""
     names = {row: f"{name} on {choice.label}" for row, (name, choice) in rows.items()}
-    if ts_row is not None:
-        names[ts_row] = "torchscript-folded"
+    names.update({row: f"{name} in torch" for row, name in torch_rows.items()})
     return ec.fastest(result, names, batch)
 
 

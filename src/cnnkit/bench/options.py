@@ -87,6 +87,7 @@ class OptimizeOptions:
     min_time: float = 1.0
     select: bool = False
     target_batch: int = 64
+    aoti: bool = False  # also the AOTInductor candidate (compiled for this machine: about a minute)
     gate: Gate = field(default_factory=Gate)
 
     def __post_init__(self) -> None:

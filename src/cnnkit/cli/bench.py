@@ -147,14 +147,22 @@ def bench(
 )
 @click.option("--select", is_flag=True, help="Copy the fastest passing ONNX variant at --target-batch to model.onnx.")
 @click.option("--target-batch", type=click.IntRange(1, 65_536), default=OPT.target_batch, show_default=True)
+@click.option(
+    "--aoti/--no-aoti",
+    default=OPT.aoti,
+    show_default=True,
+    help="Also an AOTInductor package among the torch-side candidates (compiled here: about a minute).",
+)
 @gate_options
 @click.option(
     "--json", "json_file", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON ('-': stdout)."
 )
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None, help="Write a PNG plot.")
 @trust_arch
-def optimize(run, device, batch_sizes, min_time, select, target_batch, json_file, plot_file, **gates):
-    """Export every variant (fp32, folded, INT8, fp16 on CUDA, TorchScript), verify, benchmark, pick the fastest."""
+def optimize(run, device, batch_sizes, min_time, select, target_batch, aoti, json_file, plot_file, **gates):
+    """Export every variant (ONNX fp32, folded, INT8, fp16 on CUDA; torch-side TorchScript, torch.export and, with
+    --aoti, AOTInductor), verify, benchmark side by side, name the fastest per batch size. --select places the
+    fastest ONNX variant (the torch-free runtime's) as model.onnx."""
     require("torch", "onnx")
     from cnnkit.bench import report
     from cnnkit.bench.optimize import optimize as run_optimize
@@ -165,6 +173,7 @@ def optimize(run, device, batch_sizes, min_time, select, target_batch, json_file
         min_time=min_time,
         select=select,
         target_batch=target_batch,
+        aoti=aoti,
         gate=gate_from(device=device, **gates),
     )
     check_destinations(json_file, plot_file)  # before the minutes of exporting and measuring

@@ -13,12 +13,8 @@ RESULTS = Path(__file__).parent / "results"
 def machine() -> dict:
     """The CPU, its relevant flags, and the commit that was measured (with whether the tree had changes)."""
     import os
-    import subprocess
 
-    from cnnkit.bench.env import cpu_flags, cpu_model
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=RESULTS.parent).stdout.strip()
+    from cnnkit.bench.env import cpu_flags, cpu_model, provenance
 
     return {
         "cpu": cpu_model(),
@@ -26,9 +22,7 @@ def machine() -> dict:
         "cpu_cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "commit": git("rev-parse", "HEAD"),
-        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+        **provenance(RESULTS.parent.parent),
     }
 
 

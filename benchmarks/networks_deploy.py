@@ -60,7 +60,7 @@ def served_labels(model: Path, images: list[Path], arch: str, env: dict) -> list
             req = urllib.request.Request(url + "/v1/predict", data=path.read_bytes(),
                                          headers={"content-type": "image/png" if path.suffix == ".png" else
                                                   "image/jpeg"})  # fmt: skip
-            labels.append(json.loads(urllib.request.urlopen(req, timeout=30).read())["results"][0]["label"])
+            labels.append(json.loads(urllib.request.urlopen(req, timeout=30).read())["predictions"][0]["label"])
         return labels
     finally:
         proc.terminate()
@@ -123,7 +123,7 @@ def main() -> None:
             results.append(one(arch, a.photos, Path(tmp), a.min_time, env))
             r = results[-1]
             print(arch, f"acc {r['test_accuracy']:.3f}", "winners", r["winners"], "selected", r["selected"], flush=True)
-    save("networks_deploy_cpu.json", {"machine": env_machine, "networks": results})
+            save("networks_deploy_cpu.json", {"machine": env_machine, "networks": results})  # after each network
 
 
 if __name__ == "__main__":

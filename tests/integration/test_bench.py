@@ -47,8 +47,11 @@ def test_bench_end_to_end_tiny(trained, exported, tmp_path):
     assert r.exit_code == 0, r.output
     data = json.loads(out_json.read_text())
     assert data["device"] == "cpu" and data["settings"]["threads"] == 1
-    for key in ("cpu", "cpu_cores", "torch", "onnxruntime", "cnnkit", "python"):
+    for key in ("cpu", "cpu_cores", "torch", "onnxruntime", "cnnkit", "python", "command"):
         assert data["environment"][key]
+    env = data["environment"]  # what was measured: the commit of this checkout and whether it had changes
+    assert isinstance(env["cpu_flags"], list) and len(env["commit"]) == 40
+    assert env["uncommitted_changes"] in (True, False)
     rows = data["rows"]
     engines = ("onnx", "openvino") if openvino_engine.available() else ("onnx",)  # the default: every engine here
     assert {(x["backend"], x["batch_size"]) for x in rows} == {
@@ -57,6 +60,7 @@ def test_bench_end_to_end_tiny(trained, exported, tmp_path):
     for x in rows:
         assert x["latency"]["n"] == 5 and 0 < x["latency"]["p50_ms"] <= x["latency"]["p99_ms"]
         assert x["images_per_s"] > 0 and x["speedup_vs_eager"] > 0 and not x["fell_back"]
+        assert len(x["rounds_images_per_s"]) == 5 and min(x["rounds_images_per_s"]) > 0  # one rate per round
     assert {x["ran_on"] for x in rows if x["backend"] == "onnx"} == {"CPUExecutionProvider"}
     assert [x["speedup_vs_eager"] for x in rows if x["backend"] == "eager"] == [1.0, 1.0]
     assert {x["ran_on"] for x in rows if x["backend"] == "openvino"} <= {"OpenVINO CPU (fp32)"}

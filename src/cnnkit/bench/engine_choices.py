@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
+from cnnkit.bench import choose
 from cnnkit.bench.results import BenchResult
 from cnnkit.export.compare import Gate, ParityReport
 from cnnkit.runtime import EngineChoice, openvino_engine, plan
@@ -90,14 +91,17 @@ def passed(checks: list[EngineCheck], candidate: str, choice: EngineChoice) -> b
 
 
 def fastest(result: BenchResult, rows: Mapping[str, T], batch: int) -> T | None:
-    """What `rows` (bench row -> anything) gives for the row with the most images/s at `batch`, CPU fall-backs
-    not counted."""
-    timed = [
-        r for r in result.rows if r.batch_size == batch and r.images_per_s and not r.fell_back and r.backend in rows
-    ]
-    if not timed:
-        return None
-    return rows[max(timed, key=lambda r: r.images_per_s or 0.0).backend]
+    """What `rows` (bench row -> anything, simplest route first) gives for the row chosen at `batch`: the fastest
+    on the medians of the alternated rounds, a tie going to the simpler route (`bench.choose`)."""
+    decision = choose.decide(result, list(rows), batch)
+    return rows[decision.chosen] if decision is not None else None
+
+
+def simplest_first(rows: Mapping[str, tuple[str, EngineChoice]]) -> dict[str, tuple[str, EngineChoice]]:
+    """`rows` ordered simplest route first: ONNX Runtime before OpenVINO, one stream before several, fp32 arithmetic
+    before reduced; the candidates' own order kept within each."""
+    return dict(sorted(rows.items(), key=lambda kv: (kv[1][1].engine != "onnxruntime", kv[1][1].streams,
+                                                     kv[1][1].precision != "fp32")))  # fmt: skip
 
 
 def record(
@@ -108,7 +112,7 @@ def record(
     batch_sizes: tuple[int, ...],
 ) -> Path | None:
     """Write the fastest passing choice per batch size for `candidate`'s rows beside `file` (runtime.json)."""
-    mine = {row: rc for row, rc in rows.items() if rc[0] == candidate}
+    mine = simplest_first({row: rc for row, rc in rows.items() if rc[0] == candidate})
     winners: dict[int, EngineChoice] = {}
     measured: dict[str, dict[str, float]] = {}
     for bs in batch_sizes:

@@ -1,4 +1,5 @@
-"""The machine a benchmark ran on, recorded with every result (CPU model, GPU, versions)."""
+"""The machine a benchmark ran on, recorded with every result (CPU model and flags, GPU, versions), and what was
+measured: the command, and where cnnkit runs from a git checkout, its commit and whether the tree had changes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from cnnkit import __version__
@@ -29,6 +31,7 @@ def environment(device: str, threads: int) -> dict[str, Any]:
         "onnxruntime": ort.__version__,
         "cnnkit": __version__,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **provenance(),
     }
     torch = sys.modules.get("torch")
     if torch is not None:
@@ -39,3 +42,25 @@ def environment(device: str, threads: int) -> dict[str, Any]:
         if torch is not None and torch.cuda.is_available():
             env["gpu"] = torch.cuda.get_device_name()
     return env
+
+
+def provenance(tree: Path | None = None) -> dict[str, Any]:
+    """The command that is running and the commit measured: `tree` (default: the checkout cnnkit is imported from)
+    at HEAD, and whether tracked files differ from it. Outside a git checkout (an installed wheel) the commit is
+    None and cnnkit's version says what ran."""
+    import subprocess
+
+    here = tree or Path(__file__).resolve().parents[3]
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    command = " ".join(["cnnkit" if program in ("__main__.py", "cnnkit") else program, *sys.argv[1:]])
+
+    def git(*args: str) -> str | None:
+        try:
+            r = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD") if (here / ".git").exists() else None
+    changes = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"command": command, "commit": commit, "uncommitted_changes": None if changes is None else bool(changes)}

@@ -92,7 +92,7 @@ class Measurement:
         """A row for each name in `names`: timed where its runner works, else the error it ends with."""
         errors = dict(errors)
         steps = self._warm(x, runners, errors)
-        wall, devt = self._rounds(steps, errors)
+        wall, devt, per_round = self._rounds(steps, errors)
         out = []
         bs = len(x)
         for name in names:
@@ -112,6 +112,7 @@ class Measurement:
                     images_per_s=bs / (st.mean_ms / 1e3),
                     device_latency=summarize(devt[name]) if devt[name] else None,
                     fell_back=fell_back,
+                    rounds_images_per_s=[bs / seconds for seconds in per_round[name]],
                 )
             )
         return out
@@ -131,13 +132,15 @@ class Measurement:
 
     def _rounds(
         self, steps: dict[str, Step], errors: dict[str, str]
-    ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-        """Wall and device seconds per step, the runners alternated in `rounds` with who goes first rotating."""
+    ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[float]]]:
+        """Wall and device seconds per step, the runners alternated in `rounds` with who goes first rotating; and
+        each round's mean seconds per step (the paired samples a choice between runners is made on)."""
         wall: dict[str, list[float]] = {n: [] for n in steps}
         devt: dict[str, list[float]] = {n: [] for n in steps}
+        means: dict[str, list[float]] = {n: [] for n in steps}
         order = list(steps)
         if not order:  # every runner failed: nothing to time
-            return wall, devt
+            return wall, devt, means
         per_round = max(1, -(-self.iters // self.rounds)) if self.iters else None
         for k in range(self.rounds):
             for name in order[k % len(order) :] + order[: k % len(order)]:
@@ -150,4 +153,5 @@ class Measurement:
                     continue
                 wall[name] += w
                 devt[name] += d
-        return wall, devt
+                means[name].append(sum(w) / len(w))
+        return wall, devt, means

@@ -14,6 +14,7 @@ from typing import Any
 
 from cnnkit import atomic
 from cnnkit.bench import backends as bk
+from cnnkit.bench import choose
 from cnnkit.bench import engine_choices as ec
 from cnnkit.bench.inputs import file_tags
 from cnnkit.bench.options import BenchConfig, OptimizeOptions, row_name
@@ -64,6 +65,7 @@ class OptimizeResult:
     bench: BenchResult | None
     engine_checks: list[ec.EngineCheck] = field(default_factory=list)  # each ONNX candidate in each other engine
     winners: dict[int, str] = field(default_factory=dict)  # batch size -> fastest passing '<candidate> on <choice>'
+    decisions: dict[int, choose.Decision] = field(default_factory=dict)  # batch size -> the choice and its evidence
     records: dict[str, str] = field(default_factory=dict)  # candidate -> the runtime.json written beside its file
     selected: str | None = None
     selected_file: str | None = None
@@ -94,7 +96,9 @@ def optimize(
     checks = ec.check_on_engines(ckpt_path, files, choices, options.gate, progress)
     result, rows, torch_rows = _bench_candidates(ckpt_path, files, choices, checks, options, progress)
     results = [replace(r, row=_row_of(r.name, rows, torch_rows)) for r in results]
-    winners = {bs: w for bs in options.batch_sizes if (w := _winner(result, rows, torch_rows, bs))}
+    names = _route_names(rows, torch_rows)
+    decisions = {bs: d for bs in options.batch_sizes if (d := choose.decide(result, list(names), bs))}
+    winners = {bs: names[d.chosen] for bs, d in decisions.items()}
     records = {
         name: str(path)
         for name in files
@@ -111,6 +115,7 @@ def optimize(
         engine_checks=checks,
         bench=result,
         winners=winners,
+        decisions=decisions,
         records=records,
         selected=selected,
         selected_file=selected_file,
@@ -217,12 +222,12 @@ def _row_of(name: str, rows: Rows, torch_rows: dict[str, str]) -> str | None:
     return next((row for row, (cand, c) in rows.items() if cand == name and c == EngineChoice()), None)
 
 
-def _winner(result: BenchResult, rows: Rows, torch_rows: dict[str, str], batch: int) -> str | None:
-    """'<candidate> on <engine choice>' (or a torch-side candidate: it runs in torch) with the most images/s at
-    `batch`."""
-    names = {row: f"{name} on {choice.label}" for row, (name, choice) in rows.items()}
+def _route_names(rows: Rows, torch_rows: dict[str, str]) -> dict[str, str]:
+    """Bench row -> '<candidate> on <engine choice>' (or '<candidate> in torch'), simplest route first: ONNX Runtime
+    before OpenVINO, one stream before several, then the torch-side rows (they need torch where they run)."""
+    names = {row: f"{name} on {choice.label}" for row, (name, choice) in ec.simplest_first(rows).items()}
     names.update({row: f"{name} in torch" for row, name in torch_rows.items()})
-    return ec.fastest(result, names, batch)
+    return names
 
 
 def _select(
@@ -230,7 +235,7 @@ def _select(
 ) -> tuple[str, str]:
     """Place the fastest passing ONNX candidate at the target batch as the run's model.onnx (a first-class export:
     its metadata and the run's exports.json say where it lives), with its engine record beside it."""
-    best = ec.fastest(result, rows, options.target_batch)
+    best = ec.fastest(result, ec.simplest_first(rows), options.target_batch)
     if best is None:
         raise CnnkitError(
             f"no passing ONNX candidate was benchmarked at batch {options.target_batch}; add it to --batch-sizes"

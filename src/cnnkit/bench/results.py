@@ -41,6 +41,7 @@ class BenchRow:
     speedup_vs_eager: float | None = None
     fell_back: bool = False
     error: str | None = None  # why this backend produced no timing at this batch size
+    rounds_images_per_s: list[float] = field(default_factory=list)  # each alternated round's own rate (bench.choose)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -308,7 +308,11 @@ def render_optimize(r) -> str:
         ]
     if r.bench is not None:
         lines += [render_bench(r.bench), ""]
-        lines += [f"fastest at batch {bs}: {name}" for bs, name in r.winners.items()]
+        for bs, name in r.winners.items():
+            decision = r.decisions.get(bs)
+            rounds = f" (medians of {decision.rounds} alternated rounds)" if decision is not None else ""
+            why = decision.describe().removeprefix(decision.chosen) if decision is not None else ""
+            lines.append(f"fastest at batch {bs}: {name}{why}{rounds}")
         lines += [f"engine record for {name}: {path} (read by --engine auto)" for name, path in r.records.items()]
     if r.selected:
         lines.append(

@@ -33,6 +33,7 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/python scripts/check_sizes.py
+	$(BIN)/python scripts/check_provenance.py
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

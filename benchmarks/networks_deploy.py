@@ -95,7 +95,10 @@ def one(arch: str, photos: Path, work: Path, min_time: float, env: dict) -> dict
         "export_all": {
             "seconds": export_s,
             "ok": exported["ok"],
-            "parity_max_abs": {b["backend"]: b["max_abs"] for b in exported["parity"]["backends"]},
+            "parity_max_abs": {
+                b["backend"]: max((c["max_abs"] for c in b["cases"] if c["max_abs"] is not None), default=None)
+                for b in exported["parity"]["backends"]
+            },
         },
         "optimize_s": optimize_s,
         "candidates": {c["name"]: {"passed": c["passed"], "check": c["check"]} for c in opt["candidates"]},

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, save
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
-EPOCHS = {"seed": 10, "resnet18": 2, "mobilenet_v3_small": 15}  # what each reaches a useful accuracy in here
+EPOCHS = {"seed": 10, "resnet18": 2, "mobilenet_v3_small": 10}  # what each reaches a useful accuracy in here
 DEFAULT_EPOCHS = 10
 
 

@@ -12,6 +12,7 @@ from cnnkit.spec import ModelConfig
 
 SMALL_INPUT = 96  # below this side, the stem's first downsampling is dropped
 MIN_SIDE = 16
+BN_MOMENTUM = 0.1  # PyTorch's default; the builders that set less get this (their statistics lag a short run)
 
 
 def names() -> list[str]:
@@ -52,6 +53,9 @@ def build(config: ModelConfig) -> Any:
         setattr(parent, name, new)
     if small and isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
         model.maxpool = nn.Identity()
+    for bn in model.modules():  # MobileNetV3's and EfficientNet's ImageNet recipe: momentum 0.01 over ~10^5 steps
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm) and (bn.momentum or 0.1) < BN_MOMENTUM:
+            bn.momentum = BN_MOMENTUM  # so the running statistics follow a run of hundreds of steps
     with torch.no_grad():
         out = model.eval()(torch.zeros(1, config.in_channels, config.image_size, config.image_size))
     if out.shape != (1, config.num_classes):

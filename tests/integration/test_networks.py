@@ -30,8 +30,8 @@ def fresh(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_a_users_module_trains_exports_and_verifies_and_runs_only_when_named(tmp_path):
     photos(tmp_path / "colours", n=8)
-    r = fresh("train", "--data-dir", "colours", "--arch", ARCH, "--out", "run", "--epochs", "1", "--recipe",
-              "default", "--image-size", "16", cwd=tmp_path)  # fmt: skip
+    r = cnnkit("train", "--data-dir", "colours", "--arch", ARCH, "--out", "run", "--epochs", "1", "--recipe",
+               "default", "--image-size", "16", cwd=tmp_path)  # fmt: skip  # named here: trusted in this process
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     assert meta["config"]["arch"] == ARCH and meta["train_args"]["arch"] == ARCH

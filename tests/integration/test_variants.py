@@ -174,7 +174,7 @@ def test_optimize_picks_a_passing_variant_and_selects_it(trained, tmp_path):
     assert checks["fp16-folded"].startswith("skipped") and "pass --aoti" in checks["aoti-folded"]
     # the torch-side candidates are rows of the same side-by-side run as the ONNX ones
     rows = {r["backend"] for r in out["bench"]["rows"]}
-    assert {"torchscript", "exported"} <= rows and any(r.startswith("onnxruntime") for r in rows)
+    assert {"torchscript", "exported"} <= rows and any(r.startswith("onnx:") for r in rows)
     name, _, engine_label = out["selected"].partition(" on ")
     assert set(out["winners"]) == {"4"} and name in passed
     selected = Classifier(run / "model.onnx", device="cpu")

@@ -11,6 +11,7 @@ line.
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -42,7 +43,9 @@ def to_exported(module: Any, example: Any, meta: dict, path: Path) -> None:
 
     program = exported_program(module, example)
     extra = {EXTRA_FILE: json.dumps(meta, sort_keys=True)}
-    atomic.write_with(path, lambda tmp: torch.export.save(program, str(tmp), extra_files=extra))
+    buffer = io.BytesIO()  # torch.export warns about a file whose name does not end in .pt2 (the atomic temp's)
+    torch.export.save(program, buffer, extra_files=extra)
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 def to_aoti(module: Any, example: Any, meta: dict, path: Path) -> None:

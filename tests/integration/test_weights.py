@@ -87,6 +87,8 @@ def test_a_state_dict_trained_elsewhere_exports_verifies_and_serves_the_same_log
             "--mean", ",".join(map(str, mean)), "--std", ",".join(map(str, std)), "--format", "onnx"]  # fmt: skip
     r = cnnkit(*args, cwd=tmp_path)
     assert r.returncode == 2 and "--weights needs --out" in r.stderr
+    r = cnnkit(args[0], "run", *args[1:], "--out", "model", cwd=tmp_path)
+    assert r.returncode == 2 and "a CHECKPOINT or --weights, not both" in r.stderr
     r = cnnkit(*args, "--out", "model", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     r = cnnkit("verify", "model/model.onnx", "--arch", ARCH, cwd=tmp_path)

@@ -167,6 +167,8 @@ def export(
     from cnnkit.export.exporter import export as run_export
 
     foreign = {k: gates.pop(k) for k in ("input_shape", "classes", "mean", "std", "resize")}
+    if weights is not None and checkpoint is not None:
+        raise click.UsageError("give a CHECKPOINT or --weights, not both")
     if weights is not None:
         checkpoint = _from_weights(arch, weights, out, **foreign)
         if not as_json:

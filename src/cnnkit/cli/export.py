@@ -26,6 +26,7 @@ E, T = ExportOptions(), TritonOptions()  # every default below is the library's:
 
 def foreign_options(f):
     """`export --arch A --weights W --input CxHxW --classes ...`: a state dict trained elsewhere (train.external)."""
+    from cnnkit.data.imagefolder import FolderOptions
     from cnnkit.geometry import RESIZE
 
     for option in reversed([
@@ -41,7 +42,7 @@ def foreign_options(f):
         click.option("--mean", default="0", show_default=True, help="--weights: per-channel mean on the [0, 1] scale "
                      "(one number, or one per channel), as the network was trained with."),
         click.option("--std", default="1", show_default=True, help="--weights: per-channel std, likewise."),
-        click.option("--resize", type=click.Choice(RESIZE), default="shorter-crop", show_default=True,
+        click.option("--resize", type=click.Choice(RESIZE), default=FolderOptions.resize, show_default=True,
                      help="--weights: how an image of another size is fitted to --input."),
     ]):  # fmt: skip
         f = option(f)

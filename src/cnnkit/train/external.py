@@ -26,7 +26,7 @@ class External:
     """What `make` is given: the network, its weights and what it takes."""
 
     arch: str
-    weights: str  # a state dict file (train.nets.weights.read)
+    weights: str  # a state dict file, or "torchvision" (train.nets.weights.locate)
     geometry: Geometry
     classes: tuple[str, ...]
     mean: tuple[float, ...] = (0.0,)  # per channel, on the [0, 1] scale; one number means every channel
@@ -50,9 +50,7 @@ def make(spec: External, out: Path) -> Path:
         {"arch": spec.arch, "in_channels": g.channels, "num_classes": len(spec.classes), "image_size": g.height}
     )
     net = nets.build(config)
-    path = Path(spec.weights)
-    if not path.is_file():
-        raise DataError(f"{path}: weights file not found")
+    path = weights.locate(spec.weights, spec.arch)
     fitted = weights.fit(net, weights.read(path), source=path.name, strict=True)
     meta = CheckpointMeta(
         config=config,

@@ -17,9 +17,9 @@ from cnnkit.errors import CnnkitError, first_line
 
 
 @contextlib.contextmanager
-def quiet(sink: io.StringIO | None = None) -> Iterator[io.StringIO]:
+def quiet() -> Iterator[io.StringIO]:
     """Keep exporter chatter (prints, deprecation and tracer warnings) out of cnnkit's output."""
-    sink = sink if sink is not None else io.StringIO()
+    sink = io.StringIO()
     with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield sink

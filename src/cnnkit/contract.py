@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnkit.errors import DataError, ModelFileError
 from cnnkit.geometry import Geometry
-from cnnkit.spec import EXPORT_FORMATS, EXPORT_PRECISIONS, class_names_problem
+from cnnkit.spec import EXPORT_FORMATS, EXPORT_PRECISIONS, QUANTIZERS, class_names_problem
 
 if TYPE_CHECKING:
     from cnnkit.spec import CheckpointMeta
@@ -49,6 +49,7 @@ class ModelInfo:
     checkpoint_path: str | None = None
     precision: str = "fp32"  # of the weights and arithmetic; the input/output contract is the same for all
     folded: bool = False  # fc1 and fc2 folded into one exact linear layer
+    quantizer: str | None = None  # INT8: "nncf" where NNCF made the file (absent: ONNX Runtime's, cnnkit's recipe)
     model_version: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -75,8 +76,10 @@ class ModelInfo:
 
     @property
     def variant(self) -> str:
-        """'fp32', 'int8-folded', ...: the precision, and whether the linear layers are folded."""
-        return self.precision + ("-folded" if self.folded else "")
+        """'fp32', 'int8-folded', 'int8-nncf-folded', ...: the precision, the quantizer where it is not cnnkit's own
+        recipe, and whether the linear layers are folded."""
+        by = f"-{self.quantizer}" if self.quantizer and self.quantizer != "onnxruntime" else ""
+        return self.precision + by + ("-folded" if self.folded else "")
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str) -> ModelInfo:
@@ -107,7 +110,12 @@ class ModelInfo:
         if not isinstance(shape, list) or len(shape) != 4 or not all(_is_int(v) for v in shape[1:]):
             raise ModelFileError(f"{where}: metadata input shape {str(shape)[:60]} is not [N, C, H, W]")
         precision = variant.get("precision", "fp32")
-        if precision not in EXPORT_PRECISIONS or not isinstance(variant.get("folded", False), bool):
+        quantizer = variant.get("quantizer")
+        if (
+            precision not in EXPORT_PRECISIONS
+            or not isinstance(variant.get("folded", False), bool)
+            or (quantizer is not None and quantizer not in QUANTIZERS)
+        ):
             raise ModelFileError(f"{where}: metadata variant {str(variant)[:60]} is not one cnnkit writes")
         geometry = _geometry(shape, _object(inp, "pixels", where, optional=True), where)
         return cls(
@@ -123,6 +131,7 @@ class ModelInfo:
             checkpoint_path=_text(checkpoint.get("path"), "checkpoint path", where, optional=True),
             precision=precision,
             folded=bool(variant.get("folded", False)),
+            quantizer=quantizer,
             model_version=_text(d.get("model_version"), "model_version", where, optional=True),
             raw=d,
         )

@@ -22,6 +22,7 @@ BENCH_DEVICES = ("cpu", "cuda")  # where a measurement or a parity check runs: n
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 CUDA_GRAPH = ("auto", "on", "off")  # train --cuda-graph
 EXPORT_PRECISIONS = ("fp32", "int8", "fp16")  # an exported file's weights and arithmetic
+QUANTIZERS = ("onnxruntime", "nncf")  # what makes an INT8 file: ONNX Runtime's quantizer (cnnkit's recipe) or NNCF's
 EXPORT_FORMATS = ("onnx", "torchscript", "exported", "aoti")  # exported: torch.export .pt2; aoti: AOTInductor package
 ALL_FORMATS = EXPORT_FORMATS[:3]  # `--format all`; the AOTInductor package compiles C++ for a minute: asked for
 ENGINES = ("onnxruntime", "openvino")  # what runs an exported .onnx file; --engine also takes "auto"

@@ -105,6 +105,33 @@ def test_an_export_that_misses_its_gate_does_not_land(trained, tmp_path):
     assert r.exit_code == 1 and out["artefacts"] == {} and not list(tmp_path.iterdir())
 
 
+def test_nncf_makes_an_int8_file_of_its_own_recipe_that_is_gated_like_cnnkits(trained, variants, tmp_path):
+    pytest.importorskip("nncf")
+    args = ["export", trained.checkpoint, "--precision", "int8", "--quantizer", "nncf", "--out", str(tmp_path)]
+    r = CliRunner().invoke(main, [*args, "--calibration-images", "128", *LENIENT_FLAGS, "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    gate = out["parity"]["backends"][0]["gate"]
+    assert gate["images"] == 1000 and gate["agreement"] >= 0.99  # judged on the real test split, as cnnkit's is
+    clf = Classifier(out["artefacts"]["onnx"], device="cpu")
+    assert clf.info.variant == "int8-nncf-folded" and clf.info.quantizer == "nncf"
+    assert clf.info.raw["variant"]["calibration"]["method"].startswith("NNCF")
+    assert clf.info.version != Classifier(variants["int8"], device="cpu").info.version
+    assert clf.session.get_inputs()[0].type == "tensor(uint8)"
+
+    def first_conv_quantized(path):
+        graph = onnx.load(path).graph
+        made_by = {o: n.op_type for n in graph.node for o in n.output}
+        conv = next(n for n in graph.node if n.op_type == "Conv")
+        return made_by.get(conv.input[0]) == "DequantizeLinear"
+
+    # NNCF's recipe quantizes every convolution; cnnkit's keeps the first one (the normalised image's) in fp32
+    assert first_conv_quantized(out["artefacts"]["onnx"]) and not first_conv_quantized(variants["int8"])
+    r = CliRunner().invoke(main, ["export", trained.checkpoint, "--quantizer", "nncf", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "--quantizer nncf: applies to --precision int8 only" in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
 def test_reduced_precision_is_onnx_only(trained, tmp_path):
     r = CliRunner().invoke(
         main, ["export", trained.checkpoint, "--format", "torchscript", "--precision", "int8", "--out", str(tmp_path)]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cnnkit import contract
 from cnnkit.contract import ModelInfo
-from cnnkit.errors import CheckpointError, DataError
+from cnnkit.errors import CheckpointError, DataError, ModelFileError
 from cnnkit.geometry import DEFAULT_SIDE, Geometry, default_size, parse_size
 from cnnkit.runtime import images
 from cnnkit.spec import CheckpointMeta, ModelConfig
@@ -98,3 +98,14 @@ def test_a_checkpoint_written_before_the_geometry_was_recorded_still_loads_and_a
     d["mean"] = [0.1, 0.2, 0.3]
     with pytest.raises(CheckpointError, match="not usable for 1 channel"):
         CheckpointMeta.from_dict(d, "c")
+
+
+def test_the_quantizer_a_file_names_is_read_and_one_cnnkit_never_writes_is_refused():
+    meta = CheckpointMeta(config=ModelConfig(), mean=0.13, std=0.31, classes=tuple("0123456789"), dataset={})
+    doc = contract.build_metadata(meta, "model.safetensors", "ab" * 32, {}, {"precision": "int8", "folded": True})
+    assert ModelInfo.from_json(json.dumps(doc), "m.onnx").variant == "int8-folded"  # cnnkit's recipe: no name
+    doc["variant"]["quantizer"] = "nncf"
+    assert ModelInfo.from_json(json.dumps(doc), "m.onnx").variant == "int8-nncf-folded"
+    doc["variant"]["quantizer"] = "../../evil"
+    with pytest.raises(ModelFileError, match="is not one cnnkit writes"):
+        ModelInfo.from_json(json.dumps(doc), "m.onnx")

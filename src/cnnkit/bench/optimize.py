@@ -21,6 +21,7 @@ from cnnkit.bench.options import BenchConfig, OptimizeOptions, row_name
 from cnnkit.bench.results import BenchResult
 from cnnkit.bench.run import bench
 from cnnkit.errors import CnnkitError, first_line
+from cnnkit.export import nncf_quant
 from cnnkit.export.exporter import ExportOptions, export, place
 from cnnkit.runtime import EngineChoice
 from cnnkit.train import checkpoint
@@ -32,6 +33,7 @@ class Candidate:
     format: str  # "onnx" | a torch-side format: "torchscript", "exported", "aoti"
     precision: str = "fp32"
     fold: bool = True
+    quantizer: str = "onnxruntime"  # INT8: cnnkit's recipe in ONNX Runtime's quantizer, or NNCF's (its extra)
     cuda_only: bool = False  # fp16 runs no faster than fp32 on a CPU: offered on CUDA only
     asked: bool = False  # offered only when asked for (OptimizeOptions.aoti: it compiles for about a minute)
 
@@ -40,6 +42,7 @@ CANDIDATES = (
     Candidate(name="fp32", format="onnx", fold=False),
     Candidate(name="fp32-folded", format="onnx"),
     Candidate(name="int8-folded", format="onnx", precision="int8"),
+    Candidate(name="int8-nncf-folded", format="onnx", precision="int8", quantizer="nncf"),
     Candidate(name="fp16-folded", format="onnx", precision="fp16", cuda_only=True),
     Candidate(name="torchscript-folded", format="torchscript"),
     Candidate(name="exported-folded", format="exported"),
@@ -139,6 +142,8 @@ def _export_candidates(
             skip = "skipped: for CUDA (no faster than fp32 on a CPU)"
         elif cand.name == "fp32-folded" and not foldable:
             skip = "skipped: the fold is the seed network's (this one is the fp32 candidate)"
+        elif cand.quantizer == "nncf" and not nncf_quant.available():
+            skip = f"skipped: NNCF is not installed ({nncf_quant.INSTALL})"
         elif cand.asked and not options.aoti:
             skip = "skipped: an AOTInductor package compiles for about a minute; pass --aoti to include it"
         if skip:
@@ -149,7 +154,10 @@ def _export_candidates(
         target = ckpt_path.parent / "candidates" / cand.name
         if target.exists():
             shutil.rmtree(target)  # a stale candidate must not be benchmarked as this run's
-        chosen = ExportOptions(formats=(cand.format,), precision=cand.precision, fold=cand.fold, gate=options.gate)
+        chosen = ExportOptions(
+            formats=(cand.format,), precision=cand.precision, fold=cand.fold, quantizer=cand.quantizer,
+            gate=options.gate,
+        )  # fmt: skip
         try:
             made = export(ckpt_path, target, chosen)
         except CnnkitError as exc:

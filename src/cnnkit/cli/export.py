@@ -18,7 +18,7 @@ from cnnkit.cli.common import (
     trust_arch,
 )
 from cnnkit.export.options import FORMAT_CHOICES, ExportOptions, formats_for
-from cnnkit.spec import BENCH_DEVICES, EXPORT_PRECISIONS, TRITON_INSTANCE_KINDS
+from cnnkit.spec import BENCH_DEVICES, EXPORT_PRECISIONS, QUANTIZERS, TRITON_INSTANCE_KINDS
 from cnnkit.triton_config import TritonOptions
 
 E, T = ExportOptions(), TritonOptions()  # every default below is the library's: one source
@@ -85,6 +85,14 @@ def foreign_options(f):
     help="int8: static INT8 (CPU); fp16: for CUDA (no faster on a CPU). ONNX only.",
 )
 @click.option(
+    "--quantizer",
+    type=click.Choice(QUANTIZERS),
+    default=E.quantizer,
+    show_default=True,
+    help="INT8: onnxruntime (ONNX Runtime's quantizer, cnnkit's recipe: the first convolution and the output layer "
+    "stay fp32) or nncf (NNCF's performance preset, every layer; the 'nncf' extra).",
+)
+@click.option(
     "--fold/--no-fold",
     default=E.fold,
     show_default=True,
@@ -146,6 +154,7 @@ def export(
     atol,
     rtol,
     precision,
+    quantizer,
     fold,
     calibration_images,
     calibration_seed,
@@ -180,6 +189,7 @@ def export(
     options = ExportOptions(
         formats=formats_for(fmt, precision),
         precision=precision,
+        quantizer=quantizer,
         fold=fold,
         opset=opset,
         verify=verify,

@@ -7,13 +7,13 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnkit import contract
 from cnnkit.errors import CnnkitError, option_error
-from cnnkit.export import precision, torch_formats
+from cnnkit.export import nncf_quant, precision, torch_formats
 from cnnkit.export.artefacts import record_exports
 from cnnkit.export.formats import example_input, fp32_proto, to_torchscript, write_onnx
 from cnnkit.export.options import ExportOptions
@@ -146,6 +146,8 @@ def _metadata(ckpt: Checkpoint, options: ExportOptions, home: Path, calibration:
     variant: dict[str, Any] = {"precision": options.precision, "folded": checkpoint.folds(ckpt, options.fold)}
     if calibration is not None:
         variant["calibration"] = calibration.describe()
+        if options.quantizer != "onnxruntime":  # absent for cnnkit's recipe: those files' versions are unchanged
+            variant["quantizer"] = options.quantizer
     versions = {**checkpoint.versions(), "onnx": onnx.__version__}
     relative = os.path.relpath(ckpt.path.resolve(), home.resolve())
     return contract.build_metadata(ckpt.meta, relative, ckpt.sha256, versions, variant)
@@ -168,6 +170,9 @@ def _write_staged(
         calibration = precision.calibration_set(
             ckpt, options.calibration_images, options.calibration_seed, options.gate.data_dir
         )
+        if options.quantizer == "nncf":
+            nncf_quant.require()  # before anything is exported
+            calibration = replace(calibration, method=nncf_quant.METHOD)
     meta = _metadata(ckpt, options, home, calibration)
     fold = checkpoint.folds(ckpt, options.fold)
     module = deployable(ckpt, fold=fold)
@@ -209,7 +214,9 @@ def _write_one(
         writer(module, example_input(ckpt), meta, path)
         return None
     proto = fp32_proto(ckpt, module, fold, options.opset)
-    if calibration is not None:
+    if calibration is not None and options.quantizer == "nncf":
+        proto = nncf_quant.quantize(proto, calibration, contract.INPUT_NAME)
+    elif calibration is not None:
         proto = precision.quantize_int8(proto, calibration, contract.INPUT_NAME)
     elif options.precision == "fp16":
         proto = precision.convert_fp16(proto)

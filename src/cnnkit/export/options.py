@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from cnnkit.errors import CnnkitError, option_error
 from cnnkit.export.compare import Gate
-from cnnkit.spec import ALL_FORMATS, EXPORT_FORMATS, EXPORT_PRECISIONS
+from cnnkit.spec import ALL_FORMATS, EXPORT_FORMATS, EXPORT_PRECISIONS, QUANTIZERS
 
 FORMAT_CHOICES = (*EXPORT_FORMATS, "all", "triton")  # what `export --format` takes
 
@@ -37,6 +37,7 @@ class ExportOptions:
     verify: bool = True  # files land only when they pass `gate`
     calibration_images: int = 512  # INT8: training images to calibrate on
     calibration_seed: int = 0
+    quantizer: str = "onnxruntime"  # INT8: ONNX Runtime's quantizer with cnnkit's recipe, or "nncf" (its extra)
     gate: Gate = field(default_factory=Gate)
 
     def __post_init__(self) -> None:
@@ -49,6 +50,10 @@ class ExportOptions:
             raise option_error(
                 CnnkitError, "precision", self.precision, "applies to ONNX only (the torch formats stay fp32)"
             )
+        if self.quantizer not in QUANTIZERS:
+            raise option_error(CnnkitError, "quantizer", self.quantizer, f"expected one of {', '.join(QUANTIZERS)}")
+        if self.quantizer != "onnxruntime" and self.precision != "int8":
+            raise option_error(CnnkitError, "quantizer", self.quantizer, "applies to --precision int8 only")
         if self.calibration_images < 1:
             raise CnnkitError(f"calibration needs at least 1 image, got {self.calibration_images}")
         if self.opset is not None and self.opset < 18:

@@ -186,7 +186,9 @@ def engines_info(model: str | None = None) -> dict[str, Any]:
         return info
     from cnnkit.runtime import Classifier
 
-    Classifier(model, device="cpu", engine="onnxruntime", fallback="ignore")  # a missing or foreign file: one line
+    Classifier(
+        model, device="cpu", engine="onnxruntime", fallback="ignore", trust_int8=True
+    )  # a missing or foreign file: one line
     chosen = plan.load(model, "cpu")
     info["auto"] = [{"from_batch": size, **c.to_dict()} for size, c in chosen.routes]
     info["auto_source"] = chosen.source

@@ -129,6 +129,8 @@ def test_cli_engine_options(onnx_file, tmp_path):
     Image.fromarray(load_sample().test_images[0, 0]).save(img)
     r = runner.invoke(main, ["predict", onnx_file, str(img), "--device", "cpu", "--streams", "2"])
     assert r.exit_code == 2 and "--streams needs --engine" in r.output
+    r = runner.invoke(main, ["serve", onnx_file, "--requests", "2", "--engine", "onnxruntime"])
+    assert r.exit_code == 2 and "--requests is OpenVINO's THROUGHPUT mode" in r.output
     r = runner.invoke(main, ["predict", onnx_file, str(img), "--device", "cpu", "--engine", "onnxruntime", "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["engine"] == "onnxruntime"
     if openvino_engine.available():
@@ -214,3 +216,60 @@ def test_binary_and_json_v2_requests_are_served_on_every_engine(onnx_file, image
         r = client.post(f"/v2/models/{name}/infer", json=doc)
         assert r.status_code == 200
         np.testing.assert_allclose(np.reshape(r.json()["outputs"][0]["data"], (1, 10)), ort_logits[:1], atol=1e-4)
+
+
+@needs_openvino
+def test_requests_in_flight_give_each_concurrent_caller_its_own_rows(onnx_file, images, ort_logits):
+    from concurrent.futures import ThreadPoolExecutor
+
+    clf = Classifier(onnx_file, device="cpu", engine=EngineChoice(engine="openvino", requests=2))
+    assert clf.in_flight == 2 and clf.runs_on()[0]["label"] == "openvino-2r"
+    assert Classifier(onnx_file, device="cpu", engine="openvino").in_flight == 1
+    parts = [(i, n) for i, n in enumerate((1, 7, 64, 3, 25, 50, 2, 48))]
+    starts = np.cumsum([0] + [n for _, n in parts])
+    with ThreadPoolExecutor(8) as pool:  # more callers than requests: the rest wait for an idle one
+        outs = list(pool.map(lambda p: clf.logits(images[starts[p[0]] : starts[p[0]] + p[1]]), parts))
+    np.testing.assert_allclose(np.concatenate(outs), ort_logits, atol=1e-4, rtol=1e-3)
+    with pytest.raises(CnnkitError, match="THROUGHPUT mode; use engine openvino"):
+        EngineChoice(requests=2)
+    with pytest.raises(CnnkitError, match="not both"):
+        EngineChoice(engine="openvino", streams=2, requests=2)
+
+
+@needs_openvino
+def test_auto_gives_callers_with_batches_in_flight_the_choice_measured_that_way(model_copy):
+    alone, in_flight = {1: EngineChoice()}, {1: EngineChoice(engine="openvino", requests=2)}
+    plan.save(model_copy, alone, {}, in_flight)
+    one = Classifier(model_copy, device="cpu")
+    assert one.engine == "onnxruntime" and one.in_flight == 1  # a lone caller never gets a throughput route
+    served = Classifier(model_copy, device="cpu", concurrent=True)
+    assert served.engine == "openvino" and served.in_flight == 2
+    plan.save(model_copy, alone, {})  # a record without the table: the one-caller choice for everyone
+    assert Classifier(model_copy, device="cpu", concurrent=True).engine == "onnxruntime"
+
+
+@needs_openvino
+def test_a_server_with_requests_in_flight_answers_every_concurrent_client_right(onnx_file):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from helpers import start_server
+
+    imgs = load_sample().test_images[:16, 0]
+    want = Classifier(onnx_file, device="cpu", engine="onnxruntime").predict(imgs[:, None])
+    proc, url = start_server(onnx_file, "--engine", "openvino", "--requests", "2", "--max-batch", "4")
+    try:
+        engines = httpx.get(url + "/v1/model").json()["engines"]
+        assert engines[0]["requests"] == 2 and engines[0]["label"] == "openvino-2r"
+
+        def ask(img):
+            r = httpx.post(url + "/v1/predict", files={"file": ("x.png", png(img), "image/png")}, timeout=30)
+            return r.status_code, r.json()["predictions"][0]["label"]
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(ask, imgs))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert answers == [(200, p.label) for p in want]

@@ -18,6 +18,7 @@ from cnnkit.export.exporter import ExportOptions, export
 from cnnkit.runtime import Classifier, openvino_engine
 from cnnkit.train import checkpoint
 from cnnkit.train.checkpoint import deployable
+from helpers import png
 
 LENIENT = Gate(min_agreement=0.99, max_accuracy_drop=1.0)
 LENIENT_FLAGS = ["--min-agreement", "0.99", "--max-accuracy-drop", "1"]
@@ -130,6 +131,38 @@ def test_nncf_makes_an_int8_file_of_its_own_recipe_that_is_gated_like_cnnkits(tr
     r = CliRunner().invoke(main, ["export", trained.checkpoint, "--quantizer", "nncf", "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "--quantizer nncf: applies to --precision int8 only" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_an_int8_file_gated_on_other_cpu_flags_is_re_checked_before_it_is_trusted(trained, variants, tmp_path):
+    import shutil
+
+    from cnnkit.errors import ModelFileError
+    from cnnkit.runtime import EngineChoice
+    from cnnkit.runtime.cpu import cpu_flags
+
+    src = variants["int8"]
+    record = json.loads((src.parent / "exports.json").read_text())["files"][src.name]["gated_on"]
+    assert [(g["cpu_flags"], g["engine"]) for g in record] == [(cpu_flags(), "onnxruntime")]  # export gated it here
+    assert record[0]["agreement"] >= 0.99
+    shutil.copy(src, tmp_path / src.name)
+    manifest = json.loads((src.parent / "exports.json").read_text())
+    other = ["avx2", "fma"] if cpu_flags() != ["avx2", "fma"] else ["avx2", "fma", "avx512f", "avx512_vnni"]
+    manifest["files"][src.name]["gated_on"] = [{**record[0], "cpu_flags": other}]  # as if gated on another CPU
+    (tmp_path / "exports.json").write_text(json.dumps(manifest))
+    model = str(tmp_path / src.name)
+    with pytest.raises(ModelFileError, match="passed its accuracy gate on CPUs with 'avx2\\+fma.*Re-check it here"):
+        Classifier(model, device="cpu")
+    img = tmp_path / "x.png"
+    img.write_bytes(png(load_sample().test_images[0, 0]))
+    r = CliRunner().invoke(main, ["predict", model, str(img), "--device", "cpu"])
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "cnnkit verify" in r.stderr
+    assert CliRunner().invoke(main, ["predict", model, str(img), "--device", "cpu", "--trust-int8"]).exit_code == 0
+    r = CliRunner().invoke(main, ["verify", model, "--checkpoint", trained.checkpoint, *LENIENT_FLAGS])
+    assert r.exit_code == 0 and "recorded in" in r.output, r.output
+    assert Classifier(model, device="cpu").info.precision == "int8"  # gated here now: trusted
+    if openvino_engine.available():  # each engine's INT8 kernels are their own: OpenVINO needs its own gate
+        with pytest.raises(ModelFileError, match="in openvino"):
+            Classifier(model, device="cpu", engine=EngineChoice(engine="openvino"))
 
 
 def test_reduced_precision_is_onnx_only(trained, tmp_path):

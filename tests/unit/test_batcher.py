@@ -138,3 +138,46 @@ def test_stop_finishes_what_is_queued(max_batch):
         return [f.result().item() for f in futures]
 
     assert run(main()) == [0, 1, 2, 3, 4] and sum(model.batches) == 5
+
+
+class Gate:
+    """A stand-in engine that counts the batches running in it at once and holds each until released."""
+
+    def __init__(self):
+        self.running = self.most = 0
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.entered.release()
+        self.release.wait(10)
+        with self.lock:
+            self.running -= 1
+        return x.reshape(len(x), -1)[:, :1].astype(np.float32)
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_an_engine_that_takes_batches_in_flight_gets_that_many_at_once_and_no_more(in_flight):
+    engine = Gate()
+
+    async def main():
+        batcher = Batcher(engine, max_batch=1, max_delay_ms=0, in_flight=in_flight)
+        batcher.start()
+        calls = [asyncio.ensure_future(batcher.submit(images(i))) for i in range(5)]
+        loop = asyncio.get_running_loop()
+        for _ in range(in_flight):  # as many batches as the engine takes reach it while none is done
+            assert await loop.run_in_executor(None, engine.entered.acquire, True, 10)
+        await asyncio.sleep(0.05)
+        running = engine.running
+        engine.release.set()
+        out = await asyncio.gather(*calls)
+        await batcher.stop()
+        return running, out
+
+    running, out = run(main())
+    assert running == in_flight and engine.most == in_flight  # never more in the engine than it takes
+    assert [o.ravel().tolist() for o in out] == [[float(i)] for i in range(5)]  # each caller its own rows

@@ -6,7 +6,10 @@ Runtime shares its CUDA stream so the same CUDA events time both)."""
 
 from __future__ import annotations
 
+import functools
 import warnings
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +104,7 @@ def _torch_stream(torch_device: Any) -> int | None:
 
 def onnx_input_shape(path: Path) -> tuple[int, int, int]:
     """(channels, height, width) from an exported model's own metadata."""
-    return Classifier(path, device="cpu", engine="onnxruntime").input_spec.image_shape
+    return Classifier(path, device="cpu", engine="onnxruntime", trust_int8=True).input_spec.image_shape
 
 
 def onnx(
@@ -116,6 +119,7 @@ def onnx(
         max_batch=1 << 20,
         fallback="ignore",
         cuda=CudaOptions(tf32=tf32, compute_stream=_torch_stream(torch_device)),
+        trust_int8=True,  # measured, not trusted
     )
     runner = classifier_runner(clf, name)
     if device != "cuda" or runner.fell_back:
@@ -144,13 +148,32 @@ def onnx(
 
 
 def engine(path: Path, choice: EngineChoice, threads: int | None, name: str) -> Runner:
-    """An .onnx file on the CPU in one engine choice (OpenVINO, or several streams); what runs is in `ran_on`."""
-    clf = Classifier(path, device="cpu", engine=choice, intra_op_threads=threads, max_batch=1 << 20)
+    """An .onnx file on the CPU in one engine choice (OpenVINO, or several streams); what runs is in `ran_on`. With
+    requests in flight, each step runs that many batches at once from as many threads, as concurrent callers
+    (`cnnkit serve`'s batches) would."""
+    clf = Classifier(path, device="cpu", engine=choice, intra_op_threads=threads, max_batch=1 << 20, trust_int8=True)
     runner = classifier_runner(clf, name)
     streams = f", {choice.streams} streams" if choice.streams > 1 else ""
+    streams += f", {choice.requests} requests in flight" if choice.requests > 1 else ""
     int8 = "int8 + " if clf.info.variant.startswith("int8") else ""
     runner.ran_on = f"{clf.providers[0]} ({int8}{clf.precision}{streams})"
+    if choice.requests > 1:
+        runner.in_flight = choice.requests
+        runner.prepare = functools.partial(_in_flight, clf.logits, choice.requests)
     return runner
+
+
+def _in_flight(logits: Any, n: int, x: np.ndarray) -> Step:
+    """A step that runs `n` copies of the batch at once: n - 1 from a pool's threads, one from the caller's."""
+    pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="cnnkit-bench-caller")
+
+    def step() -> object:
+        others = [pool.submit(logits, x) for _ in range(n - 1)]
+        out = logits(x)
+        return [out, *(f.result() for f in others)]
+
+    weakref.finalize(step, pool.shutdown, wait=False)  # the pool's threads go with the step
+    return step
 
 
 def onnx_cudagraph(path: Path, tf32: bool = False, torch_device: Any = None, name: str = "onnx-cudagraph") -> Runner:
@@ -161,6 +184,7 @@ def onnx_cudagraph(path: Path, tf32: bool = False, torch_device: Any = None, nam
             engine="onnxruntime",
             fallback="ignore",
             cuda=CudaOptions(tf32=tf32, cuda_graph=True, compute_stream=_torch_stream(torch_device)),
+            trust_int8=True,
         )
 
     clf = session()

@@ -57,7 +57,8 @@ def evaluate(
     engine: Any = "auto",
 ) -> EvalResult:
     """Classify every image of `split` ("test" or "train"); the model's own recorded dataset by default."""
-    clf = Classifier(model, device=device, engine=engine, fallback=strict_fallback(device), max_batch=batch)
+    clf = Classifier(model, device=device, engine=engine, fallback=strict_fallback(device), max_batch=batch,
+                     trust_int8=True)  # fmt: skip  # evaluate judges the file
     if dataset is None and data_dir is None:
         recorded = clf.info.raw.get("dataset")
         if not isinstance(recorded, dict):

@@ -97,7 +97,7 @@ def file_tags(files: list[Path]) -> list[str | None]:
     variants = []
     for f in files:
         try:
-            variants.append(Classifier(f, device="cpu", engine="onnxruntime").info.variant)
+            variants.append(Classifier(f, device="cpu", engine="onnxruntime", trust_int8=True).info.variant)
         except CnnkitError:
             variants.append(f.name)
     if len(set(variants)) < len(variants):

@@ -103,16 +103,17 @@ class Measurement:
                                     fell_back=fell_back, error=errors[name]))  # fmt: skip
                 continue
             st = summarize(wall[name])
+            images = bs * (runner.in_flight if runner else 1)  # a step with batches in flight runs each of them
             out.append(
                 BenchRow(
                     backend=name,
                     batch_size=bs,
                     ran_on=ran_on,
                     latency=st,
-                    images_per_s=bs / (st.mean_ms / 1e3),
+                    images_per_s=images / (st.mean_ms / 1e3),
                     device_latency=summarize(devt[name]) if devt[name] else None,
                     fell_back=fell_back,
-                    rounds_images_per_s=[bs / seconds for seconds in per_round[name]],
+                    rounds_images_per_s=[images / seconds for seconds in per_round[name]],
                 )
             )
         return out

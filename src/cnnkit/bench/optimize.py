@@ -69,6 +69,9 @@ class OptimizeResult:
     engine_checks: list[ec.EngineCheck] = field(default_factory=list)  # each ONNX candidate in each other engine
     winners: dict[int, str] = field(default_factory=dict)  # batch size -> fastest passing '<candidate> on <choice>'
     decisions: dict[int, choose.Decision] = field(default_factory=dict)  # batch size -> the choice and its evidence
+    # the same for callers with batches in flight (serve), among every row, those timed so included
+    in_flight_winners: dict[int, str] = field(default_factory=dict)
+    in_flight_decisions: dict[int, choose.Decision] = field(default_factory=dict)
     records: dict[str, str] = field(default_factory=dict)  # candidate -> the runtime.json written beside its file
     selected: str | None = None
     selected_file: str | None = None
@@ -100,8 +103,9 @@ def optimize(
     result, rows, torch_rows = _bench_candidates(ckpt_path, files, choices, checks, options, progress)
     results = [replace(r, row=_row_of(r.name, rows, torch_rows)) for r in results]
     names = _route_names(rows, torch_rows)
-    decisions = {bs: d for bs in options.batch_sizes if (d := choose.decide(result, list(names), bs))}
-    winners = {bs: names[d.chosen] for bs, d in decisions.items()}
+    alone = [row for row in names if row not in rows or rows[row][1].requests == 1]
+    decisions = {bs: d for bs in options.batch_sizes if (d := choose.decide(result, alone, bs))}
+    in_flight = {bs: d for bs in options.batch_sizes if (d := choose.decide(result, list(names), bs))}
     records = {
         name: str(path)
         for name in files
@@ -117,8 +121,10 @@ def optimize(
         candidates=results,
         engine_checks=checks,
         bench=result,
-        winners=winners,
+        winners={bs: names[d.chosen] for bs, d in decisions.items()},
         decisions=decisions,
+        in_flight_winners={bs: names[d.chosen] for bs, d in in_flight.items()},
+        in_flight_decisions=in_flight,
         records=records,
         selected=selected,
         selected_file=selected_file,
@@ -204,7 +210,7 @@ def _bench_candidates(
         if ec.passed(checks, name, choice)
     }
     paths = [str(ckpt_path)] + [str(files[n]) for n in onnx_names]
-    kinds = {replace(c, streams=1) for c in choices}
+    kinds = {ec.kind(c) for c in choices}
     backends: tuple[str, ...] = tuple(b for b, kind in bk.ENGINE_BACKENDS.items() if onnx_names and kind in kinds)
     torch_rows = {row: name for row, name in TORCH_ROWS.items() if name in files}
     for row, name in torch_rows.items():
@@ -218,6 +224,7 @@ def _bench_candidates(
         batch_sizes=options.batch_sizes,
         min_time=options.min_time,
         streams=tuple(sorted({c.streams for c in choices})),
+        requests=tuple(sorted({c.requests for c in choices})),
     )
     return bench(paths, config, progress), rows, torch_rows
 
@@ -243,7 +250,7 @@ def _select(
 ) -> tuple[str, str]:
     """Place the fastest passing ONNX candidate at the target batch as the run's model.onnx (a first-class export:
     its metadata and the run's exports.json say where it lives), with its engine record beside it."""
-    best = ec.fastest(result, ec.simplest_first(rows), options.target_batch)
+    best = ec.fastest(result, ec.one_at_a_time(ec.simplest_first(rows)), options.target_batch)
     if best is None:
         raise CnnkitError(
             f"no passing ONNX candidate was benchmarked at batch {options.target_batch}; add it to --batch-sizes"

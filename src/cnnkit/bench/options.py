@@ -43,6 +43,7 @@ class BenchConfig:
     min_time: float = 1.5
     threads: int | None = None  # CPU threads for every backend (None: all cores)
     streams: tuple[int, ...] = (1,)  # engine backends: rows for each number of parallel single-threaded streams
+    requests: tuple[int, ...] = (1,)  # OpenVINO backends: rows with N requests in flight, timed with N batches at once
     rounds: int = 5
     seed: int = 0
     tf32: bool = False  # CUDA: TF32 in every backend alike
@@ -66,6 +67,10 @@ class BenchConfig:
             )
         if not self.streams or min(self.streams) < 1:
             raise CnnkitError(f"streams must be at least 1, got {list(self.streams)}")
+        if not self.requests or min(self.requests) < 1:
+            raise CnnkitError(f"requests must be at least 1, got {list(self.requests)}")
+        if self.device != "cpu" and self.requests != (1,):
+            raise option_error(DeviceError, "device", self.device, "requests in flight run on the CPU only (OpenVINO)")
         if not self.batch_sizes or min(self.batch_sizes) < 1 or self.rounds < 1 or self.warmup < 0:
             raise CnnkitError("batch sizes and rounds must be at least 1, warm-up at least 0")
 

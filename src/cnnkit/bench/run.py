@@ -121,13 +121,18 @@ def _makers(files: Inputs, config: BenchConfig, ckpt: Any, dev: Any) -> dict[str
 
 
 def _file_makers(b: str, tag: str | None, path: Path, config: BenchConfig, dev: Any) -> dict[str, Callable[[], Runner]]:
-    """Row name -> runner maker for one ONNX file in backend `b`: one row per stream count for the engines."""
+    """Row name -> runner maker for one ONNX file in backend `b`: one row per stream count for the engines, and for
+    OpenVINO one per number of requests in flight beyond one."""
     if b == "onnx-cudagraph":
         key = row_name(b, tag)
         return {key: functools.partial(bk.onnx_cudagraph, path, config.tf32, dev, key)}
     makers: dict[str, Callable[[], Runner]] = {}
-    for streams in config.streams:
-        choice = replace(bk.ENGINE_BACKENDS[b], streams=streams)
+    kind = bk.ENGINE_BACKENDS[b]
+    choices = [replace(kind, streams=s) for s in config.streams]
+    if kind.engine == "openvino":
+        choices += [replace(kind, requests=r) for r in config.requests if r > 1]
+    for choice in choices:
+        streams = choice.streams
         key = row_name(choice.label, tag)
         if b == "onnx" and streams == 1:  # ONNX Runtime on either device, with IO binding on CUDA
             makers[key] = functools.partial(bk.onnx, path, config.device, config.thread_count, config.tf32, dev, key)
@@ -218,6 +223,7 @@ def _settings(config: BenchConfig, files: Inputs) -> dict[str, Any]:
         "rounds": config.rounds,
         "threads": config.thread_count,
         "streams": list(config.streams),
+        "requests": list(config.requests),
         "tf32": config.tf32 if config.device == "cuda" else None,
         "inputs": files.describe(),
     }

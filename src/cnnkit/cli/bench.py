@@ -43,6 +43,14 @@ def _sizes(sizes: tuple[int, ...]) -> str:
     callback=int_list,
     help="onnx/openvino rows for each count of parallel single-threaded streams, e.g. 1,2.",
 )
+@click.option(
+    "--requests",
+    default=_sizes(BENCH.requests),
+    show_default=True,
+    callback=int_list,
+    help="openvino rows in OpenVINO's THROUGHPUT mode for each count of requests in flight beyond 1 (e.g. 1,2), "
+    "each step timing that many batches run at once, as concurrent callers (serve) send them.",
+)
 @click.option("--batch-sizes", default=_sizes(BENCH.batch_sizes), show_default=True, callback=int_list)
 @click.option(
     "--warmup", type=click.IntRange(1, 1_000_000), default=BENCH.warmup, show_default=True, help="Untimed iterations."
@@ -82,6 +90,7 @@ def bench(
     device,
     backends,
     streams,
+    requests,
     batch_sizes,
     warmup,
     iters,
@@ -114,6 +123,7 @@ def bench(
         min_time=min_time,
         threads=threads,
         streams=streams,
+        requests=requests,
         tf32=tf32,
         trust_torchscript=trust_torchscript,
     )

@@ -179,15 +179,29 @@ def engine_options(extra: tuple[str, ...] = (), more_help: str = "") -> Callable
     return decorate
 
 
-def engine_arg(engine: str, streams: int | None) -> Any:
-    """The runtime's `engine=` argument from --engine and --streams."""
-    if streams is None:
+TRUST_INT8 = click.option(
+    "--trust-int8",
+    is_flag=True,
+    help="Run an INT8 file whose accuracy gate was recorded only on CPUs with other instruction-set flags, without "
+    "re-checking it here (cnnkit verify FILE re-checks it and records this CPU).",
+)
+
+
+def engine_arg(engine: str, streams: int | None, requests: int | None = None) -> Any:
+    """The runtime's `engine=` argument from --engine, --streams and (serve's) --requests."""
+    if streams is None and requests is None:
         return engine
+    if requests is not None and engine != "openvino":
+        raise click.BadParameter(
+            "--requests is OpenVINO's THROUGHPUT mode: give --engine openvino", param_hint="--requests"
+        )
     if engine == "auto":
         raise click.BadParameter("--streams needs --engine onnxruntime or openvino", param_hint="--streams")
+    if streams is not None and requests is not None:
+        raise click.BadParameter("give --streams (one batch split) or --requests (batches in flight), not both")
     from cnnkit.runtime import EngineChoice
 
-    return EngineChoice(engine=engine, streams=streams)
+    return EngineChoice(engine=engine, streams=streams or 1, requests=requests or 1)
 
 
 def make_classifier(model: str, device: str, **kwargs: Any) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def table(headers: list[str], rows: list[list], align: str | None = None) -> str:
     """A plain aligned text table. `align` is one char per column, 'l' or 'r' (default: first left, rest right)."""
@@ -289,6 +291,17 @@ def render_evaluate(r) -> str:
     )
 
 
+def _decisions(what: str, winners: dict[int, str], decisions: dict[int, Any]) -> list[str]:
+    """A line per batch size: the route chosen, why (a tie kept the simpler one), on how many rounds."""
+    lines = []
+    for bs, name in winners.items():
+        decision = decisions.get(bs)
+        rounds = f" (medians of {decision.rounds} alternated rounds)" if decision is not None else ""
+        why = decision.describe().removeprefix(decision.chosen) if decision is not None else ""
+        lines.append(f"{what} {bs}: {name}{why}{rounds}")
+    return lines
+
+
 def render_optimize(r) -> str:
     rows = [
         [c.name, "PASS" if c.passed else ("skip" if c.check.startswith("skipped") else "FAIL"), c.check, c.file or "-"]
@@ -308,11 +321,9 @@ def render_optimize(r) -> str:
         ]
     if r.bench is not None:
         lines += [render_bench(r.bench), ""]
-        for bs, name in r.winners.items():
-            decision = r.decisions.get(bs)
-            rounds = f" (medians of {decision.rounds} alternated rounds)" if decision is not None else ""
-            why = decision.describe().removeprefix(decision.chosen) if decision is not None else ""
-            lines.append(f"fastest at batch {bs}: {name}{why}{rounds}")
+        lines += _decisions("fastest at batch", r.winners, r.decisions)
+        differs = {bs: n for bs, n in r.in_flight_winners.items() if n != r.winners.get(bs)}
+        lines += _decisions("with batches in flight (serve), fastest at batch", differs, r.in_flight_decisions)
         lines += [f"engine record for {name}: {path} (read by --engine auto)" for name, path in r.records.items()]
     if r.selected:
         lines.append(

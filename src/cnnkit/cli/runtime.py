@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cnnkit.cli.common import check_destinations, emit_json, engine_arg, engine_options, make_classifier
+from cnnkit.cli.common import TRUST_INT8, check_destinations, emit_json, engine_arg, engine_options, make_classifier
 from cnnkit.spec import DATASETS, DEVICES
 
 
@@ -21,15 +21,16 @@ from cnnkit.spec import DATASETS, DEVICES
     help="Force (or forbid) inverting dark-on-light images; default: detect and say so.",
 )
 @engine_options()
+@TRUST_INT8
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def predict(model, images, device, top_k, invert, engine, streams, as_json):
+def predict(model, images, device, top_k, invert, engine, streams, trust_int8, as_json):
     """Classify image files (PNG, JPEG, PGM) with an exported ONNX model."""
     from dataclasses import asdict
 
     from cnnkit.cli.render import render_predict
     from cnnkit.runtime.predict import predict_files
 
-    clf = make_classifier(model, device, engine=engine_arg(engine, streams))
+    clf = make_classifier(model, device, engine=engine_arg(engine, streams), trust_int8=trust_int8)
     report = predict_files(clf, list(images), top_k=top_k, invert=invert)
     if as_json:
         emit_json({**asdict(report), "failed": report.failed})

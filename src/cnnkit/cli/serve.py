@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cnnkit.cli.common import Finite, engine_arg, engine_options, make_classifier, require, runs_on_text
+from cnnkit.cli.common import TRUST_INT8, Finite, engine_arg, engine_options, make_classifier, require, runs_on_text
 from cnnkit.serve.config import HTTP_PARSERS, ServeConfig, TritonEngineConfig, classifier_options
 from cnnkit.spec import DEVICES
 
@@ -83,6 +83,14 @@ MB = 2**20
     " triton: a real Triton Inference Server through PyTriton (the 'triton' extra; HTTP on --port), running the "
     "model with engine auto.",
 )
+@click.option(
+    "--requests",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="With --engine openvino: OpenVINO's THROUGHPUT mode, N batches in flight at once (each on its share of the "
+    "threads); engine auto uses it where optimize measured it fastest with batches in flight.",
+)
+@TRUST_INT8
 @click.option("--model-name", default=None, help="The model's name in /v2 paths (default: cnnkit-<dataset>).")
 @click.option(
     "--open-statistics",
@@ -122,6 +130,8 @@ def serve(
     http,
     engine,
     streams,
+    requests,
+    trust_int8,
     model_name,
     open_statistics,
     grpc_port,
@@ -131,8 +141,10 @@ def serve(
     """Serve an ONNX model over HTTP: cnnkit's API (POST /v1/predict, /healthz, /readyz, /v1/model, /metrics) and
     the KServe V2 protocol (/v2/...); or, with --engine triton, in Triton Inference Server (V2 over HTTP and gRPC)."""
     if engine == "triton":
-        if streams is not None:
-            raise click.BadParameter("--engine triton runs the model with engine auto; --streams does not apply")
+        if streams is not None or requests is not None:
+            raise click.BadParameter(
+                "--engine triton runs the model with engine auto; --streams/--requests do not apply"
+            )
         if health_port is not None:
             raise click.BadParameter("--engine triton answers Triton's own health endpoints; drop --health-port")
         ports = {"http_port": port, "grpc_port": T.grpc_port if grpc_port is None else grpc_port}
@@ -160,9 +172,13 @@ def serve(
         require("grpc", "tritonclient.grpc")  # the grpc extra, named in one line when missing
     from cnnkit.serve import run  # the serve extra; the CLI names it when it is missing
 
-    clf = make_classifier(model, device, engine=engine_arg(engine, streams), **classifier_options(cfg, threads))
+    clf = make_classifier(
+        model, device, engine=engine_arg(engine, streams, requests), **classifier_options(cfg, threads)
+    )
     click.echo(
-        f"cnnkit serve: {model} on {runs_on_text(clf)}, max batch {max_batch}, max delay {max_delay_ms} ms", err=True
+        f"cnnkit serve: {model} on {runs_on_text(clf)}, max batch {max_batch}, max delay {max_delay_ms} ms"
+        + (f", {clf.in_flight} batches in flight" if clf.in_flight > 1 else ""),
+        err=True,
     )
     run(clf, host, port, cfg)
 

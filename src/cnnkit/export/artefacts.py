@@ -8,26 +8,60 @@ import os
 import warnings
 import zipfile
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from cnnkit import atomic, contract
 from cnnkit.atomic import sha256_file
 from cnnkit.errors import CheckpointError, ModelFileError, first_line
+from cnnkit.runtime import gates
 
 MAX_CHECKPOINT_BYTES = 4 << 30
 
 
-def record_exports(out_dir: Path, files: dict[str, Path], checkpoint_sha256: str, model_version: str) -> None:
-    """Add the exported files to out_dir/exports.json: what export wrote, with SHA-256 and model version (a record
-    for people and tools; never a reason to load a file)."""
-    path = out_dir / contract.MANIFEST
+def record_exports(
+    out_dir: Path,
+    files: dict[str, Path],
+    checkpoint_sha256: str,
+    model_version: str,
+    gated_on: dict[str, list[dict[str, Any]]] | None = None,
+) -> None:
+    """Add the exported files to out_dir/exports.json: what export wrote, with SHA-256 and model version, and for
+    an INT8 file the CPUs its accuracy gate passed on (`runtime.gates`; `gated_on`: format -> records). A record
+    for people and tools; never a reason to load a file, only, for INT8, one not to trust it elsewhere."""
     entries = read_manifest(out_dir)
-    for f in files.values():
+    for fmt, f in files.items():
         entries[f.name] = {
             "sha256": sha256_file(f),
             "checkpoint_sha256": checkpoint_sha256,
             "model_version": model_version,
         }
-    atomic.write_text(path, json.dumps({"format": "cnnkit-exports/1", "files": entries}, indent=2) + "\n")
+        if gated_on and gated_on.get(fmt):
+            entries[f.name][gates.KEY] = gated_on[fmt]
+    _write_manifest(out_dir, entries)
+
+
+def _write_manifest(out_dir: Path, entries: dict[str, Any]) -> None:
+    doc = {"format": "cnnkit-exports/1", "files": entries}
+    atomic.write_text(out_dir / contract.MANIFEST, json.dumps(doc, indent=2) + "\n")
+
+
+def gate_record(engine: str, agreement: float, accuracy_change: float) -> dict[str, Any]:
+    """One passing INT8 gate on this CPU in `engine`, as exports.json records it."""
+    return {**gates.here(engine), "agreement": round(agreement, 6), "accuracy_change": round(accuracy_change, 4)}
+
+
+def record_gate(path: Path, record: dict[str, Any]) -> bool:
+    """Add a passing gate to the exports.json entry of the file at `path` (one per CPU model, flags and engine: a
+    newer one replaces an older); False where the folder records no entry for these bytes."""
+    entries = read_manifest(path.parent)
+    entry = entries.get(path.name)
+    if not isinstance(entry, dict) or not path.is_file() or entry.get("sha256") != sha256_file(path):
+        return False
+    same = ("cpu", "cpu_flags", "engine")
+    kept = [g for g in entry.get(gates.KEY) or [] if isinstance(g, dict) and any(g.get(k) != record[k] for k in same)]
+    entry[gates.KEY] = [*kept, record]
+    _write_manifest(path.parent, entries)
+    return True
 
 
 def read_manifest(directory: Path) -> dict:

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 from cnnkit import contract
 from cnnkit.errors import CnnkitError, option_error
 from cnnkit.export import nncf_quant, precision, torch_formats
-from cnnkit.export.artefacts import record_exports
+from cnnkit.export.artefacts import gate_record, read_manifest, record_exports
 from cnnkit.export.formats import example_input, fp32_proto, to_torchscript, write_onnx
 from cnnkit.export.options import ExportOptions
 from cnnkit.export.verify import verify
+from cnnkit.runtime import gates
 from cnnkit.train import checkpoint
 from cnnkit.train.checkpoint import deployable
 
@@ -119,7 +120,8 @@ def export(
             for fmt, tmp in staged.items():
                 os.replace(tmp, final[fmt])
                 landed[fmt] = str(final[fmt])
-            record_exports(out, {f: final[f] for f in landed}, ckpt.sha256, meta["model_version"])
+            gated = _gated_on(report, options, {str(final[f]): f for f in landed})
+            record_exports(out, {f: final[f] for f in landed}, ckpt.sha256, meta["model_version"], gated)
         return ExportResult(
             checkpoint=str(ckpt.path),
             checkpoint_sha256=ckpt.sha256,
@@ -137,6 +139,19 @@ def export(
                 tmp.unlink()
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a failed export leaves no empty folder behind
+
+
+def _gated_on(
+    report: ParityReport | None, options: ExportOptions, formats: dict[str, str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Format -> the passing INT8 gate of that file on this CPU (`runtime.gates`), from the export's own check."""
+    if report is None or options.precision != "int8":
+        return {}
+    return {
+        formats[b.artefact]: [gate_record(options.gate.engine, b.gate.agreement, b.gate.accuracy_change)]
+        for b in report.backends
+        if b.gate is not None and b.passed and b.artefact in formats
+    }
 
 
 def _metadata(ckpt: Checkpoint, options: ExportOptions, home: Path, calibration: Calibration | None) -> dict[str, Any]:
@@ -243,5 +258,7 @@ def place(artefact: Path, dest: Path) -> Path:
     meta = json.loads(props[contract.KEY])
     meta["checkpoint"]["path"] = os.path.relpath(ckpt.resolve(), dest.parent.resolve())
     write_onnx(proto, meta, dest)
-    record_exports(dest.parent, {"onnx": dest}, meta["checkpoint"]["sha256"], meta["model_version"])
+    gated = (read_manifest(artefact.parent).get(artefact.name) or {}).get(gates.KEY)  # the same numbers: same gates
+    record_exports(dest.parent, {"onnx": dest}, meta["checkpoint"]["sha256"], meta["model_version"],
+                   {"onnx": gated} if isinstance(gated, list) else None)  # fmt: skip
     return dest

@@ -33,6 +33,7 @@ class Runner:
     fallback_reason: str | None = None
     nodes: dict[str, list[str]] | None = None  # ONNX Runtime: execution provider -> op types of its nodes
     num_classes: int | None = None  # from the model's metadata, where it has some
+    in_flight: int = 1  # batches each step runs at once (from as many threads): OpenVINO's requests in flight
 
     def step(self, x: np.ndarray) -> Step:
         if self.prepare is not None:
@@ -68,7 +69,7 @@ def onnx_runner(path: str | Path, device: str, name: str = "onnx", **classifier:
 
     A CUDA fall-back is not an error here: `fell_back` and `fallback_reason` say it, and each caller decides.
     """
-    return classifier_runner(Classifier(path, device=device, fallback="ignore", **classifier), name)
+    return classifier_runner(Classifier(path, device=device, fallback="ignore", trust_int8=True, **classifier), name)
 
 
 def classifier_runner(clf: Any, name: str = "onnx") -> Runner:

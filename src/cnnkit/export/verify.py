@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from cnnkit.contract import MANIFEST
 from cnnkit.data.dataset import Dataset
 from cnnkit.data.datasets import load_recorded
 from cnnkit.errors import CnnkitError, ModelFileError, first_line
-from cnnkit.export.artefacts import artefact_kind, find_checkpoint, load_torchscript
+from cnnkit.export.artefacts import artefact_kind, find_checkpoint, gate_record, load_torchscript, record_gate
 from cnnkit.export.compare import (
     AccuracyGate,
     BackendParity,
@@ -34,6 +35,7 @@ from cnnkit.export.compare import (
 )
 from cnnkit.export.runners import Runner, onnx_runner, torch_runner
 from cnnkit.runtime import EngineChoice
+from cnnkit.runtime.cpu import cpu_flags
 from cnnkit.train import checkpoint
 from cnnkit.train.checkpoint import deployable
 from cnnkit.train.device import resolve_torch_device
@@ -126,10 +128,24 @@ def verify(
     ref = reference(ckpt, gate, seed)
     notes = [] if ref.ds is not None else [f"real test images unavailable ({ref.missing}); random and edge inputs only"]
     backends = [check_artefact(path, (names or {}).get(str(path), str(path)), ref, gate) for path in paths]
+    notes += _record_gates(paths, backends, gate, names or {})
     return ParityReport(
         reference=str(ckpt.path), device=ref.device.type, atol=gate.atol, rtol=gate.rtol, backends=backends,
         notes=notes,
     )  # fmt: skip
+
+
+def _record_gates(paths: list[Path], backends: list[BackendParity], gate: Gate, staged: dict[str, str]) -> list[str]:
+    """Record each passing INT8 gate beside its file (exports.json, `runtime.gates`): the runtime trusts an INT8
+    file on a CPU whose instruction-set flags a passing gate names. Staged files are recorded by the export."""
+    notes = []
+    for path, b in zip(paths, backends):
+        if str(path) in staged or b.gate is None or not b.passed or not b.variant.startswith("int8"):
+            continue
+        if record_gate(path, gate_record(gate.engine, b.gate.agreement, b.gate.accuracy_change)):
+            notes.append(f"{path}: its INT8 gate on this CPU ({'+'.join(cpu_flags()) or 'no flags'}) in {gate.engine} "
+                         f"recorded in {path.parent / MANIFEST}")  # fmt: skip
+    return notes
 
 
 def open_runner(path: Path, kind: str, ref: Reference, gate: Gate) -> tuple[Runner, str | None]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
 
-from cnnkit.errors import CnnkitError, DeviceError, InferenceError, first_line, option_error
-from cnnkit.runtime import cuda, plan, session
+from cnnkit.errors import CnnkitError, DeviceError, InferenceError, ModelFileError, first_line, option_error
+from cnnkit.runtime import cuda, gates, plan, session
 from cnnkit.runtime.engine import Engine
 from cnnkit.runtime.inputs import InputSpec
 from cnnkit.runtime.options import CudaOptions, EngineChoice
@@ -50,9 +51,15 @@ class Classifier:
         spin: let ONNX Runtime's CPU threads spin between calls (lowest latency for back-to-back calls); False
             lets them sleep, leaving the cores to the rest of the process (`cnnkit serve` does), and to OpenVINO
             where a plan runs both (spinning threads slow OpenVINO's next batch).
+        concurrent: the caller keeps several batches in flight from threads (`cnnkit serve` does): engine "auto"
+            then runs what `optimize` measured fastest that way (OpenVINO's THROUGHPUT mode, where it won), and
+            `in_flight` says how many batches to keep running at once.
+        trust_int8: run an INT8 file whose accuracy gate was recorded (exports.json beside it) only on CPUs with
+            other instruction-set flags than this one; by default that is a ModelFileError saying how to re-check it
+            here (`runtime.gates`). The checking tools (verify, bench, evaluate) pass True: they judge, not trust.
 
     Raises:
-        ModelFileError: the file is missing, not ONNX, or not a cnnkit model.
+        ModelFileError: the file is missing, not ONNX, or not a cnnkit model; an INT8 file not gated on this CPU.
         DeviceError: an unknown device, a CUDA fall-back with `fallback="raise"`, OpenVINO asked to run on CUDA,
             or bf16 on a CPU without it.
         MissingExtraError: engine "openvino" without OpenVINO installed.
@@ -69,6 +76,8 @@ class Classifier:
         max_batch: int = 256,
         cuda: CudaOptions = CudaOptions(),
         spin: bool = True,
+        concurrent: bool = False,
+        trust_int8: bool = False,
     ):
         if device not in DEVICES:
             raise DeviceError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
@@ -85,7 +94,7 @@ class Classifier:
             device == "auto" and session.gpu_visible() and session.CUDA_EP in ort.get_available_providers()
         )
         #: the engine choice for each batch size, and where it came from
-        self.plan = _engine_plan(model, engine, want_cuda)
+        self.plan = _engine_plan(model, engine, want_cuda, concurrent)
         if want_cuda and any(c.engine != "onnxruntime" for c in self.plan.choices):
             raise option_error(DeviceError, "engine", "openvino", "runs on the CPU only; for CUDA use onnxruntime")
         self._engines: dict[EngineChoice, Engine] = {
@@ -96,6 +105,10 @@ class Classifier:
         #: the ONNX Runtime session (None when only OpenVINO runs the model)
         self.session = ort_engine.session if ort_engine is not None else None
         self.info = first.info
+        if not trust_int8 and not isinstance(model, (bytes, bytearray, memoryview)):
+            untrusted = gates.problem(Path(model), self.info.precision, [c.engine for c in self.plan.choices])
+            if untrusted:
+                raise ModelFileError(untrusted)
         self._runs = [self._engines[c].run for _, c in self.plan.routes]
         self.input_spec = InputSpec(
             name=self.info.input_name,
@@ -136,6 +149,12 @@ class Classifier:
             {"from_batch": size, **c.to_dict(), "precision_run": self._engines[c].precision, "label": c.label}
             for size, c in self.plan.routes
         ]
+
+    @property
+    def in_flight(self) -> int:
+        """How many batches the engines run at once from concurrent callers (OpenVINO's infer requests in
+        THROUGHPUT mode); 1: one at a time is all the engine gains from."""
+        return max(c.requests for c in self._engines)
 
     @property
     def device(self) -> str:
@@ -230,11 +249,11 @@ class Classifier:
         return cuda.ModelIO(self.session, self.input_spec, self.info.output_name, self.info.num_classes, self.device_id)
 
 
-def _engine_plan(model: Any, engine: str | EngineChoice, want_cuda: bool) -> plan.EnginePlan:
+def _engine_plan(model: Any, engine: str | EngineChoice, want_cuda: bool, concurrent: bool) -> plan.EnginePlan:
     if isinstance(engine, EngineChoice):
         return plan.EnginePlan(routes=((1, engine),), source="asked for")
     if engine == "auto":
-        return plan.load(model, "cuda" if want_cuda else "cpu")
+        return plan.load(model, "cuda" if want_cuda else "cpu", concurrent)
     if engine not in ENGINES:
         raise CnnkitError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)} or auto")
     return plan.EnginePlan(routes=((1, EngineChoice(engine=engine)),), source="asked for")

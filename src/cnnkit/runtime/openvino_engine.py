@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -77,7 +78,10 @@ class OpenVinoEngine:
             "INFERENCE_PRECISION_HINT": OV_PRECISIONS[choice.precision],
             "INFERENCE_NUM_THREADS": int(threads or os.cpu_count() or 1),
         }
-        if choice.streams > 1:
+        if choice.requests > 1:  # several callers' batches at once, one stream each
+            props["PERFORMANCE_HINT"] = "THROUGHPUT"
+            props["NUM_STREAMS"] = choice.requests
+        elif choice.streams > 1:
             props["NUM_STREAMS"] = choice.streams
         else:
             props["PERFORMANCE_HINT"] = "LATENCY"
@@ -89,9 +93,12 @@ class OpenVinoEngine:
         self._facts = _facts(model)  # read now: the ov.Model itself is not kept once compiled
         self.info = read_info(self._facts, source)  # the geometry and the one output it runs, chosen here
         self._output = next(i for i, o in enumerate(self._compiled.outputs) if self.info.output_name in o.get_names())
-        requests = [self._compiled.create_infer_request() for _ in range(choice.streams)]
-        runs = [self._runner(r) for r in requests]
-        self.run = Streams(runs)
+        self.run: Streams | InFlight
+        if choice.requests > 1:
+            self.run = InFlight(self._compiled, choice.requests, self._output)
+        else:
+            requests = [self._compiled.create_infer_request() for _ in range(choice.streams)]
+            self.run = Streams([self._runner(r) for r in requests])
 
     def _runner(self, request: Any) -> Any:
         import openvino as ov
@@ -99,8 +106,7 @@ class OpenVinoEngine:
         def run(x: np.ndarray) -> np.ndarray:
             # the batch is read in place (a C-contiguous uint8 array, alive for the call); the logits are copied out.
             # OpenVINO shares only writable memory: a read-only batch (a V2 binary body, np.frombuffer) is copied.
-            if not (x.flags.c_contiguous and x.flags.writeable):
-                x = np.array(x, order="C")
+            x = _shareable(x)
             request.set_input_tensor(ov.Tensor(x, shared_memory=True))
             request.infer()
             out: np.ndarray = request.get_output_tensor(self._output).data.copy()
@@ -121,6 +127,57 @@ class OpenVinoEngine:
         hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
         name = hint.to_string() if hasattr(hint, "to_string") else str(hint)
         return FROM_OV.get(name, name)
+
+
+def _shareable(x: np.ndarray) -> np.ndarray:
+    """`x` as OpenVINO can read it in place: C-contiguous and writable (it shares only writable memory), else a copy."""
+    return x if x.flags.c_contiguous and x.flags.writeable else np.array(x, order="C")
+
+
+class _Slot:
+    """One caller's batch in flight: its logits (or error) and the event that says they are there."""
+
+    __slots__ = ("done", "error", "out")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.out: np.ndarray | None = None
+        self.error: BaseException | None = None
+
+
+class InFlight:
+    """`run(x)`, thread-safe: the batch starts on an idle infer request of OpenVINO's AsyncInferQueue (waiting for
+    one while all N are busy) and the caller waits for its own logits, so up to N callers' batches run at once."""
+
+    def __init__(self, compiled: Any, n: int, output: int):
+        import openvino as ov
+
+        self._queue = ov.AsyncInferQueue(compiled, n)
+        self._queue.set_callback(self._finished)
+        self._output = output
+        self._submit = threading.Lock()  # start_async picks the idle request: one caller at a time picks
+        self.size = n
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _finished(self, request: Any, slot: _Slot) -> None:
+        try:
+            slot.out = request.get_output_tensor(self._output).data.copy()
+        except BaseException as exc:  # handed to the caller, which raises it
+            slot.error = exc
+        finally:
+            slot.done.set()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x, slot = _shareable(x), _Slot()
+        with self._submit:
+            self._queue.start_async({0: x}, slot, share_inputs=True)  # x stays alive: this caller waits below
+        slot.done.wait()
+        if slot.error is not None:
+            raise slot.error
+        assert slot.out is not None
+        return slot.out
 
 
 def _reason(exc: BaseException) -> str:

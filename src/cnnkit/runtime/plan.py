@@ -61,8 +61,10 @@ def record_path(model: Path) -> Path:
     return model.parent / RECORD
 
 
-def load(model: str | Path | bytes, device: str) -> EnginePlan:
-    """The plan for `model` on `device` ('cpu' or 'cuda'): the record's, where it applies, else the default."""
+def load(model: str | Path | bytes, device: str, concurrent: bool = False) -> EnginePlan:
+    """The plan for `model` on `device` ('cpu' or 'cuda'): the record's, where it applies, else the default. With
+    `concurrent` (callers that keep several batches in flight, as `cnnkit serve`), the choices measured that way
+    where the record has them (`in_flight_winners`), else the one-caller choices."""
     if isinstance(model, (bytes, bytearray, memoryview)) or device == "cuda":
         return DEFAULT
     path = record_path(Path(model))
@@ -79,7 +81,8 @@ def load(model: str | Path | bytes, device: str) -> EnginePlan:
         if flags != cpu_flags():  # same name, other kernels (and INT8 arithmetic): measured elsewhere, not trusted
             shown = "no CPU flags" if flags is None else "+".join(map(str, flags))[:120] or "none of the flags"
             return _default(f"{path} was measured on a CPU with {shown!r}, this one has {'+'.join(cpu_flags())!r}")
-        routes = sorted((int(size), EngineChoice(**c)) for size, c in entry["winners"].items())
+        table = entry.get("in_flight_winners") if concurrent else None
+        routes = sorted((int(size), EngineChoice(**c)) for size, c in (table or entry["winners"]).items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return _default(f"{path} is unreadable ({type(exc).__name__})")
     except Exception as exc:  # an EngineChoice the record names that this cnnkit does not accept
@@ -96,8 +99,14 @@ def load(model: str | Path | bytes, device: str) -> EnginePlan:
     return EnginePlan(routes=tuple(kept), source=str(path))
 
 
-def save(model: Path, winners: dict[int, EngineChoice], measured: dict[str, Any]) -> Path:
-    """Record `winners` (batch size -> choice) for `model` beside it, keeping other files' entries."""
+def save(
+    model: Path,
+    winners: dict[int, EngineChoice],
+    measured: dict[str, Any],
+    in_flight_winners: dict[int, EngineChoice] | None = None,
+) -> Path:
+    """Record `winners` (batch size -> choice, for one caller) and `in_flight_winners` (for callers with batches in
+    flight) for `model` beside it, keeping other files' entries."""
     path = record_path(model)
     record: dict[str, Any] = {"format": FORMAT, "cpu": cpu_model(), "cpu_flags": cpu_flags(), "models": {}}
     if path.is_file():
@@ -113,5 +122,9 @@ def save(model: Path, winners: dict[int, EngineChoice], measured: dict[str, Any]
         "winners": {str(b): c.to_dict() for b, c in sorted(winners.items())},
         "measured": measured,
     }
+    if in_flight_winners:
+        record["models"][model.name]["in_flight_winners"] = {
+            str(b): c.to_dict() for b, c in sorted(in_flight_winners.items())
+        }
     write_text(path, json.dumps(record, indent=2) + "\n")
     return path

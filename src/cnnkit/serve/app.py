@@ -42,7 +42,7 @@ class Service:
         self.metrics = Metrics()
         self.state = ServingState()
         self.stats = triton_api.Statistics()
-        self.batcher = Batcher(clf.logits, cfg.max_batch, cfg.max_delay_ms, self._on_batch)
+        self.batcher = Batcher(clf.logits, cfg.max_batch, cfg.max_delay_ms, self._on_batch, in_flight=clf.in_flight)
         self.inflight = InFlight(cfg.max_inflight_bytes)
         self.pool = ThreadPoolExecutor(
             max_workers=cfg.decode_threads, thread_name_prefix="cnnkit-decode", initializer=_yield_to_the_event_loop

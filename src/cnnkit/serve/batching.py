@@ -26,9 +26,10 @@ class Batcher:
 
     It never waits for nobody: a request that finds the model idle and alone runs at once; what arrives while the
     model is busy queues and runs together in the next call. Only while calls carry several requests (others are
-    arriving) does a batch wait, at most `max_delay_ms`, for more. `infer` runs in a single worker thread so the
-    event loop keeps accepting requests meanwhile; one request larger than `max_batch` runs as a batch of its own
-    (it is never split or reordered).
+    arriving) does a batch wait, at most `max_delay_ms`, for more. `infer` runs in worker threads so the event loop
+    keeps accepting requests meanwhile: one at a time, or up to `in_flight` batches at once for an engine that runs
+    several together (OpenVINO's THROUGHPUT mode); a batch is formed only when a worker can take it. One request
+    larger than `max_batch` runs as a batch of its own (it is never split or reordered).
     """
 
     def __init__(
@@ -37,13 +38,18 @@ class Batcher:
         max_batch: int = 64,
         max_delay_ms: float = 2.0,
         on_batch: Callable[[int, float], None] | None = None,
+        *,
+        in_flight: int = 1,
     ):
         self.infer = infer
         self.max_batch = max(1, int(max_batch))
         self.max_delay = max(0.0, max_delay_ms) / 1000.0
         self.on_batch = on_batch
         self.queue: asyncio.Queue[_Item | None] = asyncio.Queue()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnkit-infer")
+        self.in_flight = max(1, int(in_flight))
+        self._pool = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="cnnkit-infer")
+        self._slots = asyncio.Semaphore(self.in_flight)  # batches the workers may still take
+        self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self.queued_images = 0
         self._last_requests = 0  # requests in the last model call: more than one means others are arriving
@@ -71,9 +77,11 @@ class Batcher:
         pending: _Item | None = None
         stopping = False
         while not stopping:
+            await self._slots.acquire()  # a batch is formed when a worker can run it: what arrives meanwhile joins
             first = pending or await self.queue.get()
             pending = None
             if first is None:
+                self._slots.release()
                 break
             items, count = [first], len(first.images)
             linger = self.max_delay if self._last_requests > 1 else 0.0  # wait for company only under load
@@ -96,9 +104,22 @@ class Batcher:
                 items.append(nxt)
                 count += len(nxt.images)
             self._last_requests = len(items)
-            await self._run(loop, items, count)
+            self._dispatch(loop, items, count)
         if pending is not None:
-            await self._run(loop, [pending], len(pending.images))
+            await self._slots.acquire()
+            self._dispatch(loop, [pending], len(pending.images))
+        await asyncio.gather(*self._running)
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop, items: list[_Item], count: int) -> None:
+        """Run the batch in a worker; its slot is freed when it is done."""
+        task = loop.create_task(self._run(loop, items, count))
+        self._running.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._running.discard(t)
+            self._slots.release()
+
+        task.add_done_callback(done)
 
     async def _run(self, loop: asyncio.AbstractEventLoop, items: list[_Item], count: int) -> None:
         self.queued_images -= count

@@ -148,12 +148,14 @@ def inference_threads(threads: int | None = None) -> int:
 
 def classifier_options(cfg: ServeConfig, threads: int | None = None) -> dict[str, Any]:
     """The `Classifier` keyword arguments of a served model: its threads (`inference_threads`), a chunk size that
-    holds a whole request (`max_images`) as well as a whole batch, and threads that sleep between model calls (the
-    event loop and the decoders need the cores then)."""
+    holds a whole request (`max_images`) as well as a whole batch, threads that sleep between model calls (the
+    event loop and the decoders need the cores then), and the engine choices measured with batches in flight (the
+    batcher keeps `Classifier.in_flight` of them running)."""
     return {
         "intra_op_threads": inference_threads(threads),
         "max_batch": max(cfg.max_batch, cfg.max_images),
         "spin": False,
+        "concurrent": True,
     }
 
 

@@ -1,7 +1,13 @@
-"""cnnkit's best (what `cnnkit optimize --select` chose, run by `--engine auto`) against what a user would run
-instead on the same files, the same threads and the same batches: plain ONNX Runtime, OpenVINO as it comes (its
-default precision hint, whatever that is on this CPU) on cnnkit's fp32 and INT8 files, and OpenVINO with an INT8
-model from NNCF's post-training quantization (512 training images, as many as cnnkit's INT8 export calibrates on).
+"""cnnkit's best (what `cnnkit optimize --select` chose, run by `--engine auto`, for one caller and for callers with
+batches in flight as `cnnkit serve` is) against what a user would run instead on the same files, the same threads
+and the same batches: plain ONNX Runtime (one session; two single-threaded sessions with a batch in flight each),
+OpenVINO as it comes (its default precision hint, whatever that is on this CPU) on cnnkit's fp32 and INT8 files,
+OpenVINO's THROUGHPUT hint with two requests in flight (AsyncInferQueue), and OpenVINO with an INT8 model from
+NNCF's post-training quantization (512 training images, as many as cnnkit's INT8 export calibrates on), in LATENCY
+and THROUGHPUT mode.
+
+A configuration "with 2 in flight" runs two batches at once in each timed call (images/s counts both): what a
+server with concurrent clients gets; the others run one batch per call: what one caller gets.
 
     bash benchmarks/peers.sh            (makes the peer venv and the optimized run, then runs this)
     python benchmarks/peers_inference.py RUN [--rounds 30] [--seconds 0.15] [--batch-sizes 1,64,256]
@@ -9,7 +15,8 @@ model from NNCF's post-training quantization (512 training images, as many as cn
 Runs in benchmarks/.venv-peers (numpy, onnxruntime, openvino, nncf; cnnkit's runtime from src/ on PYTHONPATH,
 no torch). Timed in alternating rounds: every configuration once per round, at each batch size; medians across
 rounds, and the ratio to the fastest peer paired round by round. Accuracy of every configuration on the bundled
-sample's 1,000 test images. Writes benchmarks/results/peers_inference_cpu.json.
+sample's 1,000 test images. Writes benchmarks/results/peers_inference_cpu_<kind>.json, one per kind of CPU (its
+instruction-set flags: avx2, avx512-vnni, avx512-vnni-bf16, amx).
 """
 
 from __future__ import annotations
@@ -63,6 +70,53 @@ def ov_compiled(model: object, threads: int) -> tuple[Run, str]:
     return run, hint.to_string() if hasattr(hint, "to_string") else str(hint)
 
 
+def ov_in_flight(model: object, threads: int, requests: int = 2) -> tuple[Run, str]:
+    """OpenVINO's THROUGHPUT hint with `requests` infer requests in an AsyncInferQueue: each call runs that many
+    copies of the batch at once (a server's concurrent batches)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(
+        model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": requests}
+    )
+    queue = ov.AsyncInferQueue(compiled, requests)
+    outs: dict[int, np.ndarray] = {}
+    queue.set_callback(lambda request, i: outs.__setitem__(i, request.get_output_tensor(0).data.copy()))
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+
+    def run(x: np.ndarray) -> np.ndarray:
+        for i in range(requests):
+            queue.start_async({0: x}, i)
+        queue.wait_all()
+        return outs[0]
+
+    return run, hint.to_string() if hasattr(hint, "to_string") else str(hint)
+
+
+def in_threads(runs: list[Run]) -> Run:
+    """Each call runs the batch on every one of `runs` at once, from its own thread (concurrent callers)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=len(runs))
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return [f.result() for f in [pool.submit(r, x) for r in runs]][0]
+
+    return run
+
+
+def cpu_kind(flags: list[str]) -> str:
+    """The instruction sets that pick INT8 and bf16 kernels, as a file-name tag."""
+    if "amx_tile" in flags:
+        return "amx"
+    if "avx512_vnni" in flags:
+        return "avx512-vnni" + ("-bf16" if "avx512_bf16" in flags else "")
+    return "avx2-vnni" if "avx_vnni" in flags else "avx2"
+
+
+IN_FLIGHT = 2  # batches the "in flight" configurations run at once
+CONCURRENT = " (2 in flight)"
+
+
 def nncf_int8(path: Path, calibration: np.ndarray) -> object:
     """NNCF's default post-training quantization of the fp32 ONNX model read by OpenVINO."""
     import nncf
@@ -84,16 +138,32 @@ def configurations(run: Path, threads: int, calibration: np.ndarray) -> dict[str
     )
     best = Classifier(run / "model.onnx", device="cpu", intra_op_threads=threads, max_batch=1 << 20)
     plan = ", ".join(f"{p['label']} from batch {p['from_batch']}" for p in best.runs_on())
+    served = Classifier(run / "model.onnx", device="cpu", intra_op_threads=threads, max_batch=1 << 20, concurrent=True)
+    served_plan = ", ".join(f"{p['label']} from batch {p['from_batch']}" for p in served.runs_on())
     configs: dict[str, tuple[Run, str]] = {
         "cnnkit (optimize --select, engine auto)": (best.logits, f"{best.info.variant}: {plan}"),
+        "cnnkit serving (engine auto, concurrent)" + CONCURRENT: (
+            in_threads([served.logits] * IN_FLIGHT),
+            f"{served.info.variant}: {served_plan}; two caller threads, as serve's batcher keeps "
+            f"{served.in_flight} batch(es) running",
+        ),
         "onnxruntime, fp32 export": (ort_session(fp32, threads), "ONNX Runtime defaults, fp32"),
         "onnxruntime, cnnkit int8 file": (ort_session(int8, threads), "ONNX Runtime defaults, int8"),
+        "onnxruntime, 2 sessions x 1 thread, cnnkit int8 file" + CONCURRENT: (
+            in_threads([ort_session(int8, max(1, threads // IN_FLIGHT)) for _ in range(IN_FLIGHT)]),
+            "two ONNX Runtime sessions, one thread each, a batch in flight on each",
+        ),
     }
     for name, path in (("fp32 export", fp32), ("cnnkit fp32-folded file", fp32_folded), ("cnnkit int8 file", int8)):
         fn, hint = ov_compiled(str(path), threads)
         configs[f"openvino default, {name}"] = (fn, f"OpenVINO defaults (precision hint {hint})")
-    fn, hint = ov_compiled(nncf_int8(fp32, calibration), threads)
+    fn, hint = ov_in_flight(str(int8), threads)
+    configs["openvino THROUGHPUT, cnnkit int8 file" + CONCURRENT] = (fn, f"THROUGHPUT hint, 2 requests (hint {hint})")
+    nncf_model = nncf_int8(fp32, calibration)
+    fn, hint = ov_compiled(nncf_model, threads)
     configs["openvino + nncf int8 (512 images)"] = (fn, f"NNCF PTQ defaults, OpenVINO hint {hint}")
+    fn, hint = ov_in_flight(nncf_model, threads)
+    configs["openvino THROUGHPUT + nncf int8" + CONCURRENT] = (fn, "NNCF PTQ defaults, THROUGHPUT, 2 requests")
     return configs
 
 
@@ -106,6 +176,11 @@ def rate(fn: Run, x: np.ndarray, seconds: float) -> tuple[float, list[float]]:
         fn(x)
         times.append(time.perf_counter() - t0)
     return len(x) * len(times) / sum(times), times
+
+
+def per_call(name: str) -> int:
+    """Batches one call of configuration `name` runs."""
+    return IN_FLIGHT if name.endswith(CONCURRENT) else 1
 
 
 def settle(fn: Run, x: np.ndarray) -> None:
@@ -130,13 +205,19 @@ def measure(configs: dict[str, tuple[Run, str]], batches: list[int], rounds: int
             for name in order:
                 settle(configs[name][0], x)
                 ips, times = rate(configs[name][0], x, seconds)
-                rates[name].append(ips)
+                rates[name].append(ips * per_call(name))
                 calls[name] += times
         peers = [n for n in configs if not n.startswith("cnnkit")]
         fastest = max(peers, key=lambda n: statistics.median(rates[n]))
+        alike = {  # the fastest peer called as this configuration is: one batch per call, or two in flight
+            kind: max((n for n in peers if per_call(n) == kind), key=lambda n: statistics.median(rates[n]))
+            for kind in {per_call(n) for n in peers}
+        }
         for name in configs:
             med = statistics.median(rates[name])
             paired = [a / b for a, b in zip(rates[name], rates[fastest])]  # same round, side by side
+            same = alike.get(per_call(name), fastest)
+            paired_alike = [a / b for a, b in zip(rates[name], rates[same])]
             rows.append(
                 {
                     "config": name,
@@ -145,8 +226,12 @@ def measure(configs: dict[str, tuple[Run, str]], batches: list[int], rounds: int
                     "images_per_s_rounds": [round(v, 1) for v in rates[name]],
                     "p50_ms": round(1000 * float(np.percentile(calls[name], 50)), 4),
                     "p99_ms": round(1000 * float(np.percentile(calls[name], 99)), 4),
+                    "batches_per_call": per_call(name),
                     "fastest_peer": fastest,
                     "vs_fastest_peer": round(statistics.median(paired), 3),
+                    "vs_fastest_peer_iqr": [round(float(q), 3) for q in np.percentile(paired, [25, 75])],
+                    "fastest_peer_called_alike": same,
+                    "vs_fastest_peer_called_alike": round(statistics.median(paired_alike), 3),
                 }
             )
             print(bs, name, rows[-1]["images_per_s"], rows[-1]["p50_ms"], rows[-1]["vs_fastest_peer"], flush=True)
@@ -155,7 +240,7 @@ def measure(configs: dict[str, tuple[Run, str]], batches: list[int], rounds: int
 
 def accuracy(configs: dict[str, tuple[Run, str]], images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     out = {}
-    for name, (fn, _) in configs.items():
+    for name, (fn, _) in configs.items():  # one batch per call: the in-flight runs return their first batch's
         pred = np.concatenate([fn(images[i : i + 100]) for i in range(0, len(images), 100)]).argmax(1)
         out[name] = round(100 * float((pred == labels).mean()), 2)
     return out
@@ -178,7 +263,7 @@ def main() -> None:
     import openvino
 
     save(
-        "peers_inference_cpu.json",
+        f"peers_inference_cpu_{cpu_kind(machine()['cpu_flags'])}.json",
         {
             "machine": machine(),
             "command": "bash benchmarks/peers.sh (python benchmarks/peers_inference.py " + " ".join(sys.argv[1:]) + ")",
@@ -192,7 +277,8 @@ def main() -> None:
             "images/s: "
             "median over rounds; p50/p99 over every timed call; vs_fastest_peer: the median over rounds of this "
             "configuration's images/s over the fastest peer's (the non-cnnkit configuration with the highest median) "
-            "in the same round",
+            "in the same round (its interquartile range over rounds beside it), and vs_fastest_peer_called_alike the "
+            "same against the fastest peer called alike (one batch per call, or two in flight)",
         },
     )
 

@@ -1,6 +1,7 @@
 """Faster exported models that answer the same: the exact fold, INT8 and fp16 exports, their gates, evaluate,
 bench side by side, and optimize."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -243,6 +244,15 @@ def test_optimize_picks_a_passing_variant_and_selects_it(trained, tmp_path):
     if openvino_engine.available():
         checked = {(c["candidate"], c["choice"]) for c in out["engine_checks"] if c["passed"]}
         assert {("fp32-folded", "openvino"), ("int8-folded", "openvino")} <= checked
+        # OpenVINO's THROUGHPUT mode is measured with two batches in flight, and chosen only for such callers
+        assert any(r.startswith("openvino-2r:") for r in rows)
+        assert set(out["in_flight_winners"]) == {"4"} and "-2r" not in out["winners"]["4"]
+    if importlib.util.find_spec("nncf") is not None:  # NNCF's INT8 is a candidate of its own
+        assert "int8-nncf-folded" in {c["name"] for c in out["candidates"]}
+    # the INT8 gates travel with the selected file: where it was judged is in its record
+    if name.startswith("int8"):
+        gated = json.loads((run / "exports.json").read_text())["files"]["model.onnx"]["gated_on"]
+        assert {g["engine"] for g in gated} >= {"onnxruntime"}
     assert selected.plan.source == str(run / "runtime.json")
     assert selected.plan.choice_for(4).label == engine_label
     # a first-class export: it verifies where it landed, and the run's record matches the file

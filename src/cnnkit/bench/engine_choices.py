@@ -64,12 +64,12 @@ def check_on_engines(
     for name, path in files.items():
         if path.suffix != ".onnx":
             continue
-        for kind in kinds:
+        for k in kinds:
             if progress:
-                progress(f"verifying {name} on {kind.label}")
-            report = verify([path], ckpt_path, replace(gate, engine=kind.engine, engine_precision=kind.precision))
+                progress(f"verifying {name} on {k.label}")
+            report = verify([path], ckpt_path, replace(gate, engine=k.engine, engine_precision=k.precision))
             ok, summary = check_summary(report)
-            checks.append(EngineCheck(candidate=name, choice=kind.label, passed=ok, check=summary))
+            checks.append(EngineCheck(candidate=name, choice=k.label, passed=ok, check=summary))
     return checks
 
 

@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 RUN=$(mktemp -d)/run
 trap 'rm -rf "$(dirname "$RUN")"' EXIT
-"$PY" -m cnnkit train --dataset sample --out "$RUN" --json > benchmarks/results/train_sample_cpu.json
-"$PY" -m cnnkit export "$RUN" --format all --json > benchmarks/results/export_cpu.json
+"$PY" benchmarks/cli_record.py train_sample_cpu.json train --dataset sample --out "$RUN" --json
+"$PY" benchmarks/cli_record.py export_cpu.json export "$RUN" --format all --json
 "$PY" -m cnnkit bench "$RUN" --json benchmarks/results/bench_cpu.json --csv benchmarks/results/bench_cpu.csv \
   --plot benchmarks/results/bench_cpu.png
 "$PY" benchmarks/runtime_overhead.py --model "$RUN/model.onnx"

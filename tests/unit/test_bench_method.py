@@ -138,3 +138,28 @@ def test_inputs_are_sorted_by_kind_and_files_told_apart(tmp_path):
     assert file_tags([a]) == [None] and file_tags([a, b]) == ["a.onnx", "b.onnx"]  # not cnnkit models: their names
     with pytest.raises(ModelFileError, match="not found"):
         resolve_inputs([str(tmp_path / "none.onnx")], need_checkpoint=False)
+
+
+def test_a_row_with_batches_in_flight_counts_each_of_them_and_wins_only_for_such_callers(tmp_path):
+    calls: list[str] = []
+    two = _runner("openvino-2r", calls)
+    two.in_flight = 2
+    rows = Measurement(warmup=1, iters=4, min_time=0, rounds=2, events=None).rows(
+        np.zeros((8, 1, 28, 28), np.uint8),
+        {"one": _runner("one", calls), "openvino-2r": two},
+        {},
+        ["one", "openvino-2r"],
+    )
+    one_row, two_row = rows
+    assert two_row.images_per_s == pytest.approx(16 / (two_row.latency.mean_ms / 1e3))  # both batches counted
+    assert one_row.images_per_s == pytest.approx(8 / (one_row.latency.mean_ms / 1e3))
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"only its hash is recorded")
+    tput = EngineChoice(engine="openvino", requests=2)
+    choices = {"onnx": ("int8", EngineChoice()), "openvino-2r": ("int8", tput)}
+    result = BenchResult(
+        device="cpu", settings={}, environment={}, rows=[_row("onnx", 64, 1000), _row("openvino-2r", 64, 2000)]
+    )
+    entry = json.loads(ec.record(result, choices, "int8", model, (64,)).read_text())["models"]["model.onnx"]
+    assert entry["winners"] == {"64": EngineChoice().to_dict()}  # a lone caller never gets the in-flight route
+    assert entry["in_flight_winners"] == {"64": tput.to_dict()}

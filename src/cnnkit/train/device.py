@@ -34,7 +34,7 @@ def choose_precision(
     """The training precision for `--precision auto|fp32|bf16` on `device`, and why (printed and checkpointed).
 
     auto picks bf16 autocast only where the hardware has bf16 matrix units and it trains faster:
-    - CPUs with AMX (Sapphire Rapids and later): known (measured 1.79x fp32's images/s, benchmarks/results/train_speed.json);
+    - CPUs with AMX (Sapphire Rapids and later): known (measured 1.79x fp32's images/s, train_speed.json);
     - CUDA compute capability 8.0+: measured once per GPU model and torch version with `measure(precision)` ->
       images/s (cached in the data cache folder, per kind of `steps`: "eager" or "cuda-graph"), because this
       small model's step is host-bound on a fast GPU and

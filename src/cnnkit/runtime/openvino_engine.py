@@ -94,11 +94,11 @@ class OpenVinoEngine:
         self.info = read_info(self._facts, source)  # the geometry and the one output it runs, chosen here
         self._output = next(i for i, o in enumerate(self._compiled.outputs) if self.info.output_name in o.get_names())
         self.run: Streams | InFlight
-        if choice.requests > 1:
-            self.run = InFlight(self._compiled, choice.requests, self._output)
+        if choice.requests > 1 or choice.streams > 1:  # OpenVINO's own async requests, no thread pool of ours
+            n = max(choice.requests, choice.streams)
+            self.run = InFlight(self._compiled, n, self._output, split=choice.streams > 1)
         else:
-            requests = [self._compiled.create_infer_request() for _ in range(choice.streams)]
-            self.run = Streams([self._runner(r) for r in requests])
+            self.run = Streams([self._runner(self._compiled.create_infer_request())])
 
     def _runner(self, request: Any) -> Any:
         import openvino as ov
@@ -147,9 +147,11 @@ class _Slot:
 
 class InFlight:
     """`run(x)`, thread-safe: the batch starts on an idle infer request of OpenVINO's AsyncInferQueue (waiting for
-    one while all N are busy) and the caller waits for its own logits, so up to N callers' batches run at once."""
+    one while all N are busy) and the caller waits for its own logits, so up to N callers' batches run at once.
+    With `split` (streams), each batch is cut into up to N near-equal parts started at once, its rows put back in
+    order."""
 
-    def __init__(self, compiled: Any, n: int, output: int):
+    def __init__(self, compiled: Any, n: int, output: int, split: bool = False):
         import openvino as ov
 
         self._queue = ov.AsyncInferQueue(compiled, n)
@@ -157,6 +159,7 @@ class InFlight:
         self._output = output
         self._submit = threading.Lock()  # start_async picks the idle request: one caller at a time picks
         self.size = n
+        self._split = split
 
     def __len__(self) -> int:
         return self.size
@@ -169,15 +172,28 @@ class InFlight:
         finally:
             slot.done.set()
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x, slot = _shareable(x), _Slot()
+    def _start(self, x: np.ndarray) -> _Slot:
+        slot = _Slot()
         with self._submit:
-            self._queue.start_async({0: x}, slot, share_inputs=True)  # x stays alive: this caller waits below
+            self._queue.start_async({0: x}, slot, share_inputs=True)  # x stays alive: its caller waits for it
+        return slot
+
+    @staticmethod
+    def _wait(slot: _Slot) -> np.ndarray:
         slot.done.wait()
         if slot.error is not None:
             raise slot.error
         assert slot.out is not None
         return slot.out
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = _shareable(x)
+        k = min(self.size, len(x)) if self._split else 1
+        if k <= 1:
+            return self._wait(self._start(x))
+        parts = np.array_split(x, k)  # views of x: contiguous and writable as it is
+        slots = [self._start(p) for p in parts]
+        return np.concatenate([self._wait(s) for s in slots])
 
 
 def _reason(exc: BaseException) -> str:

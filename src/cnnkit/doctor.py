@@ -9,6 +9,7 @@ import platform
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, TypedDict
 
 from cnnkit.errors import first_line
@@ -184,14 +185,19 @@ def engines_info(model: str | None = None) -> dict[str, Any]:
     if model is None:
         info["auto"] = "onnxruntime, unless `cnnkit optimize --select` recorded faster choices beside the model"
         return info
-    from cnnkit.runtime import Classifier
+    from cnnkit.runtime import Classifier, gates
 
-    Classifier(
+    clf = Classifier(
         model, device="cpu", engine="onnxruntime", fallback="ignore", trust_int8=True
-    )  # a missing or foreign file: one line
-    chosen = plan.load(model, "cpu")
+    )  # a bad file: 1 line
+    chosen, served = plan.load(model, "cpu"), plan.load(model, "cpu", concurrent=True)
     info["auto"] = [{"from_batch": size, **c.to_dict()} for size, c in chosen.routes]
+    if served.routes != chosen.routes:  # what `cnnkit serve` runs, with batches in flight
+        info["auto_serving"] = [{"from_batch": size, **c.to_dict()} for size, c in served.routes]
     info["auto_source"] = chosen.source
     if chosen.note:
         info["auto_note"] = chosen.note
+    untrusted = gates.problem(Path(model), clf.info.precision, [c.engine for c in chosen.choices])
+    if untrusted:
+        info["int8_gate"] = untrusted
     return info

@@ -241,6 +241,56 @@ def test_sigterm_under_keep_alive_load_loses_no_sent_request(exported, digits):
     assert lost == [], f"{len(lost)} sent requests lost: {lost[:5]}"
 
 
+@pytest.mark.slow
+def test_sigterm_during_a_burst_of_new_connections_loses_no_sent_request(exported, digits):
+    """64 clients each open a fresh connection per request (as a load balancer's do), send it whole and read the
+    answer. SIGTERM mid-burst: every request that went out gets its answer; once the server stops accepting, a
+    client is refused at connect (it has sent nothing). Connections the kernel queued before the listener closed
+    are accepted and answered, not reset."""
+    proc, url = start_server(exported.artefacts["onnx"], "--drain-s", "0.5")
+    host, port = url.removeprefix("http://").split(":")
+    body = png(digits[0])
+    request = (
+        f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    answered, refused, lost = [0], [0], []
+
+    backstop = time.time() + 60  # a server that never stops fails the test below, not hangs it
+
+    async def client() -> None:
+        while time.time() < backstop:
+            try:
+                reader, writer = await asyncio.open_connection(host, int(port))
+            except OSError:
+                refused[0] += 1
+                return
+            try:
+                writer.write(request)
+                await writer.drain()
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
+                lost.append(type(exc).__name__)  # sent (or half sent) and never answered
+                continue
+            finally:
+                writer.close()
+            if not head.startswith(b"HTTP/1.1 200"):
+                lost.append(head[:12])
+            answered[0] += 1
+
+    async def main() -> None:
+        async def stop() -> None:
+            while answered[0] < 200:
+                await asyncio.sleep(0.005)
+            proc.send_signal(signal.SIGTERM)
+
+        await asyncio.gather(stop(), *(client() for _ in range(64)))
+
+    asyncio.run(main())
+    assert proc.wait(timeout=30) == 0
+    assert answered[0] > 200 and refused[0] == 64
+    assert lost == [], f"{len(lost)} sent requests lost: {lost[:5]}"
+
+
 def test_sigterm_finishes_in_flight_and_exits_zero(exported, digits):
     """A request half sent when SIGTERM arrives is read to its end, answered, and then the server exits 0."""
     proc, url = start_server(exported.artefacts["onnx"])

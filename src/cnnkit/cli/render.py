@@ -200,11 +200,22 @@ def render_doctor(r) -> str:
     ]
     e = r.engines
     ov = f"{e['openvino']} (CPU: {', '.join(e['openvino_cpu'])})" if e.get("openvino") else "not installed"
+
+    def routes(plan: list[dict]) -> str:
+        def one(a: dict) -> str:
+            in_flight = f" {a['requests']} in flight" if a.get("requests") else ""
+            return f"{a['engine']} x{a['streams']} {a['precision']}{in_flight} from batch {a['from_batch']}"
+
+        return ", ".join(one(a) for a in plan)
+
     auto = e.get("auto")
     if isinstance(auto, list):
-        auto = ", ".join(f"{a['engine']} x{a['streams']} {a['precision']} from batch {a['from_batch']}" for a in auto)
-        auto += f" ({e['auto_source']})" + (f"; {e['auto_note']}" if e.get("auto_note") else "")
+        auto = routes(auto) + f" ({e['auto_source']})" + (f"; {e['auto_note']}" if e.get("auto_note") else "")
     lines += [f"engines       onnxruntime {e.get('onnxruntime')}, openvino {ov}", f"engine auto   {auto}"]
+    if e.get("auto_serving"):
+        lines.append(f"serving       {routes(e['auto_serving'])} (batches in flight)")
+    if e.get("int8_gate"):
+        lines.append(f"int8 gate     {e['int8_gate']}")
     lines += [f"note: {p}" for p in r.problems]
     if r.fix:
         lines.append(f"fix: {r.fix}")

@@ -8,6 +8,7 @@ import signal
 from typing import Any
 
 LAST_ANSWERS_S = 0.5  # after the listener closes: time for each open connection's last request
+ACCEPT_QUEUE_S = 0.2  # after the kernel stops queueing connections: time to accept the ones it queued
 
 
 class ServingState:
@@ -54,14 +55,17 @@ class CloseWhileDraining:
         await self.app(scope, receive, send_closing)
 
 
-def draining_server(config: Any, state: ServingState, drain_s: float) -> Any:
+def draining_server(config: Any, state: ServingState, drain_s: float, sockets: list[Any] | None = None) -> Any:
     """A uvicorn Server whose first SIGTERM/SIGINT shuts down without dropping a request a client has sent:
 
     1. for `drain_s` seconds: /readyz answers 503 (load balancers stop sending), requests are still answered, each
        with `Connection: close`, so keep-alive clients reconnect for their next request;
-    2. the listening socket closes (a client reconnecting is refused: it has sent nothing), and the connections
-       still open get LAST_ANSWERS_S to finish the request each may have in flight;
-    3. uvicorn's graceful shutdown. A second signal skips to 3.
+    2. the kernel stops queueing new connections on `sockets` (their backlog set to 0: a client still connecting
+       gets no handshake, so it sends nothing, and is refused once the socket closes), and for ACCEPT_QUEUE_S the
+       event loop accepts those it had queued, which would otherwise be reset, requests and all, by the close;
+    3. the listening socket closes, and the connections still open get LAST_ANSWERS_S to finish the request each
+       may have in flight;
+    4. uvicorn's graceful shutdown. A second signal skips to 4.
     """
     import uvicorn
 
@@ -73,12 +77,20 @@ def draining_server(config: Any, state: ServingState, drain_s: float) -> Any:
             state.draining = True
             loop = asyncio.get_running_loop()  # the handler runs on the event loop's (main) thread
 
+            def stop_queueing() -> None:
+                for sock in sockets or []:
+                    try:
+                        sock.listen(0)
+                    except OSError:
+                        pass  # already closed: nothing is queued on it
+                loop.call_later(ACCEPT_QUEUE_S if sockets else 0, stop_accepting)
+
             def stop_accepting() -> None:
                 for server in self.servers:
                     server.close()
+                loop.call_later(LAST_ANSWERS_S, lambda: uvicorn.Server.handle_exit(self, sig, frame))
 
-            loop.call_later(drain_s, stop_accepting)
-            loop.call_later(drain_s + LAST_ANSWERS_S, lambda: uvicorn.Server.handle_exit(self, sig, frame))
+            loop.call_later(drain_s, stop_queueing)
 
     return Server(config)
 
@@ -89,7 +101,7 @@ def serve_until_signalled(config: Any, state: ServingState, drain_s: float, sock
     # handlers it found. Finding no-op handlers makes a graceful stop end as a normal exit 0.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        draining_server(config, state, drain_s).run(sockets=sockets)
+        draining_server(config, state, drain_s, sockets).run(sockets=sockets)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -309,8 +309,9 @@ def test_sigterm_finishes_in_flight_and_exits_zero(exported, digits):
 
 
 def test_health_and_readiness_on_their_own_port_follow_the_server(exported):
-    """--health-port: /healthz and /readyz on a port of their own (a thread of their own), 200 while serving; during
-    the drain after SIGTERM /readyz is 503 there as on the main port; gone with the server."""
+    """--health-port: /healthz and /readyz on a port of their own (a process of their own), 200 while serving, 503
+    while the server is stopped and 200 again when it runs; during the drain after SIGTERM /readyz is 503 there as
+    on the main port; gone with the server."""
     import re
 
     proc, url = start_server(exported.artefacts["onnx"], "--health-port", "0", "--drain-s", "2")
@@ -326,6 +327,21 @@ def test_health_and_readiness_on_their_own_port_follow_the_server(exported):
         assert httpx.get(health + "/readyz").status_code == 200
         assert httpx.get(health + "/v2/health/ready").json() == {"ready": True}
         assert httpx.get(health + "/v1/predict").status_code == 404  # health only
+        # a server that stops turning (here: stopped outright) is not live there, and is again once it runs
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            deadline = time.time() + 10
+            while (r := httpx.get(health + "/healthz", timeout=2)).status_code == 200:
+                assert time.time() < deadline
+                time.sleep(0.2)
+            assert r.status_code == 503 and r.json()["status"] == "stalled"
+            assert httpx.get(health + "/readyz", timeout=2).status_code == 503
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        deadline = time.time() + 10
+        while httpx.get(health + "/healthz", timeout=2).status_code != 200:
+            assert time.time() < deadline
+            time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         deadline = time.time() + 5
         while httpx.get(health + "/readyz").status_code == 200:  # the drain begins
@@ -338,3 +354,26 @@ def test_health_and_readiness_on_their_own_port_follow_the_server(exported):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_health_port_goes_with_a_server_that_is_killed(exported):
+    """SIGKILL leaves no health process answering for a server that is gone: it ends when its pipe does."""
+    import re
+
+    proc, url = start_server(exported.artefacts["onnx"], "--health-port", "0")
+    health = None
+    for line in iter(proc.stdout.readline, b""):
+        if found := re.search(rb"health and readiness on (http://[0-9.]+:[0-9]+)", line):
+            health = found[1].decode()
+            break
+    assert health is not None and httpx.get(health + "/healthz").status_code == 200
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.time() + 10
+    while True:
+        try:
+            httpx.get(health + "/healthz", timeout=1)
+        except httpx.HTTPError:
+            break  # refused: nothing listens there any more
+        assert time.time() < deadline, "the health process outlived its server"
+        time.sleep(0.1)

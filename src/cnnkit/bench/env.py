@@ -44,9 +44,13 @@ def environment(device: str, threads: int) -> dict[str, Any]:
     return env
 
 
+RESULTS = "benchmarks/results/"  # where the benchmark scripts write
+
+
 def provenance(tree: Path | None = None) -> dict[str, Any]:
     """The command that is running and the commit measured: `tree` (default: the checkout cnnkit is imported from)
-    at HEAD, and whether tracked files differ from it. Outside a git checkout (an installed wheel) the commit is
+    at HEAD, and whether tracked files differ from it (result files under benchmarks/results/ aside: a run's own
+    outputs). Outside a git checkout (an installed wheel) the commit is
     None and cnnkit's version says what ran."""
     import subprocess
 
@@ -63,4 +67,6 @@ def provenance(tree: Path | None = None) -> dict[str, Any]:
 
     commit = git("rev-parse", "HEAD") if (here / ".git").exists() else None
     changes = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"command": command, "commit": commit, "uncommitted_changes": None if changes is None else bool(changes)}
+    # result files a benchmark run has just rewritten are its outputs, not a change to what was measured
+    changed = None if changes is None else [ln for ln in changes.splitlines() if RESULTS not in ln]
+    return {"command": command, "commit": commit, "uncommitted_changes": None if changed is None else bool(changed)}

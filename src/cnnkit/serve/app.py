@@ -242,6 +242,7 @@ class Service:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        beat = asyncio.create_task(self.state.heartbeat()) if self.state.heartbeat else None  # --health-port's
         self.batcher.start()
         for n in {1, self.cfg.max_batch}:  # warm up ORT's allocations for the shapes we will see most
             await self.batcher.submit(np.zeros((n, *self.clf.input_spec.image_shape), np.uint8))
@@ -260,6 +261,8 @@ class Service:
                 await grpc_server.stop(grpc_v2.STOP_GRACE_S)  # in-flight calls finish; the batcher still runs
             await self.batcher.stop()
             self.pool.shutdown(wait=False, cancel_futures=True)
+            if beat is not None:
+                beat.cancel()
 
     def routes(self) -> list[Route]:
         # Starlette tries routes in order: the inference routes come first (each miss costs every request ~3 µs)

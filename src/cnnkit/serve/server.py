@@ -10,7 +10,7 @@ from cnnkit.runtime import Classifier
 from cnnkit.serve import listen
 from cnnkit.serve.app import create_app
 from cnnkit.serve.config import ServeConfig
-from cnnkit.serve.health import HealthServer
+from cnnkit.serve.health import HealthProcess
 from cnnkit.serve.http import bounded_httptools
 from cnnkit.serve.reading import log
 from cnnkit.serve.shutdown import serve_until_signalled
@@ -51,8 +51,8 @@ def run(
     log.info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown, sock.getsockname()[1])
     health = None
     if health_sock is not None:
-        health = HealthServer(health_sock, app.state.serving, clf.providers)
-        health.start()
+        health = HealthProcess(health_sock, app.state.serving, clf.providers)
+        app.state.serving.heartbeat = health.beating
         log.info("cnnkit serve: health and readiness on http://%s:%d", cfg.health_host, health.port)
     try:
         serve_until_signalled(config, app.state.serving, cfg.drain_s, [sock])

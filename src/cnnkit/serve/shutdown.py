@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 LAST_ANSWERS_S = 0.5  # after the listener closes: time for each open connection's last request
@@ -17,6 +18,7 @@ class ServingState:
     def __init__(self) -> None:
         self.ready = False
         self.draining = False
+        self.heartbeat: Callable[[], Coroutine[Any, Any, None]] | None = None  # run on the event loop while it serves
 
     @property
     def accepting(self) -> bool:

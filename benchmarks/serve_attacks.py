@@ -8,7 +8,7 @@ decompression bombs (multipart requests of twelve 13000x13000 1-bit PNGs), a 200
 held open half-sent (8 MB declared each), JSON nested 100,000 deep, and (issue 21) V2 requests asking for an output
 4,000 times, V2 and /v1 string data that a padded array would make 2 GB, V2 bodies at 1 byte/s, 8 MB V2 JSON, 128
 clients uploading 4.2 MB PNGs at once, 100 KB request heads, and slow request heads (slowloris). Targets: /healthz
-p99 under 100 ms, the server's peak RSS (VmHWM) under 512 MB, and no 500. Writes
+p99 under 100 ms, the server's peak RSS (VmHWM, its --health-port process included) under 512 MB, and no 500. Writes
 benchmarks/results/serve_attacks.json.
 """
 
@@ -32,11 +32,20 @@ from serve_load import free_port, http_post, start
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    """Resident memory now (VmRSS) or at its peak so far (VmHWM), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """Resident memory now (VmRSS) or at its peak so far (VmHWM), in MB: the server's and its child processes'
+    (the --health-port process) together."""
+    total = 0.0
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for p in [pid, *map(int, children)]:
+        try:
+            lines = Path(f"/proc/{p}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += next((int(ln.split()[1]) / 1024 for ln in lines if ln.startswith(field + ":")), 0.0)
+    return total
 
 
 async def probe(host: str, port: int, stop: asyncio.Event, pid: int) -> dict:
@@ -351,7 +360,7 @@ async def one(name: str, url: str, pid: int, seconds: float, health_port: int) -
     host, port = url.removeprefix("http://").split(":")
     stop = asyncio.Event()
     watcher = asyncio.create_task(probe(host, int(port), stop, pid))
-    side = asyncio.create_task(probe(host, health_port, stop, pid))  # --health-port: its own thread
+    side = asyncio.create_task(probe(host, health_port, stop, pid))  # --health-port: its own process
     if name == "idle":
         await asyncio.sleep(seconds / 2)
         statuses: dict = {}

@@ -18,10 +18,12 @@ import argparse
 import asyncio
 import io
 import json
+import multiprocessing
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -356,19 +358,62 @@ ATTACKS = {
 }
 
 
+def _probe_process(host: str, port: int, pid: int, go: Any, stop: Any, out: Any) -> None:
+    """`probe` in a process of its own, from `go` until `stop` is set; its result put on `out`."""
+    out.put("ready")
+    go.wait()
+
+    async def main() -> dict:
+        done = asyncio.Event()
+
+        async def watch() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(0.02)
+            done.set()
+
+        watcher = asyncio.create_task(watch())
+        result = await probe(host, port, done, pid)
+        await watcher
+        return result
+
+    out.put(asyncio.run(main()))
+
+
+class Prober:
+    """A probe in a process of its own, as a kubelet is: the attackers' event loop, busy pushing their bytes, must
+    not delay the probe's own timing."""
+
+    def __init__(self, host: str, port: int, pid: int):
+        ctx = multiprocessing.get_context("spawn")
+        self.go, self.stop, self.out = ctx.Event(), ctx.Event(), ctx.Queue()
+        args = (host, port, pid, self.go, self.stop, self.out)
+        self.proc = ctx.Process(target=_probe_process, args=args, daemon=True)
+        self.proc.start()
+
+    def ready(self) -> None:
+        assert self.out.get(timeout=60) == "ready"
+
+    def result(self) -> dict:
+        self.stop.set()
+        found = self.out.get(timeout=60)
+        self.proc.join(timeout=30)
+        return found
+
+
 async def one(name: str, url: str, pid: int, seconds: float, health_port: int) -> dict:
     host, port = url.removeprefix("http://").split(":")
-    stop = asyncio.Event()
-    watcher = asyncio.create_task(probe(host, int(port), stop, pid))
-    side = asyncio.create_task(probe(host, health_port, stop, pid))  # --health-port: its own process
+    probes = main_probe, health_probe = Prober(host, int(port), pid), Prober(host, health_port, pid)
+    for p in probes:
+        p.ready()  # a spawned interpreter takes a moment: both start probing as the attack starts
+    for p in probes:
+        p.go.set()
     if name == "idle":
         await asyncio.sleep(seconds / 2)
         statuses: dict = {}
     else:
         statuses = await attack(name, host, int(port), seconds)
-    stop.set()
-    row = {**(await watcher), "attack_statuses": statuses}
-    health = await side
+    row = {**main_probe.result(), "attack_statuses": statuses}
+    health = health_probe.result()
     row.update({f"health_port_{k.removeprefix('healthz_')}": v for k, v in health.items() if k.startswith("healthz_")})
     row["healthz_within_100ms"] = row["healthz_p99_ms"] <= 100 and row["healthz_failures"] == 0
     row["peak_rss_under_512mb"] = row["server_rss_peak_mb"] < 512

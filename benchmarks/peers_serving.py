@@ -9,7 +9,8 @@ per request as a binary UINT8 V2 tensor, the framing tritonclient uses), in alte
 at once but the others stopped (SIGSTOP) while one is measured; medians over rounds. (2) NVIDIA's perf_analyzer,
 unchanged, against `cnnkit serve` and the Triton engine
 (KServe cannot be measured by it: it answers 404 to the model-configuration request perf_analyzer starts with).
-Client and servers share this machine's cores. Writes benchmarks/results/peers_serving_cpu.json.
+Client and servers share this machine's cores. Writes benchmarks/results/peers_serving_cpu_<kind>.json, one per
+kind of CPU (its instruction sets, as peers_inference names them).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, save
+from peers_inference import cpu_kind
 from perf_analyzer import measure as perf_analyzer
 from serve_load import free_port, load
 from serve_protocols import NAME, v2_request
@@ -182,7 +184,7 @@ def main() -> None:
             p.terminate()
             p.wait(timeout=60)
     save(
-        "peers_serving_cpu.json",
+        f"peers_serving_cpu_{cpu_kind(machine()['cpu_flags'])}.json",
         {
             "machine": machine(),
             "command": "bash benchmarks/peers_serving.sh (python benchmarks/peers_serving.py "

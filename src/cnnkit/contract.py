@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnkit.errors import DataError, ModelFileError
 from cnnkit.geometry import Geometry
-from cnnkit.spec import EXPORT_FORMATS, EXPORT_PRECISIONS, QUANTIZERS, class_names_problem
+from cnnkit.spec import EXPORT_FORMATS, EXPORT_PRECISIONS, QUANTIZERS, class_names_problem, per_channel
 
 if TYPE_CHECKING:
     from cnnkit.spec import CheckpointMeta
@@ -38,8 +38,6 @@ class ModelInfo:
     """What an application needs to use an exported model, read from the model file itself."""
 
     classes: tuple[str, ...]
-    image_size: int
-    channels: int
     mean: tuple[float, ...]  # per channel, on the [0, 1] scale (one value in exports before per-channel statistics)
     std: tuple[float, ...]
     geometry: Geometry = Geometry()  # how an image is fitted to the input (exports before it was recorded: stretch)
@@ -56,6 +54,15 @@ class ModelInfo:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        return self.geometry.channels
+
+    @property
+    def image_size(self) -> int:
+        """The input's width (its height is `geometry.height`; cnnkit's models take square inputs)."""
+        return self.geometry.width
 
     @property
     def version(self) -> str:
@@ -120,8 +127,6 @@ class ModelInfo:
         geometry = _geometry(shape, _object(inp, "pixels", where, optional=True), where)
         return cls(
             classes=tuple(check_labels(d["classes"], where)),
-            image_size=geometry.width,
-            channels=geometry.channels,
             mean=_numbers(norm["mean"], "normalization mean", where),
             std=_numbers(norm["std"], "normalization std", where),
             geometry=geometry,
@@ -151,11 +156,13 @@ def _is_int(value: Any) -> bool:
 
 
 def _numbers(value: Any, what: str, where: str) -> tuple[float, ...]:
-    """A number (exports before per-channel statistics) or a list of 1 or 3 numbers."""
-    values = value if isinstance(value, list) and 1 <= len(value) <= 3 else [value]
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
-        raise ModelFileError(f"{where}: metadata {what} must be a number or a list of 1-3, got {str(value)[:40]}")
-    return tuple(float(v) for v in values)
+    """A number (exports before per-channel statistics) or a list of 1-3 numbers (`spec.per_channel`)."""
+    try:
+        return per_channel(value)
+    except ValueError:
+        raise ModelFileError(
+            f"{where}: metadata {what} must be a number or a list of 1-3, got {str(value)[:40]}"
+        ) from None
 
 
 def _geometry(shape: list[Any], pixels: dict[str, Any], where: str) -> Geometry:

@@ -198,8 +198,8 @@ class CheckpointMeta:
         try:
             meta = cls(
                 config=ModelConfig.from_dict(d["config"]),
-                mean=_per_channel(d["mean"]),
-                std=_per_channel(d["std"]),
+                mean=per_channel(d["mean"]),
+                std=per_channel(d["std"]),
                 classes=tuple(d["classes"]),
                 dataset=dict(d["dataset"]),
                 metrics=dict(d.get("metrics") or {}),
@@ -239,10 +239,11 @@ def normalisation_problem(mean: tuple[float, ...], std: tuple[float, ...], chann
     return None
 
 
-def _per_channel(value: Any) -> tuple[float, ...]:
-    """A list of numbers, or one number (checkpoints before per-channel statistics)."""
+def per_channel(value: Any) -> tuple[float, ...]:
+    """Normalisation statistics as a checkpoint or a model's metadata records them: a list of 1-3 numbers, or one
+    number (files before per-channel statistics). ValueError on anything else (the one rule for both)."""
     values = value if isinstance(value, list) else [value]
-    if len(values) > 3 or any(isinstance(v, bool) for v in values):
+    if not 1 <= len(values) <= 3 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
         raise ValueError(f"normalisation {str(value)[:40]} is not 1-3 numbers")
     return tuple(float(v) for v in values)
 

@@ -113,8 +113,8 @@ class Classifier:
         self.input_spec = InputSpec(
             name=self.info.input_name,
             channels=self.info.channels,
-            height=self.info.image_size,
-            width=self.info.image_size,
+            height=self.info.geometry.height,
+            width=self.info.geometry.width,
         )
         #: why CUDA was asked for but ONNX Runtime runs on the CPU (None when it runs as asked)
         self.fallback_reason: str | None = ort_engine.fallback_reason if ort_engine is not None else None

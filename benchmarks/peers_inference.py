@@ -138,7 +138,7 @@ def configurations(run: Path, threads: int, calibration: np.ndarray) -> dict[str
     )
     best = Classifier(run / "model.onnx", device="cpu", intra_op_threads=threads, max_batch=1 << 20)
     plan = ", ".join(f"{p['label']} from batch {p['from_batch']}" for p in best.runs_on())
-    served = Classifier(run / "model.onnx", device="cpu", intra_op_threads=threads, max_batch=1 << 20, concurrent=True)
+    served = Classifier(run / "model.onnx", device="cpu", intra_op_threads=threads, max_batch=1 << 20, serving=True)
     served_plan = ", ".join(f"{p['label']} from batch {p['from_batch']}" for p in served.runs_on())
     configs: dict[str, tuple[Run, str]] = {
         "cnnkit (optimize --select, engine auto)": (best.logits, f"{best.info.variant}: {plan}"),

@@ -242,10 +242,10 @@ def test_auto_gives_callers_with_batches_in_flight_the_choice_measured_that_way(
     plan.save(model_copy, alone, {}, in_flight)
     one = Classifier(model_copy, device="cpu")
     assert one.engine == "onnxruntime" and one.in_flight == 1  # a lone caller never gets a throughput route
-    served = Classifier(model_copy, device="cpu", concurrent=True)
+    served = Classifier(model_copy, device="cpu", serving=True)
     assert served.engine == "openvino" and served.in_flight == 2
     plan.save(model_copy, alone, {})  # a record without the table: the one-caller choice for everyone
-    assert Classifier(model_copy, device="cpu", concurrent=True).engine == "onnxruntime"
+    assert Classifier(model_copy, device="cpu", serving=True).engine == "onnxruntime"
 
 
 @needs_openvino

@@ -103,8 +103,7 @@ def test_the_serving_policy_is_the_librarys():
     from cnnkit.serve.config import ServeConfig, classifier_options, inference_threads
 
     opts = classifier_options(ServeConfig(max_batch=8, max_images=100))
-    assert opts == {"intra_op_threads": max(1, (os.cpu_count() or 1) - 1), "max_batch": 100, "spin": False,
-                    "concurrent": True}  # fmt: skip
+    assert opts == {"intra_op_threads": max(1, (os.cpu_count() or 1) - 1), "max_batch": 100, "serving": True}
     assert inference_threads(3) == 3
 
 

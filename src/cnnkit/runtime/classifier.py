@@ -48,12 +48,12 @@ class Classifier:
         intra_op_threads: CPU threads per inference, shared by the streams (default: one per core).
         max_batch: larger inputs are run in chunks of this many images.
         cuda: ONNX Runtime's CUDA provider options (`CudaOptions`: TF32, CUDA graph, device, stream).
-        spin: let ONNX Runtime's CPU threads spin between calls (lowest latency for back-to-back calls); False
-            lets them sleep, leaving the cores to the rest of the process (`cnnkit serve` does), and to OpenVINO
-            where a plan runs both (spinning threads slow OpenVINO's next batch).
-        concurrent: the caller keeps several batches in flight from threads (`cnnkit serve` does): engine "auto"
-            then runs what `optimize` measured fastest that way (OpenVINO's THROUGHPUT mode, where it won), and
-            `in_flight` says how many batches to keep running at once.
+        serving: the model serves concurrent callers within a larger process, as `cnnkit serve` does: ONNX
+            Runtime's CPU threads sleep between calls instead of spinning (leaving the cores to the event loop and
+            the decoders, and to OpenVINO where a plan runs both: spinning threads slow its next batch), and
+            engine "auto" runs what `optimize` measured fastest with batches in flight (OpenVINO's THROUGHPUT mode,
+            where it won); `in_flight` says how many batches to keep running at once. False (the default): one
+            caller's lowest latency, threads spinning between back-to-back calls.
         trust_int8: run an INT8 file whose accuracy gate was recorded (exports.json beside it) only on CPUs with
             other instruction-set flags than this one; by default that is a ModelFileError saying how to re-check it
             here (`runtime.gates`). The checking tools (verify, bench, evaluate) pass True: they judge, not trust.
@@ -75,8 +75,7 @@ class Classifier:
         intra_op_threads: int | None = None,
         max_batch: int = 256,
         cuda: CudaOptions = CudaOptions(),
-        spin: bool = True,
-        concurrent: bool = False,
+        serving: bool = False,
         trust_int8: bool = False,
     ):
         if device not in DEVICES:
@@ -94,11 +93,11 @@ class Classifier:
             device == "auto" and session.gpu_visible() and session.CUDA_EP in ort.get_available_providers()
         )
         #: the engine choice for each batch size, and where it came from
-        self.plan = _engine_plan(model, engine, want_cuda, concurrent)
+        self.plan = _engine_plan(model, engine, want_cuda, serving)
         if want_cuda and any(c.engine != "onnxruntime" for c in self.plan.choices):
             raise option_error(DeviceError, "engine", "openvino", "runs on the CPU only; for CUDA use onnxruntime")
         self._engines: dict[EngineChoice, Engine] = {
-            c: _open(data, self.source, c, want_cuda, (intra_op_threads, spin), cuda) for c in self.plan.choices
+            c: _open(data, self.source, c, want_cuda, (intra_op_threads, not serving), cuda) for c in self.plan.choices
         }
         first = next(iter(self._engines.values()))
         ort_engine = next((e for e in self._engines.values() if isinstance(e, OrtEngine)), None)

@@ -154,8 +154,7 @@ def classifier_options(cfg: ServeConfig, threads: int | None = None) -> dict[str
     return {
         "intra_op_threads": inference_threads(threads),
         "max_batch": max(cfg.max_batch, cfg.max_images),
-        "spin": False,
-        "concurrent": True,
+        "serving": True,
     }
 
 

@@ -163,8 +163,10 @@ def setup(plan: TrainPlan) -> Session:
     torch.manual_seed(cfg.seed)  # the initial weights: the same on every rank
     # channels_last suits cuDNN and oneDNN alike (measured ~1.25x training throughput on a CPU)
     model = nets.build(plan.config)
-    if plan.fitted is not None and cfg.weights is not None:  # fine-tuning: the weights checked in plan.check
-        nets.start_from(model, plan.config, cfg.weights)
+    if plan.fitted is not None and cfg.weights is not None:  # fine-tuning: the tensors read and checked in plan.check
+        from cnnkit.train.nets import weights
+
+        weights.fit(model, plan.fitted.state, source=plan.fitted.source)
     model = model.to(device).to(memory_format=torch.channels_last)
     if plan.resumed is not None:
         try:

@@ -31,6 +31,8 @@ class Fitted:
     adapted: list[str] = field(default_factory=list)
     fresh: list[str] = field(default_factory=list)
     unused: int = 0  # tensors in the file that the network has no place for
+    # the tensors read from the file: fitting them again into another build of the network needs no second read
+    state: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "loaded": self.loaded, "adapted": self.adapted, "fresh": self.fresh,
@@ -125,7 +127,9 @@ def fit(model: Any, state: dict[str, Any], *, source: str, strict: bool = False)
         )
     with torch.no_grad():
         model.load_state_dict({**own, **taken}, strict=True)
-    return Fitted(source=source, loaded=len(taken) - len(adapted), adapted=adapted, fresh=fresh, unused=unused)
+    return Fitted(
+        source=source, loaded=len(taken) - len(adapted), adapted=adapted, fresh=fresh, unused=unused, state=state
+    )
 
 
 def _first_conv_weight(model: Any) -> str | None:

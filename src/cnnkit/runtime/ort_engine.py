@@ -56,6 +56,8 @@ class OrtEngine:
         self.info = read_info(self.facts(), source)  # the geometry and the one output it runs, chosen here
         self._feed = self.info.input_name
         self._outputs = [self.info.output_name]
+        # N single-threaded sessions run from cnnkit's threads: ONNX Runtime's own `run_async` needs an intra-op
+        # pool with a thread of its own ("intra op thread pool must have at least one thread for RunAsync")
         self.run = (
             Streams([self._runner(s) for s in self._sessions]) if choice.streams > 1 else self._runner(self.session)
         )

@@ -158,6 +158,8 @@ def test_an_int8_file_gated_on_other_cpu_flags_is_re_checked_before_it_is_truste
     r = CliRunner().invoke(main, ["predict", model, str(img), "--device", "cpu"])
     assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "cnnkit verify" in r.stderr
     assert CliRunner().invoke(main, ["predict", model, str(img), "--device", "cpu", "--trust-int8"]).exit_code == 0
+    r = CliRunner().invoke(main, ["doctor", model, "--json"])  # doctor says so too, and still opens the file
+    assert "passed its accuracy gate on CPUs with 'avx2" in json.loads(r.stdout)["engines"]["int8_gate"], r.output
     r = CliRunner().invoke(main, ["verify", model, "--checkpoint", trained.checkpoint, *LENIENT_FLAGS])
     assert r.exit_code == 0 and "recorded in" in r.output, r.output
     assert Classifier(model, device="cpu").info.precision == "int8"  # gated here now: trusted

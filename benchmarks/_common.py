@@ -7,7 +7,9 @@ import platform
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from cnnkit.bench.env import RESULTS as RESULTS_DIR  # the one place: provenance reads it too
+
+RESULTS = Path(__file__).resolve().parents[1] / RESULTS_DIR
 
 
 def machine() -> dict:

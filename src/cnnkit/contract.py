@@ -12,6 +12,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnkit.errors import DataError, ModelFileError
@@ -223,6 +224,16 @@ def image_metadata(meta: dict[str, Any]) -> dict[str, str]:
         "Image.ColorSpaceGamma": "SRGB",
         "Image.NominalPixelRange": "NominalRange_0_255",
     }
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The file entries of `directory`'s exports.json (`MANIFEST`), or {} where it is missing or unreadable."""
+    try:
+        doc = json.loads((directory / MANIFEST).read_text())
+        files = doc.get("files") if isinstance(doc, dict) else None
+        return dict(files) if isinstance(files, dict) else {}
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return {}
 
 
 def model_version(checkpoint_sha256: str, variant: dict[str, Any]) -> str:

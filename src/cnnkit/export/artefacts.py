@@ -12,6 +12,7 @@ from typing import Any
 
 from cnnkit import atomic, contract
 from cnnkit.atomic import sha256_file
+from cnnkit.contract import read_manifest
 from cnnkit.errors import CheckpointError, ModelFileError, first_line
 from cnnkit.runtime import gates
 
@@ -62,15 +63,6 @@ def record_gate(path: Path, record: dict[str, Any]) -> bool:
     entry[gates.KEY] = [*kept, record]
     _write_manifest(path.parent, entries)
     return True
-
-
-def read_manifest(directory: Path) -> dict:
-    try:
-        doc = json.loads((directory / contract.MANIFEST).read_text())
-        files = doc.get("files") if isinstance(doc, dict) else None
-        return dict(files) if isinstance(files, dict) else {}
-    except (OSError, ValueError, UnicodeDecodeError):
-        return {}
 
 
 def artefact_kind(path: Path) -> str:

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnkit import contract
+from cnnkit.contract import read_manifest
 from cnnkit.errors import CnnkitError, option_error
 from cnnkit.export import nncf_quant, precision, torch_formats
-from cnnkit.export.artefacts import gate_record, read_manifest, record_exports
+from cnnkit.export.artefacts import record_exports
 from cnnkit.export.formats import example_input, fp32_proto, to_torchscript, write_onnx
 from cnnkit.export.options import ExportOptions
-from cnnkit.export.verify import verify
+from cnnkit.export.verify import int8_gates, verify
 from cnnkit.runtime import gates
 from cnnkit.train import checkpoint
 from cnnkit.train.checkpoint import deployable
@@ -145,13 +146,10 @@ def _gated_on(
     report: ParityReport | None, options: ExportOptions, formats: dict[str, str]
 ) -> dict[str, list[dict[str, Any]]]:
     """Format -> the passing INT8 gate of that file on this CPU (`runtime.gates`), from the export's own check."""
-    if report is None or options.precision != "int8":
+    if report is None:
         return {}
-    return {
-        formats[b.artefact]: [gate_record(options.gate.engine, b.gate.agreement, b.gate.accuracy_change)]
-        for b in report.backends
-        if b.gate is not None and b.passed and b.artefact in formats
-    }
+    records = int8_gates(report.backends, options.gate.engine)
+    return {formats[name]: [record] for name, record in records.items() if name in formats}
 
 
 def _metadata(ckpt: Checkpoint, options: ExportOptions, home: Path, calibration: Calibration | None) -> dict[str, Any]:

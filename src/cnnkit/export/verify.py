@@ -135,14 +135,23 @@ def verify(
     )  # fmt: skip
 
 
+def int8_gates(backends: list[BackendParity], engine: str) -> dict[str, dict[str, Any]]:
+    """Each passing INT8 file's gate on this CPU in `engine`, as exports.json records it (`runtime.gates`), by the
+    artefact name the report shows."""
+    return {
+        b.artefact: gate_record(engine, b.gate.agreement, b.gate.accuracy_change)
+        for b in backends
+        if b.gate is not None and b.passed and b.variant.startswith("int8")
+    }
+
+
 def _record_gates(paths: list[Path], backends: list[BackendParity], gate: Gate, staged: dict[str, str]) -> list[str]:
-    """Record each passing INT8 gate beside its file (exports.json, `runtime.gates`): the runtime trusts an INT8
-    file on a CPU whose instruction-set flags a passing gate names. Staged files are recorded by the export."""
+    """Record each passing INT8 gate beside its file (exports.json): the runtime trusts an INT8 file on a CPU whose
+    instruction-set flags a passing gate names. Staged files are recorded by the export, once they land."""
+    records = int8_gates(backends, gate.engine)
     notes = []
-    for path, b in zip(paths, backends):
-        if str(path) in staged or b.gate is None or not b.passed or not b.variant.startswith("int8"):
-            continue
-        if record_gate(path, gate_record(gate.engine, b.gate.agreement, b.gate.accuracy_change)):
+    for path in paths:
+        if str(path) not in staged and str(path) in records and record_gate(path, records[str(path)]):
             notes.append(f"{path}: its INT8 gate on this CPU ({'+'.join(cpu_flags()) or 'no flags'}) in {gate.engine} "
                          f"recorded in {path.parent / MANIFEST}")  # fmt: skip
     return notes

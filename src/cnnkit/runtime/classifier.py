@@ -248,11 +248,11 @@ class Classifier:
         return cuda.ModelIO(self.session, self.input_spec, self.info.output_name, self.info.num_classes, self.device_id)
 
 
-def _engine_plan(model: Any, engine: str | EngineChoice, want_cuda: bool, concurrent: bool) -> plan.EnginePlan:
+def _engine_plan(model: Any, engine: str | EngineChoice, want_cuda: bool, serving: bool) -> plan.EnginePlan:
     if isinstance(engine, EngineChoice):
         return plan.EnginePlan(routes=((1, engine),), source="asked for")
     if engine == "auto":
-        return plan.load(model, "cuda" if want_cuda else "cpu", concurrent)
+        return plan.load(model, "cuda" if want_cuda else "cpu", concurrent=serving)
     if engine not in ENGINES:
         raise CnnkitError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)} or auto")
     return plan.EnginePlan(routes=((1, EngineChoice(engine=engine)),), source="asked for")

@@ -9,7 +9,6 @@ nothing to compare, and runs. Torch-free: reads JSON and /proc/cpuinfo."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +26,15 @@ def here(engine: str) -> dict[str, Any]:
 
 def recorded(model: Path) -> list[dict[str, Any]] | None:
     """The gates recorded for `model` (its exports.json entry, for these very bytes), or None where none is."""
+    entry = contract.read_manifest(model.parent).get(model.name)
+    if not isinstance(entry, dict) or not isinstance(gates := entry.get(KEY), list):  # no record: no hashing
+        return None
     try:
-        doc = json.loads((model.parent / contract.MANIFEST).read_text())
-        entry = doc["files"][model.name]
         if entry.get("sha256") != sha256_file(model):
             return None
-        gates = entry.get(KEY)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+    except OSError:
         return None
-    return [g for g in gates if isinstance(g, dict)] if isinstance(gates, list) else None
+    return [g for g in gates if isinstance(g, dict)]
 
 
 def problem(model: Path, precision: str, engines: list[str]) -> str | None:

@@ -129,6 +129,13 @@ def test_nncf_makes_an_int8_file_of_its_own_recipe_that_is_gated_like_cnnkits(tr
 
     # NNCF's recipe quantizes every convolution; cnnkit's keeps the first one (the normalised image's) in fp32
     assert first_conv_quantized(out["artefacts"]["onnx"]) and not first_conv_quantized(variants["int8"])
+    # the same file into a Triton repository, verified where it lands
+    repo = tmp_path / "repo"
+    r = CliRunner().invoke(main, [*args[:2], "--format", "triton", *args[2:7], str(repo), "--calibration-images", "64",
+                                  *LENIENT_FLAGS])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    (model,) = repo.glob("*/1/model.onnx")
+    assert Classifier(model, device="cpu").info.variant == "int8-nncf-folded"
     r = CliRunner().invoke(main, ["export", trained.checkpoint, "--quantizer", "nncf", "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "--quantizer nncf: applies to --precision int8 only" in r.stderr
     assert not (tmp_path / "x").exists()

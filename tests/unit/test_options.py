@@ -158,6 +158,7 @@ def test_formats_for_and_row_names():
     assert formats_for("all") == ("onnx", "torchscript", "exported") and formats_for("all", "int8") == ("onnx",)
     assert formats_for("aoti") == ("aoti",)  # asked for by name: it compiles for a minute
     assert formats_for("triton") == ("onnx", "torchscript") and formats_for("torchscript") == ("torchscript",)
+    assert formats_for("triton", "int8") == ("onnx",)  # a repository's reduced-precision model is its ONNX file
     with pytest.raises(CnnkitError, match="format='tflite'"):
         formats_for("tflite")
     assert row_name("onnx") == "onnx" and row_name("openvino-2s", "int8-folded") == "openvino-2s:int8-folded"

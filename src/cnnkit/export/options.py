@@ -21,7 +21,7 @@ def formats_for(request: str, precision: str = "fp32") -> tuple[str, ...]:
         raise option_error(CnnkitError, "format", request, f"expected one of {', '.join(FORMAT_CHOICES)}")
     if request in EXPORT_FORMATS:
         return (request,)
-    if precision != "fp32" and request == "all":
+    if precision != "fp32" and request in ("all", "triton"):  # a Triton repository's INT8/fp16 model is ONNX
         return ("onnx",)
     return ALL_FORMATS if request == "all" else ("onnx", "torchscript")
 

@@ -103,7 +103,8 @@ def optimize(
     result, rows, torch_rows = _bench_candidates(ckpt_path, files, choices, checks, options, progress)
     results = [replace(r, row=_row_of(r.name, rows, torch_rows)) for r in results]
     names = _route_names(rows, torch_rows)
-    alone = [row for row in names if row not in rows or rows[row][1].requests == 1]
+    timed_in_flight = rows.keys() - ec.one_at_a_time(rows).keys()  # the one rule of which rows a lone caller gets
+    alone = [row for row in names if row not in timed_in_flight]
     decisions = {bs: d for bs in options.batch_sizes if (d := choose.decide(result, alone, bs))}
     in_flight = {bs: d for bs in options.batch_sizes if (d := choose.decide(result, list(names), bs))}
     records = {

@@ -238,3 +238,67 @@ def test_an_all_json_v2_body_larger_than_any_request_needs_is_a_413_before_parsi
     r = httpx.post(f"{url}/v2/models/{NAME}/infer", content=padded, headers={"content-type": "application/json"})
     assert r.status_code == 413 and "byte limit" in r.json()["error"], r.text[:200]
     assert httpx.post(f"{url}/v2/models/{NAME}/infer", content=doc, timeout=10).status_code == 200
+
+
+def _head(url: str, length: int, *extra: str) -> tuple[socket.socket, bytes]:
+    """A raw connection that has sent a /v1/predict head declaring `length` body bytes (and no body yet)."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    lines = ["POST /v1/predict HTTP/1.1", "Host: x", "Content-Type: image/png", f"Content-Length: {length}", *extra]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    return sock, b""
+
+
+def _answer(sock: socket.socket) -> bytes:
+    got = b""
+    while b"\r\n\r\n" not in got:
+        piece = sock.recv(4096)
+        if not piece:
+            break
+        got += piece
+    return got
+
+
+def test_a_body_that_does_not_fit_the_bytes_in_flight_is_a_503_from_its_head_and_the_budget_comes_back(big_server):
+    """Eight uploads held half-sent reserve 64 MB, the whole budget, from their declared lengths. Another upload is
+    answered 503 from its head: with `Expect: 100-continue` before it sends its body, without it once it has sent a
+    small one (not a connection reset). Counted in /metrics; when the held uploads go, uploads are served again."""
+    _, url = big_server
+    held = []
+    try:
+        for _ in range(8):
+            sock, _ = _head(url, 8 * 1024 * 1024)  # the default body limit; eight: the default budget
+            sock.sendall(b"\x89PNG")
+            held.append(sock)
+        deadline, status = time.time() + 20, b""
+        while time.time() < deadline and not status.startswith(b"HTTP/1.1 503"):  # until the eight are read
+            sock, _ = _head(url, 4_000_000, "Expect: 100-continue")
+            status = _answer(sock)
+            sock.close()
+        assert status.startswith(b"HTTP/1.1 503") and b"connection: close" in status.lower(), status[:200]
+        r = httpx.post(
+            f"{url}/v1/predict",
+            content=png(np.zeros((28, 28), np.uint8)) + b"\0" * 40_000,
+            headers={"content-type": "image/png"},
+            timeout=10,
+        )
+        assert r.status_code == 503 and "in flight" in r.json()["error"]
+        shed = re.search(
+            rb'cnnkit_requests_total\{endpoint="predict",status="503"\} (\S+)', httpx.get(url + "/metrics").content
+        )
+        assert shed and float(shed.group(1)) >= 2
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.time() + 20
+    while time.time() < deadline:  # each held upload is given back as its server side sees the client go
+        r = httpx.post(
+            f"{url}/v1/predict",
+            content=png(np.zeros((28, 28), np.uint8)) + b"\0" * 40_000,
+            headers={"content-type": "image/png"},
+            timeout=10,
+        )
+        if r.status_code == 200:
+            break
+        time.sleep(0.1)
+    assert r.status_code == 200, r.text[:200]

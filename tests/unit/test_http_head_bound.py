@@ -69,3 +69,63 @@ def test_a_head_within_the_bound_is_answered_and_its_body_is_not_head():
     loop.run_until_complete(asyncio.sleep(0.01))  # the app's task answers
     assert transport.written.startswith(b"HTTP/1.1 200") and not transport.closed
     loop.close()
+
+
+class Shedding:
+    """Sheds every body of more than `over` bytes, and records what it was asked."""
+
+    def __init__(self, over: int):
+        self.over, self.asked = over, []
+
+    def sheds(self, length: int, path: str) -> bool:
+        self.asked.append((length, path))
+        return length > self.over
+
+
+def _shedding_protocol(over: int):
+    loop = asyncio.new_event_loop()
+    config = Config(app=_app, lifespan="off", log_level="error")
+    shedding = Shedding(over)
+    proto = bounded_httptools(64 * 1024, shedding)(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+    transport = Transport()
+    transport.can_write_eof = lambda: True
+    transport.write_eof = lambda: None
+    proto.connection_made(transport)
+    return loop, proto, transport, shedding
+
+
+def _post(length: int, *extra: bytes) -> bytes:
+    return b"\r\n".join([b"POST /v1/predict?top_k=1 HTTP/1.1", b"Host: x", b"Content-Length: %d" % length, *extra])
+
+
+def test_a_shed_body_is_answered_503_from_its_head_and_taken_unread_until_it_ends():
+    from cnnkit.serve.http import LINGER_BYTES
+
+    loop, proto, transport, shedding = _shedding_protocol(over=1000)
+    proto.data_received(_post(5000) + b"\r\n\r\n" + b"x" * 2000)
+    assert transport.written.startswith(b"HTTP/1.1 503") and b"in flight" in transport.written
+    assert shedding.asked == [(5000, "/v1/predict")]
+    assert not transport.closed  # the client may still be sending: it reads its 503 once it has sent the body
+    proto.data_received(b"x" * 3000)
+    assert transport.closed  # at the body's end
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert transport.written.count(b"HTTP/1.1") == 1  # the app never ran
+
+    loop, proto, transport, _ = _shedding_protocol(over=1000)
+    proto.data_received(_post(10 * LINGER_BYTES) + b"\r\n\r\n")
+    proto.data_received(b"x" * LINGER_BYTES)
+    assert not transport.closed
+    proto.data_received(b"x" * 1024)
+    assert transport.closed  # past the cap: a large body is not read to its end
+
+    loop, proto, transport, _ = _shedding_protocol(over=1000)
+    proto.data_received(_post(5000, b"Expect: 100-continue") + b"\r\n\r\n")
+    assert transport.written.startswith(b"HTTP/1.1 503") and transport.closed  # no body was sent: closed at once
+
+
+def test_a_body_that_fits_reaches_the_app():
+    loop, proto, transport, shedding = _shedding_protocol(over=1000)
+    proto.data_received(_post(1000) + b"\r\n\r\n" + b"x" * 1000)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert transport.written.startswith(b"HTTP/1.1 200") and shedding.asked == [(1000, "/v1/predict")]
+    loop.close()

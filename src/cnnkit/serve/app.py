@@ -43,11 +43,17 @@ class Service:
         self.state = ServingState()
         self.stats = triton_api.Statistics()
         self.batcher = Batcher(clf.logits, cfg.max_batch, cfg.max_delay_ms, self._on_batch, in_flight=clf.in_flight)
-        self.inflight = InFlight(cfg.max_inflight_bytes)
+        self.inflight = InFlight(cfg.max_inflight_bytes, cfg.max_body_bytes, self._on_shed)
         self.pool = ThreadPoolExecutor(
             max_workers=cfg.decode_threads, thread_name_prefix="cnnkit-decode", initializer=_yield_to_the_event_loop
         )
         self.name = cfg.model_name or clf.info.serving_name
+
+    def _on_shed(self, path: str) -> None:
+        """A request answered 503 from its headers (its body did not fit the bytes in flight), counted as its
+        endpoint's."""
+        endpoint = "predict" if path == "/v1/predict" else "v2_infer" if path.endswith("/infer") else "other"
+        self.metrics.requests.labels(endpoint, "503").inc()
 
     def _on_batch(self, images: int, seconds: float) -> None:
         if not self.state.ready:  # the start-up warm-up is not an inference anyone asked for
@@ -318,4 +324,5 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig()) -> Starlette:
     )
     app.state.metrics = service.metrics
     app.state.serving = service.state
+    app.state.inflight = service.inflight
     return app

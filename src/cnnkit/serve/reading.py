@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
@@ -37,9 +37,21 @@ class InFlight:
     """Request-body bytes held in memory by all requests together, counted from the first byte read until the
     request's body is no longer needed (decoded or parsed); beyond `limit`, a new body gets a 503."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, max_body: int | None = None, on_shed: Callable[[str], None] | None = None):
         self.limit = limit
         self.bytes = 0
+        self.max_body = limit if max_body is None else max_body
+        self.on_shed = on_shed
+
+    def sheds(self, length: int, path: str) -> bool:
+        """Whether a body of `length` declared bytes is refused now, from its request's headers alone: a 503 before
+        a byte of it is read, so a flood of large uploads costs the event loop a head each, not its bodies. A body
+        over the largest any endpoint takes is left to the endpoint's 413."""
+        if length > self.max_body or self.bytes + length <= self.limit:
+            return False
+        if self.on_shed is not None:
+            self.on_shed(path)
+        return True
 
     @contextlib.contextmanager
     def ticket(self) -> Iterator[Ticket]:
@@ -92,14 +104,17 @@ async def read_body(request: Request, limit: int, ticket: Ticket | None = None) 
     enforced while it streams in, so an oversized upload is refused without being stored. Its bytes count on
     `ticket` (the server's bytes in flight) until the caller's ticket block ends."""
     declared = request.headers.get("content-length")
-    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise RequestError(f"body of {int(declared)} bytes exceeds the {limit}-byte limit", 413)
+    length = int(declared) if declared and declared.isascii() and declared.isdigit() else None
+    if length is not None and length > limit:
+        raise RequestError(f"body of {length} bytes exceeds the {limit}-byte limit", 413)
+    if ticket is not None and length is not None:
+        ticket.take(length)  # the whole declared body, before a byte of it is read (the parser holds it to that)
     chunks, size = [], 0
     async for chunk in _stream(request):
         size += len(chunk)
         if size > limit:
             raise RequestError(f"body exceeds the {limit}-byte limit", 413)
-        if ticket is not None:
+        if ticket is not None and length is None:
             ticket.take(len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)

@@ -43,8 +43,8 @@ def big_server(exported):
 
 @pytest.fixture(scope="module")
 def short_deadline_server(exported):
-    """A server with a 1 s read deadline, for the tests of that deadline only."""
-    proc, url = start_server(exported.artefacts["onnx"], "--read-timeout-s", "1")
+    """A server with 1 s read and head deadlines, for the tests of those deadlines only."""
+    proc, url = start_server(exported.artefacts["onnx"], "--read-timeout-s", "1", "--head-timeout-s", "1")
     yield proc, url
     proc.terminate()
     proc.wait(timeout=30)
@@ -115,6 +115,29 @@ def _trickle(url: str, path: str) -> tuple[bytes, float]:
                 break
             answer += more
         return answer, seconds
+
+
+def test_a_head_that_trickles_in_is_a_408_at_its_deadline_and_a_probe_is_answered_meanwhile(short_deadline_server):
+    """Slowloris: connections trickling their request heads are answered 408 at the head deadline (1 s here) and
+    closed, however long the client would go on; a fresh /healthz is answered while they are held."""
+    _, url = short_deadline_server
+    host, port = url.removeprefix("http://").split(":")
+    socks = [socket.create_connection((host, int(port)), timeout=10) for _ in range(20)]
+    t0 = time.monotonic()
+    for s in socks:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    assert httpx.get(url + "/healthz", timeout=5).status_code == 200
+    for s in socks:
+        s.sendall(b"X-Slow: 1\r\n")
+    answers = [_answer(s) for s in socks]
+    assert all(a.startswith(b"HTTP/1.1 408") and b"connection: close" in a.lower() for a in answers), answers[0]
+    assert time.monotonic() - t0 < 5  # the 1 s deadline, not the client's pace
+    for s, a in zip(socks, answers):  # the one line, then the server closes the connection
+        while piece := s.recv(4096):
+            a += piece
+        assert a.endswith(b'{"error":"request line and headers not received within 1.0 s"}'), a
+    for s in socks:
+        s.close()
 
 
 def test_a_body_that_trickles_in_meets_the_read_deadline_on_both_protocols(short_deadline_server):

@@ -129,3 +129,55 @@ def test_a_body_that_fits_reaches_the_app():
     loop.run_until_complete(asyncio.sleep(0.01))
     assert transport.written.startswith(b"HTTP/1.1 200") and shedding.asked == [(1000, "/v1/predict")]
     loop.close()
+
+
+def _timed_protocol(head_timeout_s: float, limit_concurrency: int | None = None):
+    loop = asyncio.new_event_loop()
+    config = Config(app=_app, lifespan="off", log_level="error", limit_concurrency=limit_concurrency)
+    state = ServerState()
+    proto = bounded_httptools(64 * 1024, None, head_timeout_s)(
+        config=config, server_state=state, app_state={}, _loop=loop
+    )
+    transport = Transport()
+    proto.connection_made(transport)
+    return loop, proto, transport, state
+
+
+def test_a_head_not_complete_within_its_deadline_is_a_408_and_the_connection_closes():
+    loop, proto, transport, _ = _timed_protocol(0.05)
+    proto.data_received(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # a slow head: never finished
+    loop.run_until_complete(asyncio.sleep(0.1))
+    assert transport.written.startswith(b"HTTP/1.1 408") and b"within 0.05 s" in transport.written
+    assert transport.closed
+    loop.close()
+
+    loop, proto, transport, _ = _timed_protocol(0.05)  # a connection that sends nothing: the same
+    loop.run_until_complete(asyncio.sleep(0.1))
+    assert transport.written.startswith(b"HTTP/1.1 408") and transport.closed
+    loop.close()
+
+
+def test_a_complete_head_is_not_timed_while_the_app_answers_or_the_connection_idles():
+    loop, proto, transport, _ = _timed_protocol(0.05)
+    proto.data_received(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+    loop.run_until_complete(asyncio.sleep(0.1))
+    assert transport.written.startswith(b"HTTP/1.1 200") and b"408" not in transport.written
+    assert not transport.closed  # kept alive: uvicorn's keep-alive timeout, not the head's, closes it
+    loop.close()
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/v2/health/ready"])
+def test_a_health_probe_is_answered_when_the_connection_limit_is_full(path):
+    loop, proto, transport, state = _timed_protocol(10.0, limit_concurrency=1)
+    state.connections.update({object(), object()})  # held by others: past the limit
+    proto.data_received(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert transport.written.startswith(b"HTTP/1.1 200")
+    assert proto.limit_concurrency == 1
+    other = _timed_protocol(10.0, limit_concurrency=1)
+    other[3].connections.update({object(), object()})
+    other[1].data_received(b"GET /v1/model HTTP/1.1\r\nHost: x\r\n\r\n")
+    other[0].run_until_complete(asyncio.sleep(0.01))
+    assert other[2].written.startswith(b"HTTP/1.1 503")  # anything else: the limit holds
+    loop.close()
+    other[0].close()

@@ -124,6 +124,7 @@ def test_cli_defaults_are_the_options_objects_defaults():
     assert (d["max_batch"], d["max_images"], d["max_pixels"], d["read_timeout_s"], d["drain_s"], d["http"]) == (
         s.max_batch, s.max_images, s.max_image_pixels, s.request_timeout_s, s.drain_s, s.http)  # fmt: skip
     assert d["max_body_mb"] * 2**20 == s.max_body_bytes and d["max_inflight_mb"] * 2**20 == s.max_inflight_bytes
+    assert d["head_timeout_s"] == s.head_timeout_s
     for command in (export, verify):
         d = _cli_defaults(command)
         assert (d["atol"], d["rtol"], d["min_agreement"], d["max_accuracy_drop"]) == (g.atol, g.rtol, g.min_agreement,

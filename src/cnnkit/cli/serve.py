@@ -65,6 +65,13 @@ MB = 2**20
     help="Most time to read and decode one request's body (/v1 and /v2); beyond it, 503.",
 )
 @click.option(
+    "--head-timeout-s",
+    type=Finite(0.1, 3600),
+    default=S.head_timeout_s,
+    show_default=True,
+    help="Most time for a request's line and headers to arrive (slow heads, slowloris); beyond it, 408.",
+)
+@click.option(
     "--max-inflight-mb",
     type=Finite(1, 65_536),
     default=S.max_inflight_bytes / MB,
@@ -108,7 +115,7 @@ MB = 2**20
     "--health-port",
     type=click.IntRange(0, 65535),
     default=None,
-    help="Also answer /healthz and /readyz on this port, from a thread of their own (probes stay fast under load).",
+    help="Also answer /healthz and /readyz on this port, from a process of their own (probes stay fast under load).",
 )
 @click.option(
     "--metrics-port", type=click.IntRange(0, 65535), default=T.metrics_port, show_default=True, help="triton engine."
@@ -126,6 +133,7 @@ def serve(
     max_pixels,
     drain_s,
     read_timeout_s,
+    head_timeout_s,
     max_inflight_mb,
     http,
     engine,
@@ -161,6 +169,7 @@ def serve(
         drain_s=drain_s,
         max_image_pixels=max_pixels,
         request_timeout_s=read_timeout_s,
+        head_timeout_s=head_timeout_s,
         max_inflight_bytes=int(max_inflight_mb * MB),
         http=http,
         grpc_port=grpc_port,

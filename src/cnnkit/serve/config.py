@@ -60,11 +60,12 @@ class ServeConfig:
     drain_s: float = 1.0  # after SIGTERM: answer, but close connections and fail readyz, before shutting down
     http: str = "httptools"  # uvicorn's HTTP parser: httptools (bounded by cnnkit) or h11
     max_header_bytes: int = 64 * 1024  # request line + headers; beyond it, 431
+    head_timeout_s: float = 10.0  # request line + headers must arrive within this (httptools); beyond it, 408
     top_k: int = 3
     model_name: str | None = None  # in the KServe V2 paths; default: the model's serving name
     grpc_port: int | None = None  # KServe V2 over gRPC on this port too (0: one the kernel picks); None: no gRPC
     grpc_host: str = "127.0.0.1"
-    health_port: int | None = None  # /healthz and /readyz also on this port, answered by a thread of their own
+    health_port: int | None = None  # /healthz and /readyz also on this port, answered by a process of their own
     health_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
@@ -85,6 +86,7 @@ class ServeConfig:
                 "timeout_keep_alive_s": (0, 3600),
                 "drain_s": (0, 3600),
                 "max_header_bytes": (1024, 2**24),
+                "head_timeout_s": (0.1, 3600),
                 "top_k": (1, 100_000),
             },
         )

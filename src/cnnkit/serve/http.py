@@ -3,6 +3,8 @@
 - The request head: httptools buffers a request line and headers of any size, so a client could hold megabytes
   per connection. While a head is incomplete, data is fed to the parser in slices and counted; past the limit the
   connection gets a 431 and is closed.
+- Its time: a head not complete within the deadline gets a 408 (slowloris holds a connection that long only);
+  health probes are answered even when slow heads fill the connection limit.
 - The bytes in flight: a request whose declared body does not fit them gets its 503 from its head. A flood of
   large uploads then costs the event loop one head each, not their bodies (benchmarks/results/serve_attacks.json).
 
@@ -11,13 +13,23 @@ benchmarks/results/serve_load.json and serve_load_1client.json, mode "h11".)"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 SLICE = 8 * 1024
 LINGER_S = 5.0  # a shed request's connection closes by then, whatever is left of its body
 LINGER_BYTES = 64 * 1024  # of a shed request's body, taken unread; past it, the connection is closed
-BUSY = json.dumps({"error": "server busy: too many request bytes in flight; retry"}).encode()
+PROBES = frozenset({b"/healthz", b"/readyz", b"/v2/health/live", b"/v2/health/ready"})
+
+
+def error(message: str) -> bytes:
+    """The one JSON error shape, as the app writes it (compact)."""
+    return json.dumps({"error": message}, separators=(",", ":")).encode()
+
+
+BUSY = error("server busy: too many request bytes in flight; retry")
 
 
 class Shedding(Protocol):
@@ -79,20 +91,80 @@ class ShedFromTheHead:
             self.transport.close()
 
 
-def bounded_httptools(max_head_bytes: int, shedding: Shedding | None = None) -> type[Any]:
+class HeadDeadline:
+    """A request head (request line and headers) must be complete within `head_timeout_s` of the connection's
+    start or of its first byte; past it, a 408 and the connection closes. A connection that trickles its head
+    (slowloris), or sends nothing, holds its place for that long only."""
+
+    head_timeout_s: float | None = None
+    transport: Any
+    loop: Any
+    _head_timer: Any = None
+
+    def arm(self) -> None:
+        self.disarm()
+        if self.head_timeout_s is not None:
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._expired)
+
+    def disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _expired(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            message = f"request line and headers not received within {self.head_timeout_s} s"
+            answer(self.transport, b"408 Request Timeout", error(message))
+
+
+class ProbesPastTheLimit:
+    """A health probe is answered whatever holds uvicorn's connection limit (slow heads, say): a kubelet would
+    restart a server that is alive."""
+
+    url: bytes
+    limit_concurrency: int | None
+
+    @contextlib.contextmanager
+    def probes_past_the_limit(self) -> Iterator[None]:
+        if bytes(self.url).split(b"?", 1)[0] not in PROBES:
+            yield
+            return
+        limit, self.limit_concurrency = self.limit_concurrency, None
+        try:
+            yield
+        finally:
+            self.limit_concurrency = limit
+
+
+def bounded_httptools(
+    max_head_bytes: int, shedding: Shedding | None = None, head_timeout_s: float | None = None
+) -> type[Any]:
     """An httptools protocol class for uvicorn (`Config(http=...)`) that refuses request heads over
-    `max_head_bytes` with a 431, and (given `shedding`) sheds a declared body that does not fit with a 503."""
+    `max_head_bytes` with a 431 and heads slower than `head_timeout_s` with a 408, (given `shedding`) sheds a
+    declared body that does not fit with a 503, and answers health probes even at the connection limit."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class BoundedHttpTools(ShedFromTheHead, HttpToolsProtocol):
+    class BoundedHttpTools(ShedFromTheHead, HeadDeadline, ProbesPastTheLimit, HttpToolsProtocol):
         def connection_made(self, transport: Any) -> None:
             self._in_head, self._head_bytes = True, 0
             super().connection_made(transport)
+            self.arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.disarm()
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.arm()  # the next request's head has begun: it has its own time
 
         def on_headers_complete(self) -> None:
             self._in_head = False
+            self.disarm()
             if not self.sheds():
-                super().on_headers_complete()
+                with self.probes_past_the_limit():
+                    super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:
             if self._shed_left is None:
@@ -115,12 +187,13 @@ def bounded_httptools(max_head_bytes: int, shedding: Shedding | None = None) -> 
                 pos += len(piece)
                 self._head_bytes += len(piece)
                 if self._head_bytes > max_head_bytes + SLICE:
-                    body = json.dumps({"error": f"request line and headers exceed {max_head_bytes} bytes"})
-                    answer(self.transport, b"431 Request Header Fields Too Large", body.encode())
+                    message = f"request line and headers exceed {max_head_bytes} bytes"
+                    answer(self.transport, b"431 Request Header Fields Too Large", error(message))
                     return
                 super().data_received(piece)
             if pos < len(data) and not self.transport.is_closing():
                 super().data_received(data[pos:])
 
     BoundedHttpTools.shedding = shedding
+    BoundedHttpTools.head_timeout_s = head_timeout_s
     return BoundedHttpTools

@@ -43,7 +43,9 @@ def run(
         timeout_graceful_shutdown=30,
         limit_concurrency=cfg.limit_concurrency,  # beyond it uvicorn answers 503 at once
         timeout_keep_alive=int(max(1, cfg.timeout_keep_alive_s)),
-        http=bounded_httptools(cfg.max_header_bytes, app.state.inflight) if cfg.http == "httptools" else "h11",
+        http=bounded_httptools(cfg.max_header_bytes, app.state.inflight, cfg.head_timeout_s)
+        if cfg.http == "httptools"
+        else "h11",
         h11_max_incomplete_event_size=cfg.max_header_bytes,  # request line + headers (h11's own limit)
     )
     shown = f"[{host}]" if ":" in host else host

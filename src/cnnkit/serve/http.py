@@ -36,6 +36,11 @@ class Shedding(Protocol):
     def sheds(self, length: int, path: str) -> bool: ...
 
 
+def path_of(url: bytes) -> bytes:
+    """A request target's path, its query dropped."""
+    return bytes(url).split(b"?", 1)[0]
+
+
 def answer(transport: Any, status: bytes, body: bytes, close: bool = True) -> None:
     """A JSON answer written straight to the connection, which it closes (`close`) or leaves to the caller."""
     transport.write(
@@ -65,8 +70,7 @@ class ShedFromTheHead:
         length = next((v for k, v in self.headers if k == b"content-length"), b"")
         if not (length.isdigit() and len(length) <= 20):
             return False  # no body, chunked or malformed: the app reads and bounds it
-        path = bytes(self.url).split(b"?", 1)[0].decode("latin-1")
-        if not self.shedding.sheds(int(length), path):
+        if not self.shedding.sheds(int(length), path_of(self.url).decode("latin-1")):
             return False
         self._linger(int(length))
         return True
@@ -127,7 +131,7 @@ class ProbesPastTheLimit:
 
     @contextlib.contextmanager
     def probes_past_the_limit(self) -> Iterator[None]:
-        if bytes(self.url).split(b"?", 1)[0] not in PROBES:
+        if path_of(self.url) not in PROBES:
             yield
             return
         limit, self.limit_concurrency = self.limit_concurrency, None

@@ -31,9 +31,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, ensure_model, machine, save
+from cnnkit.serve.config import ServeConfig
 from serve_load import free_port, http_post, start
 
-SLOWLORIS_S = 12.0  # the slow heads attack outlasts `cnnkit serve`'s 10 s --head-timeout-s
+HEAD_TIMEOUT_S = ServeConfig().head_timeout_s  # `cnnkit serve`'s default --head-timeout-s
+SLOWLORIS_S = HEAD_TIMEOUT_S + 2.0  # the slow heads attack outlasts it, so what the server answers is counted
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -314,8 +316,8 @@ async def _big_heads(host: str, port: int, deadline: float, count, statuses: dic
 
 
 async def _slow_heads(host: str, port: int, deadline: float, count, statuses: dict) -> None:
-    """600 connections sending their request head a byte every second (slowloris), for 12 s at least: past the
-    server's 10 s head deadline, so what it answers them is counted ("held_open": still open at the end)."""
+    """600 connections sending their request head a byte every second (slowloris), for SLOWLORIS_S at least: past
+    the server's head deadline, so what it answers them is counted ("held_open": still open at the end)."""
     deadline = max(deadline, time.perf_counter() + SLOWLORIS_S)
     conns = []
     for _ in range(600):
@@ -497,7 +499,7 @@ def main() -> None:
             "probe": "GET /healthz every 20 ms, a fresh connection per probe (as a kubelet or load balancer), on the "
             "main port (healthz_*) and on --health-port (health_port_*) at once",
             "note": "attackers, probe and server share this machine's 2 cores; the slow heads attack runs "
-            f"{SLOWLORIS_S:g} s, past the server's 10 s --head-timeout-s",
+            f"{SLOWLORIS_S:g} s, past the server's {HEAD_TIMEOUT_S:g} s --head-timeout-s",
         },
     )
 

@@ -50,7 +50,7 @@ class TritonEngine:
         import numpy as np
         from pytriton.decorators import batch
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-        from pytriton.triton import Triton, TritonConfig
+        from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
 
         self.cfg = cfg
         self.classifier = Classifier(cfg.model, device=cfg.device)
@@ -82,18 +82,24 @@ class TritonEngine:
         self.access_token: str | None = getattr(security, "access_token", None)
         self.restricted: list[str] = list(getattr(security, "restricted_endpoints", None) or [])
         kwargs = {"security_config": security} if security is not None else {}
-        self._triton = Triton(config=triton_cfg, workspace=Path(self._workspace.name) / "workspace", **kwargs)
-        self._triton.bind(
-            model_name=self.model_name,
-            infer_func=infer,
-            inputs=[Tensor(name=info.input_name, dtype=np.uint8, shape=(spec.channels, spec.height, spec.width))],
-            outputs=[Tensor(name=out_name, dtype=np.float32, shape=(info.num_classes,))],
-            config=ModelConfig(
-                max_batch_size=cfg.max_batch,
-                batcher=DynamicBatcher(max_queue_delay_microseconds=int(cfg.max_delay_ms * 1000)),
-            ),
-            strict=True,
-        )
+        # the model written to Triton's repository folder before the server starts (PyTriton's default loads it
+        # through Triton's load API once the server is up): Triton loads it at start-up, so /v2/health/ready
+        # (strict readiness) is 200 only once the model is, and the repository index lists it
+        policy = TritonLifecyclePolicy(launch_triton_on_startup=True, local_model_store=True)
+        workspace = Path(self._workspace.name) / "workspace"
+        self._triton = Triton(config=triton_cfg, workspace=workspace, triton_lifecycle_policy=policy, **kwargs)
+        with self._labelled():  # the repository's config.pbtxt is written here, at bind
+            self._triton.bind(
+                model_name=self.model_name,
+                infer_func=infer,
+                inputs=[Tensor(name=info.input_name, dtype=np.uint8, shape=(spec.channels, spec.height, spec.width))],
+                outputs=[Tensor(name=out_name, dtype=np.float32, shape=(info.num_classes,))],
+                config=ModelConfig(
+                    max_batch_size=cfg.max_batch,
+                    batcher=DynamicBatcher(max_queue_delay_microseconds=int(cfg.max_delay_ms * 1000)),
+                ),
+                strict=True,
+            )
 
     @property
     def log_file(self) -> Path:

@@ -138,6 +138,48 @@ def test_a_head_that_trickles_in_is_a_408_at_its_deadline_and_a_probe_is_answere
         assert a.endswith(b'{"error":"request line and headers not received within 1.0 s"}'), a
     for s in socks:
         s.close()
+    # the protocol's own answers are counted, under endpoint "head" (no request reached the app)
+    assert 'cnnkit_requests_total{endpoint="head",status="408"} 20.0' in httpx.get(url + "/metrics").text
+
+
+def test_the_h11_parser_has_the_same_head_bounds(exported):
+    """`--http h11`: a head over 64 KB is the same JSON 431 as on httptools (h11 alone answers a plain-text 400); a
+    head that trickles in is a 408 at the deadline; both counted in /metrics. A keep-alive connection that idles
+    between requests is not cut by the deadline, and its next head has the deadline again."""
+    proc, url = start_server(exported.artefacts["onnx"], "--http", "h11", "--head-timeout-s", "1")
+    try:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as slow:
+            t0 = time.monotonic()
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            answer = _answer(slow)
+            assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 5, answer
+        with socket.create_connection((host, int(port)), timeout=10) as kept:
+            for _ in range(2):  # two requests 1.5 s apart on one connection: each head is complete at once
+                kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                got = b""
+                while b"}" not in got:  # the whole answer, its JSON body included
+                    got += kept.recv(4096)
+                assert got.startswith(b"HTTP/1.1 200"), got
+                time.sleep(1.5)
+            kept.sendall(b"GET /healthz HTTP/1.1\r\n")  # then a head that never ends: its own deadline
+            assert _answer(kept).startswith(b"HTTP/1.1 408")
+        with socket.create_connection((host, int(port)), timeout=10) as big:
+            try:
+                big.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+            except (ConnectionResetError, BrokenPipeError):  # refused while still sending
+                pass
+            try:
+                answer = _answer(big)
+            except ConnectionError:  # the kernel may drop the 431 when the reset overtakes it
+                answer = b"reset"
+            assert answer.startswith(b"HTTP/1.1 431") or answer == b"reset", answer
+        metrics = httpx.get(url + "/metrics").text
+        assert 'cnnkit_requests_total{endpoint="head",status="408"} 2.0' in metrics
+        assert 'cnnkit_requests_total{endpoint="head",status="431"} 1.0' in metrics
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_a_body_that_trickles_in_meets_the_read_deadline_on_both_protocols(short_deadline_server):

@@ -10,7 +10,7 @@ pytest.importorskip("httptools", reason="the serve extra's HTTP parser")
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from cnnkit.serve.http import bounded_httptools
+from cnnkit.serve.http import bounded_h11, bounded_httptools
 
 
 class Transport(asyncio.Transport):
@@ -131,38 +131,87 @@ def test_a_body_that_fits_reaches_the_app():
     loop.close()
 
 
-def _timed_protocol(head_timeout_s: float, limit_concurrency: int | None = None):
+def _timed_protocol(
+    head_timeout_s: float, limit_concurrency: int | None = None, parser: str = "httptools", refused=None
+):
     loop = asyncio.new_event_loop()
     config = Config(app=_app, lifespan="off", log_level="error", limit_concurrency=limit_concurrency)
     state = ServerState()
-    proto = bounded_httptools(64 * 1024, None, head_timeout_s)(
-        config=config, server_state=state, app_state={}, _loop=loop
+    cls = (
+        bounded_h11(64 * 1024, head_timeout_s, refused)
+        if parser == "h11"
+        else bounded_httptools(64 * 1024, None, head_timeout_s, refused)
     )
+    proto = cls(config=config, server_state=state, app_state={}, _loop=loop)
     transport = Transport()
     proto.connection_made(transport)
     return loop, proto, transport, state
 
 
-def test_a_head_not_complete_within_its_deadline_is_a_408_and_the_connection_closes():
-    loop, proto, transport, _ = _timed_protocol(0.05)
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_a_head_not_complete_within_its_deadline_is_a_408_and_the_connection_closes(parser):
+    refused: list[int] = []
+    loop, proto, transport, _ = _timed_protocol(0.05, parser=parser, refused=refused.append)
     proto.data_received(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # a slow head: never finished
     loop.run_until_complete(asyncio.sleep(0.1))
     assert transport.written.startswith(b"HTTP/1.1 408") and b"within 0.05 s" in transport.written
-    assert transport.closed
+    assert transport.closed and refused == [408]  # told, for /metrics
     loop.close()
 
-    loop, proto, transport, _ = _timed_protocol(0.05)  # a connection that sends nothing: the same
+    loop, proto, transport, _ = _timed_protocol(0.05, parser=parser)  # a connection that sends nothing: the same
     loop.run_until_complete(asyncio.sleep(0.1))
     assert transport.written.startswith(b"HTTP/1.1 408") and transport.closed
     loop.close()
 
 
-def test_a_complete_head_is_not_timed_while_the_app_answers_or_the_connection_idles():
-    loop, proto, transport, _ = _timed_protocol(0.05)
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_a_complete_head_is_not_timed_while_the_app_answers_or_the_connection_idles(parser):
+    loop, proto, transport, _ = _timed_protocol(0.05, parser=parser)
     proto.data_received(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
     loop.run_until_complete(asyncio.sleep(0.1))
     assert transport.written.startswith(b"HTTP/1.1 200") and b"408" not in transport.written
     assert not transport.closed  # kept alive: uvicorn's keep-alive timeout, not the head's, closes it
+    loop.close()
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_a_head_over_the_bound_is_a_431_on_either_parser_and_told(parser):
+    """h11's own limit answers a plain-text 400; cnnkit's bound answers first, the JSON 431 httptools gives."""
+    refused: list[int] = []
+    loop = asyncio.new_event_loop()
+    config = Config(app=_app, lifespan="off", log_level="error", h11_max_incomplete_event_size=1024 + 4 * 8192)
+    cls = (
+        bounded_h11(1024, None, refused.append)
+        if parser == "h11"
+        else bounded_httptools(1024, None, None, refused.append)
+    )
+    proto = cls(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+    transport = Transport()
+    proto.connection_made(transport)
+    proto.data_received(b"GET / HTTP/1.1\r\nX-Big: ")
+    for _ in range(20):  # a head trickled in, 4 KB at a time
+        if not transport.closed:
+            proto.data_received(b"a" * 4096)
+    assert (
+        transport.written.startswith(b"HTTP/1.1 431")
+        and b'{"error":"request line and headers exceed 1024' in transport.written
+    )
+    assert transport.closed and refused == [431]
+    loop.close()
+
+
+def test_h11_a_body_past_the_head_bound_is_not_head_and_the_next_head_is_counted_afresh():
+    loop = asyncio.new_event_loop()
+    config = Config(app=_app, lifespan="off", log_level="error", h11_max_incomplete_event_size=1024 + 4 * 8192)
+    proto = bounded_h11(1024)(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+    transport = Transport()
+    proto.connection_made(transport)
+    for _ in range(3):  # three requests on one connection, each head 700 bytes (over 1024 together) + a 50 KB body
+        transport.written = b""
+        head = b"POST /x HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 620 + b"\r\nContent-Length: 50000\r\n\r\n"
+        proto.data_received(head + b"x" * 50_000)
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert transport.written.startswith(b"HTTP/1.1 200") and not transport.closed, transport.written[:80]
     loop.close()
 
 

@@ -83,7 +83,7 @@ MB = 2**20
     type=click.Choice(HTTP_PARSERS),
     default=S.http,
     show_default=True,
-    help="HTTP parser: httptools (faster) or h11; both refuse request heads over 64 KB.",
+    help="HTTP parser: httptools (faster) or h11; both refuse heads over 64 KB or slower than --head-timeout-s.",
 )
 @engine_options(
     ("triton",),

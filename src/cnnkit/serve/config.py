@@ -60,7 +60,7 @@ class ServeConfig:
     drain_s: float = 1.0  # after SIGTERM: answer, but close connections and fail readyz, before shutting down
     http: str = "httptools"  # uvicorn's HTTP parser: httptools (bounded by cnnkit) or h11
     max_header_bytes: int = 64 * 1024  # request line + headers; beyond it, 431
-    head_timeout_s: float = 10.0  # request line + headers must arrive within this (httptools); beyond it, 408
+    head_timeout_s: float = 10.0  # request line + headers must arrive within this (either parser); beyond it, 408
     top_k: int = 3
     model_name: str | None = None  # in the KServe V2 paths; default: the model's serving name
     grpc_port: int | None = None  # KServe V2 over gRPC on this port too (0: one the kernel picks); None: no gRPC

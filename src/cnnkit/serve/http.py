@@ -4,7 +4,8 @@
   per connection. While a head is incomplete, data is fed to the parser in slices and counted; past the limit the
   connection gets a 431 and is closed.
 - Its time: a head not complete within the deadline gets a 408 (slowloris holds a connection that long only);
-  health probes are answered even when slow heads fill the connection limit.
+  health probes are answered even when slow heads fill the connection limit. uvicorn's h11 parser gets the same
+  deadline (`bounded_h11`).
 - The bytes in flight: a request whose declared body does not fit them gets its 503 from its head. A flood of
   large uploads then costs the event loop one head each, not their bodies (benchmarks/results/serve_attacks.json).
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 SLICE = 8 * 1024
@@ -34,6 +35,10 @@ BUSY = error("server busy: too many request bytes in flight; retry")
 
 class Shedding(Protocol):
     def sheds(self, length: int, path: str) -> bool: ...
+
+
+#: told each status (431, 408) the protocol answers itself, before a request reaches the app (for `/metrics`)
+Refused = Callable[[int], None]
 
 
 def path_of(url: bytes) -> bytes:
@@ -95,15 +100,24 @@ class ShedFromTheHead:
             self.transport.close()
 
 
-class HeadDeadline:
+class HeadBounds:
     """A request head (request line and headers) must be complete within `head_timeout_s` of the connection's
-    start or of its first byte; past it, a 408 and the connection closes. A connection that trickles its head
-    (slowloris), or sends nothing, holds its place for that long only."""
+    start or of its first byte, and within `max_head_bytes`; past either, a 408 or a 431 and the connection closes.
+    A connection that trickles its head (slowloris), or sends nothing, holds its place for that long only."""
 
     head_timeout_s: float | None = None
+    max_head_bytes: int = 64 * 1024
+    on_refused: Refused | None = None
     transport: Any
     loop: Any
     _head_timer: Any = None
+    _head_bytes = 0
+
+    def refuse(self, status: bytes, message: str) -> None:
+        """The protocol's own answer (431, 408), counted; the connection closes."""
+        answer(self.transport, status, error(message))
+        if self.on_refused is not None:
+            self.on_refused(int(status[:3]))
 
     def arm(self) -> None:
         self.disarm()
@@ -118,8 +132,23 @@ class HeadDeadline:
     def _expired(self) -> None:
         self._head_timer = None
         if not self.transport.is_closing():
-            message = f"request line and headers not received within {self.head_timeout_s} s"
-            answer(self.transport, b"408 Request Timeout", error(message))
+            self.refuse(b"408 Request Timeout", f"request line and headers not received within {self.head_timeout_s} s")
+
+    def feed_head(self, data: bytes, feed: Callable[[bytes], None], in_head: Callable[[], bool]) -> None:
+        """`data` fed to the parser (`feed`) in slices while it is in a head (`in_head`), each counted; past the
+        bound, a 431 and nothing more is fed. Once the head is complete, the rest goes in at once."""
+        pos = 0
+        while pos < len(data) and in_head() and not self.transport.is_closing():
+            piece = data[pos : pos + SLICE]
+            pos += len(piece)
+            self._head_bytes += len(piece)
+            if self._head_bytes > self.max_head_bytes + SLICE:
+                message = f"request line and headers exceed {self.max_head_bytes} bytes"
+                self.refuse(b"431 Request Header Fields Too Large", message)
+                return
+            feed(piece)
+        if pos < len(data) and not self.transport.is_closing():
+            feed(data[pos:])
 
 
 class ProbesPastTheLimit:
@@ -142,14 +171,18 @@ class ProbesPastTheLimit:
 
 
 def bounded_httptools(
-    max_head_bytes: int, shedding: Shedding | None = None, head_timeout_s: float | None = None
+    max_head_bytes: int,
+    shedding: Shedding | None = None,
+    head_timeout_s: float | None = None,
+    on_refused: Refused | None = None,
 ) -> type[Any]:
     """An httptools protocol class for uvicorn (`Config(http=...)`) that refuses request heads over
-    `max_head_bytes` with a 431 and heads slower than `head_timeout_s` with a 408, (given `shedding`) sheds a
-    declared body that does not fit with a 503, and answers health probes even at the connection limit."""
+    `max_head_bytes` with a 431 and heads slower than `head_timeout_s` with a 408 (each told to `on_refused`),
+    (given `shedding`) sheds a declared body that does not fit with a 503, and answers health probes even at the
+    connection limit."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class BoundedHttpTools(ShedFromTheHead, HeadDeadline, ProbesPastTheLimit, HttpToolsProtocol):
+    class BoundedHttpTools(ShedFromTheHead, HeadBounds, ProbesPastTheLimit, HttpToolsProtocol):
         def connection_made(self, transport: Any) -> None:
             self._in_head, self._head_bytes = True, 0
             super().connection_made(transport)
@@ -185,19 +218,43 @@ def bounded_httptools(
             if self._shed_left is not None:
                 self.drop(data)
                 return
-            pos = 0
-            while pos < len(data) and self._in_head and not self.transport.is_closing():
-                piece = data[pos : pos + SLICE]
-                pos += len(piece)
-                self._head_bytes += len(piece)
-                if self._head_bytes > max_head_bytes + SLICE:
-                    message = f"request line and headers exceed {max_head_bytes} bytes"
-                    answer(self.transport, b"431 Request Header Fields Too Large", error(message))
-                    return
-                super().data_received(piece)
-            if pos < len(data) and not self.transport.is_closing():
-                super().data_received(data[pos:])
+            self.feed_head(data, super().data_received, lambda: self._in_head)
 
     BoundedHttpTools.shedding = shedding
     BoundedHttpTools.head_timeout_s = head_timeout_s
+    BoundedHttpTools.max_head_bytes = max_head_bytes
+    BoundedHttpTools.on_refused = on_refused
     return BoundedHttpTools
+
+
+def bounded_h11(
+    max_head_bytes: int, head_timeout_s: float | None = None, on_refused: Refused | None = None
+) -> type[Any]:
+    """uvicorn's h11 protocol with the same bounds on the request head: over `max_head_bytes` a 431, slower than
+    `head_timeout_s` (from the connection's start or the head's first byte) a 408, each told to `on_refused`.
+    (h11's own `h11_max_incomplete_event_size` answers a plain-text 400: set it above this bound, as a backstop.)
+    Shedding from the head and probes past the connection limit are httptools' only."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class BoundedH11(HeadBounds, H11Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self.arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._head_timer is None and self.conn.their_state is h11.IDLE:
+                self.arm()  # the first byte of a head after a keep-alive pause: its own time
+            self.feed_head(data, super().data_received, lambda: self.conn.their_state is h11.IDLE)
+            if self.conn.their_state is not h11.IDLE:
+                self.disarm()  # the head is complete (or the connection failed): not bounded any more
+                self._head_bytes = 0
+
+    BoundedH11.head_timeout_s = head_timeout_s
+    BoundedH11.max_head_bytes = max_head_bytes
+    BoundedH11.on_refused = on_refused
+    return BoundedH11

@@ -36,5 +36,10 @@ class Metrics:
         self.inference.observe(seconds)
         self.images.inc(n)
 
+    def refused(self, status: int) -> None:
+        """The HTTP protocol answered a connection itself (431: head too large, 408: head too slow) before any
+        request reached the app, so no endpoint is known: counted as endpoint "head"."""
+        self.requests.labels("head", str(status)).inc()
+
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -3,6 +3,8 @@ HTTP parser, until SIGINT/SIGTERM (drain, stop accepting, finish in-flight reque
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from cnnkit.errors import ModelFileError
@@ -11,9 +13,16 @@ from cnnkit.serve import listen
 from cnnkit.serve.app import create_app
 from cnnkit.serve.config import ServeConfig
 from cnnkit.serve.health import HealthProcess
-from cnnkit.serve.http import bounded_httptools
+from cnnkit.serve.http import SLICE, Refused, Shedding, bounded_h11, bounded_httptools
 from cnnkit.serve.reading import log
 from cnnkit.serve.shutdown import serve_until_signalled
+
+
+def _protocol(cfg: ServeConfig, shedding: Shedding, refused: Refused) -> type[Any]:
+    """uvicorn's HTTP protocol class for `cfg.http`, with cnnkit's bounds on the request head."""
+    if cfg.http == "h11":
+        return bounded_h11(cfg.max_header_bytes, cfg.head_timeout_s, refused)
+    return bounded_httptools(cfg.max_header_bytes, shedding, cfg.head_timeout_s, refused)
 
 
 def run(
@@ -43,10 +52,8 @@ def run(
         timeout_graceful_shutdown=30,
         limit_concurrency=cfg.limit_concurrency,  # beyond it uvicorn answers 503 at once
         timeout_keep_alive=int(max(1, cfg.timeout_keep_alive_s)),
-        http=bounded_httptools(cfg.max_header_bytes, app.state.inflight, cfg.head_timeout_s)
-        if cfg.http == "httptools"
-        else "h11",
-        h11_max_incomplete_event_size=cfg.max_header_bytes,  # request line + headers (h11's own limit)
+        http=_protocol(cfg, app.state.inflight, app.state.metrics.refused),
+        h11_max_incomplete_event_size=cfg.max_header_bytes + 4 * SLICE,  # h11's own 400: a backstop past cnnkit's 431
     )
     shown = f"[{host}]" if ":" in host else host
     # uvicorn says where it listens only for the sockets it binds itself: the same line for the one bound here

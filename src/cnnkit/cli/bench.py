@@ -16,6 +16,7 @@ from cnnkit.cli.common import (
     progress_for,
     require,
     show_report,
+    shown,
     trust_arch,
 )
 from cnnkit.spec import BENCH_DEVICES
@@ -58,12 +59,8 @@ def _sizes(sizes: tuple[int, ...]) -> str:
 @click.option(
     "--iters", type=click.IntRange(1, 10_000_000), default=None, help="Timed iterations per backend and batch."
 )
-@click.option(
-    "--min-time",
-    type=Finite(min=0.01),
-    default=BENCH.min_time,
-    show_default=True,
-    help="Timed seconds per backend and batch (when --iters is not given).",
+@shown(
+    "--min-time", Finite(min=0.01), BENCH.min_time, "Timed seconds per backend and batch (when --iters is not given)."
 )
 @click.option(
     "--threads", type=click.IntRange(1, 512), default=None, help="CPU threads for every backend (default: all cores)."
@@ -148,13 +145,7 @@ def bench(
 @click.argument("run", type=click.Path())
 @click.option("--device", type=click.Choice(BENCH_DEVICES), default=OPT.device, show_default=True)
 @click.option("--batch-sizes", default=_sizes(OPT.batch_sizes), show_default=True, callback=int_list)
-@click.option(
-    "--min-time",
-    type=Finite(min=0.01),
-    default=OPT.min_time,
-    show_default=True,
-    help="Timed seconds per variant and batch.",
-)
+@shown("--min-time", Finite(min=0.01), OPT.min_time, "Timed seconds per variant and batch.")
 @click.option("--select", is_flag=True, help="Copy the fastest passing ONNX variant at --target-batch to model.onnx.")
 @click.option("--target-batch", type=click.IntRange(1, 65_536), default=OPT.target_batch, show_default=True)
 @click.option(

@@ -22,6 +22,11 @@ class Finite(click.FloatRange):
         return out
 
 
+def shown(flag: str, kind: Any, default: Any, help: str | None = None) -> Callable[[Any], Any]:
+    """A click option whose default, an options dataclass's, is shown in `--help`."""
+    return click.option(flag, type=kind, default=default, show_default=True, help=help)
+
+
 def int_list(ctx: click.Context | None, param: click.Parameter | None, value: str) -> tuple[int, ...]:
     """A click callback: "1,8,64" -> (1, 8, 64), each 1..65536."""
     try:
@@ -76,19 +81,17 @@ def gate_options(f):
     """The reduced-precision gates and where the real test split is, shared by export, verify and optimize (their
     defaults are `Gate`'s)."""
     g = _gate_defaults()
-    f = click.option(
+    f = shown(
         "--max-accuracy-drop",
-        type=Finite(0, 100),
-        default=g.max_accuracy_drop,
-        show_default=True,
-        help="INT8/fp16: most accuracy (points) the variant may lose against fp32.",
+        Finite(0, 100),
+        g.max_accuracy_drop,
+        "INT8/fp16: most accuracy (points) the variant may lose against fp32.",
     )(f)
-    f = click.option(
+    f = shown(
         "--min-agreement",
-        type=Finite(0, 1),
-        default=g.min_agreement,
-        show_default=True,
-        help="INT8/fp16: least top-1 agreement with the fp32 reference on the real test split.",
+        Finite(0, 1),
+        g.min_agreement,
+        "INT8/fp16: least top-1 agreement with the fp32 reference on the real test split.",
     )(f)
     f = click.option(
         "--data-dir",
@@ -112,19 +115,17 @@ def gate_engine_options(f):
     from cnnkit.spec import ENGINES, INFERENCE_PRECISIONS
 
     g = _gate_defaults()
-    f = click.option(
+    f = shown(
         "--engine-precision",
-        type=click.Choice(INFERENCE_PRECISIONS),
-        default=g.engine_precision,
-        show_default=True,
-        help="The engine's float arithmetic; bf16 (OpenVINO, on CPUs with AVX512-BF16 or AMX) is gated like fp16.",
+        click.Choice(INFERENCE_PRECISIONS),
+        g.engine_precision,
+        "The engine's float arithmetic; bf16 (OpenVINO, on CPUs with AVX512-BF16 or AMX) is gated like fp16.",
     )(f)
-    return click.option(
+    return shown(
         "--engine",
-        type=click.Choice(ENGINES),
-        default=g.engine,
-        show_default=True,
-        help="Check the .onnx file as this engine runs it (openvino: the 'openvino' extra, CPU).",
+        click.Choice(ENGINES),
+        g.engine,
+        "Check the .onnx file as this engine runs it (openvino: the 'openvino' extra, CPU).",
     )(f)
 
 

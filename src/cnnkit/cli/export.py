@@ -14,6 +14,7 @@ from cnnkit.cli.common import (
     gate_options,
     int_list,
     require,
+    shown,
     tolerance_options,
     trust_arch,
 )
@@ -77,19 +78,17 @@ def foreign_options(f):
     "--verify/--no-verify", default=E.verify, show_default=True, help="Check parity before keeping the files."
 )
 @tolerance_options
-@click.option(
+@shown(
     "--precision",
-    type=click.Choice(EXPORT_PRECISIONS),
-    default=E.precision,
-    show_default=True,
-    help="int8: static INT8 (CPU); fp16: for CUDA (no faster on a CPU). ONNX only.",
+    click.Choice(EXPORT_PRECISIONS),
+    E.precision,
+    "int8: static INT8 (CPU); fp16: for CUDA (no faster on a CPU). ONNX only.",
 )
-@click.option(
+@shown(
     "--quantizer",
-    type=click.Choice(QUANTIZERS),
-    default=E.quantizer,
-    show_default=True,
-    help="INT8: onnxruntime (ONNX Runtime's quantizer, cnnkit's recipe: the first convolution and the output layer "
+    click.Choice(QUANTIZERS),
+    E.quantizer,
+    "INT8: onnxruntime (ONNX Runtime's quantizer, cnnkit's recipe: the first convolution and the output layer "
     "stay fp32) or nncf (NNCF's performance preset, every layer; the 'nncf' extra).",
 )
 @click.option(
@@ -98,20 +97,10 @@ def foreign_options(f):
     show_default=True,
     help="Fold fc1 and fc2 into one exact linear layer (--no-fold mirrors the training module).",
 )
-@click.option(
-    "--calibration-images",
-    type=click.IntRange(1, 100_000),
-    default=E.calibration_images,
-    show_default=True,
-    help="INT8: training images to calibrate on.",
+@shown(
+    "--calibration-images", click.IntRange(1, 100_000), E.calibration_images, "INT8: training images to calibrate on."
 )
-@click.option(
-    "--calibration-seed",
-    type=click.IntRange(0, 2**32 - 1),
-    default=E.calibration_seed,
-    show_default=True,
-    help="INT8: which images.",
-)
+@shown("--calibration-seed", click.IntRange(0, 2**32 - 1), E.calibration_seed, "INT8: which images.")
 @gate_options
 @gate_engine_options
 @click.option("--model-name", default=None, help="triton: the model's name (default: cnnkit-<dataset>).")
@@ -125,19 +114,12 @@ def foreign_options(f):
     callback=int_list,
     help="triton: the dynamic batcher's preferred sizes.",
 )
-@click.option(
-    "--queue-delay-us",
-    type=click.IntRange(0, 10_000_000),
-    default=T.max_queue_delay_us,
-    show_default=True,
-    help="triton.",
-)
-@click.option(
+@shown("--queue-delay-us", click.IntRange(0, 10_000_000), T.max_queue_delay_us, "triton.")
+@shown(
     "--instance-kind",
-    type=click.Choice(TRITON_INSTANCE_KINDS),
-    default=T.instance_kind,
-    show_default=True,
-    help="triton: where instances run (auto: a GPU where Triton has one).",
+    click.Choice(TRITON_INSTANCE_KINDS),
+    T.instance_kind,
+    "triton: where instances run (auto: a GPU where Triton has one).",
 )
 @click.option(
     "--instances", type=click.IntRange(1, 64), default=T.instances, show_default=True, help="triton: per device."

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from cnnkit.cli.common import TRUST_INT8, Finite, engine_arg, engine_options, make_classifier, require, runs_on_text
+from cnnkit.cli.common import (
+    TRUST_INT8,
+    Finite,
+    engine_arg,
+    engine_options,
+    make_classifier,
+    require,
+    runs_on_text,
+    shown,
+)
 from cnnkit.serve.config import HTTP_PARSERS, ServeConfig, TritonEngineConfig, classifier_options
 from cnnkit.spec import DEVICES
 
@@ -18,19 +27,14 @@ MB = 2**20
 @click.option("--host", default=T.host, show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=T.http_port, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default=T.device, show_default=True)
-@click.option(
-    "--max-batch",
-    type=click.IntRange(1, 4096),
-    default=S.max_batch,
-    show_default=True,
-    help="Most images per model call (1 turns dynamic batching off).",
+@shown(
+    "--max-batch", click.IntRange(1, 4096), S.max_batch, "Most images per model call (1 turns dynamic batching off)."
 )
-@click.option(
+@shown(
     "--max-delay-ms",
-    type=Finite(0, 1000),
-    default=S.max_delay_ms,
-    show_default=True,
-    help="Longest a batch may wait for more requests, and only while requests arrive together (0: never wait; what "
+    Finite(0, 1000),
+    S.max_delay_ms,
+    "Longest a batch may wait for more requests, and only while requests arrive together (0: never wait; what "
     "queues while the model runs is batched anyway: measured fastest on CPUs, benchmarks/results/serve_load.json).",
 )
 @click.option("--max-body-mb", type=Finite(0.01, 1024), default=S.max_body_bytes / MB, show_default=True)
@@ -43,47 +47,41 @@ MB = 2**20
     default=None,
     help="Inference threads (default: one per core but one, which the HTTP side keeps for itself).",
 )
-@click.option(
+@shown(
     "--max-pixels",
-    type=click.IntRange(1, 100_000_000),
-    default=S.max_image_pixels,
-    show_default=True,
-    help="Most pixels of one uploaded image before it is resized (checked from its header, before decoding).",
+    click.IntRange(1, 100_000_000),
+    S.max_image_pixels,
+    "Most pixels of one uploaded image before it is resized (checked from its header, before decoding).",
 )
-@click.option(
+@shown(
     "--drain-s",
-    type=Finite(0, 300),
-    default=S.drain_s,
-    show_default=True,
-    help="After SIGTERM: keep answering this long, with Connection: close and /readyz 503, then shut down.",
+    Finite(0, 300),
+    S.drain_s,
+    "After SIGTERM: keep answering this long, with Connection: close and /readyz 503, then shut down.",
 )
-@click.option(
+@shown(
     "--read-timeout-s",
-    type=Finite(0.1, 300),
-    default=S.request_timeout_s,
-    show_default=True,
-    help="Most time to read and decode one request's body (/v1 and /v2); beyond it, 503.",
+    Finite(0.1, 300),
+    S.request_timeout_s,
+    "Most time to read and decode one request's body (/v1 and /v2); beyond it, 503.",
 )
-@click.option(
+@shown(
     "--head-timeout-s",
-    type=Finite(0.1, 3600),
-    default=S.head_timeout_s,
-    show_default=True,
-    help="Most time for a request's line and headers to arrive (slow heads, slowloris); beyond it, 408.",
+    Finite(0.1, 3600),
+    S.head_timeout_s,
+    "Most time for a request's line and headers to arrive (slow heads, slowloris); beyond it, 408.",
 )
-@click.option(
+@shown(
     "--max-inflight-mb",
-    type=Finite(1, 65_536),
-    default=S.max_inflight_bytes / MB,
-    show_default=True,
-    help="Request bodies held in memory at once, until decoded; beyond it, new bodies get 503.",
+    Finite(1, 65_536),
+    S.max_inflight_bytes / MB,
+    "Request bodies held in memory at once, until decoded; beyond it, new bodies get 503.",
 )
-@click.option(
+@shown(
     "--http",
-    type=click.Choice(HTTP_PARSERS),
-    default=S.http,
-    show_default=True,
-    help="HTTP parser: httptools (faster) or h11; both refuse heads over 64 KB or slower than --head-timeout-s.",
+    click.Choice(HTTP_PARSERS),
+    S.http,
+    "HTTP parser: httptools (faster) or h11; both refuse heads over 64 KB or slower than --head-timeout-s.",
 )
 @engine_options(
     ("triton",),

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from cnnkit.cli.common import Finite, arch_option, emit_json, require
+from cnnkit.cli.common import Finite, arch_option, emit_json, require, shown
 from cnnkit.data.imagefolder import FolderOptions
 from cnnkit.geometry import DEFAULT_SIDE, MAX_DEFAULT_SIDE, RESIZE
 from cnnkit.spec import CUDA_GRAPH, DATASETS, DEVICES, TRAIN_PRECISIONS
@@ -49,12 +49,11 @@ D = TrainConfig()  # the defaults live in one place
     help=f"Image folders: the model's input size; default the images' own when they are all one square size of "
     f"at most {MAX_DEFAULT_SIDE} px divisible by 4, else {DEFAULT_SIDE}.",
 )
-@click.option(
+@shown(
     "--resize",
-    type=click.Choice(RESIZE),
-    default=FolderOptions.resize,
-    show_default=True,
-    help="Image folders (and, recorded in the model, every image it is given later): shorter-crop resizes the "
+    click.Choice(RESIZE),
+    FolderOptions.resize,
+    "Image folders (and, recorded in the model, every image it is given later): shorter-crop resizes the "
     "shorter side and crops the centre; stretch resizes to the size outright.",
 )
 @click.option(
@@ -79,12 +78,11 @@ D = TrainConfig()  # the defaults live in one place
     "or 'torchvision' for the architecture's pretrained file in the local torch hub cache (never downloaded). "
     "Tensors that fit load; the classifier head for your classes starts fresh.",
 )
-@click.option(
+@shown(
     "--body-lr-scale",
-    type=Finite(*F["body_lr_scale"], min_open=True),
-    default=D.body_lr_scale,
-    show_default=True,
-    help="With --weights: the body's learning rate as a fraction of --lr (the head's).",
+    Finite(*F["body_lr_scale"], min_open=True),
+    D.body_lr_scale,
+    "With --weights: the body's learning rate as a fraction of --lr (the head's).",
 )
 @click.option(
     "--recipe",
@@ -97,84 +95,54 @@ D = TrainConfig()  # the defaults live in one place
     "explicitly are never changed.",
 )
 @click.option("--epochs", type=click.IntRange(*I["epochs"]), default=D.epochs, show_default=True)
-@click.option(
+@shown(
     "--batch-size",
-    type=click.IntRange(*I["batch_size"]),
-    default=D.batch_size,
-    show_default=True,
-    help="Global batch: split across the processes of a torchrun/--nproc run.",
+    click.IntRange(*I["batch_size"]),
+    D.batch_size,
+    "Global batch: split across the processes of a torchrun/--nproc run.",
 )
-@click.option(
+@shown(
     "--lr",
-    type=Finite(*F["lr"], min_open=True),
-    default=D.lr,
-    show_default=True,
-    help="Peak learning rate of the one-cycle AdamW schedule (the same for any number of processes).",
+    Finite(*F["lr"], min_open=True),
+    D.lr,
+    "Peak learning rate of the one-cycle AdamW schedule (the same for any number of processes).",
 )
 @click.option("--seed", type=click.IntRange(*I["seed"]), default=D.seed, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option(
+@shown(
     "--precision",
-    type=click.Choice(TRAIN_PRECISIONS),
-    default=D.precision,
-    show_default=True,
-    help="auto: bf16 autocast where the hardware runs it natively (CUDA 8.0+, CPUs with AMX), else fp32.",
+    click.Choice(TRAIN_PRECISIONS),
+    D.precision,
+    "auto: bf16 autocast where the hardware runs it natively (CUDA 8.0+, CPUs with AMX), else fp32.",
 )
-@click.option(
+@shown(
     "--cuda-graph",
-    type=click.Choice(CUDA_GRAPH),
-    default=D.cuda_graph,
-    show_default=True,
-    help="Replay each training step from a captured CUDA graph (forward, backward; AdamW and the schedule run as "
+    click.Choice(CUDA_GRAPH),
+    D.cuda_graph,
+    "Replay each training step from a captured CUDA graph (forward, backward; AdamW and the schedule run as "
     "usual). auto: on CUDA in one process; on: fail where it cannot be used; off: eager steps.",
 )
-@click.option(
-    "--shift",
-    type=click.IntRange(*I["shift"]),
-    default=D.shift,
-    show_default=True,
-    help="Random translation augmentation in pixels (0: off).",
-)
-@click.option(
-    "--rotate",
-    type=Finite(*F["rotate"]),
-    default=D.rotate,
-    show_default=True,
-    help="Random rotation augmentation, degrees each way (0: off).",
-)
-@click.option(
-    "--label-smoothing",
-    type=Finite(*F["label_smoothing"]),
-    default=D.label_smoothing,
-    show_default=True,
-    help="Cross-entropy label smoothing.",
-)
+@shown("--shift", click.IntRange(*I["shift"]), D.shift, "Random translation augmentation in pixels (0: off).")
+@shown("--rotate", Finite(*F["rotate"]), D.rotate, "Random rotation augmentation, degrees each way (0: off).")
+@shown("--label-smoothing", Finite(*F["label_smoothing"]), D.label_smoothing, "Cross-entropy label smoothing.")
 @click.option(
     "--flip/--no-flip",
     default=D.flip,
     show_default=True,
     help="Random left-right mirroring (for mirror-symmetric classes such as clothes; not digits).",
 )
-@click.option(
-    "--dropout",
-    type=Finite(*F["dropout"]),
-    default=D.dropout,
-    show_default=True,
-    help="Dropout before the fully connected layers.",
-)
-@click.option(
+@shown("--dropout", Finite(*F["dropout"]), D.dropout, "Dropout before the fully connected layers.")
+@shown(
     "--val-fraction",
-    type=Finite(*F["val_fraction"]),
-    default=D.val_fraction,
-    show_default=True,
-    help="Share of the training images held out for validation (a fixed choice, the same for every seed).",
+    Finite(*F["val_fraction"]),
+    D.val_fraction,
+    "Share of the training images held out for validation (a fixed choice, the same for every seed).",
 )
-@click.option(
+@shown(
     "--patience",
-    type=click.IntRange(*I["patience"]),
-    default=D.patience,
-    show_default=True,
-    help="Early stopping: end after this many epochs without a better validation accuracy (0: run every epoch). "
+    click.IntRange(*I["patience"]),
+    D.patience,
+    "Early stopping: end after this many epochs without a better validation accuracy (0: run every epoch). "
     "The checkpoint always holds the best epoch on validation.",
 )
 @click.option(

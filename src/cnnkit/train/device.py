@@ -34,7 +34,7 @@ def choose_precision(
     """The training precision for `--precision auto|fp32|bf16` on `device`, and why (printed and checkpointed).
 
     auto picks bf16 autocast only where the hardware has bf16 matrix units and it trains faster:
-    - CPUs with AMX (Sapphire Rapids and later): known (measured 1.79x fp32's images/s, train_speed.json);
+    - CPUs with AMX (Sapphire Rapids and later): known (measured 1.60x fp32's images/s, train_speed.json);
     - CUDA compute capability 8.0+: measured once per GPU model and torch version with `measure(precision)` ->
       images/s (cached in the data cache folder, per kind of `steps`: "eager" or "cuda-graph"), because this
       small model's step is host-bound on a fast GPU and
@@ -67,7 +67,7 @@ def choose_precision(
     if not native:
         return "fp32", f"auto: {hw}; fp32"
     if device.type != "cuda":
-        return "bf16", f"auto: {hw} runs bf16 natively (measured 1.79x fp32's step rate on Sapphire Rapids)"
+        return "bf16", f"auto: {hw} runs bf16 natively (measured 1.60x fp32's step rate on a Xeon with AMX)"
     if measure is None:
         return "bf16", f"auto: {hw} runs bf16 natively (not measured)"
     key = f"{torch.cuda.get_device_name(device)} | torch {torch.__version__} | {steps} steps"

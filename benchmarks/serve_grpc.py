@@ -3,9 +3,10 @@ perf_analyzer (`-i grpc` and `-i http`, binary UINT8 tensors, one image per requ
 protocols alternating round by round (who goes first rotates), against the same server process.
 
     python benchmarks/serve_grpc.py [--model M.onnx] [--concurrency 1,16,64] [--rounds 3] [--interval-ms 2000]
+                                    [--out serve_grpc_cpu.json]
 
-Writes benchmarks/results/serve_grpc_cpu.json: per protocol and concurrency the median inferences/s of the rounds
-(and every round), p50/p99, and gRPC's ratio to HTTP. Load generator and server share this machine's cores.
+Writes benchmarks/results/serve_grpc_cpu.json (or --out): per protocol and concurrency the median inferences/s of
+the rounds (and every round), p50/p99, and gRPC's ratio to HTTP. Load generator and server share this machine's cores.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,16,64")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--interval-ms", type=int, default=2000)
+    ap.add_argument("--out", default="serve_grpc_cpu.json", help="the results file's name (one per CPU kind)")
     a = ap.parse_args()
     concurrency = [int(c) for c in a.concurrency.split(",")]
     rounds: dict[str, dict[int, list[dict]]] = {p: {c: [] for c in concurrency} for p in PROTOCOLS}
@@ -92,7 +94,7 @@ def main() -> None:
         for h, g in zip(results["http"], results["grpc"])
     }
     save(
-        "serve_grpc_cpu.json",
+        a.out,
         {
             "machine": machine(),
             "command": "python benchmarks/serve_grpc.py " + " ".join(sys.argv[1:]),

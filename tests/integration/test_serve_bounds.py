@@ -278,6 +278,40 @@ def test_bodies_waiting_for_the_decode_pool_count_as_in_flight(exported, monkeyp
     assert results["first"].status_code == 200
 
 
+def test_a_small_upload_is_decoded_while_large_ones_fill_their_lane(exported, monkeypatch):
+    """Large uploads decoding (one held in the decoder, one queued behind it) do not delay a small one: it has a
+    lane of its own (before, a digit's PNG waited seconds behind attackers' 4 MB uploads)."""
+    release, decoding = threading.Event(), threading.Event()
+    decode = reading_module.imgs.decode
+
+    def held_if_large(*args, **kwargs):
+        if threading.current_thread().name.startswith("cnnkit-decode_"):  # the large lane's threads
+            decoding.set()
+            release.wait(20)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(reading_module.imgs, "decode", held_if_large)
+    large = png(np.zeros((28, 28), np.uint8)) + b"\0" * 200_000  # PNG ignores trailing bytes
+    results = {}
+    with _in_process(exported, decode_threads=1) as client:
+
+        def post(name, body):
+            results[name] = client.post("/v1/predict", content=body, headers={"content-type": "image/png"})
+
+        held = [threading.Thread(target=post, args=(f"large{i}", large)) for i in range(2)]
+        for t in held:
+            t.start()
+        assert decoding.wait(10)  # the large lane is busy, and a second large upload waits behind it
+        t0 = time.monotonic()
+        post("small", png(np.full((28, 28), 255, np.uint8)))
+        waited = time.monotonic() - t0
+        release.set()
+        for t in held:
+            t.join(20)
+    assert results["small"].status_code == 200 and waited < 5, (results["small"].text, waited)
+    assert [results[f"large{i}"].status_code for i in range(2)] == [200, 200]
+
+
 def test_a_jpeg_that_repeats_a_scan_is_refused_from_its_structure_and_the_server_stays_responsive(big_server):
     """A progressive JPEG repeating one scan thousands of times costs seconds of decode CPU at a few hundred KB:
     it is a 400 before decoding, and /healthz answers meanwhile."""

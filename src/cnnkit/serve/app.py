@@ -12,7 +12,6 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -30,12 +29,12 @@ from cnnkit.serve import triton_api, v2
 from cnnkit.serve.batching import Batcher, BatchFailed
 from cnnkit.serve.config import ServeConfig
 from cnnkit.serve.metrics import Metrics
-from cnnkit.serve.reading import InFlight, Ticket, log, parse_request, read_body, without_frames
+from cnnkit.serve.reading import DecodeLanes, InFlight, Ticket, log, parse_request, read_body, without_frames
 from cnnkit.serve.shutdown import CloseWhileDraining, ServingState
 
 
 class Service:
-    """One model served: the batcher, the decode pool, the in-flight bytes, the metrics, and the handlers."""
+    """One model served: the batcher, the decode lanes, the in-flight bytes, the metrics, and the handlers."""
 
     def __init__(self, clf: Classifier, cfg: ServeConfig):
         self.clf, self.cfg = clf, cfg
@@ -44,9 +43,7 @@ class Service:
         self.stats = triton_api.Statistics()
         self.batcher = Batcher(clf.logits, cfg.max_batch, cfg.max_delay_ms, self._on_batch, in_flight=clf.in_flight)
         self.inflight = InFlight(cfg.max_inflight_bytes, cfg.max_body_bytes, self._on_shed)
-        self.pool = ThreadPoolExecutor(
-            max_workers=cfg.decode_threads, thread_name_prefix="cnnkit-decode", initializer=_yield_to_the_event_loop
-        )
+        self.lanes = DecodeLanes(cfg.decode_threads, SMALL_BODY_BYTES, initializer=_yield_to_the_event_loop)
         self.name = cfg.model_name or clf.info.serving_name
 
     def _on_shed(self, path: str) -> None:
@@ -110,7 +107,7 @@ class Service:
         cfg = self.cfg
         with self.inflight.ticket() as ticket:
             try:
-                read = parse_request(request, self.clf, cfg.limits, ticket, self.pool)
+                read = parse_request(request, self.clf, cfg.limits, ticket, self.lanes)
                 batch, k = await asyncio.wait_for(read, timeout=cfg.request_timeout_s)
             except (CnnkitError, asyncio.TimeoutError) as exc:  # RequestError, InputError from decoding
                 return self.refuse("predict", exc)
@@ -219,14 +216,15 @@ class Service:
         if len(req.images) <= INLINE_IMAGES:  # a few rows encode in microseconds: no hand-off to the pool
             content, headers = v2.response(req, logits, self.clf, self.name)
         else:
-            content, headers = await loop.run_in_executor(self.pool, v2.response, req, logits, self.clf, self.name)
+            large = self.lanes.large
+            content, headers = await loop.run_in_executor(large, v2.response, req, logits, self.clf, self.name)
         self.metrics.latency.observe(time.perf_counter() - t0)
         self.stats.request(True, time.perf_counter() - t0)
         self.metrics.requests.labels("v2_infer", "200").inc()
         return Response(content, headers=headers)
 
     async def _read_v2(self, request: Request, ticket: Ticket) -> v2.InferRequest:
-        """The body within its bounds, then parsed in the decode pool (never on the event loop)."""
+        """The body within its bounds, then parsed in a decode lane (never on the event loop, unless tiny)."""
         header = request.headers.get(v2.HEADER_LENGTH)
         # all-JSON bodies are parsed holding the GIL: no bigger than a full request's numbers can be (binary is not)
         limit = self.cfg.max_body_bytes if header is not None else v2.json_limit(self.clf, self.cfg)
@@ -234,7 +232,8 @@ class Service:
         if len(body) <= INLINE_BYTES:  # parsed on the event loop in microseconds: no hand-off to the pool
             return v2.parse_infer(body, header, self.clf, self.cfg.max_images)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, v2.parse_infer, body, header, self.clf, self.cfg.max_images)
+        pool = self.lanes.for_body(len(body))
+        return await loop.run_in_executor(pool, v2.parse_infer, body, header, self.clf, self.cfg.max_images)
 
     # ------------------------------------------------------------------------------ errors, lifespan
 
@@ -266,7 +265,7 @@ class Service:
             if grpc_server is not None:
                 await grpc_server.stop(grpc_v2.STOP_GRACE_S)  # in-flight calls finish; the batcher still runs
             await self.batcher.stop()
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.lanes.shutdown()
             if beat is not None:
                 beat.cancel()
 
@@ -298,9 +297,11 @@ class Service:
 
 DECODE_NICENESS = 10
 # V2 bodies and answers this small are parsed and encoded on the event loop: a thread hand-off would cost more than
-# the work (a binary 28x28 image is under 1 KB); larger ones, and every image file, go to the decode pool
+# the work (a binary 28x28 image is under 1 KB); larger ones, and every image file, go to a decode lane
 INLINE_BYTES = 16 * 1024
 INLINE_IMAGES = 8
+# bodies this small (a digit's PNG, a thumbnail JPEG) are decoded in a lane of their own: never behind large uploads
+SMALL_BODY_BYTES = 64 * 1024
 
 
 def _yield_to_the_event_loop() -> None:

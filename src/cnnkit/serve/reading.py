@@ -246,13 +246,34 @@ def _content_type(request: Request) -> str:
     return ctype
 
 
+class DecodeLanes:
+    """The decode pools: bodies of up to `small_bytes` (a digit's PNG, a thumbnail) in a lane of their own, so a
+    small upload never waits behind a queue of large ones (benchmarks/results/serve_mixed.json); everything larger
+    in `threads` threads. Each lane is a bounded thread pool; a small body's decode is bounded by the same pixel
+    budget as any other."""
+
+    def __init__(self, threads: int, small_bytes: int, initializer: Callable[[], None] | None = None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.small_bytes = small_bytes
+        self.large = ThreadPoolExecutor(threads, thread_name_prefix="cnnkit-decode", initializer=initializer)
+        self.small = ThreadPoolExecutor(1, thread_name_prefix="cnnkit-decode-small", initializer=initializer)
+
+    def for_body(self, size: int) -> Executor:
+        return self.small if size <= self.small_bytes else self.large
+
+    def shutdown(self) -> None:
+        for pool in (self.small, self.large):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
 async def parse_request(
-    request: Request, clf: Classifier, limits: Limits, ticket: Ticket | None = None, pool: Executor | None = None
+    request: Request, clf: Classifier, limits: Limits, ticket: Ticket | None = None, lanes: DecodeLanes | None = None
 ) -> tuple[np.ndarray, int]:
     """Request -> (uint8 batch [N,C,H,W], top_k). Raises RequestError with the HTTP status to answer.
 
-    The body is read first (bounded); decoding, the CPU-heavy part, runs in `pool` (a bounded thread pool), so
-    the event loop keeps answering other requests, /healthz included, meanwhile.
+    The body is read first (bounded); decoding, the CPU-heavy part, runs in a decode lane (a bounded thread pool,
+    chosen by the body's size), so the event loop keeps answering other requests, /healthz included, meanwhile.
     """
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + limits.decode_budget_s
@@ -263,6 +284,7 @@ async def parse_request(
         raise RequestError(f"invert must be one of {', '.join(INVERT)}, got {invert_text[:20]!r}")
     invert = INVERT[invert_text]
     body = await read_body(request, limits.max_body_bytes, ticket)
+    pool = lanes.for_body(len(body)) if lanes is not None else None
     budget = PixelBudget(limits.max_request_pixels, limits.max_image_pixels, deadline)
 
     def decode_all(items: list[tuple[str, bytes]]) -> list[np.ndarray]:

@@ -28,7 +28,10 @@ def _header(head: bytes, path: Path) -> tuple[int, tuple[int, ...]]:
     header = 4 + 4 * ndim
     if ndim == 0 or len(head) < header:
         raise DataError(f"{path}: truncated IDX header ({len(head)} bytes for {ndim} dimensions)")
-    return header, tuple(int(d) for d in np.frombuffer(head, dtype=">u4", count=ndim, offset=4))
+    dims = tuple(int(d) for d in np.frombuffer(head, dtype=">u4", count=ndim, offset=4))
+    if 0 in dims:  # no data; and numpy refuses shapes like (0, 2**31, 2**31) outright
+        raise DataError(f"{path}: IDX header declares a dimension of 0 (shape {dims}): no data")
+    return header, dims
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:

@@ -250,17 +250,24 @@ def test_v2_bodies_beyond_a_few_kilobytes_are_parsed_in_the_decode_pool_not_on_t
         assert r.status_code == 200 and not threads[-1].startswith("cnnkit-decode")
 
 
-def test_bodies_waiting_for_the_decode_pool_count_as_in_flight(exported, monkeypatch):
-    """A body read but not yet decoded still counts: with it held, a second body over the cap gets a 503."""
+def _held_decodes(monkeypatch, when) -> tuple[threading.Event, threading.Event]:
+    """Image decodes made to wait (where `when()` is true) until `release` is set; `decoding` says one waits."""
     release, decoding = threading.Event(), threading.Event()
     decode = reading_module.imgs.decode
 
     def held(*args, **kwargs):
-        decoding.set()
-        release.wait(10)
+        if when():
+            decoding.set()
+            release.wait(20)
         return decode(*args, **kwargs)
 
     monkeypatch.setattr(reading_module.imgs, "decode", held)
+    return release, decoding
+
+
+def test_bodies_waiting_for_the_decode_pool_count_as_in_flight(exported, monkeypatch):
+    """A body read but not yet decoded still counts: with it held, a second body over the cap gets a 503."""
+    release, decoding = _held_decodes(monkeypatch, lambda: True)
     body = png(np.zeros((28, 28), np.uint8)) + b"\0" * 600_000  # PNG ignores trailing bytes
     results = {}
     with _in_process(exported, max_inflight_bytes=1_000_000, decode_threads=1) as client:
@@ -281,16 +288,8 @@ def test_bodies_waiting_for_the_decode_pool_count_as_in_flight(exported, monkeyp
 def test_a_small_upload_is_decoded_while_large_ones_fill_their_lane(exported, monkeypatch):
     """Large uploads decoding (one held in the decoder, one queued behind it) do not delay a small one: it has a
     lane of its own (before, a digit's PNG waited seconds behind attackers' 4 MB uploads)."""
-    release, decoding = threading.Event(), threading.Event()
-    decode = reading_module.imgs.decode
-
-    def held_if_large(*args, **kwargs):
-        if threading.current_thread().name.startswith("cnnkit-decode_"):  # the large lane's threads
-            decoding.set()
-            release.wait(20)
-        return decode(*args, **kwargs)
-
-    monkeypatch.setattr(reading_module.imgs, "decode", held_if_large)
+    # held on the large lane's threads only
+    release, decoding = _held_decodes(monkeypatch, lambda: threading.current_thread().name.startswith("cnnkit-decode_"))
     large = png(np.zeros((28, 28), np.uint8)) + b"\0" * 200_000  # PNG ignores trailing bytes
     results = {}
     with _in_process(exported, decode_threads=1) as client:

@@ -106,7 +106,7 @@ class HeadBounds:
     A connection that trickles its head (slowloris), or sends nothing, holds its place for that long only."""
 
     head_timeout_s: float | None = None
-    max_head_bytes: int = 64 * 1024
+    max_head_bytes: int  # set by the protocol factory, from ServeConfig.max_header_bytes
     on_refused: Refused | None = None
     transport: Any
     loop: Any
